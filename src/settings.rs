@@ -411,7 +411,9 @@ pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
 pub fn validate_identifier(name: &str) -> Result<Vec<&str>, String> {
     let parts: Vec<&str> = name.split('.').collect();
     if parts.is_empty() || parts.len() > 3 {
-        return Err(format!("'{name}' must be NAME, SCHEMA.NAME or DB.SCHEMA.NAME"));
+        return Err(format!(
+            "'{name}' must be NAME, SCHEMA.NAME or DB.SCHEMA.NAME"
+        ));
     }
     for p in &parts {
         let mut chars = p.chars();
@@ -595,7 +597,10 @@ mod tests {
     #[test]
     fn text_for_a_number_is_refused() {
         assert!(parse(Key::NewerRecordTimeLimitSeconds, "abc").is_err());
-        assert_eq!(parse(Key::NewerRecordTimeLimitSeconds, " 45 "), Ok(Value::Int(45)));
+        assert_eq!(
+            parse(Key::NewerRecordTimeLimitSeconds, " 45 "),
+            Ok(Value::Int(45))
+        );
     }
 
     #[test]
@@ -613,7 +618,15 @@ mod tests {
     fn identifiers_refuse_sql() {
         assert!(validate_identifier("TRACKED").is_ok());
         assert!(validate_identifier("db.sch.TRACKED_2$").is_ok());
-        for bad in ["", "1abc", "a b", "x;DROP TABLE y", "\"q\"", "a.b.c.d", "a..b"] {
+        for bad in [
+            "",
+            "1abc",
+            "a b",
+            "x;DROP TABLE y",
+            "\"q\"",
+            "a.b.c.d",
+            "a..b",
+        ] {
             assert!(validate_identifier(bad).is_err(), "{bad}");
         }
     }
@@ -626,7 +639,10 @@ mod tests {
             _ => None,
         };
         let (v, origin, err) = initial(Key::RedisStream, &env);
-        assert_eq!((v.as_str(), origin, err), ("from-name", Origin::Env("REDIS_STREAM"), None));
+        assert_eq!(
+            (v.as_str(), origin, err),
+            ("from-name", Origin::Env("REDIS_STREAM"), None)
+        );
         let only_alias = |n: &str| (n == "REDIS_GROUP").then(|| "g2".to_string());
         assert_eq!(initial(Key::Group, &only_alias).0, "g2");
     }
@@ -652,7 +668,10 @@ mod tests {
         assert_eq!(s.str(Key::RedisStream), "userdata-stream");
         assert_eq!(s.int(Key::NewerRecordTimeLimitSeconds), 30);
         assert!(s.bool(Key::ProcessStaleSaved));
-        assert_eq!(s.list(Key::FallbackJsonFields), ["value", "payload", "data"]);
+        assert_eq!(
+            s.list(Key::FallbackJsonFields),
+            ["value", "payload", "data"]
+        );
         assert!(!s.snowflake_configured());
     }
 }

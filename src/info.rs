@@ -1,0 +1,52 @@
+//! The `INFO writebehind` section: the figures of [`crate::status::report`], one field each.
+
+use std::ffi::{c_int, CString};
+
+use redis_module::raw;
+
+use crate::status::{self, Figure};
+
+extern "C" fn info_callback(ictx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
+    crate::ffi::guard("INFO", || {
+        let apis = unsafe {
+            (
+                raw::RedisModule_InfoAddSection,
+                raw::RedisModule_InfoAddFieldLongLong,
+                raw::RedisModule_InfoAddFieldCString,
+            )
+        };
+        let (Some(add_section), Some(add_int), Some(add_text)) = apis else {
+            return;
+        };
+        unsafe { add_section(ictx, std::ptr::null_mut()) };
+        for (name, figure) in status::report(for_crash_report == 0) {
+            let Ok(field) = CString::new(name) else {
+                continue;
+            };
+            match figure {
+                Figure::Int(n) => unsafe {
+                    add_int(ictx, field.as_ptr(), n);
+                },
+                Figure::Text(t) => {
+                    let clean: String = t
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    if let Ok(value) = CString::new(clean) {
+                        unsafe { add_text(ictx, field.as_ptr(), value.as_ptr()) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Registers the section (at load).
+pub fn register(ctx: &redis_module::Context) -> Result<(), String> {
+    match unsafe { raw::RedisModule_RegisterInfoFunc } {
+        Some(f) if unsafe { f(ctx.ctx, Some(info_callback)) } == raw::REDISMODULE_OK as c_int => {
+            Ok(())
+        }
+        _ => Err("could not register the INFO section".into()),
+    }
+}
