@@ -1,14 +1,23 @@
 //! The `WB.*` commands. Each handler parses its arguments strictly (a missing, extra or mistyped
 //! argument is an error reply) and runs inside [`crate::ffi::guard`], so a bug is an error reply, never
-//! a crashed server.
+//! a crashed server. Work that waits (a Snowflake round trip, a flush) runs on a thread while the
+//! caller is blocked with Redis's blocking-client API; Redis keeps serving everyone else.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use redis_module::redisvalue::RedisValueKey;
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{
+    raw, Context, RedisError, RedisResult, RedisString, RedisValue, ThreadSafeContext,
+};
 
+use crate::entry::EntryId;
 use crate::ffi;
+use crate::pipeline::{self, gil::Gil, sink};
+use crate::settings::{self, Key};
 use crate::status::{self, Figure};
+use crate::stream;
 
 /// Runs a command body behind the panic guard.
 fn guarded(name: &str, body: impl FnOnce() -> RedisResult) -> RedisResult {
@@ -19,11 +28,43 @@ fn guarded(name: &str, body: impl FnOnce() -> RedisResult) -> RedisResult {
     })
 }
 
+fn err(msg: impl Into<String>) -> RedisError {
+    RedisError::String(msg.into())
+}
+
 fn figure_value(f: Figure) -> RedisValue {
     match f {
         Figure::Int(n) => RedisValue::Integer(n),
         Figure::Text(s) => RedisValue::BulkString(s),
     }
+}
+
+fn map(pairs: Vec<(String, RedisValue)>) -> RedisValue {
+    let m: BTreeMap<RedisValueKey, RedisValue> = pairs
+        .into_iter()
+        .map(|(k, v)| (RedisValueKey::String(k), v))
+        .collect();
+    RedisValue::OrderedMap(m)
+}
+
+/// Refuses to block where Redis cannot (MULTI, scripts, clients that deny blocking).
+fn can_block(ctx: &Context) -> bool {
+    let f = stream::flags(ctx);
+    f & (raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
+        == 0
+}
+
+fn arg_str(a: &RedisString) -> Result<&str, RedisError> {
+    a.try_as_str()
+        .map_err(|_| err("ERR argument is not valid UTF-8"))
+}
+
+fn arg_u64(a: &RedisString, what: &str) -> Result<u64, RedisError> {
+    arg_str(a)?
+        .parse::<u64>()
+        .map_err(|_| err(format!("ERR {what} must be a non-negative whole number")))
 }
 
 /// `WB.STATUS`: the state and figures as a map.
@@ -32,10 +73,239 @@ pub fn wb_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if args.len() != 1 {
             return Err(RedisError::WrongArity);
         }
-        let map: BTreeMap<RedisValueKey, RedisValue> = status::report(true)
+        Ok(map(status::report(true)
             .into_iter()
-            .map(|(k, v)| (RedisValueKey::String(k.to_string()), figure_value(v)))
-            .collect();
-        Ok(RedisValue::OrderedMap(map))
+            .map(|(k, v)| (k, figure_value(v)))
+            .collect()))
+    })
+}
+
+/// `WB.PAUSE`: stop claiming new entries (in-flight batches finish).
+pub fn wb_pause(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.PAUSE", || {
+        if args.len() != 1 {
+            return Err(RedisError::WrongArity);
+        }
+        pipeline::control().paused.store(true, Ordering::Relaxed);
+        pipeline::control().wake();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// `WB.RESUME`: claim again.
+pub fn wb_resume(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.RESUME", || {
+        if args.len() != 1 {
+            return Err(RedisError::WrongArity);
+        }
+        pipeline::control().paused.store(false, Ordering::Relaxed);
+        pipeline::control().wake();
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// Whether every entry up to `target` has been delivered to the group and settled.
+fn flushed(ctx: &Context, stream_name: &str, group: &str, target: EntryId) -> Result<bool, i64> {
+    let Some(info) = stream::group_info(ctx, stream_name, group) else {
+        return Err(stream::length(ctx, stream_name));
+    };
+    let delivered = EntryId::parse(&info.last_delivered_id).unwrap_or_default();
+    let lowest_pending =
+        stream::lowest_pending(ctx, stream_name, group).and_then(|id| EntryId::parse(&id).ok());
+    let done = delivered >= target && lowest_pending.is_none_or(|p| p > target);
+    if done {
+        Ok(true)
+    } else {
+        Err(info.pending + info.lag.unwrap_or(0))
+    }
+}
+
+/// `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time is committed, or
+/// `-TIMEOUT <n> entries still pending`.
+pub fn wb_flush(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.FLUSH", || {
+        if args.len() > 2 {
+            return Err(RedisError::WrongArity);
+        }
+        let timeout = match args.get(1) {
+            Some(a) => Duration::from_millis(arg_u64(a, "timeout-ms")?),
+            None => Duration::from_secs(30),
+        };
+        if !can_block(ctx) {
+            return Err(err(
+                "ERR WB.FLUSH waits for Snowflake and cannot run inside MULTI or a script",
+            ));
+        }
+        let s = settings::current();
+        let stream_name = s.str(Key::RedisStream).to_string();
+        let group = pipeline::group_name(&s);
+        let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
+        let target =
+            EntryId::parse(&stream::last_generated_id(&home, &stream_name)).unwrap_or_default();
+        if target == EntryId::default() {
+            return Ok(RedisValue::SimpleStringStatic("OK"));
+        }
+        let gil = Gil::new().ok_or_else(|| err("ERR could not create a context"))?;
+        let blocked = ctx.block_client();
+        std::thread::spawn(move || {
+            let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
+            let deadline = Instant::now() + timeout;
+            let reply = loop {
+                let state = ffi::guard("WB.FLUSH", || {
+                    gil.with(|c| flushed(c, &stream_name, &group, target))
+                });
+                match state {
+                    Some(Ok(true)) => break Ok(RedisValue::SimpleStringStatic("OK")),
+                    Some(Err(left)) if Instant::now() >= deadline => {
+                        break Err(err(format!("TIMEOUT {left} entries still pending")));
+                    }
+                    None => break Err(err("ERR internal error in WB.FLUSH; see the server log")),
+                    _ => {}
+                }
+                pipeline::control().wake();
+                pipeline::control().wait_settled(Duration::from_millis(20));
+            };
+            reply_ctx.reply(reply);
+        });
+        Ok(RedisValue::NoReply)
+    })
+}
+
+/// `WB.PING`: a Snowflake round trip now; replies with the session context or the classified error.
+pub fn wb_ping(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.PING", || {
+        if args.len() != 1 {
+            return Err(RedisError::WrongArity);
+        }
+        if !settings::current().snowflake_configured() {
+            return Err(err(
+                "ERR Snowflake is not configured: set SNOWFLAKE_ACCOUNT (or SNOWFLAKE_URL), SNOWFLAKE_USER and a key or token",
+            ));
+        }
+        if !can_block(ctx) {
+            return Err(err(
+                "ERR WB.PING waits for Snowflake and cannot run inside MULTI or a script",
+            ));
+        }
+        let blocked = ctx.block_client();
+        std::thread::spawn(move || {
+            let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
+            let reply = ffi::guard("WB.PING", || match sink::client().and_then(|c| c.ping()) {
+                Ok(s) => Ok(map(vec![
+                    ("user".into(), opt(s.user)),
+                    ("role".into(), opt(s.role)),
+                    ("warehouse".into(), opt(s.warehouse)),
+                    ("database".into(), opt(s.database)),
+                    ("schema".into(), opt(s.schema)),
+                    (
+                        "latency_ms".into(),
+                        RedisValue::Integer(s.latency_ms as i64),
+                    ),
+                ])),
+                Err(e) => Err(err(format!("ERR Snowflake {e}"))),
+            })
+            .unwrap_or_else(|| Err(err("ERR internal error in WB.PING; see the server log")));
+            reply_ctx.reply(reply);
+        });
+        Ok(RedisValue::NoReply)
+    })
+}
+
+/// A session value, or nil when Snowflake has none (e.g. no warehouse in use).
+fn opt(v: Option<String>) -> RedisValue {
+    v.map_or(RedisValue::Null, RedisValue::BulkString)
+}
+
+/// `WB.DLQ LIST [count] | REPLAY <id ...|ALL> | PURGE [id ...]`: the dead-letter stream.
+pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.DLQ", || {
+        let sub = args.get(1).ok_or(RedisError::WrongArity)?;
+        let sub = arg_str(sub)?.to_ascii_uppercase();
+        let s = settings::current();
+        let stream_name = s.str(Key::RedisStream).to_string();
+        let dlq = stream::dlq_name(&stream_name);
+        let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
+        match sub.as_str() {
+            "LIST" => {
+                if args.len() > 3 {
+                    return Err(RedisError::WrongArity);
+                }
+                let count = match args.get(2) {
+                    Some(a) => arg_u64(a, "count")?.max(1),
+                    None => 10,
+                };
+                let count = count.to_string();
+                stream::call_read(
+                    &home,
+                    "XRANGE",
+                    &[dlq.as_bytes(), b"-", b"+", b"COUNT", count.as_bytes()],
+                )
+                .map_err(err)
+            }
+            "REPLAY" => {
+                if args.len() < 3 {
+                    return Err(RedisError::WrongArity);
+                }
+                let ids: Vec<String> = args[2..]
+                    .iter()
+                    .map(|a| arg_str(a).map(String::from))
+                    .collect::<Result<_, _>>()?;
+                let all = ids.len() == 1 && ids[0].eq_ignore_ascii_case("ALL");
+                let entries = if all {
+                    stream::call_read(&home, "XRANGE", &[dlq.as_bytes(), b"-", b"+"])
+                        .map_err(err)?
+                } else {
+                    let mut found = Vec::new();
+                    for id in &ids {
+                        EntryId::parse(id)
+                            .map_err(|_| err(format!("ERR '{id}' is not a stream entry ID")))?;
+                        if let RedisValue::Array(mut one) = stream::call_read(
+                            &home,
+                            "XRANGE",
+                            &[dlq.as_bytes(), id.as_bytes(), id.as_bytes()],
+                        )
+                        .map_err(err)?
+                        {
+                            found.append(&mut one);
+                        }
+                    }
+                    RedisValue::Array(found)
+                };
+                let mut replayed = 0;
+                for e in stream::parse_entries(&entries) {
+                    let original: Vec<(&[u8], &[u8])> = e
+                        .fields
+                        .iter()
+                        .filter(|(k, _)| {
+                            !matches!(k.as_slice(), b"reason" | b"source_stream" | b"source_id")
+                        })
+                        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                        .collect();
+                    stream::add(&home, &stream_name, &original).map_err(err)?;
+                    stream::call_write(&home, "XDEL", &[dlq.as_bytes(), e.id.as_bytes()])
+                        .map_err(err)?;
+                    replayed += 1;
+                }
+                Ok(RedisValue::Integer(replayed))
+            }
+            "PURGE" => {
+                if args.len() == 2 {
+                    let n = stream::length(&home, &dlq);
+                    stream::call_write(&home, "DEL", &[dlq.as_bytes()]).map_err(err)?;
+                    return Ok(RedisValue::Integer(n));
+                }
+                let mut del: Vec<&[u8]> = vec![dlq.as_bytes()];
+                for a in &args[2..] {
+                    let id = arg_str(a)?;
+                    EntryId::parse(id)
+                        .map_err(|_| err(format!("ERR '{id}' is not a stream entry ID")))?;
+                    del.push(a.as_slice());
+                }
+                stream::call_write(&home, "XDEL", &del).map_err(err)
+            }
+            other => Err(err(format!(
+                "ERR unknown WB.DLQ subcommand '{other}': use LIST, REPLAY or PURGE"
+            ))),
+        }
     })
 }

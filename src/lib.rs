@@ -3,23 +3,33 @@
 //! # Layout
 //! The data path, from the application's `XADD` to the `XACK`, one line per module:
 //!
-//! - [`settings`]: the one table of settings and the typed snapshot every part reads.
-//! - [`config`]: registers that table as the module configs `writebehind.*`.
-//! - [`stream`]: asks Redis about the stream and its consumer group.
-//! - [`statement`]: a SQL statement with bind variables, the unit sent to Snowflake.
-//! - [`commands`]: the `WB.*` commands; [`status`] and [`info`]: the figures they and INFO show.
-//! - [`ffi`], [`logging`], [`alloc`]: the boundary with Redis (no panic crosses it), the Redis log,
-//!   and Redis's allocator.
+//! - [`pipeline::notify`]: the stream notification wakes the pipeline; nothing else runs on the XADD.
+//! - [`pipeline::claim`]: claims entries through the consumer group, bounded, pending ones first.
+//! - [`entry`]: decodes an entry's fields and applies the seed's rules (pure, no Redis, no network).
+//! - [`sql`]: turns a batch of decoded entries into bound, idempotent MERGE statements (pure).
+//! - [`pipeline::worker`] and [`pipeline::sink`]: batch, commit, retry; [`snowflake`]: the SQL API v2
+//!   client that sends them.
+//! - [`pipeline::ack`]: `XACK` (or dead-letter) only after Snowflake committed.
+//!
+//! Around it: [`settings`] (the one table of settings) and [`config`] (its module configs), [`stream`]
+//! (every Redis call on the stream), [`commands`], [`status`] and [`info`] (what operators see),
+//! [`events`] (loading, role changes, shutdown), and [`ffi`], [`logging`], [`alloc`] (the boundary with
+//! Redis: no panic crosses it, the Redis log, Redis's allocator).
 //!
 //! This file is registration only.
 
 pub mod alloc;
 pub mod commands;
 pub mod config;
+pub mod entry;
+pub mod events;
 pub mod ffi;
 pub mod info;
 pub mod logging;
+pub mod pipeline;
 pub mod settings;
+pub mod snowflake;
+pub mod sql;
 pub mod statement;
 pub mod status;
 pub mod stream;
@@ -28,10 +38,13 @@ use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 3] = [
+    let steps: [(&str, Step); 6] = [
         ("settings", config::register),
         ("stream context", stream::init),
         ("INFO section", info::register),
+        ("stream notifications", pipeline::notify::register),
+        ("server events", events::register),
+        ("pipeline", |_| pipeline::start()),
     ];
     let outcome = ffi::guard("module load", || {
         for (what, step) in steps {
@@ -52,13 +65,30 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     }
 }
 
+fn deinit(_ctx: &Context) -> Status {
+    match ffi::guard("module unload", pipeline::unload) {
+        Some(Ok(())) => Status::Ok,
+        Some(Err(e)) => {
+            logging::warning(&format!("MODULE UNLOAD refused: {e}"));
+            Status::Err
+        }
+        None => Status::Err,
+    }
+}
+
 redis_module! {
     name: "writebehind",
     version: 1,
     allocator: (crate::alloc::ModuleAlloc, crate::alloc::ModuleAlloc),
     data_types: [],
     init: init,
+    deinit: deinit,
     commands: [
         ["wb.status", commands::wb_status, "readonly", 0, 0, 0, ""],
+        ["wb.pause", commands::wb_pause, "admin", 0, 0, 0, ""],
+        ["wb.resume", commands::wb_resume, "admin", 0, 0, 0, ""],
+        ["wb.flush", commands::wb_flush, "readonly", 0, 0, 0, ""],
+        ["wb.ping", commands::wb_ping, "readonly", 0, 0, 0, ""],
+        ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, ""],
     ],
 }

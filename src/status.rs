@@ -1,25 +1,88 @@
 //! The module's state and counters, and the one report `WB.STATUS` and `INFO writebehind` both show.
 //!
-//! Counters are atomics bumped by the pipeline threads without any lock; the report reads them on the
-//! main thread. Both outputs derive from [`report`], so an exporter scraping INFO and an operator
-//! typing `WB.STATUS` always see the same figures.
+//! Counters are atomics bumped by the pipeline threads without a lock (the per-reason tallies sit behind
+//! a short mutex); the report reads them on the main thread. Both outputs derive from [`report`], so an
+//! exporter scraping INFO and an operator typing `WB.STATUS` always see the same figures.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
+use parking_lot::Mutex;
 use redis_module::{raw, Context};
 
+use crate::entry::Tally;
 use crate::settings::{self, Key};
 use crate::stream;
 
-/// Lock-free counters of the data path.
+/// How many recent batch latencies the percentiles are computed over.
+const LATENCY_WINDOW: usize = 1024;
+
+/// Counters of the data path.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct Metrics {
+    /// Entries claimed from the stream (a re-delivery counts again).
     pub entries_read: AtomicU64,
+    /// Entries acknowledged after their outcome was settled.
+    pub entries_acked: AtomicU64,
+    /// Entries whose SQL Snowflake committed.
+    pub entries_committed: AtomicU64,
+    /// Undecodable or permanently rejected entries copied to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Undecodable entries acknowledged without a copy (`ACK_INVALID_JSON=1`).
+    pub dropped_invalid: AtomicU64,
+    /// Statements Snowflake rejected permanently.
+    pub failed: AtomicU64,
+    /// Retried round trips (throttling, outages, timeouts).
+    pub retries: AtomicU64,
+    /// Committed batches (round trips that wrote data).
+    pub batches: AtomicU64,
+    /// SQL statements sent.
+    pub statements: AtomicU64,
+    /// Claimed entries not yet acknowledged.
+    pub in_flight: AtomicU64,
+    /// Wall-clock ms of the last successful commit (0 = never).
+    pub last_success_ms: AtomicU64,
+    /// Entries found trimmed away from the stream before they were written.
+    pub lost_trimmed: AtomicU64,
+    pub tally: Mutex<Tally>,
+    pub last_error: Mutex<String>,
+    latencies: Mutex<VecDeque<u64>>,
 }
 
-pub static COUNTERS: Counters = Counters {
-    entries_read: AtomicU64::new(0),
-};
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn record_latency(&self, ms: u64) {
+        let mut l = self.latencies.lock();
+        if l.len() == LATENCY_WINDOW {
+            l.pop_front();
+        }
+        l.push_back(ms);
+    }
+
+    /// The p-th percentile (0..=100) of recent batch latencies, in ms.
+    pub fn latency_percentile(&self, p: usize) -> u64 {
+        let mut v: Vec<u64> = self.latencies.lock().iter().copied().collect();
+        if v.is_empty() {
+            return 0;
+        }
+        v.sort_unstable();
+        let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
+        v[rank - 1]
+    }
+
+    pub fn set_error(&self, message: &str) {
+        *self.last_error.lock() = format!(
+            "{} {message}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+    }
+}
 
 /// One figure of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,64 +125,83 @@ pub fn role(ctx: &Context) -> &'static str {
     }
 }
 
-/// The state in one word, most important condition first.
-pub fn state(ctx: &Context) -> &'static str {
+/// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
+/// report, when no command may run, and only counters are given.
+pub fn report(live: bool) -> Vec<(String, Figure)> {
+    let home = stream::home().filter(|_| live);
+    let mut out: Vec<(String, Figure)> = Vec::new();
+    let mut put = |k: &str, v: Figure| out.push((k.to_string(), v));
     let s = settings::current();
-    if role(ctx) == "replica" {
-        "replica"
-    } else if s.bool(Key::DryRun) {
-        "dry-run"
-    } else if !s.snowflake_configured() {
-        if s.bool(Key::AllowNoSnowflake) {
-            "dry-run"
+    put("state", crate::pipeline::state().into());
+    if let Some(ctx) = home.as_ref() {
+        put("role", role(ctx).into());
+    }
+    put("version", env!("CARGO_PKG_VERSION").into());
+    put("stream", s.str(Key::RedisStream).into());
+    put("group", crate::pipeline::group_name(&s).into());
+    put("consumer", s.str(Key::Consumer).into());
+    put("db", s.int(Key::RedisDb).into());
+    put("dry_run", u64::from(crate::pipeline::dry_run(&s)).into());
+    put(
+        "snowflake",
+        if s.snowflake_configured() {
+            "configured"
         } else {
             "unconfigured"
         }
-    } else {
-        "configured"
+        .into(),
+    );
+    put("snowflake_session", crate::pipeline::session_state().into());
+    if let Some(ctx) = home.as_ref() {
+        let stream_name = s.str(Key::RedisStream);
+        let info = stream::group_info(ctx, stream_name, &crate::pipeline::group_name(&s))
+            .unwrap_or_default();
+        put("stream_length", stream::length(ctx, stream_name).into());
+        put("pending", info.pending.into());
+        put("lag", info.lag.unwrap_or(-1).into());
+        put("last_delivered_id", info.last_delivered_id.into());
+        put(
+            "dlq_length",
+            stream::length(ctx, &stream::dlq_name(stream_name)).into(),
+        );
     }
-}
-
-/// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
-/// report, when no command may run, and only counters are given.
-pub fn report(live: bool) -> Vec<(&'static str, Figure)> {
-    let home = stream::home().filter(|_| live);
-    let Some(ctx) = home.as_ref() else {
-        return counters();
-    };
-    let s = settings::current();
-    let stream_name = s.str(Key::RedisStream).to_string();
-    let group = s.str(Key::Group).to_string();
-    let mut out: Vec<(&'static str, Figure)> = vec![
-        ("state", state(ctx).into()),
-        ("role", role(ctx).into()),
-        ("version", env!("CARGO_PKG_VERSION").into()),
-        ("stream", stream_name.clone().into()),
-        ("group", group.clone().into()),
-        ("consumer", s.str(Key::Consumer).into()),
-        ("db", s.int(Key::RedisDb).into()),
-        (
-            "snowflake",
-            if s.snowflake_configured() {
-                "configured"
-            } else {
-                "unconfigured"
-            }
-            .into(),
-        ),
-    ];
-    out.push(("stream_length", stream::length(ctx, &stream_name).into()));
-    let info = stream::group_info(ctx, &stream_name, &group).unwrap_or_default();
-    out.push(("pending", info.pending.into()));
-    out.push(("lag", info.lag.unwrap_or(-1).into()));
-    out.push(("last_delivered_id", info.last_delivered_id.into()));
-    out.extend(counters());
+    let m = &*METRICS;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    put("in_flight", get(&m.in_flight).into());
+    put("entries_read", get(&m.entries_read).into());
+    put("entries_acked", get(&m.entries_acked).into());
+    put("entries_committed", get(&m.entries_committed).into());
+    put("batches", get(&m.batches).into());
+    put("statements", get(&m.statements).into());
+    put("retries", get(&m.retries).into());
+    put("failed", get(&m.failed).into());
+    put("dead_lettered", get(&m.dead_lettered).into());
+    put("dropped_invalid", get(&m.dropped_invalid).into());
+    put("lost_trimmed", get(&m.lost_trimmed).into());
+    {
+        let t = m.tally.lock();
+        put("records_written", t.records_written.into());
+        put("users_written", t.users.into());
+        put("repaired", t.repaired.into());
+        put("track_ids_hashed", t.track_ids_hashed.into());
+        put("skipped", t.skipped.values().sum::<u64>().into());
+        for (reason, n) in &t.skipped {
+            put(&format!("skipped_{reason}"), (*n).into());
+        }
+        put("rejected", t.rejected.values().sum::<u64>().into());
+        for (reason, n) in &t.rejected {
+            put(&format!("rejected_{reason}"), (*n).into());
+        }
+        for (reason, n) in &t.undecodable {
+            put(&format!("undecodable_{reason}"), (*n).into());
+        }
+        for (by, n) in &t.stale_written {
+            put(&format!("stale_written_{by}"), (*n).into());
+        }
+    }
+    put("batch_latency_p50_ms", m.latency_percentile(50).into());
+    put("batch_latency_p99_ms", m.latency_percentile(99).into());
+    put("last_success_ms", get(&m.last_success_ms).into());
+    put("last_error", m.last_error.lock().clone().into());
     out
-}
-
-fn counters() -> Vec<(&'static str, Figure)> {
-    vec![(
-        "entries_read",
-        COUNTERS.entries_read.load(Ordering::Relaxed).into(),
-    )]
 }

@@ -1,4 +1,9 @@
-//! Reading the stream's state through Redis commands: the one place that asks Redis about the stream.
+//! The one place that touches the stream: reading its state, claiming entries through the consumer
+//! group, acknowledging them, dead-lettering them.
+//!
+//! Every write goes through `RM_Call` with the `!` flag, so it reaches the AOF and the replicas like a
+//! client's command would: an `XACK` that only lived in memory would be undone by a restart. Calls never
+//! use the deny-OOM flag: acknowledging must work even when Redis is at `maxmemory`.
 //!
 //! Calls run on a detached context whose database is `REDIS_DB`, created once at load, so a command
 //! such as `WB.STATUS` never changes the database its own client has selected. On the main thread the
@@ -6,7 +11,7 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use redis_module::{raw, Context, RedisValue};
+use redis_module::{raw, CallOptionsBuilder, CallResult, Context, RedisValue};
 
 use crate::settings::{self, Key};
 
@@ -93,5 +98,265 @@ fn int(v: &RedisValue) -> Option<i64> {
     match v {
         RedisValue::Integer(n) => Some(*n),
         _ => None,
+    }
+}
+
+/// One stream entry as read: its ID and its field/value pairs, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    /// Bytes held for this entry (for memory bounds).
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// Runs a command that changes data, replicated and written to the AOF.
+pub fn call_write(ctx: &Context, command: &str, args: &[&[u8]]) -> Result<RedisValue, String> {
+    let opts = CallOptionsBuilder::new()
+        .replicate()
+        .errors_as_replies()
+        .build();
+    let res: CallResult = ctx.call_ext(command, &opts, args);
+    match res {
+        Ok(reply) => Ok(RedisValue::from(&reply)),
+        Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "error".into())),
+    }
+}
+
+/// Runs a read-only command.
+pub fn call_read(ctx: &Context, command: &str, args: &[&[u8]]) -> Result<RedisValue, String> {
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    let res: CallResult = ctx.call_ext(command, &opts, args);
+    match res {
+        Ok(reply) => Ok(RedisValue::from(&reply)),
+        Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "error".into())),
+    }
+}
+
+fn bytes(v: &RedisValue) -> Option<Vec<u8>> {
+    match v {
+        RedisValue::StringBuffer(b) => Some(b.clone()),
+        other => text(other).map(String::into_bytes),
+    }
+}
+
+/// Creates the consumer group at ID 0 (so entries added before the module was loaded are written too),
+/// creating the stream if needed. An existing group is left as it is.
+pub fn ensure_group(ctx: &Context, stream: &str, group: &str) -> Result<(), String> {
+    match call_write(
+        ctx,
+        "XGROUP",
+        &[
+            b"CREATE",
+            stream.as_bytes(),
+            group.as_bytes(),
+            b"0",
+            b"MKSTREAM",
+        ],
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses an `XREADGROUP`/`XRANGE`-style array of `[id, [field, value, ...]]`; entries deleted from
+/// the stream but still pending come back with a nil field list and are returned with no fields.
+pub fn parse_entries(list: &RedisValue) -> Vec<RawEntry> {
+    let RedisValue::Array(items) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let RedisValue::Array(parts) = item else {
+                return None;
+            };
+            let id = text(parts.first()?)?;
+            let fields = match parts.get(1) {
+                Some(RedisValue::Array(kv)) => kv
+                    .chunks(2)
+                    .filter_map(|p| match p {
+                        [k, v] => Some((bytes(k)?, bytes(v)?)),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some(RawEntry { id, fields })
+        })
+        .collect()
+}
+
+/// Reads up to `count` entries for `consumer`: `from` is `0` (or an ID) for its pending entries, `>`
+/// for new ones.
+pub fn read_group(
+    ctx: &Context,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    from: &str,
+    count: usize,
+) -> Result<Vec<RawEntry>, String> {
+    let count = count.to_string();
+    let reply = call_write(
+        ctx,
+        "XREADGROUP",
+        &[
+            b"GROUP",
+            group.as_bytes(),
+            consumer.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+            b"STREAMS",
+            stream.as_bytes(),
+            from.as_bytes(),
+        ],
+    )?;
+    // [[stream, [entries...]]] or nil
+    let RedisValue::Array(streams) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(streams
+        .first()
+        .and_then(|s| match s {
+            RedisValue::Array(pair) => pair.get(1).map(parse_entries),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Moves every pending entry of the group, whoever holds it, to `consumer`, from `start` on; returns the
+/// entries and the cursor to continue from (`0-0` when done). Entries deleted from the stream while
+/// pending are dropped from the PEL by Redis and returned in the third element, which is ignored here.
+pub fn autoclaim(
+    ctx: &Context,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    start: &str,
+    count: usize,
+) -> Result<(Vec<RawEntry>, String), String> {
+    let count = count.to_string();
+    let reply = call_write(
+        ctx,
+        "XAUTOCLAIM",
+        &[
+            stream.as_bytes(),
+            group.as_bytes(),
+            consumer.as_bytes(),
+            b"0",
+            start.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ],
+    )?;
+    let RedisValue::Array(parts) = reply else {
+        return Ok((Vec::new(), "0-0".into()));
+    };
+    let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+    Ok((entries, next))
+}
+
+/// Acknowledges entries; returns how many were pending.
+pub fn ack(ctx: &Context, stream: &str, group: &str, ids: &[&str]) -> Result<i64, String> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut args: Vec<&[u8]> = vec![stream.as_bytes(), group.as_bytes()];
+    args.extend(ids.iter().map(|id| id.as_bytes()));
+    match call_write(ctx, "XACK", &args)? {
+        RedisValue::Integer(n) => Ok(n),
+        _ => Ok(0),
+    }
+}
+
+/// Appends an entry; returns its ID.
+pub fn add(ctx: &Context, stream: &str, fields: &[(&[u8], &[u8])]) -> Result<String, String> {
+    let mut args: Vec<&[u8]> = vec![stream.as_bytes(), b"*"];
+    for (k, v) in fields {
+        args.push(k);
+        args.push(v);
+    }
+    let reply = call_write(ctx, "XADD", &args)?;
+    text(&reply).ok_or_else(|| "XADD gave no ID".into())
+}
+
+/// The dead-letter stream of a stream.
+pub fn dlq_name(stream: &str) -> String {
+    format!("{stream}:dlq")
+}
+
+/// Copies an entry to the dead-letter stream, unchanged, plus `reason`, `source_stream` and
+/// `source_id`; then acknowledges it. Both happen under the caller's one lock hold.
+pub fn dead_letter(
+    ctx: &Context,
+    stream: &str,
+    group: &str,
+    entry: &RawEntry,
+    reason: &str,
+) -> Result<String, String> {
+    let mut fields: Vec<(&[u8], &[u8])> = entry
+        .fields
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_slice(), b"reason" | b"source_stream" | b"source_id"))
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let one_line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    fields.push((b"reason", one_line.as_bytes()));
+    fields.push((b"source_stream", stream.as_bytes()));
+    fields.push((b"source_id", entry.id.as_bytes()));
+    let id = add(ctx, &dlq_name(stream), &fields)?;
+    ack(ctx, stream, group, &[entry.id.as_str()])?;
+    Ok(id)
+}
+
+/// The stream's last generated ID (`0-0` when it does not exist).
+pub fn last_generated_id(ctx: &Context, stream: &str) -> String {
+    let Ok(RedisValue::Array(fields)) = call_read(ctx, "XINFO", &[b"STREAM", stream.as_bytes()])
+    else {
+        return "0-0".into();
+    };
+    fields
+        .chunks(2)
+        .find_map(|p| match p {
+            [k, v] if text(k).as_deref() == Some("last-generated-id") => text(v),
+            _ => None,
+        })
+        .unwrap_or_else(|| "0-0".into())
+}
+
+/// The lowest pending ID of the group, if any entry is pending.
+pub fn lowest_pending(ctx: &Context, stream: &str, group: &str) -> Option<String> {
+    let Ok(RedisValue::Array(summary)) =
+        call_read(ctx, "XPENDING", &[stream.as_bytes(), group.as_bytes()])
+    else {
+        return None;
+    };
+    match summary.first() {
+        Some(RedisValue::Integer(n)) if *n > 0 => summary.get(1).and_then(text),
+        _ => None,
+    }
+}
+
+/// Context flags (role, loading, OOM, ...).
+pub fn flags(ctx: &Context) -> u32 {
+    match unsafe { raw::RedisModule_GetContextFlags } {
+        Some(f) => (unsafe { f(ctx.ctx) }) as u32,
+        None => 0,
     }
 }

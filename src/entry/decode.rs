@@ -1,0 +1,619 @@
+//! The payload shapes of a stream entry, and the records of a batch turned into events.
+//!
+//! Shapes, tried in this order on the selected JSON document:
+//! - `{"key": "<prefix>:<id>/visited|saved", "records": [...]}`: a batch; the key path decides the logic;
+//! - `{"user_email": ...}`: create a user;
+//! - `{"diag": ...}`: a diagnostic, acknowledged and counted, never written;
+//! - `{"id": ...}` alone: one record (`ENABLE_FALLBACK_SINGLE_RECORD`);
+//! - `[{...}, ...]`: a list of records (`ENABLE_FALLBACK_RECORD_LIST`).
+//!
+//! Without a key (the fallback shapes) each record's `action` decides, and the username comes from
+//! the record id. Anything else is undecodable, with a reason a person can act on.
+//!
+//! Within a batch, a bad record never sinks the others: it is *rejected* with its reason (bad or
+//! missing `lastplus`, no `id`, an action that contradicts the key), a stale one is *skipped* with its
+//! reason, and the rest become [`Event`]s. Every record ends up in exactly one of the three lists.
+
+use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
+
+use super::fields::{self, FieldError};
+use super::repair::Repair;
+use super::rules::{
+    self, Action, ActionError, BatchKey, EmailError, Freshness, FreshnessGate, KeyError, KeyKind,
+    RowCount, StaleOverride,
+};
+use super::{Decoded, EntryId, Rules, RESTORED_FIELD};
+
+/// Which shape a tracked batch arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Batch,
+    RecordList,
+    SingleRecord,
+}
+
+/// A create-user entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateUser {
+    pub id: EntryId,
+    pub email: String,
+    /// The e-mail's local part.
+    pub username: String,
+    pub repair: Option<Repair>,
+}
+
+/// A tracked batch: the key, and each record as an event, a rejection or a skip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedBatch {
+    pub id: EntryId,
+    pub shape: Shape,
+    /// The batch key (absent for the fallback shapes).
+    pub key: Option<BatchKey>,
+    /// The username of the batch: from the key's id (the first record's id for fallback shapes).
+    pub username: String,
+    /// The routing key; see [`Decoded::partition_key`].
+    pub partition: String,
+    pub events: Vec<Event>,
+    pub rejected: Vec<Rejected>,
+    pub skipped: Vec<Skipped>,
+    pub notes: Vec<Note>,
+    pub repair: Option<Repair>,
+}
+
+impl TrackedBatch {
+    /// The key's kind, when the batch has a key.
+    pub fn kind(&self) -> Option<KeyKind> {
+        self.key.as_ref().map(|k| k.kind)
+    }
+}
+
+/// One record that will be applied to its TRACKED row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position of the record in the entry (0-based); with the entry ID it orders events.
+    pub index: usize,
+    pub action: Action,
+    /// The row key: `tracked_id` (record `id`) and `track_id`.
+    pub tracked_id: String,
+    pub track_id: String,
+    /// `track_id` was blank and `HASH_NULL_TRACK_ID` generated it (for `LOG_TRACKED_HASH_GEN`).
+    pub track_id_generated: bool,
+    pub username: String,
+    pub lastplus: NaiveDateTime,
+    pub page_name: Option<String>,
+    pub query_row_count: Option<i64>,
+    pub title: Option<String>,
+    pub track_type: Option<String>,
+    pub url: Option<String>,
+    /// Set when the record is stale and was written anyway.
+    pub stale_override: Option<StaleOverride>,
+}
+
+impl Event {
+    /// The data of a `RECORD_EXEC` log line (identifiers and times only, never titles or URLs).
+    pub fn record_exec(&self, entry: EntryId) -> String {
+        let mut line = format!(
+            "RECORD_EXEC entry={entry} index={} action={} tracked_id={} track_id={} username={} lastplus={}",
+            self.index,
+            self.action.as_str(),
+            rules::shown(&self.tracked_id),
+            rules::shown(&self.track_id),
+            rules::shown(&self.username),
+            rules::ts_text(&self.lastplus),
+        );
+        if self.track_id_generated {
+            line.push_str(" track_id_hashed=1");
+        }
+        if let Some(by) = self.stale_override {
+            line.push_str(&format!(" stale_written_by={}", by.as_str()));
+        }
+        line
+    }
+}
+
+/// A record that was refused; the rest of its batch is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub record_id: Option<String>,
+    pub reason: RejectReason,
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("record is {0}, not a JSON object")]
+    NotAnObject(&'static str),
+    #[error("record has no id")]
+    MissingId,
+    #[error("record has no lastplus")]
+    MissingLastplus,
+    #[error("lastplus {0} is not UTC YYYY-MM-DD HH:MM:SS")]
+    BadLastplus(String),
+    #[error("action {0} is not v, s or d")]
+    UnknownAction(String),
+    #[error("action '{action}' does not belong under a /{} key", kind.as_str())]
+    WrongKindAction { action: &'static str, kind: KeyKind },
+    #[error("record was cut off by truncation (LENIENT_JSON_REPAIR dropped it)")]
+    CutOff,
+}
+
+impl RejectReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::NotAnObject(_) => "not_an_object",
+            RejectReason::MissingId => "missing_id",
+            RejectReason::MissingLastplus => "missing_lastplus",
+            RejectReason::BadLastplus(_) => "bad_lastplus",
+            RejectReason::UnknownAction(_) => "unknown_action",
+            RejectReason::WrongKindAction { .. } => "wrong_kind_action",
+            RejectReason::CutOff => "cut_off",
+        }
+    }
+}
+
+/// A record that was skipped on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub index: usize,
+    pub record_id: String,
+    pub reason: SkipReason,
+}
+
+/// Why a record was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error(
+        "stale {}: lastplus is {age_secs} s older than the entry (NEWER_RECORD_TIME_LIMIT_SECONDS={limit_secs}){}",
+        action.as_str(),
+        if action.is_saved_kind() { "; PROCESS_STALE_SAVED=1 writes stale saves and deletes" } else { "" }
+    )]
+    Stale {
+        action: Action,
+        age_secs: i64,
+        limit_secs: u64,
+    },
+}
+
+impl SkipReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::Stale {
+                action: Action::Visit,
+                ..
+            } => "stale_visit",
+            SkipReason::Stale {
+                action: Action::Save,
+                ..
+            } => "stale_save",
+            SkipReason::Stale {
+                action: Action::Delete,
+                ..
+            } => "stale_delete",
+        }
+    }
+}
+
+/// Something about a written record worth a log line and a counter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Note {
+    #[error("record {index}: query_row_count {value} is not a whole number; stored as NULL")]
+    QueryRowCountNotNumeric { index: usize, value: String },
+}
+
+impl Note {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Note::QueryRowCountNotNumeric { .. } => "query_row_count_not_numeric",
+        }
+    }
+}
+
+/// Why an entry cannot be used at all; its `Display` is the dead-letter `reason` (one line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    #[error("batch has 'records' but no 'key' (a batch is {{\"key\":\"<prefix>:<id>/visited\",\"records\":[...]}})")]
+    MissingKey,
+    #[error("batch 'key' must be a string, found {0}")]
+    KeyNotText(&'static str),
+    #[error("batch key {key} {why}")]
+    BadKey { key: String, why: KeyError },
+    #[error("batch has a 'key' but no 'records' list")]
+    MissingRecords,
+    #[error("batch 'records' must be a list, found {0}")]
+    RecordsNotAList(&'static str),
+    #[error("user_email must be a string, found {0}")]
+    EmailNotText(&'static str),
+    #[error("{0}")]
+    BadEmail(EmailError),
+    #[error("not a tracked record: a lone JSON object needs an 'id' (or is a batch with key and records, a user_email or a diag); it has {keys}")]
+    NotARecord { keys: String },
+    #[error("a lone record was cut off by truncation; its missing fields cannot be guessed")]
+    TruncatedRecord,
+    #[error("{what} is turned off ({setting}=0)")]
+    FallbackDisabled {
+        what: &'static str,
+        setting: &'static str,
+    },
+    #[error("an empty JSON list holds no records")]
+    EmptyList,
+    #[error("a list of records must hold only objects; element {index} is {found}")]
+    ListNotRecords { index: usize, found: &'static str },
+    #[error("a JSON list with no tracked record: no element has an 'id'")]
+    NoRecordInList,
+}
+
+impl DecodeError {
+    /// A short stable code for counters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Field(e) => e.code(),
+            DecodeError::MissingKey => "missing_key",
+            DecodeError::KeyNotText(_) | DecodeError::BadKey { .. } => "bad_key",
+            DecodeError::MissingRecords | DecodeError::RecordsNotAList(_) => "bad_records",
+            DecodeError::EmailNotText(_) | DecodeError::BadEmail(_) => "bad_email",
+            DecodeError::NotARecord { .. } => "not_a_record",
+            DecodeError::TruncatedRecord => "truncated_record",
+            DecodeError::FallbackDisabled { .. } => "fallback_disabled",
+            DecodeError::EmptyList | DecodeError::ListNotRecords { .. } => "bad_list",
+            DecodeError::NoRecordInList => "no_record_in_list",
+        }
+    }
+}
+
+/// Decodes one stream entry. Never panics, whatever the bytes.
+pub fn decode(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Decoded {
+    if fields
+        .iter()
+        .any(|(k, _)| k.as_slice() == RESTORED_FIELD.as_bytes())
+    {
+        return Decoded::Restored { id };
+    }
+    let selected = match fields::select(fields, rules) {
+        Ok(s) => s,
+        Err(e) => {
+            return Decoded::Undecodable {
+                id,
+                reason: e.into(),
+            }
+        }
+    };
+    match decode_document(id, selected.doc, selected.repair, rules) {
+        Ok(d) => d,
+        Err(reason) => Decoded::Undecodable { id, reason },
+    }
+}
+
+/// Decodes an already-parsed payload (also used by legacy import and tests).
+pub fn decode_document(
+    id: EntryId,
+    doc: Value,
+    repair: Option<Repair>,
+    rules: &Rules,
+) -> Result<Decoded, DecodeError> {
+    let root_closed = repair.as_ref().is_some_and(|r| r.closed_root_object);
+    match doc {
+        Value::Object(obj) => {
+            if obj.contains_key("key") || obj.contains_key("records") {
+                return batch(id, &obj, repair, rules).map(Decoded::Tracked);
+            }
+            if let Some(email) = obj.get("user_email") {
+                let email = match email {
+                    Value::String(s) => s.trim().to_string(),
+                    other => return Err(DecodeError::EmailNotText(type_name(other))),
+                };
+                let username = rules::email_username(&email).map_err(DecodeError::BadEmail)?;
+                return Ok(Decoded::CreateUser(CreateUser {
+                    id,
+                    email,
+                    username,
+                    repair,
+                }));
+            }
+            if let Some(diag) = obj.get("diag") {
+                let diag = match diag {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                return Ok(Decoded::Diagnostic { id, diag });
+            }
+            if !obj.contains_key("id") {
+                return Err(DecodeError::NotARecord {
+                    keys: key_list(&obj),
+                });
+            }
+            if !rules.enable_fallback_single_record {
+                return Err(DecodeError::FallbackDisabled {
+                    what: "a lone record without a batch key",
+                    setting: "ENABLE_FALLBACK_SINGLE_RECORD",
+                });
+            }
+            if root_closed {
+                return Err(DecodeError::TruncatedRecord);
+            }
+            let records = [Value::Object(obj)];
+            Ok(Decoded::Tracked(records_batch(
+                id,
+                Shape::SingleRecord,
+                None,
+                &records,
+                repair,
+                rules,
+            )))
+        }
+        Value::Array(items) => {
+            if !rules.enable_fallback_record_list {
+                return Err(DecodeError::FallbackDisabled {
+                    what: "a list of records without a batch key",
+                    setting: "ENABLE_FALLBACK_RECORD_LIST",
+                });
+            }
+            let cut_off = repair.as_ref().is_some_and(|r| r.dropped_partial_record);
+            if items.is_empty() && !cut_off {
+                return Err(DecodeError::EmptyList);
+            }
+            if let Some((index, other)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
+                return Err(DecodeError::ListNotRecords {
+                    index,
+                    found: type_name(other),
+                });
+            }
+            if !cut_off && !items.iter().any(|v| v.get("id").is_some()) {
+                return Err(DecodeError::NoRecordInList);
+            }
+            Ok(Decoded::Tracked(records_batch(
+                id,
+                Shape::RecordList,
+                None,
+                &items,
+                repair,
+                rules,
+            )))
+        }
+        // `fields::select` only returns objects and lists.
+        other => Err(DecodeError::Field(FieldError::NotADocument {
+            field: "value".into(),
+            found: type_name(&other),
+        })),
+    }
+}
+
+fn batch(
+    id: EntryId,
+    obj: &Map<String, Value>,
+    repair: Option<Repair>,
+    rules: &Rules,
+) -> Result<TrackedBatch, DecodeError> {
+    let raw_key = match obj.get("key") {
+        None => return Err(DecodeError::MissingKey),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(DecodeError::KeyNotText(type_name(other))),
+    };
+    let key = rules::parse_key(raw_key, &rules.key_prefix).map_err(|why| DecodeError::BadKey {
+        key: rules::shown(raw_key),
+        why,
+    })?;
+    let records = match obj.get("records") {
+        None => return Err(DecodeError::MissingRecords),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(DecodeError::RecordsNotAList(type_name(other))),
+    };
+    Ok(records_batch(
+        id,
+        Shape::Batch,
+        Some(key),
+        records,
+        repair,
+        rules,
+    ))
+}
+
+fn records_batch(
+    id: EntryId,
+    shape: Shape,
+    key: Option<BatchKey>,
+    records: &[Value],
+    repair: Option<Repair>,
+    rules: &Rules,
+) -> TrackedBatch {
+    let first_record_id = records.iter().find_map(|r| r.get("id")).and_then(text);
+    let name_source = key
+        .as_ref()
+        .map(|k| k.id.clone())
+        .or(first_record_id)
+        .unwrap_or_default();
+    let mut batch = TrackedBatch {
+        id,
+        shape,
+        username: rules::username(&name_source, rules.username_split_hyphen),
+        partition: rules::partition_of(&name_source),
+        key,
+        events: Vec::with_capacity(records.len()),
+        rejected: Vec::new(),
+        skipped: Vec::new(),
+        notes: Vec::new(),
+        repair,
+    };
+    let mut gate = FreshnessGate::new(rules, id);
+    for (index, record) in records.iter().enumerate() {
+        record_into(&mut batch, &mut gate, index, record, rules);
+    }
+    if batch
+        .repair
+        .as_ref()
+        .is_some_and(|r| r.dropped_partial_record)
+    {
+        batch.rejected.push(Rejected {
+            index: records.len(),
+            record_id: None,
+            reason: RejectReason::CutOff,
+        });
+    }
+    batch
+}
+
+fn record_into(
+    batch: &mut TrackedBatch,
+    gate: &mut FreshnessGate<'_>,
+    index: usize,
+    record: &Value,
+    rules: &Rules,
+) {
+    let reject = |batch: &mut TrackedBatch, record_id: Option<String>, reason| {
+        batch.rejected.push(Rejected {
+            index,
+            record_id,
+            reason,
+        })
+    };
+    let Value::Object(obj) = record else {
+        reject(batch, None, RejectReason::NotAnObject(type_name(record)));
+        return;
+    };
+    let field = |name: &str| obj.get(name).and_then(text);
+    let Some(tracked_id) = field("id").filter(|s| !s.trim().is_empty()) else {
+        reject(batch, None, RejectReason::MissingId);
+        return;
+    };
+    let kind = batch.key.as_ref().map(|k| k.kind);
+    let action = match rules::action(field("action").as_deref(), kind) {
+        Ok(a) => a,
+        Err(ActionError::Unknown(a)) => {
+            reject(batch, Some(tracked_id), RejectReason::UnknownAction(a));
+            return;
+        }
+        Err(ActionError::WrongKind { action, kind }) => {
+            reject(
+                batch,
+                Some(tracked_id),
+                RejectReason::WrongKindAction { action, kind },
+            );
+            return;
+        }
+    };
+    let lastplus = match obj.get("lastplus") {
+        None | Some(Value::Null) => {
+            reject(batch, Some(tracked_id), RejectReason::MissingLastplus);
+            return;
+        }
+        Some(Value::String(s)) => match rules::parse_lastplus(s) {
+            Some(t) => t,
+            None => {
+                reject(
+                    batch,
+                    Some(tracked_id),
+                    RejectReason::BadLastplus(rules::shown(s)),
+                );
+                return;
+            }
+        },
+        Some(other) => {
+            let shown = rules::shown(&other.to_string());
+            reject(batch, Some(tracked_id), RejectReason::BadLastplus(shown));
+            return;
+        }
+    };
+    let stale_override = match gate.decide(&lastplus, action) {
+        Freshness::Fresh => None,
+        Freshness::StaleWritten { by, .. } => Some(by),
+        Freshness::Skip { age_secs } => {
+            batch.skipped.push(Skipped {
+                index,
+                record_id: tracked_id,
+                reason: SkipReason::Stale {
+                    action,
+                    age_secs,
+                    limit_secs: rules.newer_record_time_limit_seconds,
+                },
+            });
+            return;
+        }
+    };
+
+    let title = field("track_title");
+    let url = field("track_url");
+    let given_track_id = field("track_id").filter(|s| !s.trim().is_empty());
+    let (track_id, track_id_generated) = match given_track_id {
+        Some(t) => (t, false),
+        None if rules.hash_null_track_id => (
+            rules::hash_track_id(
+                title.as_deref().unwrap_or_default(),
+                url.as_deref().unwrap_or_default(),
+                &tracked_id,
+            ),
+            true,
+        ),
+        None => (String::new(), false),
+    };
+    let query_row_count = match rules::query_row_count(obj.get("query_row_count")) {
+        RowCount::Absent => None,
+        RowCount::Count(n) => Some(n),
+        RowCount::Invalid(value) => {
+            batch
+                .notes
+                .push(Note::QueryRowCountNotNumeric { index, value });
+            None
+        }
+    };
+    let username = match &batch.key {
+        Some(_) if !rules.username_use_record_id => batch.username.clone(),
+        _ => rules::username(&tracked_id, rules.username_split_hyphen),
+    };
+    let page_name = field("page_name").or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
+    let track_type =
+        field("track_type").map(|t| rules::track_type(&t, rules.preserve_track_type_case));
+    batch.events.push(Event {
+        index,
+        action,
+        tracked_id,
+        track_id,
+        track_id_generated,
+        username,
+        lastplus,
+        page_name,
+        query_row_count,
+        title,
+        track_type,
+        url,
+        stale_override,
+    });
+}
+
+/// A record field as text: strings as they are, numbers and booleans in JSON form, objects and
+/// lists as compact JSON; null is absent.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn key_list(obj: &Map<String, Value>) -> String {
+    if obj.is_empty() {
+        return "no keys".to_string();
+    }
+    let mut keys: Vec<String> = obj.keys().take(8).map(|k| rules::shown(k)).collect();
+    if obj.len() > 8 {
+        keys.push(format!("and {} more", obj.len() - 8));
+    }
+    format!("keys {}", keys.join(", "))
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -1,0 +1,352 @@
+//! Which field of a stream entry holds the payload, and turning its bytes into a JSON document.
+//!
+//! Applications put the JSON in `value`; older producers used `payload` or `data`. The fields are
+//! inspected in order — `value`, then each of `FALLBACK_JSON_FIELDS` — and the first that holds a
+//! JSON document (an object or a list, after the opt-in repairs of [`super::repair`]) wins. Field
+//! values are raw bytes: invalid UTF-8 is a reason, never a panic.
+
+use serde_json::Value;
+
+use super::repair::{close_truncated, quote_bare_lastplus, Repair, RepairRefused};
+use super::Rules;
+
+/// The field that held the payload, its document, and what was repaired to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selected {
+    pub field: String,
+    pub doc: Value,
+    pub repair: Option<Repair>,
+}
+
+/// Why no field yielded a document. Each variant names the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("no JSON field: looked for {looked}, the entry has fields {present}")]
+    NoField { looked: String, present: String },
+    #[error("field '{field}' is not valid UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { field: String, offset: usize },
+    #[error("field '{field}' holds {found}, not a JSON object or list")]
+    NotADocument { field: String, found: &'static str },
+    #[error("field '{field}' is not valid JSON ({detail}){hint}")]
+    InvalidJson {
+        field: String,
+        detail: String,
+        hint: String,
+    },
+    #[error("field '{field}' is truncated JSON and was not repaired: {why}")]
+    RepairRefused { field: String, why: RepairRefused },
+}
+
+impl FieldError {
+    /// A short stable code for counters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FieldError::NoField { .. } => "no_json_field",
+            FieldError::NotUtf8 { .. } => "not_utf8",
+            FieldError::NotADocument { .. } => "not_a_document",
+            FieldError::InvalidJson { .. } => "invalid_json",
+            FieldError::RepairRefused { .. } => "repair_refused",
+        }
+    }
+}
+
+/// The field names to inspect, in order: `value`, then `FALLBACK_JSON_FIELDS` (duplicates dropped).
+pub fn candidates(rules: &Rules) -> Vec<&str> {
+    let mut names: Vec<&str> = vec!["value"];
+    for f in &rules.fallback_json_fields {
+        if !names.contains(&f.as_str()) {
+            names.push(f.as_str());
+        }
+    }
+    names
+}
+
+/// Picks the payload: the first candidate field (in order) that yields a JSON object or list.
+/// When none does, the error is the first candidate's (the field the producer most likely meant).
+pub fn select(fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Result<Selected, FieldError> {
+    let names = candidates(rules);
+    let mut first_error: Option<FieldError> = None;
+    for name in &names {
+        let Some((_, raw)) = fields.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) else {
+            continue;
+        };
+        match read_document(name, raw, rules) {
+            Ok(sel) => return Ok(sel),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| FieldError::NoField {
+        looked: names.join(", "),
+        present: present_fields(fields),
+    }))
+}
+
+fn present_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
+    if fields.is_empty() {
+        return "(none)".to_string();
+    }
+    let mut names: Vec<String> = fields
+        .iter()
+        .take(10)
+        .map(|(k, _)| super::rules::shown(&String::from_utf8_lossy(k)))
+        .collect();
+    if fields.len() > 10 {
+        names.push(format!("and {} more", fields.len() - 10));
+    }
+    names.join(", ")
+}
+
+/// Parses one field's bytes, applying the enabled repairs when the text is not JSON as it stands.
+pub fn read_document(field: &str, raw: &[u8], rules: &Rules) -> Result<Selected, FieldError> {
+    let text = std::str::from_utf8(raw).map_err(|e| FieldError::NotUtf8 {
+        field: field.to_string(),
+        offset: e.valid_up_to(),
+    })?;
+    let first_error = match serde_json::from_str::<Value>(text) {
+        Ok(doc) => return document(field, doc, None),
+        Err(e) => e,
+    };
+
+    let mut repair = Repair::default();
+    let mut current = std::borrow::Cow::Borrowed(text);
+    if rules.auto_quote_lastplus {
+        if let Some((quoted, n)) = quote_bare_lastplus(&current) {
+            repair.quoted_lastplus = n;
+            current = std::borrow::Cow::Owned(quoted);
+            if let Ok(doc) = serde_json::from_str::<Value>(&current) {
+                return document(field, doc, Some(repair));
+            }
+        }
+    }
+    let eof = first_error.is_eof();
+    if !rules.lenient_json_repair {
+        let hint = if eof {
+            "; it looks truncated, LENIENT_JSON_REPAIR=1 would try to close it"
+        } else if !rules.auto_quote_lastplus && text.contains("\"lastplus\"") {
+            "; AUTO_QUOTE_LASTPLUS=1 quotes bare lastplus values"
+        } else {
+            ""
+        };
+        return Err(FieldError::InvalidJson {
+            field: field.to_string(),
+            detail: first_error.to_string(),
+            hint: hint.to_string(),
+        });
+    }
+    let (closed, truncation) =
+        close_truncated(&current, rules.max_json_repair_append).map_err(|why| match why {
+            RepairRefused::NotAPrefix(_) | RepairRefused::NotTruncated => FieldError::InvalidJson {
+                field: field.to_string(),
+                detail: first_error.to_string(),
+                hint: String::new(),
+            },
+            why => FieldError::RepairRefused {
+                field: field.to_string(),
+                why,
+            },
+        })?;
+    repair.appended = truncation.appended;
+    repair.removed_bytes = truncation.removed_bytes;
+    repair.dropped_partial_record = truncation.dropped_partial_record;
+    repair.closed_root_object = truncation.closed_root_object;
+    match serde_json::from_str::<Value>(&closed) {
+        Ok(doc) => document(field, doc, Some(repair)),
+        Err(_) => Err(FieldError::InvalidJson {
+            field: field.to_string(),
+            detail: first_error.to_string(),
+            hint: String::new(),
+        }),
+    }
+}
+
+fn document(field: &str, doc: Value, repair: Option<Repair>) -> Result<Selected, FieldError> {
+    let found = match &doc {
+        Value::Object(_) | Value::Array(_) => {
+            return Ok(Selected {
+                field: field.to_string(),
+                doc,
+                repair,
+            })
+        }
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+    };
+    Err(FieldError::NotADocument {
+        field: field.to_string(),
+        found,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(pairs: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn value_is_read_first() {
+        let fields = f(&[("payload", br#"{"a":2}"#), ("value", br#"{"a":1}"#)]);
+        let sel = select(&fields, &Rules::default()).unwrap();
+        assert_eq!(
+            (sel.field.as_str(), sel.doc["a"].as_i64()),
+            ("value", Some(1))
+        );
+    }
+
+    #[test]
+    fn fallback_fields_are_tried_in_order_and_first_json_wins() {
+        let fields = f(&[
+            ("data", br#"{"a":3}"#),
+            ("payload", br#"{"a":2}"#),
+            ("other", b"{}"),
+        ]);
+        let sel = select(&fields, &Rules::default()).unwrap();
+        assert_eq!(sel.field, "payload");
+        let fields = f(&[("value", b"not json"), ("data", br#"[1]"#)]);
+        assert_eq!(select(&fields, &Rules::default()).unwrap().field, "data");
+    }
+
+    #[test]
+    fn fallback_json_fields_setting_changes_the_list() {
+        let rules = Rules {
+            fallback_json_fields: vec!["body".into()],
+            ..Rules::default()
+        };
+        let fields = f(&[("payload", br#"{"a":2}"#), ("body", br#"{"a":4}"#)]);
+        assert_eq!(select(&fields, &rules).unwrap().field, "body");
+        assert_eq!(candidates(&rules), ["value", "body"]);
+    }
+
+    #[test]
+    fn a_scalar_is_not_a_payload() {
+        let fields = f(&[("value", b"\"hello\"")]);
+        assert_eq!(
+            select(&fields, &Rules::default()),
+            Err(FieldError::NotADocument {
+                field: "value".into(),
+                found: "a string"
+            })
+        );
+    }
+
+    #[test]
+    fn no_candidate_field_lists_what_is_there() {
+        let fields = f(&[("foo", b"{}"), ("bar\n", b"1")]);
+        let e = select(&fields, &Rules::default()).unwrap_err();
+        assert_eq!(e.code(), "no_json_field");
+        assert_eq!(
+            e.to_string(),
+            "no JSON field: looked for value, payload, data, the entry has fields 'foo', 'bar\\n'"
+        );
+        let e = select(&[], &Rules::default()).unwrap_err();
+        assert!(e.to_string().ends_with("(none)"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_reason_with_the_offset() {
+        let fields = f(&[("value", b"{\"a\":\"\xff\"}")]);
+        assert_eq!(
+            select(&fields, &Rules::default()),
+            Err(FieldError::NotUtf8 {
+                field: "value".into(),
+                offset: 6
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_json_without_repair_hints_at_the_setting() {
+        let fields = f(&[("value", br#"{"key":"k","records":[{"id":"a"}"#)]);
+        let e = select(&fields, &Rules::default()).unwrap_err();
+        assert_eq!(e.code(), "invalid_json");
+        assert!(e.to_string().contains("LENIENT_JSON_REPAIR=1"), "{e}");
+    }
+
+    #[test]
+    fn lenient_repair_closes_truncated_json_and_says_so() {
+        let rules = Rules {
+            lenient_json_repair: true,
+            ..Rules::default()
+        };
+        let fields = f(&[("value", br#"{"key":"k","records":[{"id":"a"}"#)]);
+        let sel = select(&fields, &rules).unwrap();
+        assert_eq!(sel.doc["records"][0]["id"], "a");
+        assert_eq!(sel.repair.unwrap().appended, "]}");
+    }
+
+    #[test]
+    fn repair_refusal_is_the_reason() {
+        let rules = Rules {
+            lenient_json_repair: true,
+            ..Rules::default()
+        };
+        let fields = f(&[("value", br#"{"user_email":"alice@exa"#)]);
+        let e = select(&fields, &rules).unwrap_err();
+        assert_eq!(e.code(), "repair_refused");
+        assert_eq!(
+            e.to_string(),
+            "field 'value' is truncated JSON and was not repaired: it was cut inside a string, which cannot be completed without guessing"
+        );
+        let long = Rules {
+            max_json_repair_append: 1,
+            ..rules
+        };
+        let fields = f(&[("value", br#"{"key":"k","records":[{"id":"a"}"#)]);
+        assert!(select(&fields, &long)
+            .unwrap_err()
+            .to_string()
+            .contains("MAX_JSON_REPAIR_APPEND=1"));
+    }
+
+    #[test]
+    fn auto_quote_lastplus_reads_bare_timestamps() {
+        let text = br#"{"id":"a","lastplus":2025-11-01 10:20:30}"#;
+        let fields = f(&[("value", text)]);
+        let e = select(&fields, &Rules::default()).unwrap_err();
+        assert!(e.to_string().contains("AUTO_QUOTE_LASTPLUS=1"), "{e}");
+        let rules = Rules {
+            auto_quote_lastplus: true,
+            ..Rules::default()
+        };
+        let sel = select(&fields, &rules).unwrap();
+        assert_eq!(sel.doc["lastplus"], "2025-11-01 10:20:30");
+        assert_eq!(sel.repair.unwrap().quoted_lastplus, 1);
+    }
+
+    #[test]
+    fn auto_quote_and_repair_combine() {
+        let rules = Rules {
+            auto_quote_lastplus: true,
+            lenient_json_repair: true,
+            ..Rules::default()
+        };
+        let fields = f(&[(
+            "value",
+            br#"{"key":"k","records":[{"id":"a","lastplus":2025-11-01 10:20:30}"#,
+        )]);
+        let sel = select(&fields, &rules).unwrap();
+        assert_eq!(sel.doc["records"][0]["lastplus"], "2025-11-01 10:20:30");
+        let r = sel.repair.unwrap();
+        assert_eq!((r.quoted_lastplus, r.appended.as_str()), (1, "]}"));
+    }
+
+    #[test]
+    fn valid_json_is_never_touched_by_repairs() {
+        let rules = Rules {
+            auto_quote_lastplus: true,
+            lenient_json_repair: true,
+            ..Rules::default()
+        };
+        let fields = f(&[("value", br#"{"lastplus":"x"}"#)]);
+        assert_eq!(select(&fields, &rules).unwrap().repair, None);
+    }
+}

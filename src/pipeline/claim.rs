@@ -1,0 +1,231 @@
+//! The claimer: reads entries through the consumer group and routes them to the workers.
+//!
+//! It waits until Redis has finished loading and is a primary; then it first takes over every entry
+//! still pending in the group (claimed before a crash, a restart or a failover — `XAUTOCLAIM` from
+//! `0-0`), then reads new ones (`XREADGROUP ... >`). Each read is one bounded chunk under the lock, and
+//! the number of claimed-but-unacknowledged entries never exceeds `MAX_IN_FLIGHT`, so the module's
+//! memory stays bounded however long the stream grows. Decoding happens off the lock.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use redis_module::raw;
+
+use super::gil::Gil;
+use super::worker::Work;
+use super::{control, dry_run, group_name, State};
+use crate::entry::{self, EntryId, Rules};
+use crate::logging;
+use crate::settings::{self, Key};
+use crate::status::METRICS;
+use crate::stream::{self, RawEntry};
+
+pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
+    let gil = Gil::new().ok_or("could not create the claimer context")?;
+    std::thread::Builder::new()
+        .name("wb-claimer".into())
+        .spawn(move || {
+            crate::ffi::guard("claimer thread", || run(gil, workers));
+        })
+        .map_err(|e| format!("could not start the claimer thread: {e}"))
+}
+
+/// What the server allows right now.
+enum Server {
+    Loading,
+    Replica,
+    Primary,
+}
+
+fn server(gil: &Gil) -> Server {
+    gil.with(|ctx| {
+        let f = stream::flags(ctx);
+        if f & (raw::REDISMODULE_CTX_FLAGS_LOADING
+            | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING
+            | raw::REDISMODULE_CTX_FLAGS_SERVER_STARTUP)
+            != 0
+        {
+            Server::Loading
+        } else if f & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+            Server::Replica
+        } else {
+            Server::Primary
+        }
+    })
+}
+
+fn run(gil: Gil, workers: Vec<Sender<Work>>) {
+    let c = control();
+    // After a start or a promotion, pending entries are taken over first.
+    let mut recovering = true;
+    let mut cursor = String::from("0-0");
+    let mut group_ready: Option<String> = None;
+    let mut listed_keys = false;
+    loop {
+        if c.stopping() {
+            return;
+        }
+        let snap = settings::current();
+        match server(&gil) {
+            Server::Loading => {
+                c.set_state(State::Loading);
+                c.wait_wake(Duration::from_millis(50));
+                continue;
+            }
+            Server::Replica => {
+                c.set_state(State::Replica);
+                recovering = true;
+                cursor = "0-0".into();
+                group_ready = None;
+                c.wait_wake(Duration::from_millis(200));
+                continue;
+            }
+            Server::Primary => {}
+        }
+        if !listed_keys && snap.bool(Key::ListStreamKeysOnStart) {
+            listed_keys = true;
+            list_stream_keys(&gil);
+        }
+        if c.paused.load(Ordering::Relaxed) {
+            c.set_state(State::Paused);
+            c.wait_wake(Duration::from_millis(200));
+            continue;
+        }
+        let dry = dry_run(&snap);
+        if !dry && !snap.snowflake_configured() {
+            c.set_state(State::Unconfigured);
+            c.wait_wake(Duration::from_secs(1));
+            continue;
+        }
+        c.set_state(if dry { State::DryRun } else { State::Running });
+
+        let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
+        let cap = snap.uint(Key::MaxInFlight).max(1);
+        if in_flight >= cap {
+            c.wait_settled(Duration::from_millis(100));
+            continue;
+        }
+        let count = snap.uint(Key::ClaimChunk).min(cap - in_flight).max(1) as usize;
+        let stream_name = snap.str(Key::RedisStream).to_string();
+        let group = group_name(&snap);
+        let consumer = snap.str(Key::Consumer).to_string();
+
+        let read = gil.with(|ctx| {
+            if group_ready.as_deref() != Some(group.as_str()) {
+                stream::ensure_group(ctx, &stream_name, &group)?;
+            }
+            if recovering {
+                stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)
+                    .map(|(e, next)| (e, Some(next)))
+            } else {
+                stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)
+                    .map(|e| (e, None))
+            }
+        });
+        let (entries, next) = match read {
+            Ok(r) => {
+                group_ready = Some(group.clone());
+                r
+            }
+            Err(e) => {
+                // The stream or group was deleted, or Redis refused: re-create and retry shortly.
+                if group_ready.is_some() {
+                    logging::warning(&format!(
+                        "reading {stream_name} through {group} failed: {e}"
+                    ));
+                }
+                group_ready = None;
+                c.wait_wake(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if let Some(next) = next {
+            if next == "0-0" {
+                recovering = false;
+            }
+            cursor = next;
+        }
+        if entries.is_empty() {
+            if !recovering {
+                c.wait_wake(Duration::from_secs(1));
+            }
+            continue;
+        }
+        dispatch(
+            entries,
+            &workers,
+            &stream_name,
+            &group,
+            &Rules::from_settings(&snap),
+            snap.bool(Key::LogRaw),
+        );
+    }
+}
+
+/// Decodes entries and sends each to the worker of its partition.
+fn dispatch(
+    entries: Vec<RawEntry>,
+    workers: &[Sender<Work>],
+    stream_name: &str,
+    group: &str,
+    rules: &Rules,
+    log_raw: bool,
+) {
+    METRICS
+        .entries_read
+        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    METRICS
+        .in_flight
+        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    for raw in entries {
+        if log_raw {
+            let fields: Vec<String> = raw
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect();
+            logging::info(&format!("RAW {} {}", raw.id, fields.join(" ")));
+        }
+        // Redis only hands out well-formed IDs.
+        let id = EntryId::parse(&raw.id).unwrap_or_default();
+        let decoded = entry::decode(id, &raw.fields, rules);
+        let key = decoded.partition_key();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if key.is_empty() {
+            raw.id.hash(&mut h);
+        } else {
+            key.hash(&mut h);
+        }
+        let index = (h.finish() % workers.len().max(1) as u64) as usize;
+        let work = Work {
+            raw,
+            decoded,
+            stream: stream_name.to_string(),
+            group: group.to_string(),
+        };
+        if let Some(tx) = workers.get(index) {
+            if tx.send(work).is_err() {
+                logging::warning(
+                    "a worker has stopped; the entry stays pending for the next start",
+                );
+            }
+        }
+    }
+}
+
+fn list_stream_keys(gil: &Gil) {
+    let keys = gil
+        .with(|ctx| stream::call_read(ctx, "SCAN", &[b"0", b"TYPE", b"stream", b"COUNT", b"1000"]));
+    if let Ok(redis_module::RedisValue::Array(parts)) = keys {
+        logging::info(&format!("stream keys at start-up: {:?}", parts.get(1)));
+    }
+}

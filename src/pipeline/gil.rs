@@ -1,0 +1,77 @@
+//! Taking the Redis lock from a background thread, for short, bounded work only.
+//!
+//! Each pipeline thread owns one detached thread-safe context selected to `REDIS_DB`. Holding the lock
+//! blocks Redis's main thread, so callers do only a few commands under it (one `XREADGROUP` chunk, one
+//! `XACK` of a batch) and never network I/O.
+
+use redis_module::{raw, Context};
+
+use crate::settings::{self, Key};
+
+pub struct Gil {
+    ctx: *mut raw::RedisModuleCtx,
+}
+
+// The context is only used while the lock is held, which serialises all access to it.
+unsafe impl Send for Gil {}
+
+impl Gil {
+    /// A context for this thread (needs the module to be loaded).
+    pub fn new() -> Option<Gil> {
+        let get_detached = unsafe { raw::RedisModule_GetDetachedThreadSafeContext }?;
+        let home = crate::stream::home()?;
+        let ctx = unsafe { get_detached(home.ctx) };
+        if ctx.is_null() {
+            return None;
+        }
+        Some(Gil { ctx })
+    }
+
+    /// Runs `body` with the lock held.
+    pub fn with<T>(&self, body: impl FnOnce(&Context) -> T) -> T {
+        let (Some(lock), Some(unlock)) =
+            (unsafe { raw::RedisModule_ThreadSafeContextLock }, unsafe {
+                raw::RedisModule_ThreadSafeContextUnlock
+            })
+        else {
+            return body(&Context::new(self.ctx));
+        };
+        unsafe { lock(self.ctx) };
+        struct Unlock(
+            *mut raw::RedisModuleCtx,
+            unsafe extern "C" fn(*mut raw::RedisModuleCtx),
+        );
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                unsafe { (self.1)(self.0) };
+            }
+        }
+        let _unlock = Unlock(self.ctx, unlock);
+        // The database may have been changed by a restart of the module's settings; select it each time.
+        if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
+            unsafe { select(self.ctx, settings::current().int(Key::RedisDb) as i32) };
+        }
+        body(&Context::new(self.ctx))
+    }
+}
+
+impl Drop for Gil {
+    fn drop(&mut self) {
+        // Freeing a context releases its fake client, which must happen under the lock.
+        let apis = unsafe {
+            (
+                raw::RedisModule_ThreadSafeContextLock,
+                raw::RedisModule_FreeThreadSafeContext,
+                raw::RedisModule_ThreadSafeContextUnlock,
+            )
+        };
+        if let (Some(lock), Some(free), Some(unlock)) = apis {
+            unsafe {
+                lock(self.ctx);
+                free(self.ctx);
+                // The unlock releases the global lock; it does not read the context.
+                unlock(self.ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Where a batch goes: Snowflake, or the log in dry run.
+//!
+//! A sink turns a batch of decoded entries into statements ([`crate::sql::plan`]) and commits them.
+//! Its error says what the worker should do next:
+//! - [`SinkError::Retry`]: transient (throttling, outage, timeout, expired credentials): the same batch
+//!   again after a backoff. Nothing is lost and nothing is skipped; the backlog grows.
+//! - [`SinkError::Blocked`]: Snowflake refuses every statement for a reason no entry can fix (a missing
+//!   table, a privilege, a bad key): retried slowly and shown loudly, never dead-lettered — moving good
+//!   data aside because of a configuration problem would be a silent loss.
+//! - [`SinkError::Data`]: Snowflake rejected the data itself (SQL state class 22, data exception): the
+//!   worker splits the batch until the entry at fault is alone and dead-letters it.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::entry::Decoded;
+use crate::logging;
+use crate::settings::{self, Key, Snapshot};
+use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
+use crate::sql::{self, Planned, Tables};
+use crate::status::METRICS;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    Retry(String),
+    Blocked(String),
+    Data(String),
+}
+
+impl SinkError {
+    pub fn message(&self) -> &str {
+        match self {
+            SinkError::Retry(m) | SinkError::Blocked(m) | SinkError::Data(m) => m,
+        }
+    }
+}
+
+impl From<SnowflakeError> for SinkError {
+    fn from(e: SnowflakeError) -> SinkError {
+        let line = e.to_string();
+        match e.class {
+            ErrorClass::Retryable | ErrorClass::Reauth => SinkError::Retry(line),
+            ErrorClass::Config => SinkError::Blocked(line),
+            ErrorClass::Permanent
+                if e.sql_state.as_deref().is_some_and(|s| s.starts_with("22")) =>
+            {
+                SinkError::Data(line)
+            }
+            ErrorClass::Permanent => SinkError::Blocked(line),
+        }
+    }
+}
+
+/// Commits batches.
+pub trait Sink: Send + Sync {
+    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError>;
+}
+
+fn log_planned(p: &Planned, snap: &Snapshot, dry: bool) {
+    let verb = if dry { "DRY_RUN" } else { "executing" };
+    if snap.bool(Key::LogSql) || dry {
+        logging::info(&format!(
+            "{} {verb}: {} rows from {} entries, {} bytes bound: {}",
+            p.target.marker(),
+            p.rows,
+            p.entries.len(),
+            p.statement.size() - p.statement.sql.len(),
+            p.statement
+                .sql
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    } else {
+        logging::debug(&format!(
+            "{} {verb}: {} rows from {} entries",
+            p.target.marker(),
+            p.rows,
+            p.entries.len()
+        ));
+    }
+}
+
+fn log_records(entries: &[Decoded], snap: &Snapshot) {
+    let each = snap.bool(Key::LogTrackedEach);
+    let targets = snap.list(Key::TargetLogIds);
+    for d in entries {
+        let Decoded::Tracked(b) = d else { continue };
+        for e in &b.events {
+            let targeted = targets
+                .iter()
+                .any(|t| *t == e.tracked_id || *t == e.username);
+            if each || targeted {
+                logging::info(&e.record_exec(b.id));
+            }
+        }
+    }
+}
+
+/// Logs the statements instead of executing them.
+pub struct DryRunSink;
+
+impl Sink for DryRunSink {
+    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
+        let snap = settings::current();
+        let tables = Tables::from_settings(&snap).map_err(SinkError::Blocked)?;
+        for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
+            log_planned(&p, &snap, true);
+        }
+        log_records(entries, &snap);
+        Ok(())
+    }
+}
+
+/// Commits to Snowflake through the SQL API.
+pub struct SnowflakeSink {
+    pub client: Arc<Client>,
+}
+
+impl Sink for SnowflakeSink {
+    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
+        let snap = settings::current();
+        let tables = Tables::from_settings(&snap).map_err(SinkError::Blocked)?;
+        for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
+            log_planned(&p, &snap, false);
+            METRICS
+                .statements
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let result = self.client.execute(&p.statement)?;
+            if snap.bool(Key::TraceSql) {
+                logging::info(&format!(
+                    "{} done: handle {} rows affected {:?}",
+                    p.target.marker(),
+                    result.statement_handle,
+                    result.rows_affected
+                ));
+            }
+        }
+        log_records(entries, &snap);
+        Ok(())
+    }
+}
+
+static SHARED_CLIENT: Mutex<Option<Arc<Client>>> = Mutex::new(None);
+
+/// The Snowflake client all workers share (built once from the settings).
+pub fn client() -> Result<Arc<Client>, SnowflakeError> {
+    let mut slot = SHARED_CLIENT.lock();
+    if let Some(c) = slot.as_ref() {
+        return Ok(Arc::clone(c));
+    }
+    let cfg = ClientConfig::from_settings(&settings::current())
+        .map_err(|e| SnowflakeError::config(e.to_string()))?;
+    let c = Arc::new(Client::new(cfg)?);
+    *slot = Some(Arc::clone(&c));
+    Ok(c)
+}
+
+/// The sink the settings ask for now.
+pub fn current() -> Result<Box<dyn Sink>, SinkError> {
+    if crate::pipeline::dry_run(&settings::current()) {
+        return Ok(Box::new(DryRunSink));
+    }
+    Ok(Box::new(SnowflakeSink {
+        client: client().map_err(SinkError::from)?,
+    }))
+}

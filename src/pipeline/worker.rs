@@ -1,0 +1,246 @@
+//! The worker pool: batch, commit, settle.
+//!
+//! Each worker owns the partitions routed to it, so the entries of one user reach Snowflake in stream
+//! order. It waits for a first entry, then up to `BATCH_LINGER_MS` for more, up to `BATCH_MAX_ENTRIES`
+//! and `BATCH_MAX_BYTES`, and commits the batch through the sink. A transient failure retries the same
+//! batch with capped exponential backoff and jitter — for as long as it takes, with the backlog growing
+//! in the stream, never skipping. Only then are the entries acknowledged.
+
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use super::ack::{self, Settle};
+use super::gil::Gil;
+use super::sink::{self, SinkError};
+use super::{control, State};
+use crate::entry::Decoded;
+use crate::logging;
+use crate::settings::{self, Key};
+use crate::status::METRICS;
+use crate::stream::RawEntry;
+
+/// One claimed entry on its way to Snowflake.
+#[derive(Debug)]
+pub struct Work {
+    pub raw: RawEntry,
+    pub decoded: Decoded,
+    /// The stream and group it was claimed from (settles go back there).
+    pub stream: String,
+    pub group: String,
+}
+
+/// The senders, kept so `MODULE UNLOAD` can close the channels.
+static SENDERS: Mutex<Vec<Sender<Work>>> = Mutex::new(Vec::new());
+
+/// The workers' inboxes and threads.
+pub type Pool = (Vec<Sender<Work>>, Vec<JoinHandle<()>>);
+
+pub fn spawn(n: usize) -> Result<Pool, String> {
+    let mut senders = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for index in 0..n {
+        let (tx, rx) = unbounded();
+        let gil = Gil::new().ok_or("could not create a worker context")?;
+        let h = std::thread::Builder::new()
+            .name(format!("wb-worker-{index}"))
+            .spawn(move || {
+                crate::ffi::guard("worker thread", || run(rx, gil));
+            })
+            .map_err(|e| format!("could not start a worker thread: {e}"))?;
+        senders.push(tx);
+        handles.push(h);
+    }
+    *SENDERS.lock() = senders.clone();
+    Ok((senders, handles))
+}
+
+/// Closes the channels so idle workers exit.
+pub fn close() {
+    SENDERS.lock().clear();
+}
+
+fn run(rx: Receiver<Work>, gil: Gil) {
+    let c = control();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(w) => w,
+            Err(RecvTimeoutError::Timeout) if c.stopping() => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let snap = settings::current();
+        let max_entries = snap.uint(Key::BatchMaxEntries).max(1) as usize;
+        let max_bytes = snap.uint(Key::BatchMaxBytes) as usize;
+        let deadline = Instant::now() + Duration::from_millis(snap.uint(Key::BatchLingerMs));
+        let mut bytes = first.raw.size();
+        let mut batch = vec![first];
+        while batch.len() < max_entries && bytes < max_bytes {
+            match rx.recv_deadline(deadline) {
+                Ok(w) => {
+                    bytes += w.raw.size();
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        c.committing.fetch_add(1, Ordering::Relaxed);
+        let settled = crate::ffi::guard("batch", || process(&batch)).flatten();
+        match settled {
+            Some(settles) => {
+                if let Some(first) = batch.first() {
+                    ack::queue(&first.stream, &first.group, settles);
+                }
+                c.committing.fetch_sub(1, Ordering::Relaxed);
+                c.notify_settled();
+                gil.with(ack::drain);
+            }
+            None => {
+                // Stopping (or a bug, already logged): the batch stays pending for the next start.
+                c.committing.fetch_sub(1, Ordering::Relaxed);
+                let n = batch.len() as u64;
+                let _ = METRICS
+                    .in_flight
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(n))
+                    });
+                c.notify_settled();
+                if c.stopping() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
+fn process(batch: &[Work]) -> Option<Vec<Settle>> {
+    let started = Instant::now();
+    let decoded: Vec<Decoded> = batch.iter().map(|w| w.decoded.clone()).collect();
+    let outcome = commit_all(&decoded)?;
+    let snap = settings::current();
+    let mut settles = Vec::with_capacity(batch.len());
+    let mut tally = METRICS.tally.lock();
+    let mut committed = 0u64;
+    for (w, result) in batch.iter().zip(outcome) {
+        match (&w.decoded, result) {
+            (Decoded::Undecodable { reason, .. }, _) => {
+                w.decoded.tally(&mut tally);
+                if snap.bool(Key::AckInvalidJson) {
+                    METRICS.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+                    logging::warning(&format!(
+                        "INVALID {} acknowledged without a copy (ACK_INVALID_JSON=1): {reason}",
+                        w.raw.id
+                    ));
+                    settles.push(Settle::Ack {
+                        id: w.raw.id.clone(),
+                    });
+                } else {
+                    settles.push(Settle::DeadLetter {
+                        entry: w.raw.clone(),
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            (_, Err(reason)) => {
+                METRICS.failed.fetch_add(1, Ordering::Relaxed);
+                settles.push(Settle::DeadLetter {
+                    entry: w.raw.clone(),
+                    reason: format!("Snowflake rejected the entry: {reason}"),
+                });
+            }
+            (d, Ok(())) => {
+                d.tally(&mut tally);
+                committed += 1;
+                settles.push(Settle::Ack {
+                    id: w.raw.id.clone(),
+                });
+            }
+        }
+    }
+    drop(tally);
+    METRICS
+        .entries_committed
+        .fetch_add(committed, Ordering::Relaxed);
+    METRICS.batches.fetch_add(1, Ordering::Relaxed);
+    METRICS.record_latency(started.elapsed().as_millis() as u64);
+    METRICS.last_success_ms.store(
+        chrono::Utc::now().timestamp_millis().max(0) as u64,
+        Ordering::Relaxed,
+    );
+    Some(settles)
+}
+
+/// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
+/// entries Snowflake rejects are alone. Returns each entry's result, or `None` when stopping.
+fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+    let c = control();
+    let mut attempt: u32 = 0;
+    loop {
+        let result = sink::current().and_then(|s| s.commit(entries));
+        match result {
+            Ok(()) => {
+                c.degraded.store(false, Ordering::Relaxed);
+                return Some(vec![Ok(()); entries.len()]);
+            }
+            Err(SinkError::Data(msg)) if entries.len() == 1 => {
+                logging::warning(&format!(
+                    "entry {} rejected by Snowflake: {msg}",
+                    entries[0].id()
+                ));
+                return Some(vec![Err(msg)]);
+            }
+            Err(SinkError::Data(_)) => {
+                let (left, right) = entries.split_at(entries.len() / 2);
+                let mut out = commit_all(left)?;
+                out.extend(commit_all(right)?);
+                return Some(out);
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                c.degraded.store(true, Ordering::Relaxed);
+                METRICS.retries.fetch_add(1, Ordering::Relaxed);
+                METRICS.set_error(e.message());
+                let blocked = matches!(e, SinkError::Blocked(_));
+                let wait = backoff(attempt, blocked);
+                if attempt == 1 || attempt.is_power_of_two() {
+                    logging::warning(&format!(
+                        "commit of {} entries failed (attempt {attempt}), retrying in {} ms: {}",
+                        entries.len(),
+                        wait.as_millis(),
+                        e.message()
+                    ));
+                }
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if c.stopping() {
+                        return None;
+                    }
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                }
+                if c.stopping() {
+                    return None;
+                }
+                if c.state() == State::Replica {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, capped by `RETRY_MAX_BACKOFF_MS`; a blocked sink (a
+/// configuration problem) starts at the cap's quarter.
+fn backoff(attempt: u32, blocked: bool) -> Duration {
+    let cap = settings::current().uint(Key::RetryMaxBackoffMs).max(10);
+    let base: u64 = if blocked { cap / 4 } else { 100 };
+    let exp = base
+        .saturating_mul(1u64 << attempt.min(20).saturating_sub(1))
+        .min(cap);
+    let jittered = rand::thread_rng().gen_range(exp / 2..=exp.max(1));
+    Duration::from_millis(jittered)
+}

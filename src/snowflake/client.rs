@@ -1,0 +1,662 @@
+//! The Snowflake SQL API v2 client: submit a statement, wait for it, read every partition.
+//!
+//! One [`Client`] is shared (through an `Arc`) by every worker thread; it owns one `ureq::Agent`, so
+//! TLS connections are reused. Each logical statement gets a fresh `requestId`; every resubmission
+//! of it (after a timeout, a lost connection, a 429 or a 5xx) sends the same `requestId` with
+//! `retry=true`, which tells Snowflake not to run it twice. A `202` answer is polled through its
+//! status URL with backoff until the statement finishes; past the request timeout the statement is
+//! cancelled and a retryable timeout error returned. Nothing here panics or sleeps past the
+//! deadline: the calling thread lives inside redis-server.
+//!
+//! Values always travel as bind variables (`bindings`); multi-statement requests carry none, as
+//! Snowflake does not support binds there.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::auth::{Authenticator, Bearer};
+use super::config::ClientConfig;
+use super::error::{ErrorClass, SnowflakeError};
+use super::retry::{sleep_before, Backoff};
+use crate::statement::{Bind, Statement};
+
+/// Largest response body read (a result partition is far smaller).
+const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// How long a best-effort cancel may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// First pause before polling a running statement.
+const POLL_FIRST: Duration = Duration::from_millis(20);
+
+/// The outcome of a statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    /// Column names, from `resultSetMetaData.rowType`.
+    pub columns: Vec<String>,
+    /// Every row of every partition; values as Snowflake sends them (strings, or null).
+    pub rows: Vec<Vec<Option<String>>>,
+    /// For DML: rows inserted + updated + deleted.
+    pub rows_affected: Option<u64>,
+    pub statement_handle: String,
+    /// For multi-statement requests: the handle of each statement, in order.
+    pub statement_handles: Vec<String>,
+}
+
+impl QueryResult {
+    /// The value in `row` of the column named `name` (case-insensitive).
+    pub fn get(&self, row: usize, name: &str) -> Option<&str> {
+        let col = self
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))?;
+        self.rows.get(row)?.get(col)?.as_deref()
+    }
+}
+
+/// The session a request runs in, as `WB.PING` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionContext {
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub warehouse: Option<String>,
+    pub database: Option<String>,
+    pub schema: Option<String>,
+    pub latency_ms: u64,
+}
+
+/// A Snowflake SQL API client. `Send + Sync`; share it with `Arc`.
+pub struct Client {
+    cfg: ClientConfig,
+    agent: ureq::Agent,
+    auth: Authenticator,
+    round_trips: AtomicU64,
+}
+
+impl Client {
+    /// Builds the client and loads its credentials (reads and decrypts the key, or reads the
+    /// token). No request is sent: use [`Client::ping`] or [`Client::connect`] for that.
+    pub fn new(cfg: ClientConfig) -> Result<Client, SnowflakeError> {
+        let base = cfg.base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(SnowflakeError::config(format!(
+                "SNOWFLAKE_URL must start with https:// or http://, got '{base}'"
+            )));
+        }
+        let auth = Authenticator::from_config(&cfg.auth, &cfg.account, &cfg.user)?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(cfg.connect_timeout)
+            .user_agent(&cfg.user_agent)
+            .max_idle_connections_per_host(32)
+            .build();
+        let cfg = ClientConfig {
+            base_url: base,
+            ..cfg
+        };
+        Ok(Client {
+            cfg,
+            agent,
+            auth,
+            round_trips: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// HTTP requests sent so far, for status and metrics.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Runs one statement with its bind variables.
+    pub fn execute(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
+        let mut body = self.body(&statement.sql);
+        if !statement.binds.is_empty() {
+            body.insert("bindings".into(), bindings(&statement.binds));
+        }
+        self.run(Value::Object(body))
+    }
+
+    /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
+    /// `BEGIN; ...; COMMIT`. Snowflake accepts no bind variables here, so this takes plain text:
+    /// never build these statements from input values.
+    pub fn execute_multi(&self, statements: &[&str]) -> Result<QueryResult, SnowflakeError> {
+        let parts: Vec<&str> = statements
+            .iter()
+            .map(|s| s.trim().trim_end_matches(';').trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Err(SnowflakeError::new(
+                ErrorClass::Permanent,
+                "execute_multi was given no statements",
+            ));
+        }
+        let mut body = self.body(&parts.join(";\n"));
+        body.insert(
+            "parameters".into(),
+            json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
+        );
+        self.run(Value::Object(body))
+    }
+
+    /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
+    pub fn fetch_result(&self, handle: &str) -> Result<QueryResult, SnowflakeError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let url = self.handle_url(handle)?;
+        self.wait(handle, &url, deadline)
+    }
+
+    /// One round trip now: the session context and how long it took.
+    pub fn ping(&self) -> Result<SessionContext, SnowflakeError> {
+        let started = Instant::now();
+        let r = self.execute(&Statement::new(
+            "SELECT CURRENT_USER(), CURRENT_ROLE(), CURRENT_WAREHOUSE(), CURRENT_DATABASE(), CURRENT_SCHEMA()",
+            vec![],
+        ))?;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let Some(row) = r.rows.first() else {
+            return Err(SnowflakeError::new(
+                ErrorClass::Permanent,
+                "the session context query returned no row",
+            ));
+        };
+        let col = |i: usize| row.get(i).cloned().flatten();
+        Ok(SessionContext {
+            user: col(0),
+            role: col(1),
+            warehouse: col(2),
+            database: col(3),
+            schema: col(4),
+            latency_ms,
+        })
+    }
+
+    /// Start-up check: pings up to `startup_attempts` times, `startup_sleep` apart, stopping early
+    /// on a configuration or permanent error, or when `should_stop` says so.
+    pub fn connect(
+        &self,
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<SessionContext, SnowflakeError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.ping() {
+                Ok(ctx) => return Ok(ctx),
+                Err(e)
+                    if matches!(e.class, ErrorClass::Retryable | ErrorClass::Reauth)
+                        && attempt < self.cfg.startup_attempts =>
+                {
+                    let until = Instant::now() + self.cfg.startup_sleep;
+                    while Instant::now() < until {
+                        if should_stop() {
+                            return Err(e);
+                        }
+                        let left = until.saturating_duration_since(Instant::now());
+                        std::thread::sleep(left.min(Duration::from_millis(100)));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn body(&self, sql: &str) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("statement".into(), Value::String(sql.to_string()));
+        body.insert(
+            "timeout".into(),
+            Value::from(self.cfg.request_timeout.as_secs().max(1)),
+        );
+        for (name, value) in [
+            ("database", &self.cfg.database),
+            ("schema", &self.cfg.schema),
+            ("warehouse", &self.cfg.warehouse),
+            ("role", &self.cfg.role),
+        ] {
+            if let Some(v) = value {
+                body.insert(name.into(), Value::String(v.clone()));
+            }
+        }
+        body
+    }
+
+    /// Submits a statement and returns its complete result.
+    fn run(&self, body: Value) -> Result<QueryResult, SnowflakeError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let request_id = Uuid::new_v4();
+        let text = body.to_string();
+        let (status, reply) = self.with_retries(deadline, |attempt, bearer| {
+            let url = submit_url(&self.cfg.base_url, &request_id, attempt > 0);
+            self.call("POST", &url, Some(&text), bearer, deadline)
+        })?;
+        match status {
+            200 => self.complete(reply, deadline),
+            202 => {
+                let handle = handle_of(&reply)?;
+                let url = self.status_url(&reply, &handle)?;
+                self.wait(&handle, &url, deadline)
+            }
+            other => Err(unexpected_status(other)),
+        }
+    }
+
+    /// Polls a running statement until it finishes; cancels it at the deadline.
+    fn wait(
+        &self,
+        handle: &str,
+        url: &str,
+        deadline: Instant,
+    ) -> Result<QueryResult, SnowflakeError> {
+        let mut pause = Backoff::new(POLL_FIRST, self.cfg.poll_max_interval);
+        let mut first = true;
+        loop {
+            if !first && !sleep_before(pause.next_delay(), deadline) {
+                return Err(self.cancel_after_timeout(handle));
+            }
+            first = false;
+            let polled = self.with_retries(deadline, |_, bearer| {
+                self.call("GET", url, None, bearer, deadline)
+            });
+            match polled {
+                Ok((200, reply)) => return self.complete(reply, deadline),
+                Ok((202, _)) => continue,
+                Ok((other, _)) => return Err(unexpected_status(other)),
+                Err(e) if e.is_retryable() && Instant::now() >= deadline => {
+                    return Err(self.cancel_after_timeout(handle))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn cancel_after_timeout(&self, handle: &str) -> SnowflakeError {
+        let cancelled = self.cancel(handle).is_ok();
+        SnowflakeError::retryable(format!(
+            "statement {handle} did not finish within {}s (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS){}",
+            self.cfg.request_timeout.as_secs(),
+            if cancelled {
+                "; cancelled"
+            } else {
+                "; cancel failed"
+            }
+        ))
+    }
+
+    /// Asks Snowflake to cancel a running statement (best effort, short timeout).
+    pub fn cancel(&self, handle: &str) -> Result<(), SnowflakeError> {
+        let url = format!("{}/cancel", self.handle_url(handle)?);
+        let bearer = self.auth.bearer()?;
+        self.call(
+            "POST",
+            &url,
+            Some("{}"),
+            &bearer,
+            Instant::now() + CANCEL_TIMEOUT,
+        )
+        .map(|_| ())
+    }
+
+    /// Turns a finished statement's reply into a result, fetching partitions 1.. as needed.
+    fn complete(&self, reply: Value, deadline: Instant) -> Result<QueryResult, SnowflakeError> {
+        let mut result = parse_result(&reply)?;
+        let partitions = reply
+            .pointer("/resultSetMetaData/partitionInfo")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if partitions > 1 {
+            let base = self.handle_url(&result.statement_handle)?;
+            for partition in 1..partitions {
+                let url = format!("{base}?partition={partition}");
+                let (status, part) = self.with_retries(deadline, |_, bearer| {
+                    self.call("GET", &url, None, bearer, deadline)
+                })?;
+                if status != 200 {
+                    return Err(unexpected_status(status));
+                }
+                result.rows.extend(rows_of(&part));
+            }
+        }
+        Ok(result)
+    }
+
+    /// Runs `attempt` until it succeeds, retrying retryable errors with backoff (bounded by
+    /// `max_attempts` and `deadline`) and renewing rejected credentials once.
+    fn with_retries<T>(
+        &self,
+        deadline: Instant,
+        mut attempt: impl FnMut(u32, &Bearer) -> Result<T, SnowflakeError>,
+    ) -> Result<T, SnowflakeError> {
+        let mut backoff = Backoff::new(self.cfg.retry_base_backoff, self.cfg.retry_max_backoff);
+        let started = Instant::now();
+        let mut tries: u32 = 0;
+        let mut renewed = false;
+        loop {
+            let bearer = self.auth.bearer()?;
+            let outcome = attempt(tries, &bearer);
+            tries = tries.saturating_add(1);
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) if e.class == ErrorClass::Reauth && self.cfg.auto_reconnect && !renewed => {
+                    renewed = true;
+                    self.auth.renew(&bearer);
+                }
+                Err(mut e) if e.class == ErrorClass::Reauth => {
+                    e.message = format!("{} ({})", e.message, self.auth.hint());
+                    return Err(e);
+                }
+                Err(mut e) if e.class == ErrorClass::Retryable => {
+                    if tries >= self.cfg.max_attempts.max(1)
+                        || !sleep_before(backoff.next_delay(), deadline)
+                    {
+                        if tries > 1 {
+                            e.message = format!(
+                                "{} (gave up after {tries} attempts in {} ms)",
+                                e.message,
+                                started.elapsed().as_millis()
+                            );
+                        }
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One HTTP round trip. Returns the status (200 or 202) and the JSON body, or the classified
+    /// error.
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+        bearer: &Bearer,
+        deadline: Instant,
+    ) -> Result<(u16, Value), SnowflakeError> {
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return Err(SnowflakeError::retryable(format!(
+                "no time left for the request (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS is {}s)",
+                self.cfg.request_timeout.as_secs()
+            )));
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let request = self
+            .agent
+            .request(method, url)
+            .timeout(left.min(self.cfg.http_timeout))
+            .set("Authorization", &format!("Bearer {}", bearer.value))
+            .set("X-Snowflake-Authorization-Token-Type", bearer.token_type)
+            .set("Accept", "application/json")
+            .set("User-Agent", &self.cfg.user_agent);
+        let response = match body {
+            Some(text) => request
+                .set("Content-Type", "application/json")
+                .send_string(text),
+            None => request.call(),
+        };
+        match response {
+            Ok(resp) => {
+                let status = resp.status();
+                let text = read_body(resp)?;
+                let json = serde_json::from_str(&text).map_err(|e| {
+                    SnowflakeError::retryable(format!(
+                        "unreadable response from {} (HTTP {status}): {e}",
+                        self.cfg.base_url
+                    ))
+                })?;
+                Ok((status, json))
+            }
+            Err(ureq::Error::Status(status, resp)) => {
+                let text = read_body(resp).unwrap_or_default();
+                Err(SnowflakeError::from_response(status, &text))
+            }
+            Err(ureq::Error::Transport(t)) => Err(SnowflakeError::transport(
+                &format!("cannot reach {}", self.cfg.base_url),
+                &t.to_string(),
+            )),
+        }
+    }
+
+    fn handle_url(&self, handle: &str) -> Result<String, SnowflakeError> {
+        if handle.is_empty()
+            || !handle
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SnowflakeError::new(
+                ErrorClass::Permanent,
+                format!("invalid statement handle '{handle}'"),
+            ));
+        }
+        Ok(format!("{}/api/v2/statements/{handle}", self.cfg.base_url))
+    }
+
+    /// The URL to poll: Snowflake's `statementStatusUrl` when it points at the same server (a
+    /// credential is never sent anywhere else), otherwise the handle's URL.
+    fn status_url(&self, reply: &Value, handle: &str) -> Result<String, SnowflakeError> {
+        match reply.get("statementStatusUrl").and_then(Value::as_str) {
+            Some(path) if path.starts_with('/') => Ok(format!("{}{path}", self.cfg.base_url)),
+            Some(url) if url.starts_with(&format!("{}/", self.cfg.base_url)) => Ok(url.to_string()),
+            _ => self.handle_url(handle),
+        }
+    }
+}
+
+fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
+    let retry = if retry { "&retry=true" } else { "" };
+    format!("{base}/api/v2/statements?requestId={request_id}{retry}")
+}
+
+/// The `bindings` object: `{"1": {"type": "TEXT", "value": "..."}, ...}`.
+fn bindings(binds: &[Bind]) -> Value {
+    let map: Map<String, Value> = binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let value = b.sql_value().map_or(Value::Null, Value::String);
+            (
+                (i + 1).to_string(),
+                json!({ "type": b.sql_type(), "value": value }),
+            )
+        })
+        .collect();
+    Value::Object(map)
+}
+
+fn read_body(resp: ureq::Response) -> Result<String, SnowflakeError> {
+    let mut buf = Vec::new();
+    resp.into_reader()
+        .take(MAX_BODY_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            SnowflakeError::retryable(format!("connection lost while reading the response: {e}"))
+        })?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn handle_of(reply: &Value) -> Result<String, SnowflakeError> {
+    reply
+        .get("statementHandle")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| SnowflakeError::retryable("Snowflake answered without a statementHandle"))
+}
+
+fn unexpected_status(status: u16) -> SnowflakeError {
+    SnowflakeError {
+        class: ErrorClass::Retryable,
+        http_status: Some(status),
+        code: None,
+        sql_state: None,
+        message: format!("unexpected HTTP status {status}"),
+    }
+}
+
+fn cell(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn rows_of(reply: &Value) -> Vec<Vec<Option<String>>> {
+    reply
+        .get("data")
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    row.as_array()
+                        .map(|cells| cells.iter().map(cell).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses a finished statement's reply (partition 0).
+fn parse_result(reply: &Value) -> Result<QueryResult, SnowflakeError> {
+    let statement_handle = handle_of(reply)?;
+    let columns: Vec<String> = reply
+        .pointer("/resultSetMetaData/rowType")
+        .and_then(Value::as_array)
+        .map(|cols| {
+            cols.iter()
+                .map(|c| {
+                    c.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows = rows_of(reply);
+    let statement_handles = reply
+        .get("statementHandles")
+        .and_then(Value::as_array)
+        .map(|hs| {
+            hs.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows_affected = match reply.get("stats") {
+        Some(stats) => Some(
+            ["numRowsInserted", "numRowsUpdated", "numRowsDeleted"]
+                .iter()
+                .filter_map(|k| stats.get(*k).and_then(Value::as_u64))
+                .sum(),
+        ),
+        None => dml_counts(&columns, &rows),
+    };
+    Ok(QueryResult {
+        columns,
+        rows,
+        rows_affected,
+        statement_handle,
+        statement_handles,
+    })
+}
+
+/// DML results without `stats` still name their counts: `number of rows inserted`, ...
+fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
+    if columns.is_empty() || !columns.iter().all(|c| c.starts_with("number of ")) {
+        return None;
+    }
+    let row = rows.first()?;
+    Some(
+        columns
+            .iter()
+            .zip(row)
+            .filter(|(c, _)| !c.contains("multi-joined"))
+            .filter_map(|(_, v)| v.as_deref()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Client>();
+    }
+
+    #[test]
+    fn resubmissions_reuse_the_request_id_with_retry_true() {
+        let id = Uuid::new_v4();
+        let first = submit_url("https://a.snowflakecomputing.com", &id, false);
+        let again = submit_url("https://a.snowflakecomputing.com", &id, true);
+        assert_eq!(
+            first,
+            format!("https://a.snowflakecomputing.com/api/v2/statements?requestId={id}")
+        );
+        assert_eq!(again, format!("{first}&retry=true"));
+    }
+
+    #[test]
+    fn binds_become_positional_typed_bindings() {
+        let b = bindings(&[Bind::Text("a'b".into()), Bind::Fixed(-7), Bind::Null]);
+        assert_eq!(
+            b,
+            json!({
+                "1": {"type": "TEXT", "value": "a'b"},
+                "2": {"type": "FIXED", "value": "-7"},
+                "3": {"type": "TEXT", "value": null},
+            })
+        );
+    }
+
+    #[test]
+    fn select_result_keeps_columns_rows_and_nulls() {
+        let reply = json!({
+            "statementHandle": "01b2-3",
+            "resultSetMetaData": {"numRows": 2, "rowType": [{"name": "A"}, {"name": "B"}],
+                                   "partitionInfo": [{"rowCount": 2}]},
+            "data": [["1", null], ["2", "x"]],
+        });
+        let r = parse_result(&reply).unwrap();
+        assert_eq!(r.columns, ["A", "B"]);
+        assert_eq!(
+            r.rows,
+            vec![
+                vec![Some("1".into()), None],
+                vec![Some("2".into()), Some("x".into())]
+            ]
+        );
+        assert_eq!(r.rows_affected, None);
+        assert_eq!(r.get(1, "b"), Some("x"));
+        assert_eq!(r.statement_handle, "01b2-3");
+    }
+
+    #[test]
+    fn dml_rows_affected_come_from_stats_or_count_columns() {
+        let with_stats = json!({"statementHandle": "h", "stats": {"numRowsInserted": 3, "numRowsUpdated": 2, "numRowsDeleted": 0}});
+        assert_eq!(parse_result(&with_stats).unwrap().rows_affected, Some(5));
+        let counts = json!({"statementHandle": "h",
+            "resultSetMetaData": {"rowType": [{"name": "number of rows updated"}, {"name": "number of multi-joined rows updated"}]},
+            "data": [["4", "4"]]});
+        assert_eq!(parse_result(&counts).unwrap().rows_affected, Some(4));
+    }
+
+    #[test]
+    fn a_reply_without_handle_is_retryable() {
+        assert!(parse_result(&json!({"data": []}))
+            .unwrap_err()
+            .is_retryable());
+    }
+}

@@ -1,0 +1,387 @@
+//! The write-behind pipeline end to end: real Redis 8 with the module, the emulator's SQL engine.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::emulator::Emulator;
+use common::redis_server::{q, q_err, status, Options, RedisServer};
+use serde_json::json;
+
+/// Server options pointing the module at `emu` with key-pair auth, and test-sized timings.
+fn wired(emu: &Emulator) -> Options {
+    Options::default()
+        .env("SNOWFLAKE_URL", &emu.url)
+        .env("SNOWFLAKE_ACCOUNT", &emu.opts.account)
+        .env("SNOWFLAKE_USER", &emu.opts.user)
+        .env(
+            "SNOWFLAKE_PRIVATE_KEY_PATH",
+            &emu.key_path.display().to_string(),
+        )
+        .env("SNOWFLAKE_DATABASE", &emu.opts.database)
+        .env("SNOWFLAKE_SCHEMA", &emu.opts.schema)
+        .env("SNOWFLAKE_WAREHOUSE", "TEST_WH")
+        .env("BATCH_LINGER_MS", "5")
+        .env("RETRY_MAX_BACKOFF_MS", "300")
+        .env("SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "20")
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn visited(user: &str, track: &str, lastplus: &str) -> String {
+    json!({"key": format!("userdata-events:{user}/visited"), "records": [{
+        "id": user, "page_name": "search", "query_row_count": "5", "track_id": track,
+        "track_title": format!("Title {track}"), "track_type": "query", "track_url": format!("/search?q={track}"),
+        "lastplus": lastplus, "action": "v"}]})
+    .to_string()
+}
+
+fn saved(user: &str, track: &str, action: &str, lastplus: &str) -> String {
+    json!({"key": format!("userdata-events:{user}/saved"), "records": [{
+        "id": user, "page_name": "search", "query_row_count": "1", "track_id": track,
+        "track_title": "t", "track_type": "REPORT", "track_url": "/r", "lastplus": lastplus, "action": action}]})
+    .to_string()
+}
+
+fn xadd(con: &mut redis::Connection, value: &str) -> String {
+    q(con, &["XADD", "userdata-stream", "*", "value", value])
+}
+
+fn flush(con: &mut redis::Connection, timeout_ms: u64) {
+    con.set_read_timeout(Some(Duration::from_millis(timeout_ms + 5_000)))
+        .expect("read timeout");
+    let reply: String = q(con, &["WB.FLUSH", &timeout_ms.to_string()]);
+    assert_eq!(reply, "OK");
+}
+
+fn count(emu: &Emulator, sql: &str) -> i64 {
+    emu.scalar(sql)
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|f| f as i64)
+        .unwrap_or(-1)
+}
+
+#[test]
+fn seed_quick_dry_run_entries_become_user_and_tracked_rows() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("HASH_NULL_TRACK_ID", "1")
+            .env("SKIP_FRESHNESS", "1"),
+    );
+    let mut con = server.connection();
+    xadd(&mut con, r#"{"user_email":"alice@example.com"}"#);
+    xadd(
+        &mut con,
+        r#"{"key":"userdata-events:alice-1/visited","records":[{"id":"alice-1","page_name":"search","query_row_count":"5","track_id":"","track_title":"Sample","track_type":"QUERY","track_url":"/search?q=Sample","lastplus":"2025-11-03 12:00:00","action":"v"}]}"#,
+    );
+    flush(&mut con, 60_000);
+    let users = emu.sql(r#"SELECT user_email, username FROM "USER""#);
+    assert_eq!(
+        users,
+        vec![vec![Some("alice@example.com".into()), Some("alice".into())]]
+    );
+    // The seed's verification query, unchanged.
+    let rows = emu.sql(
+        "SELECT tracked_id, track_id, saved, visited_count, deleted_dts FROM TRACKED WHERE tracked_id = 'alice-1' ORDER BY visited_dts DESC LIMIT 5;",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row[0].as_deref(), Some("alice-1"));
+    let track_id = row[1].clone().unwrap_or_default();
+    assert!(
+        track_id.starts_with("auto_") && track_id.len() == 17,
+        "{track_id}"
+    );
+    assert_eq!(
+        row[2]
+            .as_deref()
+            .map(|s| s.parse::<f64>().unwrap_or(-1.0) as i64),
+        Some(0)
+    );
+    assert_eq!(
+        row[3]
+            .as_deref()
+            .map(|s| s.parse::<f64>().unwrap_or(-1.0) as i64),
+        Some(1)
+    );
+    assert_eq!(row[4], None);
+    let st = status(&mut con);
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["pending"], "0");
+    assert_eq!(st["records_written"], "1");
+    assert_eq!(st["users_written"], "1");
+    assert!(server.log().contains("SQL (TRACKED)") || st["statements"] != "0");
+}
+
+#[test]
+fn many_entries_from_many_users_arrive_with_exact_visit_counts() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("WORKERS", "4")
+            .env("BATCH_MAX_ENTRIES", "2000"),
+    );
+    let mut con = server.connection();
+    let ts = now();
+    let mut pipe = redis::pipe();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..20_000 {
+        let user = format!("user{}-{}", i % 200, i % 200);
+        let track = format!("t{}", i % 7);
+        *expected.entry(format!("{user}|{track}")).or_default() += 1;
+        pipe.cmd("XADD")
+            .arg("userdata-stream")
+            .arg("*")
+            .arg("value")
+            .arg(visited(&user, &track, &ts))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con).expect("pipelined XADDs");
+    flush(&mut con, 300_000);
+    assert_eq!(
+        count(&emu, "SELECT SUM(visited_count) FROM TRACKED"),
+        20_000
+    );
+    let rows = emu.sql("SELECT tracked_id, track_id, visited_count FROM TRACKED");
+    assert_eq!(rows.len(), expected.len());
+    for r in rows {
+        let key = format!(
+            "{}|{}",
+            r[0].clone().unwrap_or_default(),
+            r[1].clone().unwrap_or_default()
+        );
+        let got = r[2]
+            .as_deref()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0) as i64;
+        assert_eq!(Some(&got), expected.get(&key), "{key}");
+    }
+    let st = status(&mut con);
+    assert_eq!(st["records_written"], "20000");
+    assert_eq!(st["pending"], "0");
+}
+
+#[test]
+fn one_users_saves_and_deletes_apply_in_stream_order_across_workers() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("WORKERS", "4")
+            .env("BATCH_MAX_ENTRIES", "7"),
+    );
+    let mut con = server.connection();
+    let ts = now();
+    // Each user toggles one item many times; the last action decides `saved`.
+    let mut last: BTreeMap<String, &str> = BTreeMap::new();
+    for round in 0..15 {
+        for u in 0..20 {
+            let user = format!("order{u}-x");
+            let action = if (round + u) % 3 == 0 { "d" } else { "s" };
+            xadd(&mut con, &saved(&user, "item", action, &ts));
+            last.insert(user, action);
+        }
+    }
+    flush(&mut con, 120_000);
+    for (user, action) in last {
+        let v = count(
+            &emu,
+            &format!("SELECT saved FROM TRACKED WHERE tracked_id = '{user}'"),
+        );
+        assert_eq!(v, i64::from(action == "s"), "{user}");
+    }
+}
+
+#[test]
+fn an_undecodable_entry_is_dead_lettered_and_the_entries_after_it_are_written() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    let ts = now();
+    xadd(&mut con, &visited("dl-1", "a", &ts));
+    let bad: String = q(
+        &mut con,
+        &[
+            "XADD",
+            "userdata-stream",
+            "*",
+            "value",
+            "{not json",
+            "extra",
+            "kept",
+        ],
+    );
+    xadd(&mut con, &visited("dl-2", "b", &ts));
+    flush(&mut con, 60_000);
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 2);
+    let dlq: Vec<(String, BTreeMap<String, String>)> =
+        q(&mut con, &["XRANGE", "userdata-stream:dlq", "-", "+"]);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let fields = &dlq[0].1;
+    assert_eq!(fields["value"], "{not json");
+    assert_eq!(fields["extra"], "kept");
+    assert_eq!(fields["source_stream"], "userdata-stream");
+    assert_eq!(fields["source_id"], bad);
+    assert!(!fields["reason"].is_empty() && !fields["reason"].contains('\n'));
+    let st = status(&mut con);
+    assert_eq!(st["dead_lettered"], "1");
+    assert_eq!(st["pending"], "0");
+    // WB.DLQ lists it, replays it (to the dead-letter stream again, being still invalid) and purges.
+    let listed: Vec<redis::Value> = q(&mut con, &["WB.DLQ", "LIST"]);
+    assert_eq!(listed.len(), 1);
+    let replayed: i64 = q(&mut con, &["WB.DLQ", "REPLAY", "ALL"]);
+    assert_eq!(replayed, 1);
+    flush(&mut con, 60_000);
+    let purged: i64 = q(&mut con, &["WB.DLQ", "PURGE"]);
+    assert_eq!(purged, 1);
+    let err = q_err(&mut con, &["WB.DLQ", "BOGUS"]);
+    assert!(err.contains("LIST, REPLAY or PURGE"), "{err}");
+}
+
+#[test]
+fn snowflake_down_then_back_writes_everything_and_marks_nothing_stale() {
+    let emu = Emulator::start();
+    // A short freshness window, so an outage longer than it would turn records stale if freshness
+    // were measured at processing time instead of at the entry's ID time.
+    let server = RedisServer::start(wired(&emu).env("NEWER_RECORD_TIME_LIMIT_SECONDS", "2"));
+    let mut con = server.connection();
+    emu.fault(json!({"next": 100000, "status": 503}));
+    let ts = now();
+    for i in 0..50 {
+        xadd(&mut con, &visited(&format!("outage{i}-u"), "t", &ts));
+    }
+    server.wait_for(
+        "the writer to report retrying",
+        Duration::from_secs(30),
+        || (status(&mut con)["state"] == "retrying").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3)); // the outage outlasts the freshness window
+    let st = status(&mut con);
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
+    assert!(st["last_error"].contains("503"), "{st:?}");
+    let pong: String = q(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+    emu.clear_faults();
+    flush(&mut con, 60_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 50);
+    let st = status(&mut con);
+    assert_eq!(st.get("skipped").map(String::as_str), Some("0"), "{st:?}");
+    assert_eq!(st["state"], "running");
+}
+
+#[test]
+fn a_restart_with_pending_entries_loses_and_duplicates_nothing() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(
+        wired(&emu)
+            .conf("appendonly yes")
+            .conf("appendfsync always")
+            .env("BATCH_MAX_ENTRIES", "10"),
+    );
+    let mut con = server.connection();
+    let ts = now();
+    // Statements execute in Snowflake but their answers never arrive: entries stay pending although
+    // their data is already applied — the worst case for double counting.
+    emu.fault(json!({"next": 100000, "after_execute": true, "status": 503}));
+    for i in 0..40 {
+        xadd(&mut con, &visited(&format!("rs{}-u", i % 8), "t", &ts));
+    }
+    server.wait_for(
+        "entries to be claimed and pending",
+        Duration::from_secs(30),
+        || {
+            let st = status(&mut con);
+            (st["pending"] != "0" && st["retries"] != "0").then_some(())
+        },
+    );
+    server.kill9();
+    emu.clear_faults();
+    server.launch();
+    let mut con = server.connection();
+    for i in 40..60 {
+        xadd(&mut con, &visited(&format!("rs{}-u", i % 8), "t", &ts));
+    }
+    flush(&mut con, 60_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 60);
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 8);
+}
+
+#[test]
+fn dry_run_logs_sql_and_then_live_loses_nothing() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(wired(&emu).conf("appendonly yes").env("DRY_RUN", "1"));
+    let mut con = server.connection();
+    let ts = now();
+    for i in 0..5 {
+        xadd(&mut con, &visited(&format!("dry{i}-u"), "t", &ts));
+    }
+    flush(&mut con, 30_000);
+    let st = status(&mut con);
+    assert_eq!(st["state"], "dry-run");
+    assert_eq!(st["group"], "snowflake-writer:dry-run");
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
+    assert!(
+        server.log().contains("SQL (TRACKED) DRY_RUN"),
+        "no dry-run SQL logged"
+    );
+    // Live: the same server directory, DRY_RUN off.
+    server.stop();
+    server.opts.env.insert("DRY_RUN".into(), "0".into());
+    server.launch();
+    let mut con = server.connection();
+    flush(&mut con, 60_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 5);
+}
+
+#[test]
+fn a_replica_writes_nothing_and_a_promoted_replica_finishes_the_work() {
+    let emu = Emulator::start();
+    let mut primary = RedisServer::start(wired(&emu));
+    let mut pcon = primary.connection();
+    let _: String = q(&mut pcon, &["WB.PAUSE"]);
+    let replica =
+        RedisServer::start(wired(&emu).conf(&format!("replicaof 127.0.0.1 {}", primary.port)));
+    let mut rcon = replica.connection();
+    let ts = now();
+    for i in 0..30 {
+        xadd(&mut pcon, &visited(&format!("rep{}-u", i % 5), "t", &ts));
+    }
+    replica.wait_for(
+        "the replica to receive every entry",
+        Duration::from_secs(20),
+        || {
+            let n: i64 = q(&mut rcon, &["XLEN", "userdata-stream"]);
+            (n == 30).then_some(())
+        },
+    );
+    assert_eq!(status(&mut rcon)["state"], "replica");
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
+    primary.kill9();
+    let _: String = q(&mut rcon, &["REPLICAOF", "NO", "ONE"]);
+    flush(&mut rcon, 60_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 30);
+}
+
+#[test]
+fn flush_and_pause_commands_check_their_arguments() {
+    let server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    assert!(q_err(&mut con, &["WB.FLUSH", "abc"]).contains("timeout-ms"));
+    assert!(q_err(&mut con, &["WB.FLUSH", "1", "2"])
+        .to_lowercase()
+        .contains("wrong number"));
+    assert!(q_err(&mut con, &["WB.PAUSE", "x"])
+        .to_lowercase()
+        .contains("wrong number"));
+    assert!(q_err(&mut con, &["WB.PING"]).contains("not configured"));
+    // Unconfigured: nothing is consumed, so a flush of an existing entry times out with the count.
+    xadd(&mut con, &visited("u-1", "t", &now()));
+    let err = q_err(&mut con, &["WB.FLUSH", "200"]);
+    assert!(
+        err.contains("TIMEOUT") && err.contains("1 entries still pending"),
+        "{err}"
+    );
+}
