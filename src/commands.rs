@@ -309,3 +309,141 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
     })
 }
+
+/// Runs `work` on a thread while the caller is blocked, then replies with its result.
+fn in_background(
+    ctx: &Context,
+    name: &'static str,
+    work: impl FnOnce(&Gil) -> RedisResult + Send + 'static,
+) -> RedisResult {
+    if !can_block(ctx) {
+        return Err(err(format!(
+            "ERR {name} waits for background work and cannot run inside MULTI or a script"
+        )));
+    }
+    let gil = Gil::new().ok_or_else(|| err("ERR could not create a context"))?;
+    let blocked = ctx.block_client();
+    std::thread::spawn(move || {
+        let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
+        let reply = ffi::guard(name, || work(&gil)).unwrap_or_else(|| {
+            Err(err(format!(
+                "ERR internal error in {name}; see the server log"
+            )))
+        });
+        reply_ctx.reply(reply);
+    });
+    Ok(RedisValue::NoReply)
+}
+
+fn refuse_on_replica(ctx: &Context, name: &str) -> Result<(), RedisError> {
+    if stream::flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+        return Err(err(format!("READONLY {name} runs on the primary only")));
+    }
+    Ok(())
+}
+
+/// `WB.RESTORE [FORCE] [DAYS n] [USER name]`: seeds the stream from Snowflake now.
+pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.RESTORE", || {
+        let s = settings::current();
+        let mut req = crate::restore::Request {
+            force: false,
+            days: s.uint(Key::RestoreDays),
+            user: None,
+        };
+        let mut i = 1;
+        while i < args.len() {
+            match arg_str(&args[i])?.to_ascii_uppercase().as_str() {
+                "FORCE" => req.force = true,
+                "DAYS" => {
+                    i += 1;
+                    let n = arg_u64(args.get(i).ok_or(RedisError::WrongArity)?, "DAYS")?;
+                    if !(1..=3650).contains(&n) {
+                        return Err(err("ERR DAYS must be from 1 to 3650"));
+                    }
+                    req.days = n;
+                }
+                "USER" => {
+                    i += 1;
+                    req.user =
+                        Some(arg_str(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
+                }
+                other => {
+                    return Err(err(format!(
+                        "ERR unknown WB.RESTORE option '{other}': use FORCE, DAYS n or USER name"
+                    )))
+                }
+            }
+            i += 1;
+        }
+        refuse_on_replica(ctx, "WB.RESTORE")?;
+        if !s.snowflake_configured() {
+            return Err(err(
+                "ERR Snowflake is not configured: nothing to restore from",
+            ));
+        }
+        in_background(ctx, "WB.RESTORE", move |gil| {
+            match crate::restore::run(&req, gil, &s) {
+                Ok(sum) => match sum.skipped {
+                    Some(why) => Err(err(format!(
+                        "ERR restore skipped: {why} (WB.RESTORE FORCE restores anyway)"
+                    ))),
+                    None => Ok(map(vec![
+                        ("rows".into(), RedisValue::Integer(sum.rows as i64)),
+                        ("entries".into(), RedisValue::Integer(sum.entries as i64)),
+                        ("records".into(), RedisValue::Integer(sum.records as i64)),
+                    ])),
+                },
+                Err(e) => Err(err(format!("ERR restore failed: {e}"))),
+            }
+        })
+    })
+}
+
+/// `WB.IMPORT [MATCH pattern] [DELETE]`: copies legacy string keys into the stream.
+pub fn wb_import(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded("WB.IMPORT", || {
+        let s = settings::current();
+        let mut patterns: Vec<String> = s.list(Key::ExtraBridgeKeys).to_vec();
+        let mut delete = false;
+        let mut i = 1;
+        while i < args.len() {
+            match arg_str(&args[i])?.to_ascii_uppercase().as_str() {
+                "MATCH" => {
+                    i += 1;
+                    patterns =
+                        vec![arg_str(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string()];
+                }
+                "DELETE" => delete = true,
+                other => {
+                    return Err(err(format!(
+                        "ERR unknown WB.IMPORT option '{other}': use MATCH pattern or DELETE"
+                    )))
+                }
+            }
+            i += 1;
+        }
+        if patterns.is_empty() {
+            return Err(err(
+                "ERR no key patterns: set EXTRA_BRIDGE_KEYS or give MATCH pattern",
+            ));
+        }
+        refuse_on_replica(ctx, "WB.IMPORT")?;
+        in_background(ctx, "WB.IMPORT", move |gil| {
+            match crate::import::run(&patterns, delete, gil, &s) {
+                Ok(sum) => Ok(map(vec![
+                    ("imported".into(), RedisValue::Integer(sum.imported as i64)),
+                    (
+                        "already_imported".into(),
+                        RedisValue::Integer(sum.already as i64),
+                    ),
+                    (
+                        "not_strings".into(),
+                        RedisValue::Integer(sum.not_strings as i64),
+                    ),
+                ])),
+                Err(e) => Err(err(format!("ERR import failed: {e}"))),
+            }
+        })
+    })
+}

@@ -11,6 +11,8 @@
 //!   client that sends them.
 //! - [`pipeline::ack`]: `XACK` (or dead-letter) only after Snowflake committed.
 //!
+//! Other ways in: [`restore`] (Snowflake back into an empty stream) and [`import`] (legacy string keys).
+//!
 //! Around it: [`settings`] (the one table of settings) and [`config`] (its module configs), [`stream`]
 //! (every Redis call on the stream), [`commands`], [`status`] and [`info`] (what operators see),
 //! [`events`] (loading, role changes, shutdown), and [`ffi`], [`logging`], [`alloc`] (the boundary with
@@ -24,9 +26,11 @@ pub mod config;
 pub mod entry;
 pub mod events;
 pub mod ffi;
+pub mod import;
 pub mod info;
 pub mod logging;
 pub mod pipeline;
+pub mod restore;
 pub mod settings;
 pub mod snowflake;
 pub mod sql;
@@ -90,5 +94,7 @@ redis_module! {
         ["wb.flush", commands::wb_flush, "readonly", 0, 0, 0, ""],
         ["wb.ping", commands::wb_ping, "readonly", 0, 0, 0, ""],
         ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, ""],
+        ["wb.restore", commands::wb_restore, "write", 0, 0, 0, ""],
+        ["wb.import", commands::wb_import, "write", 0, 0, 0, ""],
     ],
 }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub lost_trimmed: AtomicU64,
     pub tally: Mutex<Tally>,
     pub last_error: Mutex<String>,
+    /// Set when the stream's IDs are below ones already applied in Snowflake (see housekeeping).
+    pub id_regression: Mutex<String>,
     latencies: Mutex<VecDeque<u64>>,
 }
 
@@ -203,5 +205,6 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("batch_latency_p99_ms", m.latency_percentile(99).into());
     put("last_success_ms", get(&m.last_success_ms).into());
     put("last_error", m.last_error.lock().clone().into());
+    put("id_regression", m.id_regression.lock().clone().into());
     out
 }

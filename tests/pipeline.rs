@@ -385,3 +385,51 @@ fn flush_and_pause_commands_check_their_arguments() {
         "{err}"
     );
 }
+
+#[test]
+fn the_seeds_logging_flags_write_their_markers() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("LOG_TRACKED_EACH", "1")
+            .env("LOG_SQL", "1")
+            .env("LOG_RAW", "1")
+            .env("TRACE_SQL", "1")
+            .env("METRICS_INTERVAL_SECONDS", "1")
+            .env("VERIFY_TRACKED_AFTER_WRITE", "1")
+            .env("VERBOSE_SNOWFLAKE_TEST", "1"),
+    );
+    let mut con = server.connection();
+    xadd(&mut con, &visited("logs-1", "t1", &now()));
+    flush(&mut con, 30_000);
+    for marker in [
+        "RECORD_EXEC",
+        "SQL (TRACKED)",
+        "RAW ",
+        "VERIFY logs-1 t1",
+        "METRICS state=",
+        "Snowflake session: user=",
+    ] {
+        server.wait_for(marker, Duration::from_secs(10), || {
+            server.log().contains(marker).then_some(())
+        });
+    }
+}
+
+#[test]
+fn stream_ids_below_the_applied_ones_are_reported_as_a_regression() {
+    let emu = Emulator::start();
+    emu.sql(
+        "INSERT INTO TRACKED (tracked_id, track_id, visited_count, last_entry_id) VALUES ('x', 'y', 1, '00000099999999999999-00000000000000000000')",
+    );
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    xadd(&mut con, &visited("reg-1", "t", &now()));
+    server.wait_for("the regression report", Duration::from_secs(30), || {
+        let st = status(&mut con);
+        st["id_regression"]
+            .contains("99999999999999-0")
+            .then_some(())
+    });
+    assert!(server.log().contains("ID REGRESSION"));
+}

@@ -64,7 +64,7 @@ fn every_request_names_the_client_and_the_token_type() {
 fn encrypted_key_with_its_passphrase_is_accepted() {
     let em = Emulator::start();
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), Some("correct horse"));
+    let (key, _public) = keygen(dir.path(), Some("correct horse"));
     assert!(std::fs::read_to_string(&key).unwrap().contains("ENCRYPTED"));
     // The emulator trusts one key; sign with the encrypted copy of a key it knows instead.
     let cfg = em.config_with(AuthConfig::KeyPair {
@@ -97,7 +97,6 @@ fn encrypted_key_with_its_passphrase_is_accepted() {
         passphrase: Some("correct horse".into()),
     }));
     c.ping().expect("encrypted registered key works");
-    drop(public);
 }
 
 #[test]
@@ -226,6 +225,9 @@ fn rate_limit_and_unavailable_bursts_are_retried_to_success_with_one_execution()
         1,
         "one requestId for every resubmission: {stats}"
     );
+    let last = &stats["last_request"]["query"];
+    assert_eq!(last["retry"], "true", "{stats}");
+    assert!(per_id.contains_key(last["requestId"].as_str().unwrap()));
     assert_eq!(count_users(&em), 1);
 }
 
@@ -506,4 +508,29 @@ fn emulator_enforces_the_sql_api_rules_the_client_relies_on() {
         "{body}"
     );
     assert_eq!(em.stats()["executions"], 0);
+}
+
+#[test]
+fn timestamps_come_back_in_the_sql_api_format_and_parse() {
+    let em = Emulator::start();
+    let c = client(em.client_config());
+    c.execute(&Statement::new(
+        "INSERT INTO TRACKED (tracked_id, track_id, visited_dts) VALUES (?, ?, TO_TIMESTAMP_NTZ(?))",
+        vec![
+            Bind::Text("t-1".into()),
+            Bind::Text("x".into()),
+            Bind::Text("2026-11-22 10:20:30".into()),
+        ],
+    ))
+    .expect("insert");
+    let r = c
+        .execute(&Statement::new(
+            "SELECT visited_dts FROM TRACKED WHERE tracked_id = ?",
+            vec![Bind::Text("t-1".into())],
+        ))
+        .expect("select");
+    let raw = r.get(0, "VISITED_DTS").expect("a value");
+    assert_eq!(raw, "1795342830.000000000");
+    let t = redis_writebehind::snowflake::timestamp_ntz(raw).unwrap();
+    assert_eq!(t.to_string(), "2026-11-22 10:20:30");
 }

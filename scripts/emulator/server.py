@@ -1000,6 +1000,11 @@ def main() -> int:
                 emulator.engine.fs.duck_conn.close()
             except Exception:  # noqa: BLE001
                 pass
+    if "fakesnow.transforms.stage" in sys.modules:
+        # fakesnow makes a scratch "bucket" directory for stages on import; remove ours.
+        import shutil
+
+        shutil.rmtree(sys.modules["fakesnow.transforms.stage"].LOCAL_BUCKET_PATH, ignore_errors=True)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: the engine's native bindings print spurious leak reports there.

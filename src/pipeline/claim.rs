@@ -63,7 +63,8 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
     let mut recovering = true;
     let mut cursor = String::from("0-0");
     let mut group_ready: Option<String> = None;
-    let mut listed_keys = false;
+    // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
+    let mut started = false;
     loop {
         if c.stopping() {
             return;
@@ -85,9 +86,19 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             }
             Server::Primary => {}
         }
-        if !listed_keys && snap.bool(Key::ListStreamKeysOnStart) {
-            listed_keys = true;
-            list_stream_keys(&gil);
+        if !started {
+            started = true;
+            if snap.bool(Key::ListStreamKeysOnStart) {
+                list_stream_keys(&gil);
+            }
+            // A new context must be made under the lock (it creates a Redis client).
+            if let Some(task_gil) = gil.with(|_| Gil::new()) {
+                let _ = std::thread::Builder::new()
+                    .name("wb-startup".into())
+                    .spawn(move || {
+                        crate::ffi::guard("start-up tasks", || startup_tasks(&task_gil))
+                    });
+            }
         }
         if c.paused.load(Ordering::Relaxed) {
             c.set_state(State::Paused);
@@ -227,5 +238,48 @@ fn list_stream_keys(gil: &Gil) {
         .with(|ctx| stream::call_read(ctx, "SCAN", &[b"0", b"TYPE", b"stream", b"COUNT", b"1000"]));
     if let Ok(redis_module::RedisValue::Array(parts)) = keys {
         logging::info(&format!("stream keys at start-up: {:?}", parts.get(1)));
+    }
+}
+
+/// Restore on empty, then the legacy import, as the sidecar did at start-up.
+fn startup_tasks(gil: &Gil) {
+    let snap = settings::current();
+    if snap.bool(Key::RestoreOnEmpty) {
+        if !snap.snowflake_configured() {
+            logging::info("restore on empty skipped: Snowflake is not configured");
+        } else {
+            let mut req = crate::restore::Request::from_settings(&snap);
+            let attempts = snap.uint(Key::ConfigMaxAttempts).max(1);
+            for attempt in 1..=attempts {
+                match crate::restore::run(&req, gil, &snap) {
+                    Ok(sum) => {
+                        if let Some(why) = sum.skipped {
+                            logging::info(&format!("restore on empty skipped: {why}"));
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        logging::warning(&format!(
+                            "restore on empty failed (attempt {attempt}/{attempts}): {e}"
+                        ));
+                        if attempt == attempts || control().stopping() {
+                            logging::warning("restore on empty given up: run WB.RESTORE when Snowflake is reachable");
+                            break;
+                        }
+                        // The conditions held when it was decided; entries added since must not cancel it.
+                        req.force = true;
+                        std::thread::sleep(Duration::from_secs(snap.uint(Key::ConfigSleepSeconds)));
+                    }
+                }
+            }
+        }
+    }
+    let patterns = snap.list(Key::ExtraBridgeKeys);
+    if !patterns.is_empty() {
+        if let Err(e) = crate::import::run(patterns, false, gil, &snap) {
+            logging::warning(&format!(
+                "legacy import failed: {e} (WB.IMPORT runs it again)"
+            ));
+        }
     }
 }

@@ -15,6 +15,7 @@
 pub mod ack;
 pub mod claim;
 pub mod gil;
+pub mod housekeeping;
 pub mod notify;
 pub mod sink;
 pub mod worker;
@@ -199,9 +200,11 @@ pub fn start() -> Result<(), String> {
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
     let (senders, handles) = worker::spawn(workers)?;
     let claimer = claim::spawn(senders)?;
+    let housekeeper = housekeeping::spawn()?;
     let mut threads = c.threads.lock();
     threads.extend(handles);
     threads.push(claimer);
+    threads.push(housekeeper);
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! - [`SinkError::Data`]: Snowflake rejected the data itself (SQL state class 22, data exception): the
 //!   worker splits the batch until the entry at fault is alone and dead-letters it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,6 +20,7 @@ use crate::logging;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
+use crate::statement::{Bind, Statement};
 use crate::status::METRICS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +140,47 @@ impl Sink for SnowflakeSink {
             }
         }
         log_records(entries, &snap);
+        if snap.bool(Key::VerifyTrackedAfterWrite) {
+            self.verify(entries, &tables, snap.uint(Key::VerifyTrackedLimit));
+        }
         Ok(())
+    }
+}
+
+/// Read-backs done so far by `VERIFY_TRACKED_AFTER_WRITE` (capped by `VERIFY_TRACKED_LIMIT`).
+static VERIFIED: AtomicU64 = AtomicU64::new(0);
+
+impl SnowflakeSink {
+    /// Reads back the rows of the batch's first events and logs them (identifiers and counts only).
+    fn verify(&self, entries: &[Decoded], tables: &Tables, limit: u64) {
+        let events = entries.iter().filter_map(|d| match d {
+            Decoded::Tracked(b) => b.events.first(),
+            _ => None,
+        });
+        for e in events {
+            if VERIFIED.fetch_add(1, Ordering::Relaxed) >= limit {
+                return;
+            }
+            let stmt = Statement::new(
+                format!(
+                    "SELECT tracked_id, track_id, saved, visited_count, visited_dts, deleted_dts FROM {} WHERE tracked_id = ? AND track_id = ?",
+                    tables.tracked
+                ),
+                vec![Bind::Text(e.tracked_id.clone()), Bind::Text(e.track_id.clone())],
+            );
+            match self.client.execute(&stmt) {
+                Ok(r) => logging::info(&format!(
+                    "VERIFY {} {}: {:?}",
+                    e.tracked_id,
+                    e.track_id,
+                    r.rows.first()
+                )),
+                Err(err) => logging::warning(&format!(
+                    "VERIFY {} {} failed: {err}",
+                    e.tracked_id, e.track_id
+                )),
+            }
+        }
     }
 }
 

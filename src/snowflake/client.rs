@@ -269,7 +269,14 @@ impl Client {
                 Err(e) if e.is_retryable() && Instant::now() >= deadline => {
                     return Err(self.cancel_after_timeout(handle))
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Giving up on a statement that may still run: stop it rather than let it
+                    // overlap the caller's next attempt (best effort).
+                    if e.is_retryable() {
+                        let _ = self.cancel(handle);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -448,6 +455,28 @@ impl Client {
             _ => self.handle_url(handle),
         }
     }
+}
+
+/// Reads a `TIMESTAMP_NTZ` value as the SQL API sends it (`jsonv2`: seconds since the epoch with a
+/// nine-digit fraction, e.g. `1700000000.123000000`); text such as `2024-01-02 03:04:05[.fff]`
+/// (from a `TO_VARCHAR` in the query) is accepted too.
+pub fn timestamp_ntz(value: &str) -> Option<chrono::NaiveDateTime> {
+    let v = value.trim();
+    if let Some((secs, frac)) = v.split_once('.').or(Some((v, ""))) {
+        if !secs.is_empty()
+            && secs
+                .trim_start_matches('-')
+                .chars()
+                .all(|c| c.is_ascii_digit())
+            && frac.chars().all(|c| c.is_ascii_digit())
+        {
+            let s: i64 = secs.parse().ok()?;
+            let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+            let nanos: u32 = digits.parse().ok()?;
+            return chrono::DateTime::from_timestamp(s, nanos).map(|t| t.naive_utc());
+        }
+    }
+    chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
 fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
@@ -651,6 +680,21 @@ mod tests {
             "resultSetMetaData": {"rowType": [{"name": "number of rows updated"}, {"name": "number of multi-joined rows updated"}]},
             "data": [["4", "4"]]});
         assert_eq!(parse_result(&counts).unwrap().rows_affected, Some(4));
+    }
+
+    #[test]
+    fn timestamps_read_from_epoch_seconds_or_text() {
+        let t = timestamp_ntz("1700000000.123000000").unwrap();
+        assert_eq!(t.to_string(), "2023-11-14 22:13:20.123");
+        assert_eq!(
+            timestamp_ntz("1700000000").unwrap().to_string(),
+            "2023-11-14 22:13:20"
+        );
+        assert_eq!(
+            timestamp_ntz("2024-01-02 03:04:05").unwrap().to_string(),
+            "2024-01-02 03:04:05"
+        );
+        assert_eq!(timestamp_ntz("yesterday"), None);
     }
 
     #[test]

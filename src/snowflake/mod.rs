@@ -17,6 +17,6 @@ pub mod config;
 pub mod error;
 pub mod retry;
 
-pub use client::{Client, QueryResult, SessionContext};
+pub use client::{timestamp_ntz, Client, QueryResult, SessionContext};
 pub use config::{AuthConfig, ClientConfig, ConfigError, TokenSource, TokenType};
 pub use error::{ErrorClass, SnowflakeError};

@@ -136,6 +136,8 @@ impl Emulator {
             .arg(&token_path)
             .args(["--partition-rows", &opts.partition_rows.to_string()])
             .args(["--async-after-ms", &opts.async_after_ms.to_string()])
+            // The engine's scratch files go in the test's directory, removed with it.
+            .env("TMPDIR", &root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
@@ -238,6 +240,22 @@ impl Emulator {
         cfg.retry_max_backoff = Duration::from_millis(100);
         cfg.poll_max_interval = Duration::from_millis(50);
         cfg
+    }
+
+    /// The module's Snowflake settings for this emulator (key-pair auth), as environment variables
+    /// for `redis-server` or module configs.
+    pub fn snowflake_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SNOWFLAKE_URL", self.url.clone()),
+            ("SNOWFLAKE_ACCOUNT", self.opts.account.clone()),
+            ("SNOWFLAKE_USER", self.opts.user.clone()),
+            (
+                "SNOWFLAKE_PRIVATE_KEY_PATH",
+                self.key_path.display().to_string(),
+            ),
+            ("SNOWFLAKE_DATABASE", self.opts.database.clone()),
+            ("SNOWFLAKE_SCHEMA", self.opts.schema.clone()),
+        ]
     }
 
     /// Replaces the accepted token (and so, for clients reading the same file, the one they send).

@@ -1,0 +1,163 @@
+//! Periodic work off the data path: the metrics log line, the Snowflake keep-alive, the start-up
+//! connection check, and the entry-ID regression check.
+//!
+//! ID regression: each TRACKED row remembers the newest entry applied to it, and the MERGE ignores
+//! entries at or below that. If the stream is recreated (or the clock went back) so that new entries
+//! get IDs below ones already applied, those entries would be ignored silently. After connecting, the
+//! newest applied ID in Snowflake is compared with the stream's newest ID; a regression is logged as a
+//! WARNING on every metrics interval and shown in `WB.STATUS` (`id_regression`) until resolved.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::gil::Gil;
+use super::{control, dry_run, sink, State};
+use crate::entry::EntryId;
+use crate::logging;
+use crate::settings::{self, Key};
+use crate::sql::Tables;
+use crate::statement::Statement;
+use crate::status::{self, METRICS};
+use crate::stream;
+
+pub fn spawn() -> Result<JoinHandle<()>, String> {
+    let gil = Gil::new().ok_or("could not create the housekeeping context")?;
+    std::thread::Builder::new()
+        .name("wb-housekeeping".into())
+        .spawn(move || {
+            crate::ffi::guard("housekeeping thread", || run(gil));
+        })
+        .map_err(|e| format!("could not start the housekeeping thread: {e}"))
+}
+
+fn run(gil: Gil) {
+    let c = control();
+    let mut last_metrics = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut connected = false;
+    while !c.stopping() {
+        std::thread::sleep(Duration::from_millis(200));
+        let snap = settings::current();
+        let every = snap.uint(Key::MetricsIntervalSeconds);
+        if every > 0 && last_metrics.elapsed() >= Duration::from_secs(every) {
+            last_metrics = Instant::now();
+            log_metrics();
+        }
+        let live = matches!(c.state(), State::Running) && !dry_run(&snap);
+        if !live {
+            continue;
+        }
+        if !connected {
+            connected = true;
+            last_ping = Instant::now();
+            connect_check(&gil);
+            continue;
+        }
+        let ping_every = snap.uint(Key::SnowflakePingIntervalSeconds);
+        if ping_every > 0 && last_ping.elapsed() >= Duration::from_secs(ping_every) {
+            last_ping = Instant::now();
+            if let Err(e) = sink::client().and_then(|cl| cl.ping()) {
+                logging::warning(&format!("Snowflake keep-alive failed: {e}"));
+                METRICS.set_error(&e.to_string());
+            }
+        }
+    }
+}
+
+/// One metrics line with the figures operators watch.
+fn log_metrics() {
+    let figures = status::report(false);
+    let pick = |name: &str| {
+        figures
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| match v {
+                status::Figure::Int(n) => n.to_string(),
+                status::Figure::Text(t) => t.clone(),
+            })
+            .unwrap_or_default()
+    };
+    logging::info(&format!(
+        "METRICS state={} read={} committed={} records={} skipped={} dead_lettered={} retries={} in_flight={} p50_ms={} p99_ms={}",
+        pick("state"),
+        pick("entries_read"),
+        pick("entries_committed"),
+        pick("records_written"),
+        pick("skipped"),
+        pick("dead_lettered"),
+        pick("retries"),
+        pick("in_flight"),
+        pick("batch_latency_p50_ms"),
+        pick("batch_latency_p99_ms"),
+    ));
+    let regression = METRICS.id_regression.lock().clone();
+    if !regression.is_empty() {
+        logging::warning(&format!("ID REGRESSION {regression}"));
+    }
+}
+
+/// At start (and after a promotion): connect with the start-up attempts, log the session when asked,
+/// and compare the newest applied entry ID with the stream's.
+fn connect_check(gil: &Gil) {
+    let snap = settings::current();
+    let c = control();
+    let client = match sink::client() {
+        Ok(cl) => cl,
+        Err(e) => {
+            logging::warning(&format!("Snowflake client not usable: {e}"));
+            METRICS.set_error(&e.to_string());
+            return;
+        }
+    };
+    match client.connect(&|| c.stopping()) {
+        Ok(s) => {
+            if snap.bool(Key::VerboseSnowflakeTest) {
+                logging::info(&format!(
+                    "Snowflake session: user={} role={} warehouse={} database={} schema={} latency_ms={}",
+                    s.user.as_deref().unwrap_or("-"),
+                    s.role.as_deref().unwrap_or("-"),
+                    s.warehouse.as_deref().unwrap_or("-"),
+                    s.database.as_deref().unwrap_or("-"),
+                    s.schema.as_deref().unwrap_or("-"),
+                    s.latency_ms
+                ));
+            }
+        }
+        Err(e) => {
+            logging::warning(&format!(
+                "Snowflake not reachable at start-up: {e} (the writer keeps retrying)"
+            ));
+            METRICS.set_error(&e.to_string());
+            return;
+        }
+    }
+    let Ok(tables) = Tables::from_settings(&snap) else {
+        return;
+    };
+    let newest_applied = client
+        .execute(&Statement::new(
+            format!("SELECT MAX(last_entry_id) FROM {}", tables.tracked),
+            vec![],
+        ))
+        .ok()
+        .and_then(|r| {
+            r.rows
+                .first()
+                .and_then(|row| row.first().cloned().flatten())
+        })
+        .and_then(|text| EntryId::from_sort_key(&text).ok());
+    let stream_name = snap.str(Key::RedisStream).to_string();
+    let newest_in_stream = gil.with(|ctx| stream::last_generated_id(ctx, &stream_name));
+    let newest_in_stream = EntryId::parse(&newest_in_stream).unwrap_or_default();
+    if let Some(applied) = newest_applied {
+        if newest_in_stream < applied {
+            let what = format!(
+                "Snowflake has applied entry {applied} but the stream's newest entry is {newest_in_stream}: new entries with lower IDs would be taken as already applied. Was the stream recreated or the clock set back?"
+            );
+            logging::warning(&format!("ID REGRESSION {what}"));
+            *METRICS.id_regression.lock() = what;
+        } else {
+            METRICS.id_regression.lock().clear();
+        }
+    }
+}
