@@ -11,7 +11,7 @@
 //!   client that sends them.
 //! - [`pipeline::ack`]: `XACK` (or dead-letter) only after Snowflake committed.
 //!
-//! Other ways in: [`restore`] (Snowflake back into an empty stream) and [`import`] (legacy string keys).
+//! Other ways in: [`write`] (`WB.WRITE`: validated, optionally synchronous writes), [`restore`] (Snowflake back into an empty stream) and [`import`] (legacy string keys).
 //!
 //! Around it: [`settings`] (the one table of settings) and [`config`] (its module configs), [`stream`]
 //! (every Redis call on the stream), [`commands`], [`status`] and [`info`] (what operators see),
@@ -37,6 +37,7 @@ pub mod sql;
 pub mod statement;
 pub mod status;
 pub mod stream;
+pub mod write;
 
 use redis_module::{redis_module, Context, RedisString, Status};
 
@@ -96,5 +97,6 @@ redis_module! {
         ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, ""],
         ["wb.restore", commands::wb_restore, "write", 0, 0, 0, ""],
         ["wb.import", commands::wb_import, "write", 0, 0, 0, ""],
+        ["wb.write", write::wb_write, "write", 0, 0, 0, ""],
     ],
 }

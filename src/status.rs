@@ -180,6 +180,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("dead_lettered", get(&m.dead_lettered).into());
     put("dropped_invalid", get(&m.dropped_invalid).into());
     put("lost_trimmed", get(&m.lost_trimmed).into());
+    put("failovers", get(&crate::write::FAILOVERS).into());
     {
         let t = m.tally.lock();
         put("records_written", t.records_written.into());

@@ -33,9 +33,7 @@ fn days_ago(d: i64) -> String {
 fn seed_snowflake(emu: &Emulator) {
     let recent = days_ago(1);
     let old = days_ago(30);
-    emu.sql(&format!(
-        "INSERT INTO \"USER\" (user_email, username) VALUES ('alice@example.com', 'alice'), ('bob@example.com', 'bob')"
-    ));
+    emu.sql("INSERT INTO \"USER\" (user_email, username) VALUES ('alice@example.com', 'alice'), ('bob@example.com', 'bob')");
     emu.sql(&format!(
         "INSERT INTO TRACKED (tracked_id, track_id, username, page_name, query_row_count, track_title, track_type, track_url, visited_count, visited_dts, saved, saved_dts, last_entry_id) VALUES \
          ('alice-1', 'a1', 'alice', 'search', 5, 'A1', 'QUERY', '/a1', 3, '{recent}', 0, NULL, '00000000000000000001-00000000000000000000'), \

@@ -143,8 +143,13 @@ pub fn quote_bare_lastplus(text: &str) -> Option<(String, usize)> {
     Some((out, quoted))
 }
 
+/// JSON's whitespace: space, tab, line feed, carriage return (not form feed).
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
-    while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+    while bytes.get(i).copied().is_some_and(is_json_ws) {
         i += 1;
     }
     i
@@ -219,6 +224,7 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
     let mut root_done = false;
     let mut token = Token::None;
     let mut key_start = 0;
+    let mut token_start = 0;
     let mut i = 0;
 
     while i < bytes.len() {
@@ -256,6 +262,10 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
                     i += 1;
                     continue;
                 }
+                let number = text.get(token_start..i).unwrap_or_default();
+                if serde_json::from_str::<serde_json::Number>(number).is_err() {
+                    return Err(RepairRefused::NotAPrefix(token_start));
+                }
                 token = Token::None;
                 value_done(&mut stack, &mut root_done, i);
                 // fall through: this byte is a delimiter
@@ -265,13 +275,16 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
                     i += 1;
                     continue;
                 }
+                if !matches!(text.get(token_start..i), Some("true" | "false" | "null")) {
+                    return Err(RepairRefused::NotAPrefix(token_start));
+                }
                 token = Token::None;
                 value_done(&mut stack, &mut root_done, i);
             }
             Token::None => {}
         }
 
-        if b.is_ascii_whitespace() {
+        if is_json_ws(b) {
             i += 1;
             continue;
         }
@@ -313,8 +326,14 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
                 }
                 _ => return Err(RepairRefused::NotAPrefix(i)),
             },
-            b'-' | b'0'..=b'9' if at_value => token = Token::Number,
-            b't' | b'f' | b'n' if at_value => token = Token::Literal,
+            b'-' | b'0'..=b'9' if at_value => {
+                token = Token::Number;
+                token_start = i;
+            }
+            b't' | b'f' | b'n' if at_value => {
+                token = Token::Literal;
+                token_start = i;
+            }
             b':' => match stack.last_mut() {
                 Some(Frame::Object { state, .. }) if *state == ObjState::Colon => {
                     *state = ObjState::Value
@@ -355,6 +374,15 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
         i += 1;
     }
 
+    if token == Token::Literal {
+        let partial = text.get(token_start..).unwrap_or_default();
+        if !["true", "false", "null"]
+            .iter()
+            .any(|l| l.starts_with(partial))
+        {
+            return Err(RepairRefused::NotAPrefix(token_start));
+        }
+    }
     if root_done || (stack.is_empty() && matches!(token, Token::Number | Token::Literal)) {
         return Err(RepairRefused::NotTruncated);
     }
@@ -386,7 +414,9 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
             }),
         ) => {
             let after = text.get(*last_complete..).unwrap_or_default();
-            let after = after.trim_start().strip_prefix(',').unwrap_or(after).trim();
+            let after = after.trim_start_matches(|c: char| c.is_ascii() && is_json_ws(c as u8));
+            let after = after.strip_prefix(',').unwrap_or(after);
+            let after = after.trim_matches(|c: char| c.is_ascii() && is_json_ws(c as u8));
             let partial = stack.len() > level + 1 || token != Token::None || !after.is_empty();
             // A comma right after `[` is a syntax error caught above, so `state` only tells us
             // whether there was an element at all.
@@ -420,8 +450,10 @@ pub fn close_truncated(text: &str, max_append: usize) -> Result<(String, Repair)
                 }
                 _ => return Err(RepairRefused::CutInside("a list")),
             }
-            let trimmed = text.trim_end();
-            let trimmed = trimmed.strip_suffix(',').unwrap_or(trimmed).trim_end();
+            let json_ws = |c: char| c.is_ascii() && is_json_ws(c as u8);
+            let trimmed = text.trim_end_matches(json_ws);
+            let trimmed = trimmed.strip_suffix(',').unwrap_or(trimmed);
+            let trimmed = trimmed.trim_end_matches(json_ws);
             (trimmed.len(), 1)
         }
     };
@@ -577,6 +609,17 @@ mod tests {
         ));
         assert!(matches!(
             close(r#"{'a':1"#),
+            Err(RepairRefused::NotAPrefix(_))
+        ));
+        assert!(matches!(close("[not "), Err(RepairRefused::NotAPrefix(1))));
+        assert!(matches!(
+            close("\u{c}{\"a\":1"),
+            Err(RepairRefused::NotAPrefix(0))
+        ));
+        assert!(close("[nul").is_ok());
+        assert!(matches!(close("[nux"), Err(RepairRefused::NotAPrefix(1))));
+        assert!(matches!(
+            close(r#"{"k":"x","records":[1-2,"#),
             Err(RepairRefused::NotAPrefix(_))
         ));
         assert_eq!(close(r#"{"a":1}"#), Err(RepairRefused::NotTruncated));

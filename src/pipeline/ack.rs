@@ -55,7 +55,10 @@ pub fn drain(ctx: &Context) {
         let mut ids: Vec<&str> = Vec::new();
         while i < items.len() && &items[i].stream == stream_name && &items[i].group == group {
             match &items[i].settle {
-                Settle::Ack { id } => ids.push(id),
+                Settle::Ack { id } => {
+                    ids.push(id);
+                    super::waiters::settled(stream_name, id, Ok(()));
+                }
                 Settle::DeadLetter { entry, reason } => {
                     match stream::dead_letter(ctx, stream_name, group, entry, reason) {
                         Ok(dlq_id) => {
@@ -71,6 +74,7 @@ pub fn drain(ctx: &Context) {
                             logging::warning(&format!("could not dead-letter {}: {e}", entry.id))
                         }
                     }
+                    super::waiters::settled(stream_name, &entry.id, Err(reason));
                 }
             }
             settled += 1;

@@ -18,6 +18,7 @@ pub mod gil;
 pub mod housekeeping;
 pub mod notify;
 pub mod sink;
+pub mod waiters;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -201,10 +202,10 @@ pub fn start() -> Result<(), String> {
     let (senders, handles) = worker::spawn(workers)?;
     let claimer = claim::spawn(senders)?;
     let housekeeper = housekeeping::spawn()?;
+    let deadlines = waiters::spawn()?;
     let mut threads = c.threads.lock();
     threads.extend(handles);
-    threads.push(claimer);
-    threads.push(housekeeper);
+    threads.extend([claimer, housekeeper, deadlines]);
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! - [`user`]: the USER `MERGE`.
 //! - [`ident`]: table names.
 
+pub mod direct;
 pub mod ident;
 pub mod tracked;
 pub mod user;

@@ -1,0 +1,184 @@
+//! `WB.WRITE <json> [SYNC [timeout-ms]]`: one native command for validated writes, write-through with
+//! acknowledgement, and failover to Snowflake.
+//!
+//! - The payload is checked by the same decoder the pipeline uses; an invalid one is refused with the
+//!   reason and nothing is added.
+//! - It is added to the stream (`XADD`, replicated) and the reply is its entry ID.
+//! - With `SYNC` the caller is blocked (Redis keeps serving everyone else) until that entry is
+//!   committed to Snowflake; on timeout it gets an error saying the entry stays queued and will still
+//!   be written; if Snowflake rejects the entry, Snowflake's reason.
+//! - When Redis cannot take the entry (`maxmemory` under `noeviction`) and
+//!   `STREAM_FAILOVER_TO_SNOWFLAKE=1`, the entry is written straight to Snowflake from a background
+//!   thread while the caller waits, a `FAILOVER` line is logged and the reply is `DIRECT`; with the
+//!   switch off the caller gets Redis's own OOM error.
+//!
+//! The non-blocking form works inside MULTI/EXEC and scripts; `SYNC` and failover need a client that
+//! may block and are refused there with a clear error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis_module::{
+    raw, CallOptionsBuilder, CallResult, Context, RedisError, RedisResult, RedisString, RedisValue,
+    ThreadSafeContext,
+};
+
+use crate::entry::{self, Decoded, EntryId, Rules};
+use crate::logging;
+use crate::pipeline::{self, sink, waiters};
+use crate::settings::{self, Key};
+use crate::sql::{direct, Tables};
+use crate::stream;
+
+/// Entries written directly to Snowflake because Redis was out of memory.
+pub static FAILOVERS: AtomicU64 = AtomicU64::new(0);
+
+fn err(msg: impl Into<String>) -> RedisError {
+    RedisError::String(msg.into())
+}
+
+/// Why a payload is refused, or `None` when it is acceptable.
+fn refusal(decoded: &Decoded) -> Option<String> {
+    match decoded {
+        Decoded::Undecodable { reason, .. } => Some(reason.to_string()),
+        Decoded::Restored { .. } => Some("restored entries are written by WB.RESTORE only".into()),
+        Decoded::Tracked(b) => b
+            .rejected
+            .first()
+            .map(|r| format!("record {}: {}", r.index, r.reason)),
+        _ => None,
+    }
+}
+
+/// Adds the entry on the caller's context (so it is part of the caller's MULTI or script), in
+/// `REDIS_DB`, refusing when Redis is out of memory.
+fn xadd(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result<String, String> {
+    let db = settings::current().int(Key::RedisDb) as i32;
+    let previous = unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)) };
+    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
+        unsafe { select(ctx.ctx, db) };
+    }
+    let opts = CallOptionsBuilder::new()
+        .replicate()
+        .verify_oom()
+        .errors_as_replies()
+        .build();
+    let args: [&[u8]; 4] = [stream_name.as_bytes(), b"*", b"value", payload];
+    let res: CallResult = ctx.call_ext("XADD", &opts, &args[..]);
+    if let (Some(select), Some(prev)) = (unsafe { raw::RedisModule_SelectDb }, previous) {
+        unsafe { select(ctx.ctx, prev) };
+    }
+    match res {
+        Ok(reply) => match RedisValue::from(&reply) {
+            RedisValue::SimpleString(id) | RedisValue::BulkString(id) => Ok(id),
+            other => Err(format!("XADD gave {other:?}")),
+        },
+        Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
+    }
+}
+
+fn can_block(ctx: &Context) -> bool {
+    let f = stream::flags(ctx);
+    f & (raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
+        == 0
+}
+
+pub fn wb_write(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    crate::ffi::guard("WB.WRITE", || write(ctx, &args))
+        .unwrap_or_else(|| Err(err("ERR internal error in WB.WRITE; see the server log")))
+}
+
+fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    let payload = args.get(1).ok_or(RedisError::WrongArity)?;
+    let (sync, timeout) = match args.len() {
+        2 => (false, Duration::ZERO),
+        3 | 4 => {
+            if !args[2].to_string_lossy().eq_ignore_ascii_case("SYNC") {
+                return Err(err(format!(
+                    "ERR unknown WB.WRITE option '{}': use SYNC [timeout-ms]",
+                    args[2].to_string_lossy()
+                )));
+            }
+            let ms = match args.get(3) {
+                Some(a) => a
+                    .to_string_lossy()
+                    .parse::<u64>()
+                    .map_err(|_| err("ERR timeout-ms must be a non-negative whole number"))?,
+                None => 5_000,
+            };
+            (true, Duration::from_millis(ms))
+        }
+        _ => return Err(RedisError::WrongArity),
+    };
+    let s = settings::current();
+    let now = EntryId::new(chrono::Utc::now().timestamp_millis().max(0) as u64, 0);
+    let fields = vec![(b"value".to_vec(), payload.as_slice().to_vec())];
+    let decoded = entry::decode(now, &fields, &Rules::from_settings(&s));
+    if let Some(why) = refusal(&decoded) {
+        return Err(err(format!("ERR invalid payload: {why}")));
+    }
+    if sync && !can_block(ctx) {
+        return Err(err(
+            "ERR WB.WRITE SYNC cannot be used inside MULTI or a script; use WB.WRITE without SYNC",
+        ));
+    }
+    let stream_name = s.str(Key::RedisStream).to_string();
+    match xadd(ctx, &stream_name, payload.as_slice()) {
+        Ok(id) if sync => {
+            let blocked = ctx.block_client();
+            waiters::register(&stream_name, &id, Instant::now() + timeout, blocked);
+            pipeline::control().wake();
+            Ok(RedisValue::NoReply)
+        }
+        Ok(id) => Ok(RedisValue::BulkString(id)),
+        Err(e) if e.starts_with("OOM") && s.bool(Key::StreamFailoverToSnowflake) => {
+            if !can_block(ctx) {
+                return Err(err(format!("{e} (failover to Snowflake needs a client that may block: not inside MULTI or a script)")));
+            }
+            if pipeline::dry_run(&s) || !s.snowflake_configured() {
+                return Err(err(format!(
+                    "{e} (failover to Snowflake is on, but Snowflake is not configured)"
+                )));
+            }
+            let blocked = ctx.block_client();
+            std::thread::spawn(move || {
+                let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
+                let reply = crate::ffi::guard("WB.WRITE failover", || failover(&decoded))
+                    .unwrap_or_else(|| {
+                        Err(err(
+                            "ERR internal error in WB.WRITE failover; see the server log",
+                        ))
+                    });
+                reply_ctx.reply(reply);
+            });
+            Ok(RedisValue::NoReply)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Writes one entry straight to Snowflake.
+fn failover(decoded: &Decoded) -> RedisResult {
+    let s = settings::current();
+    let tables = Tables::from_settings(&s).map_err(err)?;
+    let statements = direct::plan(decoded, &tables)
+        .ok_or_else(|| err("ERR the direct statement could not be built"))?;
+    let client = sink::client().map_err(|e| err(format!("ERR Snowflake {e}")))?;
+    for st in &statements {
+        client.execute(st).map_err(|e| {
+            logging::warning(&format!("FAILOVER write failed: {e}"));
+            err(format!(
+                "ERR Redis is out of memory and the direct write to Snowflake failed: {e}"
+            ))
+        })?;
+    }
+    FAILOVERS.fetch_add(1, Ordering::Relaxed);
+    logging::warning(&format!(
+        "FAILOVER Redis is out of memory: entry for '{}' written directly to Snowflake ({} statements)",
+        decoded.partition_key(),
+        statements.len()
+    ));
+    Ok(RedisValue::SimpleStringStatic("DIRECT"))
+}
