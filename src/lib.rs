@@ -23,12 +23,14 @@
 pub mod alloc;
 pub mod commands;
 pub mod config;
+pub mod docs;
 pub mod entry;
 pub mod events;
 pub mod ffi;
 pub mod import;
 pub mod info;
 pub mod logging;
+pub mod migrate;
 pub mod pipeline;
 pub mod restore;
 pub mod settings;

@@ -49,6 +49,9 @@ pub struct GroupInfo {
     pub last_delivered_id: String,
     /// Entries not yet delivered to the group; `None` when Redis cannot tell (after deletions).
     pub lag: Option<i64>,
+    /// The logical position (1-based count of entries ever added) of the last entry delivered to the
+    /// group; `None` when Redis cannot tell.
+    pub entries_read: Option<i64>,
 }
 
 pub fn length(ctx: &Context, stream: &str) -> i64 {
@@ -87,6 +90,7 @@ pub fn group_info(ctx: &Context, stream: &str, group: &str) -> Option<GroupInfo>
                 Some("pending") => info.pending = int(v).unwrap_or(0),
                 Some("last-delivered-id") => info.last_delivered_id = text(v).unwrap_or_default(),
                 Some("lag") => info.lag = int(v),
+                Some("entries-read") => info.entries_read = int(v),
                 _ => {}
             }
         }
@@ -236,9 +240,18 @@ pub fn read_group(
         .unwrap_or_default())
 }
 
-/// Moves every pending entry of the group, whoever holds it, to `consumer`, from `start` on; returns the
-/// entries and the cursor to continue from (`0-0` when done). Entries deleted from the stream while
-/// pending are dropped from the PEL by Redis and returned in the third element, which is ignored here.
+/// What one `XAUTOCLAIM` step returned.
+#[derive(Debug, Default)]
+pub struct Autoclaimed {
+    pub entries: Vec<RawEntry>,
+    /// Where to continue (`0-0` when done).
+    pub next: String,
+    /// Pending entries that no longer exist in the stream (trimmed or deleted before they were
+    /// written); Redis drops them from the pending list.
+    pub deleted: Vec<String>,
+}
+
+/// Moves every pending entry of the group, whoever holds it, to `consumer`, from `start` on.
 pub fn autoclaim(
     ctx: &Context,
     stream: &str,
@@ -246,7 +259,7 @@ pub fn autoclaim(
     consumer: &str,
     start: &str,
     count: usize,
-) -> Result<(Vec<RawEntry>, String), String> {
+) -> Result<Autoclaimed, String> {
     let count = count.to_string();
     let reply = call_write(
         ctx,
@@ -262,11 +275,20 @@ pub fn autoclaim(
         ],
     )?;
     let RedisValue::Array(parts) = reply else {
-        return Ok((Vec::new(), "0-0".into()));
+        return Ok(Autoclaimed {
+            next: "0-0".into(),
+            ..Autoclaimed::default()
+        });
     };
-    let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
-    let entries = parts.get(1).map(parse_entries).unwrap_or_default();
-    Ok((entries, next))
+    let deleted = match parts.get(2) {
+        Some(RedisValue::Array(ids)) => ids.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Autoclaimed {
+        next: parts.first().and_then(text).unwrap_or_else(|| "0-0".into()),
+        entries: parts.get(1).map(parse_entries).unwrap_or_default(),
+        deleted,
+    })
 }
 
 /// Acknowledges entries; returns how many were pending.

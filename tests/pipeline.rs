@@ -433,3 +433,34 @@ fn stream_ids_below_the_applied_ones_are_reported_as_a_regression() {
     });
     assert!(server.log().contains("ID REGRESSION"));
 }
+
+#[test]
+fn entries_trimmed_away_before_they_were_written_are_counted_and_logged() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("MAX_IN_FLIGHT", "10")
+            .env("CLAIM_CHUNK", "10"),
+    );
+    let mut con = server.connection();
+    emu.fault(json!({"next": 100000, "status": 503}));
+    let ts = now();
+    for i in 0..100 {
+        xadd(&mut con, &visited(&format!("trim{i}-u"), "t", &ts));
+    }
+    server.wait_for(
+        "the first chunk to be claimed",
+        Duration::from_secs(20),
+        || (status(&mut con)["pending"] == "10").then_some(()),
+    );
+    let _: i64 = q(&mut con, &["XTRIM", "userdata-stream", "MAXLEN", "5"]);
+    emu.clear_faults();
+    flush(&mut con, 30_000);
+    let st = status(&mut con);
+    assert_eq!(st["lost_trimmed"], "85", "{st:?}");
+    assert!(
+        server.log().contains("TRIMMED 85 entries"),
+        "no TRIMMED warning"
+    );
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 15);
+}

@@ -124,16 +124,40 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
-        let read = gil.with(|ctx| {
+        let read = gil.with(|ctx| -> Result<(Vec<RawEntry>, Option<String>), String> {
             if group_ready.as_deref() != Some(group.as_str()) {
                 stream::ensure_group(ctx, &stream_name, &group)?;
             }
             if recovering {
-                stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)
-                    .map(|(e, next)| (e, Some(next)))
+                let step = stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
+                report_trimmed(
+                    step.deleted.len() as u64,
+                    &stream_name,
+                    &format!("pending entries {}", preview(&step.deleted)),
+                );
+                Ok((step.entries, Some(step.next)))
             } else {
-                stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)
-                    .map(|e| (e, None))
+                // The group's read counter before and after tells whether entries were trimmed away
+                // between the last delivered entry and the next one (Redis counts every entry ever added).
+                let before =
+                    stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
+                let entries = stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
+                if !entries.is_empty() {
+                    let after =
+                        stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
+                    if let (Some(b), Some(a)) = (before, after) {
+                        let skipped = a - b - entries.len() as i64;
+                        if skipped > 0 {
+                            let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
+                            report_trimmed(
+                                skipped as u64,
+                                &stream_name,
+                                &format!("entries before {first} never read"),
+                            );
+                        }
+                    }
+                }
+                Ok((entries, None))
             }
         });
         let (entries, next) = match read {
@@ -281,5 +305,27 @@ fn startup_tasks(gil: &Gil) {
                 "legacy import failed: {e} (WB.IMPORT runs it again)"
             ));
         }
+    }
+}
+
+/// Counts and reports entries removed from the stream before they were written: the application
+/// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
+fn report_trimmed(n: u64, stream_name: &str, what: &str) {
+    if n == 0 {
+        return;
+    }
+    METRICS.lost_trimmed.fetch_add(n, Ordering::Relaxed);
+    logging::warning(&format!(
+        "TRIMMED {n} entries were removed from {stream_name} before they were written to Snowflake ({what}); \
+         the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"
+    ));
+}
+
+fn preview(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+    if ids.len() > shown.len() {
+        format!("{} ...", shown.join(" "))
+    } else {
+        shown.join(" ")
     }
 }
