@@ -48,12 +48,17 @@ fn map(pairs: Vec<(String, RedisValue)>) -> RedisValue {
 }
 
 /// Refuses to block where Redis cannot (MULTI, scripts, clients that deny blocking).
-fn can_block(ctx: &Context) -> bool {
+pub fn can_block(ctx: &Context) -> bool {
     let f = stream::flags(ctx);
     f & (raw::REDISMODULE_CTX_FLAGS_MULTI
         | raw::REDISMODULE_CTX_FLAGS_LUA
         | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
         == 0
+}
+
+/// An argument as quoted in an error reply: escaped and cut short, never echoed whole.
+fn shown(arg: &str) -> String {
+    crate::entry::rules::shown(arg)
 }
 
 fn arg_str(a: &RedisString) -> Result<&str, RedisError> {
@@ -257,8 +262,9 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 } else {
                     let mut found = Vec::new();
                     for id in &ids {
-                        EntryId::parse(id)
-                            .map_err(|_| err(format!("ERR '{id}' is not a stream entry ID")))?;
+                        EntryId::parse(id).map_err(|_| {
+                            err(format!("ERR {} is not a stream entry ID", shown(id)))
+                        })?;
                         if let RedisValue::Array(mut one) = stream::call_read(
                             &home,
                             "XRANGE",
@@ -298,13 +304,14 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 for a in &args[2..] {
                     let id = arg_str(a)?;
                     EntryId::parse(id)
-                        .map_err(|_| err(format!("ERR '{id}' is not a stream entry ID")))?;
+                        .map_err(|_| err(format!("ERR {} is not a stream entry ID", shown(id))))?;
                     del.push(a.as_slice());
                 }
                 stream::call_write(&home, "XDEL", &del).map_err(err)
             }
             other => Err(err(format!(
-                "ERR unknown WB.DLQ subcommand '{other}': use LIST, REPLAY or PURGE"
+                "ERR unknown WB.DLQ subcommand {}: use LIST, REPLAY or PURGE",
+                shown(other)
             ))),
         }
     })
@@ -370,7 +377,8 @@ pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 }
                 other => {
                     return Err(err(format!(
-                        "ERR unknown WB.RESTORE option '{other}': use FORCE, DAYS n or USER name"
+                        "ERR unknown WB.RESTORE option {}: use FORCE, DAYS n or USER name",
+                        shown(other)
                     )))
                 }
             }
@@ -417,7 +425,8 @@ pub fn wb_import(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 "DELETE" => delete = true,
                 other => {
                     return Err(err(format!(
-                        "ERR unknown WB.IMPORT option '{other}': use MATCH pattern or DELETE"
+                        "ERR unknown WB.IMPORT option {}: use MATCH pattern or DELETE",
+                        shown(other)
                     )))
                 }
             }

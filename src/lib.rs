@@ -90,15 +90,17 @@ redis_module! {
     data_types: [],
     init: init,
     deinit: deinit,
+    // ACL categories: the operator's commands are in @admin and @dangerous, so `-@admin` keeps an
+    // application user (XADD, WB.WRITE, WB.STATUS) away from WB.DLQ PURGE, WB.PAUSE and the like.
     commands: [
         ["wb.status", commands::wb_status, "readonly", 0, 0, 0, ""],
-        ["wb.pause", commands::wb_pause, "admin", 0, 0, 0, ""],
-        ["wb.resume", commands::wb_resume, "admin", 0, 0, 0, ""],
+        ["wb.pause", commands::wb_pause, "admin", 0, 0, 0, "admin dangerous"],
+        ["wb.resume", commands::wb_resume, "admin", 0, 0, 0, "admin dangerous"],
         ["wb.flush", commands::wb_flush, "readonly", 0, 0, 0, ""],
         ["wb.ping", commands::wb_ping, "readonly", 0, 0, 0, ""],
-        ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, ""],
-        ["wb.restore", commands::wb_restore, "write", 0, 0, 0, ""],
-        ["wb.import", commands::wb_import, "write", 0, 0, 0, ""],
-        ["wb.write", write::wb_write, "write", 0, 0, 0, ""],
+        ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.restore", commands::wb_restore, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.import", commands::wb_import, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.write", write::wb_write, "write", 0, 0, 0, "write stream"],
     ],
 }

@@ -23,12 +23,12 @@ use redis_module::{
     ThreadSafeContext,
 };
 
+use crate::commands::can_block;
 use crate::entry::{self, Decoded, EntryId, Rules};
 use crate::logging;
 use crate::pipeline::{self, sink, waiters};
 use crate::settings::{self, Key};
 use crate::sql::{direct, Tables};
-use crate::stream;
 
 /// Entries written directly to Snowflake because Redis was out of memory.
 pub static FAILOVERS: AtomicU64 = AtomicU64::new(0);
@@ -75,14 +75,6 @@ fn xadd(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result<String, Stri
         },
         Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
     }
-}
-
-fn can_block(ctx: &Context) -> bool {
-    let f = stream::flags(ctx);
-    f & (raw::REDISMODULE_CTX_FLAGS_MULTI
-        | raw::REDISMODULE_CTX_FLAGS_LUA
-        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
-        == 0
 }
 
 pub fn wb_write(ctx: &Context, args: Vec<RedisString>) -> RedisResult {

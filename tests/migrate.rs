@@ -355,9 +355,11 @@ fn ten_thousand_records_load_exactly_in_a_few_round_trips() {
         "{report}"
     );
     // Create the staging table, a few ~900 kB INSERTs, one MERGE, drop: not one per entry or step.
+    // (Round trips also count status polls of statements that ran long, which depends on machine load.)
+    let statements = emu.stats()["statements"].clone();
     assert!(
-        trips.as_u64().is_some_and(|n| n <= 10),
-        "{trips} round trips"
+        statements.as_u64().is_some_and(|n| n <= 10),
+        "{statements} statements"
     );
 
     emu.reset();

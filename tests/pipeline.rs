@@ -7,25 +7,8 @@ use std::time::Duration;
 
 use common::emulator::Emulator;
 use common::redis_server::{q, q_err, status, Options, RedisServer};
+use common::wired;
 use serde_json::json;
-
-/// Server options pointing the module at `emu` with key-pair auth, and test-sized timings.
-fn wired(emu: &Emulator) -> Options {
-    Options::default()
-        .env("SNOWFLAKE_URL", &emu.url)
-        .env("SNOWFLAKE_ACCOUNT", &emu.opts.account)
-        .env("SNOWFLAKE_USER", &emu.opts.user)
-        .env(
-            "SNOWFLAKE_PRIVATE_KEY_PATH",
-            &emu.key_path.display().to_string(),
-        )
-        .env("SNOWFLAKE_DATABASE", &emu.opts.database)
-        .env("SNOWFLAKE_SCHEMA", &emu.opts.schema)
-        .env("SNOWFLAKE_WAREHOUSE", "TEST_WH")
-        .env("BATCH_LINGER_MS", "5")
-        .env("RETRY_MAX_BACKOFF_MS", "300")
-        .env("SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "20")
-}
 
 fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()

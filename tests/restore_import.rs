@@ -7,21 +7,7 @@ use std::time::Duration;
 
 use common::emulator::Emulator;
 use common::redis_server::{q, q_err, Options, RedisServer};
-
-fn wired(emu: &Emulator) -> Options {
-    Options::default()
-        .env("SNOWFLAKE_URL", &emu.url)
-        .env("SNOWFLAKE_ACCOUNT", &emu.opts.account)
-        .env("SNOWFLAKE_USER", &emu.opts.user)
-        .env(
-            "SNOWFLAKE_PRIVATE_KEY_PATH",
-            &emu.key_path.display().to_string(),
-        )
-        .env("SNOWFLAKE_DATABASE", &emu.opts.database)
-        .env("SNOWFLAKE_SCHEMA", &emu.opts.schema)
-        .env("BATCH_LINGER_MS", "5")
-        .env("RETRY_MAX_BACKOFF_MS", "300")
-}
+use common::wired;
 
 fn days_ago(d: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::days(d))
@@ -64,7 +50,7 @@ fn sum_visits(emu: &Emulator) -> i64 {
 fn an_empty_stream_is_restored_at_start_up_and_nothing_is_written_back() {
     let emu = Emulator::start();
     seed_snowflake(&emu);
-    let server = RedisServer::start(wired(&emu));
+    let server = RedisServer::start(wired(&emu).env("RESTORE_ON_EMPTY", "1"));
     let mut con = server.connection();
     let marker: String = server.wait_for("the restore marker", Duration::from_secs(30), || {
         let v: Option<String> = q(&mut con, &["GET", "_userdata_stream_restored"]);

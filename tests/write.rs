@@ -6,23 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::emulator::Emulator;
 use common::redis_server::{q, q_err, status, Options, RedisServer};
+use common::wired;
 use serde_json::json;
-
-fn wired(emu: &Emulator) -> Options {
-    Options::default()
-        .env("SNOWFLAKE_URL", &emu.url)
-        .env("SNOWFLAKE_ACCOUNT", &emu.opts.account)
-        .env("SNOWFLAKE_USER", &emu.opts.user)
-        .env(
-            "SNOWFLAKE_PRIVATE_KEY_PATH",
-            &emu.key_path.display().to_string(),
-        )
-        .env("SNOWFLAKE_DATABASE", &emu.opts.database)
-        .env("SNOWFLAKE_SCHEMA", &emu.opts.schema)
-        .env("BATCH_LINGER_MS", "5")
-        .env("RETRY_MAX_BACKOFF_MS", "200")
-        .env("RESTORE_ON_EMPTY", "0")
-}
 
 fn visit(user: &str, track: &str) -> String {
     let ts = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();

@@ -154,7 +154,9 @@ fn process(batch: &[Work]) -> Option<Vec<Settle>> {
                 });
             }
             (d, Ok(())) => {
+                log_dropped_records(d, &w.raw.id);
                 d.tally(&mut tally);
+                log_left_out(d);
                 committed += 1;
                 settles.push(Settle::Ack {
                     id: w.raw.id.clone(),
@@ -173,6 +175,32 @@ fn process(batch: &[Work]) -> Option<Vec<Settle>> {
         Ordering::Relaxed,
     );
     Some(settles)
+}
+
+/// Logs each record of a written entry that was skipped (stale) or rejected (unusable), with its
+/// reason: they are counted in `WB.STATUS`, and the log says which entry and record they were.
+fn log_left_out(d: &Decoded) {
+    let Decoded::Tracked(b) = d else { return };
+    for s in &b.skipped {
+        logging::info(&format!(
+            "SKIPPED entry={} index={} id={}: {}",
+            b.id,
+            s.index,
+            crate::entry::rules::shown(&s.record_id),
+            s.reason
+        ));
+    }
+    for r in &b.rejected {
+        logging::warning(&format!(
+            "REJECTED entry={} index={} id={}: {}",
+            b.id,
+            r.index,
+            r.record_id
+                .as_deref()
+                .map_or_else(|| "-".to_string(), crate::entry::rules::shown),
+            r.reason
+        ));
+    }
 }
 
 /// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
@@ -243,4 +271,28 @@ fn backoff(attempt: u32, blocked: bool) -> Duration {
         .min(cap);
     let jittered = rand::thread_rng().gen_range(exp / 2..=exp.max(1));
     Duration::from_millis(jittered)
+}
+
+/// One line per record that was not written: skipped by the freshness rules (`SKIP_STALE`) or refused
+/// for its content (`REJECT`), with the reason — identifiers only, never titles or URLs.
+fn log_dropped_records(d: &Decoded, entry_id: &str) {
+    let Decoded::Tracked(b) = d else { return };
+    for s in &b.skipped {
+        logging::info(&format!(
+            "SKIP_STALE entry={entry_id} index={} id={} reason={} ({})",
+            s.index,
+            s.record_id,
+            s.reason.code(),
+            s.reason
+        ));
+    }
+    for r in &b.rejected {
+        logging::warning(&format!(
+            "REJECT entry={entry_id} index={} id={} reason={} ({})",
+            r.index,
+            r.record_id.as_deref().unwrap_or("-"),
+            r.reason.code(),
+            r.reason
+        ));
+    }
 }
