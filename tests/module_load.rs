@@ -369,3 +369,28 @@ fn wb_status_refuses_extra_arguments() {
         "{err}"
     );
 }
+
+#[test]
+fn module_unload_is_refused_while_the_writer_runs_and_stops_it_cleanly_when_paused() {
+    let server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    let err = q_err(&mut con, &["MODULE", "UNLOAD", "writebehind"]);
+    assert!(
+        err.contains("Error unloading module") || err.contains("unload"),
+        "{err}"
+    );
+    assert!(
+        server.log().contains("run WB.PAUSE"),
+        "the refusal's reason is not logged"
+    );
+    let _: String = q(&mut con, &["WB.PAUSE"]);
+    let ok: String = q(&mut con, &["MODULE", "UNLOAD", "writebehind"]);
+    assert_eq!(ok, "OK");
+    let modules: Vec<redis::Value> = q(&mut con, &["MODULE", "LIST"]);
+    assert!(!format!("{modules:?}").contains("writebehind"));
+    // The server runs on, and the module loads again.
+    let so = module_path().display().to_string();
+    let ok: String = q(&mut con, &["MODULE", "LOAD", &so]);
+    assert_eq!(ok, "OK");
+    assert_eq!(status(&mut con)["state"], "unconfigured");
+}

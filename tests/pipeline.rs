@@ -447,3 +447,40 @@ fn entries_trimmed_away_before_they_were_written_are_counted_and_logged() {
     );
     assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 15);
 }
+
+#[test]
+fn the_seeds_quick_dry_run_logs_record_exec_and_auto_hashes_and_writes_nothing() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("DRY_RUN", "1")
+            .env("HASH_NULL_TRACK_ID", "1"),
+    );
+    let mut con = server.connection();
+    xadd(&mut con, r#"{"user_email":"alice@example.com"}"#);
+    // The seed's entry, with a current lastplus (its fixed 2025 date is outside the freshness window).
+    let v = format!(
+        r#"{{"key":"userdata-events:alice-1/visited","records":[{{"id":"alice-1","page_name":"search","query_row_count":"5","track_id":"","track_title":"Sample","track_type":"QUERY","track_url":"/search?q=Sample","lastplus":"{}","action":"v"}}]}}"#,
+        now()
+    );
+    xadd(&mut con, &v);
+    // And the seed's fixed date: skipped as stale, with a skip line.
+    xadd(
+        &mut con,
+        r#"{"key":"userdata-events:alice-1/visited","records":[{"id":"alice-1","page_name":"search","query_row_count":"5","track_id":"","track_title":"Sample","track_type":"QUERY","track_url":"/search?q=Sample","lastplus":"2025-11-03 12:00:00","action":"v"}]}"#,
+    );
+    flush(&mut con, 30_000);
+    let log = server.log();
+    for marker in [
+        "RECORD_EXEC",
+        "track_id=auto_",
+        "HASH_GEN",
+        "SQL (TRACKED) DRY_RUN",
+        "SQL (USER) DRY_RUN",
+        "SKIP_STALE",
+    ] {
+        assert!(log.contains(marker), "{marker} missing from the log");
+    }
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM \"USER\""), 0);
+}

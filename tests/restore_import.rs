@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::emulator::Emulator;
-use common::redis_server::{q, q_err, Options, RedisServer};
+use common::redis_server::{q, q_err, RedisServer};
 use common::wired;
 
 fn days_ago(d: i64) -> String {

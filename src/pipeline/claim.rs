@@ -25,12 +25,7 @@ use crate::stream::{self, RawEntry};
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
-    std::thread::Builder::new()
-        .name("wb-claimer".into())
-        .spawn(move || {
-            crate::ffi::guard("claimer thread", || run(gil, workers));
-        })
-        .map_err(|e| format!("could not start the claimer thread: {e}"))
+    super::spawn_thread("wb-claimer", move || run(gil, workers))
 }
 
 /// What the server allows right now.
@@ -70,6 +65,12 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             return;
         }
         let snap = settings::current();
+        // Paused: park without touching the Redis lock (MODULE UNLOAD waits for this thread).
+        if c.paused.load(Ordering::Relaxed) {
+            c.set_state(State::Paused);
+            c.wait_wake(Duration::from_millis(100));
+            continue;
+        }
         match server(&gil) {
             Server::Loading => {
                 c.set_state(State::Loading);

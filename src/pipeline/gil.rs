@@ -55,8 +55,27 @@ impl Gil {
     }
 }
 
+/// Contexts of threads that ended while the pipeline was stopping; freed by [`free_retired`].
+static RETIRED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+
+/// Frees the contexts of stopped threads. Main thread only (it holds the lock).
+pub fn free_retired() {
+    let Some(free) = (unsafe { raw::RedisModule_FreeThreadSafeContext }) else {
+        return;
+    };
+    for ctx in RETIRED.lock().drain(..) {
+        unsafe { free(ctx as *mut raw::RedisModuleCtx) };
+    }
+}
+
 impl Drop for Gil {
     fn drop(&mut self) {
+        // While stopping (MODULE UNLOAD, SHUTDOWN) the main thread may hold the lock waiting for this
+        // thread to end: hand the context over instead of waiting for the lock.
+        if crate::pipeline::control().stopping() {
+            RETIRED.lock().push(self.ctx as usize);
+            return;
+        }
         // Freeing a context releases its fake client, which must happen under the lock.
         let apis = unsafe {
             (

@@ -22,12 +22,7 @@ use crate::stream;
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;
-    std::thread::Builder::new()
-        .name("wb-housekeeping".into())
-        .spawn(move || {
-            crate::ffi::guard("housekeeping thread", || run(gil));
-        })
-        .map_err(|e| format!("could not start the housekeeping thread: {e}"))
+    super::spawn_thread("wb-housekeeping", move || run(gil))
 }
 
 fn run(gil: Gil) {

@@ -96,6 +96,8 @@ pub struct Control {
     /// Batches between "commit started" and "acknowledgements queued".
     pub committing: std::sync::atomic::AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Pipeline threads that have not returned yet.
+    alive: std::sync::atomic::AtomicUsize,
 }
 
 static CONTROL: OnceLock<Arc<Control>> = OnceLock::new();
@@ -113,6 +115,7 @@ pub fn control() -> &'static Arc<Control> {
             settled: (Mutex::new(()), Condvar::new()),
             committing: std::sync::atomic::AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
+            alive: std::sync::atomic::AtomicUsize::new(0),
         })
     })
 }
@@ -151,6 +154,27 @@ impl Control {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+}
+
+/// Starts a pipeline thread: its body runs behind the panic guard, and its exit is counted so
+/// `MODULE UNLOAD` can tell when every thread has returned.
+pub fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    let c = Arc::clone(control());
+    c.alive.fetch_add(1, Ordering::SeqCst);
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            crate::ffi::guard(&label, body);
+            c.alive.fetch_sub(1, Ordering::SeqCst);
+        })
+        .map_err(|e| {
+            control().alive.fetch_sub(1, Ordering::SeqCst);
+            format!("could not start the {name} thread: {e}")
+        })
 }
 
 /// The state word for `WB.STATUS`.
@@ -195,7 +219,11 @@ pub fn session_state() -> &'static str {
 /// server to finish loading before touching the stream.
 pub fn start() -> Result<(), String> {
     let c = control();
+    // A module unloaded and loaded again may find its statics as they were (a Rust library is not
+    // always unmapped by dlclose): start from a clean control state.
     c.stop.store(false, Ordering::Relaxed);
+    c.paused.store(false, Ordering::Relaxed);
+    c.degraded.store(false, Ordering::Relaxed);
     c.set_state(State::Starting);
     let s = crate::settings::current();
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
@@ -239,10 +267,24 @@ pub fn unload() -> Result<(), String> {
     c.stop.store(true, Ordering::Relaxed);
     c.wake();
     worker::close();
+    // Wait (bounded) for every thread to return. This runs on the main thread, which holds the Redis
+    // lock: a thread waiting for that lock cannot return until this call does, so rather than block
+    // forever, refuse and let the operator repeat the command once it has.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while c.alive.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.set_state(State::Stopped);
+    let left = c.alive.load(Ordering::SeqCst);
+    if left > 0 {
+        return Err(format!(
+            "{left} writer threads are still stopping; run MODULE UNLOAD again"
+        ));
+    }
     let handles: Vec<JoinHandle<()>> = c.threads.lock().drain(..).collect();
     for h in handles {
         let _ = h.join();
     }
-    c.set_state(State::Stopped);
+    gil::free_retired();
     Ok(())
 }

@@ -84,8 +84,11 @@ fn log_planned(p: &Planned, snap: &Snapshot, dry: bool) {
     }
 }
 
-fn log_records(entries: &[Decoded], snap: &Snapshot) {
-    let each = snap.bool(Key::LogTrackedEach);
+/// `RECORD_EXEC` lines (every record with `LOG_TRACKED_EACH=1`, in dry run, or for `TARGET_LOG_IDS`)
+/// and `HASH_GEN` lines for generated track ids (`LOG_TRACKED_HASH_GEN=1`).
+fn log_records(entries: &[Decoded], snap: &Snapshot, dry: bool) {
+    let each = dry || snap.bool(Key::LogTrackedEach);
+    let hash_gen = dry || snap.bool(Key::LogTrackedHashGen);
     let targets = snap.list(Key::TargetLogIds);
     for d in entries {
         let Decoded::Tracked(b) = d else { continue };
@@ -95,6 +98,12 @@ fn log_records(entries: &[Decoded], snap: &Snapshot) {
                 .any(|t| *t == e.tracked_id || *t == e.username);
             if each || targeted {
                 logging::info(&e.record_exec(b.id));
+            }
+            if hash_gen && e.track_id_generated {
+                logging::info(&format!(
+                    "HASH_GEN entry={} id={} track_id={} (from title|url|id)",
+                    b.id, e.tracked_id, e.track_id
+                ));
             }
         }
     }
@@ -110,7 +119,7 @@ impl Sink for DryRunSink {
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
             log_planned(&p, &snap, true);
         }
-        log_records(entries, &snap);
+        log_records(entries, &snap, true);
         Ok(())
     }
 }
@@ -139,7 +148,7 @@ impl Sink for SnowflakeSink {
                 ));
             }
         }
-        log_records(entries, &snap);
+        log_records(entries, &snap, false);
         if snap.bool(Key::VerifyTrackedAfterWrite) {
             self.verify(entries, &tables, snap.uint(Key::VerifyTrackedLimit));
         }

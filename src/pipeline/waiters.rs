@@ -82,17 +82,12 @@ pub fn expire() {
 
 /// The deadline thread: answers timed-out callers within about 10 ms of their deadline.
 pub fn spawn() -> Result<JoinHandle<()>, String> {
-    std::thread::Builder::new()
-        .name("wb-deadlines".into())
-        .spawn(|| {
-            crate::ffi::guard("deadline thread", || {
-                let c = super::control();
-                while !c.stopping() {
-                    let idle = WAITERS.lock().is_empty();
-                    std::thread::sleep(Duration::from_millis(if idle { 50 } else { 10 }));
-                    expire();
-                }
-            });
-        })
-        .map_err(|e| format!("could not start the deadline thread: {e}"))
+    super::spawn_thread("wb-deadlines", || {
+        let c = super::control();
+        while !c.stopping() {
+            let idle = WAITERS.lock().is_empty();
+            std::thread::sleep(Duration::from_millis(if idle { 50 } else { 10 }));
+            expire();
+        }
+    })
 }

@@ -46,12 +46,7 @@ pub fn spawn(n: usize) -> Result<Pool, String> {
     for index in 0..n {
         let (tx, rx) = unbounded();
         let gil = Gil::new().ok_or("could not create a worker context")?;
-        let h = std::thread::Builder::new()
-            .name(format!("wb-worker-{index}"))
-            .spawn(move || {
-                crate::ffi::guard("worker thread", || run(rx, gil));
-            })
-            .map_err(|e| format!("could not start a worker thread: {e}"))?;
+        let h = super::spawn_thread(&format!("wb-worker-{index}"), move || run(rx, gil))?;
         senders.push(tx);
         handles.push(h);
     }
