@@ -190,7 +190,7 @@ settings! {
         "Run as DRY_RUN when the Snowflake settings are incomplete.";
     Workers = "WORKERS", "2", int(1, 64), Restart, Pipeline,
         "Worker threads committing batches; entries of one user always go to the same worker.";
-    BatchMaxEntries = "BATCH_MAX_ENTRIES", "500", int(1, 100_000), Live, Pipeline,
+    BatchMaxEntries = "BATCH_MAX_ENTRIES", "2000", int(1, 100_000), Live, Pipeline,
         "Most stream entries in one Snowflake round trip.";
     BatchMaxBytes = "BATCH_MAX_BYTES", "900000", int(1_024, 16_000_000), Live, Pipeline,
         "Most bytes of bound data in one statement (Snowflake advises staying under 1 MB).";
@@ -202,6 +202,8 @@ settings! {
         "Entries read per XREADGROUP call under the lock.";
     ShutdownGraceMs = "SHUTDOWN_GRACE_MS", "5000", int(0, 600_000), Live, Pipeline,
         "On SHUTDOWN, how long in-flight batches get to commit; the rest stay pending.";
+    BackgroundNice = "BACKGROUND_NICE", "10", int(0, 19), Restart, Pipeline,
+        "Scheduling niceness of the module's threads: on a busy machine Redis's own thread runs first and the backlog waits.";
     RetryMaxBackoffMs = "RETRY_MAX_BACKOFF_MS", "30000", int(10, 3_600_000), Live, Pipeline,
         "Cap of the exponential backoff between retries of a failing batch.";
 

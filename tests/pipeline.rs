@@ -484,3 +484,34 @@ fn the_seeds_quick_dry_run_logs_record_exec_and_auto_hashes_and_writes_nothing()
     assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
     assert_eq!(count(&emu, "SELECT COUNT(*) FROM \"USER\""), 0);
 }
+
+#[test]
+fn redis_db_selects_the_database_the_stream_lives_in() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("REDIS_DB", "3"));
+    let mut con = server.connection();
+    let _: () = redis::cmd("SELECT")
+        .arg(3)
+        .query(&mut con)
+        .expect("SELECT 3");
+    xadd(&mut con, &visited("db3-u", "t", &now()));
+    let _: () = redis::cmd("SELECT")
+        .arg(0)
+        .query(&mut con)
+        .expect("SELECT 0");
+    // WB.FLUSH and WB.STATUS look at database 3 whatever the caller selected.
+    flush(&mut con, 30_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 1);
+    let st = status(&mut con);
+    assert_eq!(
+        (st["db"].as_str(), st["stream_length"].as_str()),
+        ("3", "1")
+    );
+    let len0: i64 = q(&mut con, &["XLEN", "userdata-stream"]);
+    assert_eq!(len0, 0, "nothing may land in database 0");
+    // WB.WRITE adds to database 3 too, and leaves the caller in its own database.
+    let _: String = q(&mut con, &["WB.WRITE", &visited("db3-v", "t", &now())]);
+    let len0: i64 = q(&mut con, &["XLEN", "userdata-stream"]);
+    assert_eq!(len0, 0);
+    assert_eq!(status(&mut con)["stream_length"], "2");
+}

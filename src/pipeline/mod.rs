@@ -165,9 +165,20 @@ pub fn spawn_thread(
     let c = Arc::clone(control());
     c.alive.fetch_add(1, Ordering::SeqCst);
     let label = name.to_string();
+    let nice = crate::settings::current()
+        .int(Key::BackgroundNice)
+        .clamp(0, 19) as libc::c_int;
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            // Lower this thread's priority (Linux nice values are per thread); never raise it.
+            if nice > 0 {
+                unsafe {
+                    let tid = libc::gettid();
+                    let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
+                }
+            }
             crate::ffi::guard(&label, body);
             c.alive.fetch_sub(1, Ordering::SeqCst);
         })

@@ -5,10 +5,15 @@
 //! allocation beyond the comparison, nothing that could slow the write.
 
 use std::ffi::{c_char, c_int};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::{raw, Context};
 
 use crate::settings::{self, Key};
+
+/// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is busy
+/// taking writes.
+pub static XADDS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn on_stream_event(
     _ctx: *mut raw::RedisModuleCtx,
@@ -34,6 +39,7 @@ extern "C" fn on_stream_event(
         }
         let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
         if name == settings::current().str(Key::RedisStream).as_bytes() {
+            XADDS.fetch_add(1, Ordering::Relaxed);
             crate::pipeline::control().wake();
         }
     });

@@ -7,6 +7,7 @@
 //! in the stream, never skipping. Only then are the entries acknowledged.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,9 @@ use crate::stream::RawEntry;
 pub struct Work {
     pub raw: RawEntry,
     pub decoded: Decoded,
-    /// The stream and group it was claimed from (settles go back there).
-    pub stream: String,
-    pub group: String,
+    /// The stream and group it was claimed from (settles go back there); shared, not copied per entry.
+    pub stream: Arc<str>,
+    pub group: Arc<str>,
 }
 
 /// The senders, kept so `MODULE UNLOAD` can close the channels.
@@ -72,24 +73,25 @@ fn run(rx: Receiver<Work>, gil: Gil) {
         let max_entries = snap.uint(Key::BatchMaxEntries).max(1) as usize;
         let max_bytes = snap.uint(Key::BatchMaxBytes) as usize;
         let deadline = Instant::now() + Duration::from_millis(snap.uint(Key::BatchLingerMs));
-        let mut bytes = first.raw.size();
-        let mut batch = vec![first];
-        while batch.len() < max_entries && bytes < max_bytes {
-            match rx.recv_deadline(deadline) {
-                Ok(w) => {
-                    bytes += w.raw.size();
-                    batch.push(w);
-                }
-                Err(_) => break,
+        let (stream_name, group) = (Arc::clone(&first.stream), Arc::clone(&first.group));
+        let mut bytes = 0;
+        let mut raws = Vec::new();
+        let mut decoded = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            bytes += w.raw.size();
+            raws.push(w.raw);
+            decoded.push(w.decoded);
+            if raws.len() >= max_entries || bytes >= max_bytes {
+                break;
             }
+            next = rx.recv_deadline(deadline).ok();
         }
         c.committing.fetch_add(1, Ordering::Relaxed);
-        let settled = crate::ffi::guard("batch", || process(&batch)).flatten();
+        let settled = crate::ffi::guard("batch", || process(&raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
-                if let Some(first) = batch.first() {
-                    ack::queue(&first.stream, &first.group, settles);
-                }
+                ack::queue(&stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
                 c.notify_settled();
                 gil.with(ack::drain);
@@ -97,7 +99,7 @@ fn run(rx: Receiver<Work>, gil: Gil) {
             None => {
                 // Stopping (or a bug, already logged): the batch stays pending for the next start.
                 c.committing.fetch_sub(1, Ordering::Relaxed);
-                let n = batch.len() as u64;
+                let n = raws.len() as u64;
                 let _ = METRICS
                     .in_flight
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -113,30 +115,27 @@ fn run(rx: Receiver<Work>, gil: Gil) {
 }
 
 /// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
-fn process(batch: &[Work]) -> Option<Vec<Settle>> {
+fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
-    let decoded: Vec<Decoded> = batch.iter().map(|w| w.decoded.clone()).collect();
-    let outcome = commit_all(&decoded)?;
+    let outcome = commit_all(decoded)?;
     let snap = settings::current();
-    let mut settles = Vec::with_capacity(batch.len());
+    let mut settles = Vec::with_capacity(raws.len());
     let mut tally = METRICS.tally.lock();
     let mut committed = 0u64;
-    for (w, result) in batch.iter().zip(outcome) {
-        match (&w.decoded, result) {
+    for ((raw, d), result) in raws.iter().zip(decoded).zip(outcome) {
+        match (d, result) {
             (Decoded::Undecodable { reason, .. }, _) => {
-                w.decoded.tally(&mut tally);
+                d.tally(&mut tally);
                 if snap.bool(Key::AckInvalidJson) {
                     METRICS.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                     logging::warning(&format!(
                         "INVALID {} acknowledged without a copy (ACK_INVALID_JSON=1): {reason}",
-                        w.raw.id
+                        raw.id
                     ));
-                    settles.push(Settle::Ack {
-                        id: w.raw.id.clone(),
-                    });
+                    settles.push(Settle::Ack { id: raw.id.clone() });
                 } else {
                     settles.push(Settle::DeadLetter {
-                        entry: w.raw.clone(),
+                        entry: raw.clone(),
                         reason: reason.to_string(),
                     });
                 }
@@ -144,18 +143,16 @@ fn process(batch: &[Work]) -> Option<Vec<Settle>> {
             (_, Err(reason)) => {
                 METRICS.failed.fetch_add(1, Ordering::Relaxed);
                 settles.push(Settle::DeadLetter {
-                    entry: w.raw.clone(),
+                    entry: raw.clone(),
                     reason: format!("Snowflake rejected the entry: {reason}"),
                 });
             }
             (d, Ok(())) => {
-                log_dropped_records(d, &w.raw.id);
+                log_dropped_records(d, &raw.id);
                 d.tally(&mut tally);
                 log_left_out(d);
                 committed += 1;
-                settles.push(Settle::Ack {
-                    id: w.raw.id.clone(),
-                });
+                settles.push(Settle::Ack { id: raw.id.clone() });
             }
         }
     }

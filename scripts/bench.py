@@ -1,0 +1,988 @@
+#!/usr/bin/env python3
+"""Benchmarks of redis-writebehind, each side by side with its baseline in one run.
+
+Run through `scripts/bench` (which builds everything first); this file only measures. Python stdlib
+only: the load comes from `redis-benchmark` (C) or from the module itself, so the driver's own speed
+never limits a figure; Python starts and stops the servers, paces the light-load writer, polls the
+consumer group and talks to the emulator's control API.
+
+Items (see docs/performance.md for what each means and its target):
+  1 xadd       XADD throughput, same redis-server with / without the module (and with it paused)
+  2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers
+  3 e2e        10,000 records over 500 users into the emulator's real SQL engine: wall time, round trips
+  4 latency    XADD -> committed (acknowledged) at 100 entries/s, p50/p99
+  5 memory     used_memory with a 1,000,000-entry backlog and Snowflake unreachable, with / without module
+  6 restore    2,000 rows restored from the emulator; wb-migrate loading 10,000 records from a dump
+
+Every server runs on a free 127.0.0.1 port in a temporary directory and is stopped by PID; all of it
+is removed on exit, also on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import resource
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCOUNT, USER, DATABASE, SCHEMA = "BENCH", "WRITER", "WRITEBEHIND", "PUBLIC"
+STREAM, GROUP = "userdata-stream", "snowflake-writer"
+LASTPLUS = "2025-11-03 12:00:00"
+
+# A realistic one-record batch as the application writes it. redis-benchmark replaces each
+# __rand_int__ with a random number below -r, so entries spread over that many users and items.
+BENCH_PAYLOAD = json.dumps(
+    {
+        "key": "userdata-events:user__rand_int__-1/visited",
+        "records": [
+            {
+                "id": "user__rand_int__-1",
+                "page_name": "search",
+                "query_row_count": "5",
+                "track_id": "t__rand_int__",
+                "track_title": "Quarterly revenue by region",
+                "track_type": "query",
+                "track_url": "/search?q=quarterly+revenue+by+region",
+                "lastplus": LASTPLUS,
+                "action": "v",
+            }
+        ],
+    },
+    separators=(",", ":"),
+)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+_children: list[subprocess.Popen] = []
+_workdir: str | None = None
+
+
+def spawn(args: list[str], **kw) -> subprocess.Popen:
+    p = subprocess.Popen(args, **kw)
+    _children.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen, within: float = 15.0) -> None:
+    """SIGTERM and wait; SIGKILL after `within` seconds."""
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in _children:
+        _children.remove(p)
+
+
+def cleanup() -> None:
+    for p in list(_children):
+        stop(p, within=5.0)
+    if _workdir and os.path.isdir(_workdir):
+        shutil.rmtree(_workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (threads of one name summed, e.g. the workers)."""
+    out: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = head.split("(", 1)[1]
+        name = name.rstrip("0123456789-") or name  # wb-worker-0, wb-worker-1 -> wb-worker
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 2) for k, v in sorted(after.items()) if v - before.get(k, 0.0) >= 0.01}
+
+
+def wait_until(what: str, within: float, check, every: float = 0.02):
+    deadline = time.monotonic() + within
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {within:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+# --- a minimal RESP2 client -------------------------------------------------------------------------
+
+
+class RedisError(Exception):
+    pass
+
+
+def encode(args) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class Conn:
+    def __init__(self, port: int, timeout: float = 60.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            return RedisError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)
+            return data[:-2].decode(errors="replace")
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise ConnectionError(f"unexpected reply {line[:40]!r}")
+
+    def call(self, *args):
+        self.sock.sendall(encode(args))
+        r = self._read()
+        if isinstance(r, RedisError):
+            raise r
+        return r
+
+    def pipeline(self, commands, chunk: int = 2000) -> list:
+        replies = []
+        for i in range(0, len(commands), chunk):
+            part = commands[i : i + chunk]
+            self.sock.sendall(b"".join(encode(c) for c in part))
+            replies.extend(self._read() for _ in part)
+        for r in replies:
+            if isinstance(r, RedisError):
+                raise r
+        return replies
+
+    def status(self) -> dict:
+        flat = self.call("WB.STATUS")
+        return dict(zip(flat[0::2], flat[1::2]))
+
+    def info(self, section: str) -> dict:
+        out = {}
+        for line in self.call("INFO", section).splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+
+# --- the servers ------------------------------------------------------------------------------------
+
+
+class Tools:
+    def __init__(self, redis_server: str, module: str, python: str, migrate: str):
+        self.redis_server = redis_server
+        self.bin_dir = os.path.dirname(redis_server)
+        self.redis_benchmark = os.path.join(self.bin_dir, "redis-benchmark")
+        self.module = module
+        self.python = python
+        self.migrate = migrate
+
+
+class Emulator:
+    """The Snowflake SQL API emulator: `sink=True` counts statements without executing them."""
+
+    def __init__(self, tools: Tools, keys: str, sink: bool, nice: bool = False):
+        self.dir = tempfile.mkdtemp(prefix="emulator-", dir=_workdir)
+        port_file = os.path.join(self.dir, "port")
+        args = (["nice", "-n", "19"] if nice else []) + [tools.python, os.path.join(REPO, "scripts/emulator/server.py"),
+                "--host", "127.0.0.1", "--port", "0", "--port-file", port_file, "--control",
+                "--account", ACCOUNT, "--user", USER, "--database", DATABASE, "--schema", SCHEMA,
+                "--public-key", os.path.join(keys, "rsa_key.pub")]
+        if sink:
+            args.append("--sink")
+        else:
+            args += ["--db-path", os.path.join(self.dir, "db"),
+                     "--schema-sql", os.path.join(REPO, "scripts/snowflake/schema.sql")]
+        self.log_path = os.path.join(self.dir, "emulator.log")
+        logf = open(self.log_path, "w")
+        env = dict(os.environ, TMPDIR=self.dir)
+        self.proc = spawn(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the emulator exited; log:\n{open(self.log_path).read()[-3000:]}")
+            return os.path.exists(port_file) and open(port_file).read().strip()
+
+        self.port = int(wait_until("the emulator", 120, ready, every=0.1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _control(self, method: str, path: str, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read() or b"null")
+
+    def stats(self) -> dict:
+        return self._control("GET", "/_emulator/stats")
+
+    def reset(self) -> None:
+        self._control("POST", "/_emulator/reset", {})
+
+    def sql(self, sql: str) -> list:
+        return self._control("POST", "/_emulator/sql", {"sql": sql})["rows"]
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Redis:
+    """A redis-server 8, with or without the module, configured from the environment like production."""
+
+    def __init__(self, tools: Tools, module: bool, env: dict | None = None):
+        self.dir = tempfile.mkdtemp(prefix="redis-", dir=_workdir)
+        self.port = free_port()
+        conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+                f"logfile {os.path.join(self.dir, 'redis.log')}", 'save ""', "appendonly no",
+                "enable-module-command yes"]
+        if module:
+            conf.append(f"loadmodule {tools.module}")
+        conf_path = os.path.join(self.dir, "redis.conf")
+        with open(conf_path, "w") as f:
+            f.write("\n".join(conf) + "\n")
+        # A clean environment: nothing from the caller's shell changes the module's settings.
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+        self.proc = spawn([tools.redis_server, conf_path], env={**base, **(env or {})},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited; log:\n{self.log()[-3000:]}")
+            try:
+                c = Conn(self.port, timeout=2)
+                ok = c.call("PING") == "PONG"
+                c.close()
+                return ok
+            except (OSError, RedisError):
+                return False
+
+        wait_until("redis-server", 30, ready)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def conn(self, timeout: float = 60.0) -> Conn:
+        return Conn(self.port, timeout)
+
+    def log(self) -> str:
+        try:
+            return open(os.path.join(self.dir, "redis.log")).read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop(self.proc, within=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def module_env(snowflake_url: str, keys: str, **extra) -> dict:
+    env = {
+        "SNOWFLAKE_URL": snowflake_url,
+        "SNOWFLAKE_ACCOUNT": ACCOUNT,
+        "SNOWFLAKE_USER": USER,
+        "SNOWFLAKE_PRIVATE_KEY_PATH": os.path.join(keys, "rsa_key.p8"),
+        "SNOWFLAKE_DATABASE": DATABASE,
+        "SNOWFLAKE_SCHEMA": SCHEMA,
+        "SNOWFLAKE_WAREHOUSE": "BENCH_WH",
+        # The benchmark payloads carry a fixed lastplus; every record is written, none skipped as stale.
+        "SKIP_FRESHNESS": "1",
+        "RESTORE_ON_EMPTY": "0",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def redis_benchmark(tools: Tools, port: int, n: int, clients: int, pipeline: int, users: int) -> float:
+    """Pipelined XADDs of BENCH_PAYLOAD; returns requests per second."""
+    args = [tools.redis_benchmark, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-c", str(clients),
+            "-P", str(pipeline), "-r", str(users), "--csv", "XADD", STREAM, "*", "value", BENCH_PAYLOAD]
+    p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=900)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        _children.remove(p)
+    if p.returncode != 0:
+        raise RuntimeError(f"redis-benchmark failed: {err.strip()}")
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    # "test","rps","avg_latency_ms",... where the test name itself holds commas and quotes.
+    fields = last.rsplit(",", 7)
+    return float(fields[1].strip('"'))
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    v = sorted(xs)
+    rank = min(len(v), max(1, -(-len(v) * p // 100)))
+    return v[int(rank) - 1]
+
+
+def warm_up(con: Conn, module: bool = True) -> None:
+    """Writes a few entries of a user of its own and waits for their commit: the first commit also
+    opens the Snowflake session (key-pair JWT, connection), which is start-up, not steady state."""
+    value = e2e_payload(0, 1).replace("bench000-1", "warmup-1")
+    for _ in range(5):
+        con.call("XADD", STREAM, "*", "value", value)
+    if module:
+        flush(con, 60_000)
+
+
+def flush(con: Conn, timeout_ms: int) -> None:
+    con.sock.settimeout(timeout_ms / 1000 + 30)
+    r = con.call("WB.FLUSH", timeout_ms)
+    if r != "OK":
+        raise RuntimeError(f"WB.FLUSH answered {r!r}")
+
+
+# --- 1. XADD throughput -----------------------------------------------------------------------------
+
+
+def bench_xadd(tools, keys, cfg) -> dict:
+    """Variants, interleaved: without the module; with it draining to the sink; with it draining to a
+    sink at the lowest CPU priority (the sink's own CPU stands in for Snowflake's, which is not on the
+    Redis host); with it loaded but paused (the XADD notification hook alone)."""
+    sink = Emulator(tools, keys, sink=True)
+    idle_sink = Emulator(tools, keys, sink=True, nice=True)
+    order = ["with", "without", "with_idle_sink", "paused"]
+    runs = {v: [] for v in order}
+    drained = {"with": [], "with_idle_sink": []}
+    cpu = {"with": [], "with_idle_sink": [], "without": []}
+    try:
+        for rep in range(cfg.reps):
+            for variant in order if rep % 2 == 0 else list(reversed(order)):
+                module = variant != "without"
+                url = (idle_sink if variant == "with_idle_sink" else sink).url
+                r = Redis(tools, module, module_env(url, keys, **cfg.module_env) if module else None)
+                try:
+                    con = r.conn()
+                    if module:
+                        wait_until("the writer", 30, lambda: con.status()["state"] == "running")
+                    warm_up(con, module)
+                    base = int(con.status()["records_written"]) if module else 0
+                    if module:
+                        if variant == "paused":
+                            con.call("WB.PAUSE")
+                    threads0, s0, i0 = thread_cpu(r.pid), cpu_seconds(sink.pid), cpu_seconds(idle_sink.pid)
+                    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    t0 = time.monotonic()
+                    rps = redis_benchmark(tools, r.port, cfg.xadd_n, 50, 16, 500)
+                    wall = time.monotonic() - t0
+                    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    runs[variant].append(rps)
+                    if variant in cpu:
+                        bench_cpu = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+                        cpu[variant].append({
+                            "wall_s": round(wall, 2),
+                            "redis_threads_cpu_s": cpu_delta(threads0, thread_cpu(r.pid)),
+                            "sink_cpu_s": round(cpu_seconds(sink.pid) - s0 + cpu_seconds(idle_sink.pid) - i0, 2),
+                            "redis_benchmark_cpu_s": round(bench_cpu, 2),
+                        })
+                    if variant in drained:
+                        drained[variant].append(int(con.status()["records_written"]) - base)
+                    log(f"xadd rep {rep + 1}/{cfg.reps} {variant:15s} {rps:,.0f} XADD/s")
+                finally:
+                    r.stop()
+    finally:
+        sink.stop()
+        idle_sink.stop()
+    m = {k: median(v) for k, v in runs.items()}
+    ratio = m["with"] / m["without"]
+    return {
+        "what": "redis-benchmark XADD of a 1-record batch (-c 50 -P 16, 500 users), the same redis-server with and without the module; 'with' drains to the fast sink meanwhile",
+        "entries_per_run": cfg.xadd_n,
+        "xadd_per_s": runs,
+        "median_xadd_per_s": m,
+        "records_drained_during_run": drained,
+        "cpu_during_run": cpu,
+        "ratio_with_without": round(ratio, 4),
+        "ratio_with_idle_sink_without": round(m["with_idle_sink"] / m["without"], 4),
+        "ratio_paused_without": round(m["paused"] / m["without"], 4),
+        "target": ">= 0.95",
+        "met": ratio >= 0.95,
+    }
+
+
+# --- 2. drain rate ----------------------------------------------------------------------------------
+
+
+def bench_drain(tools, keys, cfg) -> dict:
+    sink = Emulator(tools, keys, sink=True)
+    per = {w: [] for w in cfg.workers}
+    try:
+        for rep in range(cfg.reps):
+            for w in cfg.workers if rep % 2 == 0 else list(reversed(cfg.workers)):
+                r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, 'WORKERS': w}))
+                try:
+                    con = r.conn()
+                    wait_until("the writer", 30, lambda: con.status()["state"] == "running")
+                    warm_up(con)
+                    base = con.status()
+                    con.call("WB.PAUSE")
+                    redis_benchmark(tools, r.port, cfg.drain_n, 8, 64, 500)
+                    xlen = con.call("XLEN", STREAM) - int(base["stream_length"])
+                    sink.reset()
+                    cpu_r, cpu_s = cpu_seconds(r.pid), cpu_seconds(sink.pid)
+                    t0 = time.monotonic()
+                    con.call("WB.RESUME")
+                    flush(con, 600_000)
+                    wall = time.monotonic() - t0
+                    cpu_r, cpu_s = cpu_seconds(r.pid) - cpu_r, cpu_seconds(sink.pid) - cpu_s
+                    st = con.status()
+                    stats = sink.stats()
+                    records = int(st["records_written"]) - int(base["records_written"])
+                    run = {
+                        "entries": xlen,
+                        "records": records,
+                        "wall_s": round(wall, 3),
+                        "records_per_s": round(records / wall),
+                        "redis_cpu_s_per_10k": round(cpu_r / records * 10_000, 4),
+                        "sink_cpu_s_per_10k": round(cpu_s / records * 10_000, 4),
+                        "batches": int(st["batches"]) - int(base["batches"]),
+                        "round_trips": stats["round_trips"],
+                        "batch_latency_p50_ms": int(st["batch_latency_p50_ms"]),
+                    }
+                    per[w].append(run)
+                    log(f"drain rep {rep + 1}/{cfg.reps} workers={w} {run['records_per_s']:,} records/s, "
+                        f"{run['redis_cpu_s_per_10k']} CPU s/10k, {run['round_trips']} round trips")
+                finally:
+                    r.stop()
+    finally:
+        sink.stop()
+    summary = {}
+    for w, runs in per.items():
+        summary[str(w)] = {
+            "median_records_per_s": median([x["records_per_s"] for x in runs]),
+            "median_redis_cpu_s_per_10k": median([x["redis_cpu_s_per_10k"] for x in runs]),
+            "median_sink_cpu_s_per_10k": median([x["sink_cpu_s_per_10k"] for x in runs]),
+            "runs": runs,
+        }
+    best = max(s["median_records_per_s"] for s in summary.values())
+    return {
+        "what": "records/s from a pre-filled stream (1-record entries, 500 users) to the emulator's fast sink, WB.RESUME to WB.FLUSH returning",
+        "entries": cfg.drain_n,
+        "by_workers": summary,
+        "best_median_records_per_s": best,
+        "target": ">= 50000 records/s",
+        "met": best >= 50_000,
+    }
+
+
+# --- 3. end to end against the real SQL engine ------------------------------------------------------
+
+
+def e2e_payload(i: int, users: int) -> str:
+    u = i % users
+    track = (i // users) % 10
+    return json.dumps({"key": f"userdata-events:bench{u:03d}-1/visited", "records": [{
+        "id": f"bench{u:03d}-1", "page_name": "search", "query_row_count": "5", "track_id": f"t{track}",
+        "track_title": f"Title {track}", "track_type": "query", "track_url": f"/search?q=t{track}",
+        "lastplus": LASTPLUS, "action": "v"}]}, separators=(",", ":"))
+
+
+def bench_e2e(tools, keys, cfg) -> dict:
+    n, users = cfg.e2e_n, 500
+    emu = Emulator(tools, keys, sink=False)
+    r = None
+    try:
+        r = Redis(tools, True, module_env(emu.url, keys, **cfg.module_env))
+        con = r.conn()
+        wait_until("the writer", 60, lambda: con.status()["state"] == "running")
+        warm_up(con)
+        base = con.status()
+        con.call("WB.PAUSE")
+        con.pipeline([["XADD", STREAM, "*", "value", e2e_payload(i, users)] for i in range(n)])
+        emu.reset()
+        t0 = time.monotonic()
+        con.call("WB.RESUME")
+        flush(con, 600_000)
+        wall = time.monotonic() - t0
+        st = con.status()
+        stats = emu.stats()
+        total = emu.sql("SELECT SUM(visited_count), COUNT(*) FROM TRACKED WHERE tracked_id LIKE 'bench%'")[0]
+        visits = int(float(total[0] or 0))
+        trips = stats["round_trips"]
+        records = int(st["records_written"]) - int(base["records_written"])
+        return {
+            "what": f"{n} 1-record entries over {users} users, WB.RESUME to WB.FLUSH returning, emulator on its fakesnow/DuckDB engine",
+            "records": records,
+            "rows": int(float(total[1] or 0)),
+            "visited_count_sum": visits,
+            "exact": visits == n,
+            "wall_s": round(wall, 3),
+            "round_trips": trips,
+            "statements": stats["statements"],
+            "batches": int(st["batches"]) - int(base["batches"]),
+            "records_per_round_trip": round(records / trips, 1) if trips else None,
+            "target": "<= 1 round trip per 500 records",
+            "met": trips <= records / 500 and visits == n,
+        }
+    finally:
+        if r:
+            r.stop()
+        emu.stop()
+
+
+# --- 4. latency at light load -----------------------------------------------------------------------
+
+
+def entry_id(s: str) -> tuple[int, int]:
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def bench_latency(tools, keys, cfg) -> dict:
+    sink = Emulator(tools, keys, sink=True)
+    linger = 50
+    r = None
+    try:
+        r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, 'BATCH_LINGER_MS': linger}))
+        writer, poller = r.conn(), r.conn()
+        wait_until("the writer", 30, lambda: writer.status()["state"] == "running")
+        # Warm up: the first commit also opens the Snowflake session (key-pair JWT, connection).
+        t = time.monotonic()
+        for i in range(5):
+            writer.call("XADD", STREAM, "*", "value", e2e_payload(i, 500))
+        flush(writer, 60_000)
+        cold_ms = (time.monotonic() - t) * 1000
+        base = writer.status()
+        n = int(cfg.latency_s * cfg.latency_rate)
+        interval = 1.0 / cfg.latency_rate
+        outstanding: dict[str, tuple[tuple[int, int], float]] = {}
+        lat: list[float] = []
+        sent = 0
+        start = time.monotonic()
+        next_at = start
+        deadline = start + cfg.latency_s + 60
+        while (sent < n or outstanding) and time.monotonic() < deadline:
+            now = time.monotonic()
+            if sent < n and now >= next_at:
+                t = time.monotonic()
+                eid = writer.call("XADD", STREAM, "*", "value", e2e_payload(sent, 500))
+                outstanding[eid] = (entry_id(eid), t)
+                sent += 1
+                next_at += interval
+            if outstanding:
+                pending, groups = poller.pipeline([["XPENDING", STREAM, GROUP, "-", "+", 10_000],
+                                                   ["XINFO", "GROUPS", STREAM]])
+                seen = time.monotonic()
+                pend = {p[0] for p in pending}
+                last = (0, 0)
+                for g in groups:
+                    g = dict(zip(g[0::2], g[1::2]))
+                    if g.get("name") == GROUP:
+                        last = entry_id(g["last-delivered-id"])
+                for eid, (key, t) in list(outstanding.items()):
+                    if key <= last and eid not in pend:
+                        lat.append((seen - t) * 1000)
+                        del outstanding[eid]
+            time.sleep(0.0005)
+        st = writer.status()
+        if outstanding:
+            raise RuntimeError(f"{len(outstanding)} entries not committed within the deadline")
+        p50, p99 = pct(lat, 50), pct(lat, 99)
+        return {
+            "what": f"{cfg.latency_rate} entries/s for {cfg.latency_s} s to the fast sink, BATCH_LINGER_MS={linger}; XADD sent -> entry acknowledged (after commit), polled every ~1 ms",
+            "entries": len(lat),
+            "linger_ms": linger,
+            "p50_ms": round(p50, 1),
+            "p90_ms": round(pct(lat, 90), 1),
+            "p99_ms": round(p99, 1),
+            "max_ms": round(max(lat), 1),
+            "module_batch_latency_p50_ms": int(st["batch_latency_p50_ms"]),
+            "module_batch_latency_p99_ms": int(st["batch_latency_p99_ms"]),
+            "batches": int(st["batches"]) - int(base["batches"]),
+            "warm_up_first_commit_ms": round(cold_ms, 1),
+            "target": f"p99 <= {linger + 50} ms (linger + 50 ms)",
+            "met": p99 <= linger + 50,
+        }
+    finally:
+        if r:
+            r.stop()
+        sink.stop()
+
+
+# --- 5. memory with a backlog -----------------------------------------------------------------------
+
+
+def bench_memory(tools, keys, cfg) -> dict:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: Snowflake is unreachable
+    runs = {"with": [], "without": []}
+    for rep in range(cfg.memory_reps):
+        for variant in ("with", "without") if rep % 2 == 0 else ("without", "with"):
+            module = variant == "with"
+            r = Redis(tools, module, module_env(closed, keys, **{'RETRY_MAX_BACKOFF_MS': 2000, **cfg.module_env}) if module else None)
+            try:
+                con = r.conn()
+                redis_benchmark(tools, r.port, cfg.memory_n, 8, 64, 500)
+                xlen = con.call("XLEN", STREAM)
+                run = {"entries": xlen}
+                if module:
+                    # Wait until the writer has claimed all it may (MAX_IN_FLIGHT) and holds it.
+                    seen = {"v": None, "since": time.monotonic()}
+
+                    def settled():
+                        v = int(con.status()["in_flight"])
+                        if v != seen["v"]:
+                            seen["v"], seen["since"] = v, time.monotonic()
+                        return v > 0 and time.monotonic() - seen["since"] > 3
+
+                    wait_until("in-flight entries to settle", 120, settled, every=0.2)
+                    st = con.status()
+                    run.update(in_flight=int(st["in_flight"]), pending=int(st["pending"]), state=st["state"],
+                               snowflake_session=st.get("snowflake_session"))
+                mem = con.info("memory")
+                run.update(used_memory=int(mem["used_memory"]), used_memory_rss=int(mem["used_memory_rss"]))
+                runs[variant].append(run)
+                log(f"memory rep {rep + 1}/{cfg.memory_reps} {variant:8s} used_memory {run['used_memory'] / 2**20:,.1f} MiB")
+            finally:
+                r.stop()
+    w = median([x["used_memory"] for x in runs["with"]])
+    wo = median([x["used_memory"] for x in runs["without"]])
+    ratio = w / wo
+    return {
+        "what": f"{cfg.memory_n} entries (1-record batches) written while SNOWFLAKE_URL points at a closed port; INFO used_memory once the writer's in-flight count has settled",
+        "entries": cfg.memory_n,
+        "runs": runs,
+        "median_used_memory_with": w,
+        "median_used_memory_without": wo,
+        "module_overhead_bytes": w - wo,
+        "ratio_with_without": round(ratio, 4),
+        "target": "<= 1.05",
+        "met": ratio <= 1.05,
+    }
+
+
+# --- 6. restore and migration -----------------------------------------------------------------------
+
+
+def seed_tracked(emu: Emulator, rows: int) -> None:
+    """`rows` recent TRACKED rows over rows/10 users (visited, every fifth also saved), and their USERs."""
+    recent = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    users = max(1, rows // 10)
+    emu.sql('INSERT INTO "USER" (user_email, username) VALUES ' + ", ".join(
+        f"('rest{u:04d}@example.com', 'rest{u:04d}')" for u in range(users)))
+    values = []
+    for i in range(rows):
+        u, t = i % users, i // users
+        saved = "1" if i % 5 == 0 else "0"
+        saved_dts = f"'{recent}'" if saved == "1" else "NULL"
+        values.append(f"('rest{u:04d}-1', 'r{t}', 'rest{u:04d}', 'page{t % 3}', 5, 'Title {t}', 'QUERY', '/r/{t}', "
+                      f"3, '{recent}', {saved}, {saved_dts}, '00000000000000000001-00000000000000000000')")
+    for i in range(0, len(values), 500):
+        emu.sql("INSERT INTO TRACKED (tracked_id, track_id, username, page_name, query_row_count, track_title, "
+                "track_type, track_url, visited_count, visited_dts, saved, saved_dts, last_entry_id) VALUES "
+                + ", ".join(values[i : i + 500]))
+
+
+def make_dump(tools, n_records: int) -> str:
+    """A dump of the old deployment: half legacy string keys, half stream entries, 5 records each, 200 users."""
+    r = Redis(tools, False)
+    try:
+        con = r.conn()
+        entries = n_records // 5
+        t0_ms = 1_762_171_200_000  # 2025-11-03 12:00:00 UTC, the records' lastplus
+        cmds = []
+        for i in range(entries):
+            user = f"user{i % 200}-1"
+            recs = [{"id": user, "page_name": "search", "query_row_count": "5", "track_id": f"t{(i + k) % 7}",
+                     "track_title": f"Title t{(i + k) % 7}", "track_type": "query",
+                     "track_url": f"/search?q=t{(i + k) % 7}", "lastplus": LASTPLUS, "action": "v"} for k in range(5)]
+            value = json.dumps({"key": f"userdata-events:{user}/visited", "records": recs}, separators=(",", ":"))
+            if i < entries // 2:
+                cmds.append(["SET", f"legacy:{i}", value])
+            else:
+                cmds.append(["XADD", STREAM, f"{t0_ms}-{i}", "value", value])
+        con.pipeline(cmds)
+        con.call("SAVE")
+        path = os.path.join(_workdir, "old-deployment.rdb")
+        shutil.copy(os.path.join(r.dir, "dump.rdb"), path)
+        return path
+    finally:
+        r.stop()
+
+
+def bench_restore(tools, keys, cfg) -> dict:
+    out = {}
+    emu = Emulator(tools, keys, sink=False)
+    r = None
+    try:
+        seed_tracked(emu, cfg.restore_rows)
+        r = Redis(tools, True, module_env(emu.url, keys, RESTORE_LIMIT_TOTAL=cfg.restore_rows))
+        con = r.conn()
+        wait_until("the writer", 60, lambda: con.status()["state"] == "running")
+        emu.reset()
+        t0 = time.monotonic()
+        con.sock.settimeout(600)
+        flat = con.call("WB.RESTORE", "FORCE")
+        wall = time.monotonic() - t0
+        got = dict(zip(flat[0::2], flat[1::2]))
+        stats = emu.stats()
+        out["restore"] = {
+            "what": f"WB.RESTORE FORCE of {cfg.restore_rows} recent TRACKED rows into an empty stream (emulator's real engine)",
+            "rows": got.get("rows"),
+            "entries": got.get("entries"),
+            "stream_length": con.call("XLEN", STREAM),
+            "wall_s": round(wall, 3),
+            "round_trips": stats["round_trips"],
+        }
+        log(f"restore: {out['restore']}")
+    finally:
+        if r:
+            r.stop()
+        emu.stop()
+
+    dump = make_dump(tools, cfg.migrate_records)
+    emu = Emulator(tools, keys, sink=False)
+    try:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        env.update(module_env(emu.url, keys))
+        del env["SKIP_FRESHNESS"]  # entry IDs match the records' lastplus, as in a real dump
+        emu.reset()
+        t0 = time.monotonic()
+        p = spawn([tools.migrate, "--redis-server", tools.redis_server, "--match", "legacy:*", dump],
+                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = p.communicate(timeout=1800)
+        finally:
+            _children.remove(p)
+        wall = time.monotonic() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"wb-migrate failed:\n{err[-3000:]}")
+        stats = emu.stats()
+        total = emu.sql("SELECT SUM(visited_count) FROM TRACKED")[0][0]
+        out["migrate"] = {
+            "what": f"wb-migrate of a dump with {cfg.migrate_records} records (half legacy keys, half stream entries, 5 records each, 200 users)",
+            "records": cfg.migrate_records,
+            "visited_count_sum": int(float(total or 0)),
+            "exact": int(float(total or 0)) == cfg.migrate_records,
+            "wall_s": round(wall, 3),
+            "round_trips": stats["round_trips"],
+            "anchor": "old tooling: 10,000 records in under 6 minutes",
+            "summary": [line for line in err.splitlines() if "records:" in line][-1:],
+        }
+        log(f"migrate: {out['migrate']}")
+    finally:
+        emu.stop()
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem_kb = 0
+    return {"nproc": os.cpu_count(), "cpu_model": model, "mem_gib": round(mem_kb / 2**20, 1),
+            "kernel": platform.release()}
+
+
+def table(results: dict) -> str:
+    rows = []
+    it = results["items"]
+    yes = lambda m: "yes" if m else "NO"  # noqa: E731
+    if "xadd" in it:
+        x = it["xadd"]
+        m = x["median_xadd_per_s"]
+        rows.append(("1 XADD throughput with/without module",
+                     f"{x['ratio_with_without']:.3f} ({m['with']:,.0f} vs {m['without']:,.0f}/s)", ">= 0.95", yes(x["met"])))
+        rows.append(("1' same, sink at lowest CPU priority",
+                     f"{x['ratio_with_idle_sink_without']:.3f} ({m['with_idle_sink']:,.0f}/s)", "(diagnostic)", "-"))
+        rows.append(("1'' same, module loaded but paused",
+                     f"{x['ratio_paused_without']:.3f} ({m['paused']:,.0f}/s)", "(diagnostic)", "-"))
+    if "drain" in it:
+        d = it["drain"]
+        for w, s in d["by_workers"].items():
+            rows.append((f"2 drain to fast sink, {w} worker{'s' if w != '1' else ''}",
+                         f"{s['median_records_per_s']:,.0f} rec/s, {s['median_redis_cpu_s_per_10k']:.3f} CPU s/10k",
+                         ">= 50,000 rec/s", yes(s["median_records_per_s"] >= 50_000)))
+    if "e2e" in it:
+        e = it["e2e"]
+        rows.append((f"3 end to end, {e['records']:,} records / 500 users",
+                     f"{e['wall_s']:.1f} s, {e['round_trips']} round trips ({e['records_per_round_trip']} rec/trip)",
+                     "<= 1 trip / 500 rec", yes(e["met"])))
+    if "latency" in it:
+        lt = it["latency"]
+        rows.append(("4 latency at 100 entries/s (XADD -> acked)",
+                     f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms", lt["target"].split(" (")[0], yes(lt["met"])))
+    if "memory" in it:
+        mm = it["memory"]
+        rows.append((f"5 used_memory, {mm['entries']:,}-entry backlog, with/without",
+                     f"{mm['ratio_with_without']:.3f} (+{mm['module_overhead_bytes'] / 2**20:.1f} MiB)", "<= 1.05", yes(mm["met"])))
+    if "restore" in it:
+        rs = it["restore"]
+        if "restore" in rs:
+            r = rs["restore"]
+            rows.append((f"6 restore {r['rows']} rows", f"{r['wall_s']:.2f} s, {r['round_trips']} round trips", "report", "-"))
+        if "migrate" in rs:
+            g = rs["migrate"]
+            rows.append((f"6 wb-migrate {g['records']:,} records", f"{g['wall_s']:.2f} s, {g['round_trips']} round trips",
+                         "< 6 min (anchor)", yes(g["wall_s"] < 360 and g["exact"])))
+    w = [max(len(r[i]) for r in rows + [("item", "figure", "target", "met")]) for i in range(4)]
+    line = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    out = [line(("item", "figure", "target", "met")), "|" + "|".join("-" * (x + 2) for x in w) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "latency": bench_latency,
+         "memory": bench_memory, "restore": bench_restore}
+
+
+def main() -> int:
+    global _workdir
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller N and fewer repetitions (a smoke run)")
+    p.add_argument("--out", default=os.path.join(REPO, "target/bench/results.json"))
+    p.add_argument("--only", default=",".join(ITEMS), help="comma-separated items: " + ",".join(ITEMS))
+    p.add_argument("--reps", type=int, help="repetitions of the interleaved items 1 and 2")
+    p.add_argument("--module-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a module setting for every server with the module (repeatable), e.g. MAX_IN_FLIGHT=5000")
+    p.add_argument("--redis-server", required=True)
+    p.add_argument("--module", required=True)
+    p.add_argument("--python", required=True)
+    p.add_argument("--migrate", required=True)
+    a = p.parse_args()
+
+    q = a.quick
+    cfg = argparse.Namespace(
+        reps=a.reps or (2 if q else 5),
+        xadd_n=500_000 if q else 2_000_000,
+        workers=[1, 2, 4],
+        drain_n=50_000 if q else 200_000,
+        e2e_n=10_000,
+        latency_s=10 if q else 30,
+        latency_rate=100,
+        memory_n=200_000 if q else 1_000_000,
+        memory_reps=1 if q else 2,
+        restore_rows=2_000,
+        migrate_records=10_000,
+        module_env=dict(kv.split("=", 1) for kv in a.module_env),
+    )
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    unknown = [x for x in only if x not in ITEMS]
+    if unknown:
+        p.error(f"unknown item(s) {unknown}; choose from {list(ITEMS)}")
+
+    _workdir = tempfile.mkdtemp(prefix="wb-bench-")
+    atexit.register(cleanup)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
+
+    tools = Tools(a.redis_server, a.module, a.python, a.migrate)
+    keys = os.path.join(_workdir, "keys")
+    subprocess.run(["bash", os.path.join(REPO, "scripts/keygen"), keys], check=True, stdout=subprocess.DEVNULL)
+    version = subprocess.run([tools.redis_server, "--version"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results = {
+        "mode": "quick" if q else "full",
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "redis": version,
+        "machine": machine(),
+        "config": {k: v for k, v in vars(cfg).items()},
+        "items": {},
+    }
+    t_all = time.monotonic()
+    for name in only:
+        log(f"== {name}")
+        t = time.monotonic()
+        try:
+            results["items"][name] = ITEMS[name](tools, keys, cfg)
+        except Exception as e:  # noqa: BLE001 - one failing item must not lose the others' figures
+            log(f"{name} failed: {e}")
+            results["items"][name] = {"error": str(e), "met": False}
+        results["items"][name]["seconds"] = round(time.monotonic() - t, 1)
+    results["seconds"] = round(time.monotonic() - t_all, 1)
+
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+    ok = {k: v for k, v in results["items"].items() if "error" not in v}
+    print(table({"items": ok}))
+    for k, v in results["items"].items():
+        if "error" in v:
+            print(f"{k}: FAILED: {v['error']}")
+    print(f"results: {a.out} ({results['seconds']:.0f} s)")
+    return 1 if len(ok) < len(results["items"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
