@@ -196,7 +196,7 @@ settings! {
         "Most bytes of bound data in one statement (Snowflake advises staying under 1 MB).";
     BatchLingerMs = "BATCH_LINGER_MS", "50", int(0, 60_000), Live, Pipeline,
         "How long a worker waits for a batch to fill before committing what it has.";
-    MaxInFlight = "MAX_IN_FLIGHT", "20000", int(1, 10_000_000), Live, Pipeline,
+    MaxInFlight = "MAX_IN_FLIGHT", "8000", int(1, 10_000_000), Live, Pipeline,
         "Most claimed, not yet acknowledged entries held by the module; bounds its memory.";
     ClaimChunk = "CLAIM_CHUNK", "1000", int(1, 100_000), Live, Pipeline,
         "Entries read per XREADGROUP call under the lock.";

@@ -90,7 +90,7 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
             if !args[2].to_string_lossy().eq_ignore_ascii_case("SYNC") {
                 return Err(err(format!(
                     "ERR unknown WB.WRITE option '{}': use SYNC [timeout-ms]",
-                    args[2].to_string_lossy()
+                    crate::entry::rules::shown(&args[2].to_string_lossy())
                 )));
             }
             let ms = match args.get(3) {

@@ -392,5 +392,9 @@ fn module_unload_is_refused_while_the_writer_runs_and_stops_it_cleanly_when_paus
     let so = module_path().display().to_string();
     let ok: String = q(&mut con, &["MODULE", "LOAD", &so]);
     assert_eq!(ok, "OK");
-    assert_eq!(status(&mut con)["state"], "unconfigured");
+    server.wait_for(
+        "the reloaded writer to report its state",
+        Duration::from_secs(10),
+        || (status(&mut con)["state"] == "unconfigured").then_some(()),
+    );
 }

@@ -477,7 +477,7 @@ fn the_seeds_quick_dry_run_logs_record_exec_and_auto_hashes_and_writes_nothing()
         "HASH_GEN",
         "SQL (TRACKED) DRY_RUN",
         "SQL (USER) DRY_RUN",
-        "SKIP_STALE",
+        "SKIPPED",
     ] {
         assert!(log.contains(marker), "{marker} missing from the log");
     }
@@ -514,4 +514,58 @@ fn redis_db_selects_the_database_the_stream_lives_in() {
     let len0: i64 = q(&mut con, &["XLEN", "userdata-stream"]);
     assert_eq!(len0, 0);
     assert_eq!(status(&mut con)["stream_length"], "2");
+}
+
+#[test]
+fn an_entry_snowflake_rejects_is_dead_lettered_alone_and_the_rest_are_written() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("BATCH_LINGER_MS", "300"));
+    let mut con = server.connection();
+    // Snowflake refuses any statement carrying this entry's data (a data exception, SQL state 22018).
+    emu.fault(
+        json!({"next": 1000, "status": 422, "match": "poison-9", "code": "100038",
+        "sql_state": "22018", "message": "Numeric value 'poison' is not recognized"}),
+    );
+    let ts = now();
+    for i in 0..8 {
+        xadd(&mut con, &visited(&format!("good{i}-u"), "t", &ts));
+    }
+    let bad = xadd(&mut con, &visited("poison-9", "t", &ts));
+    xadd(&mut con, &visited("after-1", "t", &ts));
+    flush(&mut con, 60_000);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 9);
+    let dlq: Vec<(String, BTreeMap<String, String>)> =
+        q(&mut con, &["XRANGE", "userdata-stream:dlq", "-", "+"]);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let f = &dlq[0].1;
+    assert_eq!(f["source_id"], bad);
+    assert!(
+        f["value"].contains("poison-9"),
+        "the original fields are kept: {f:?}"
+    );
+    assert!(
+        f["reason"].contains("100038") && f["reason"].contains("22018"),
+        "{}",
+        f["reason"]
+    );
+    assert_eq!(status(&mut con)["failed"], "1");
+}
+
+#[test]
+fn a_missing_table_blocks_and_retries_instead_of_dead_lettering() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("SNOWFLAKE_TRACKED_TABLE", "NO_SUCH_TABLE"));
+    let mut con = server.connection();
+    xadd(&mut con, &visited("blocked-1", "t", &now()));
+    server.wait_for(
+        "the writer to report the failure",
+        Duration::from_secs(30),
+        || {
+            let st = status(&mut con);
+            (st["state"] == "retrying" && st["last_error"].contains("NO_SUCH_TABLE")).then_some(())
+        },
+    );
+    let st = status(&mut con);
+    assert_eq!(st["dead_lettered"], "0");
+    assert_eq!(st["pending"], "1");
 }

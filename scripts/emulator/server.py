@@ -211,7 +211,8 @@ class Faults:
     """Pending faults, applied to the next matching API requests.
 
     A fault: {"next": N (default 1), "status": 429|500|503|..., "delay_ms": ms, "hang": true,
-    "hang_ms": ms, "refuse": true, "slow_ms": ms, "after_execute": true, "on": "submit"|"poll"|"any"}.
+    "hang_ms": ms, "refuse": true, "slow_ms": ms, "after_execute": true, "on": "submit"|"poll"|"any",
+    "match": text (only requests whose body contains it), "code"/"message"/"sql_state": the error body}.
     """
 
     def __init__(self):
@@ -230,9 +231,11 @@ class Faults:
         with self.lock:
             self.pending.clear()
 
-    def take(self, kind: str) -> dict[str, Any] | None:
+    def take(self, kind: str, body: bytes = b"") -> dict[str, Any] | None:
         with self.lock:
             for spec in self.pending:
+                if spec.get("match") and spec["match"].encode("utf-8") not in body:
+                    continue
                 if spec["on"] in (kind, "any") and spec["next"] > 0:
                     spec["next"] -= 1
                     self.applied += 1
@@ -804,7 +807,7 @@ class Handler(BaseHTTPRequestHandler):
             kind = "submit" if (method == "POST" and path == "/api/v2/statements") else "poll"
             if kind == "submit":
                 em.count("submissions")
-            fault = em.faults.take(kind)
+            fault = em.faults.take(kind, self._body or b"")
             if fault:
                 em.count("faults_applied")
                 if fault.get("delay_ms"):
@@ -850,7 +853,10 @@ class Handler(BaseHTTPRequestHandler):
                 504: ("000504", "Gateway timeout."),
             }
             code, message = messages.get(status, (f"000{status}", f"Injected HTTP {status}."))
-            self.send_json(status, {"code": code, "message": message})
+            body = {"code": fault.get("code", code), "message": fault.get("message", message)}
+            if fault.get("sql_state"):
+                body["sqlState"] = fault["sql_state"]
+            self.send_json(status, body)
             return True
         return False
 

@@ -60,7 +60,8 @@ pub fn drain(ctx: &Context) {
                     super::waiters::settled(stream_name, id, Ok(()));
                 }
                 Settle::DeadLetter { entry, reason } => {
-                    match stream::dead_letter(ctx, stream_name, group, entry, reason) {
+                    let entry = with_fields(ctx, stream_name, entry);
+                    match stream::dead_letter(ctx, stream_name, group, &entry, reason) {
                         Ok(dlq_id) => {
                             METRICS.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             logging::warning(&format!(
@@ -93,4 +94,18 @@ pub fn drain(ctx: &Context) {
             Some(n.saturating_sub(settled))
         });
     crate::pipeline::control().notify_settled();
+}
+
+/// The entry with its original fields: as held, or read back from the stream (the pipeline keeps only
+/// the IDs of decodable entries). An entry trimmed away meanwhile keeps no fields; its dead-letter copy
+/// still carries the reason and the source ID.
+fn with_fields(ctx: &Context, stream_name: &str, entry: &RawEntry) -> RawEntry {
+    if !entry.fields.is_empty() {
+        return entry.clone();
+    }
+    let id = entry.id.as_bytes();
+    stream::call_read(ctx, "XRANGE", &[stream_name.as_bytes(), id, id])
+        .ok()
+        .and_then(|v| stream::parse_entries(&v).into_iter().next())
+        .unwrap_or_else(|| entry.clone())
 }

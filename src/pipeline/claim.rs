@@ -257,8 +257,17 @@ fn dispatch(
             key.hash(&mut h);
         }
         let index = (h.finish() % workers.len().max(1) as u64) as usize;
+        // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
+        // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
+        // costs the module little.
+        let bytes = raw.size();
+        let mut raw = raw;
+        if !decoded.is_undecodable() {
+            raw.fields = Vec::new();
+        }
         let work = Work {
             raw,
+            bytes,
             decoded,
             stream: std::sync::Arc::clone(&stream_name),
             group: std::sync::Arc::clone(&group),

@@ -28,7 +28,10 @@ use crate::stream::RawEntry;
 /// One claimed entry on its way to Snowflake.
 #[derive(Debug)]
 pub struct Work {
+    /// The entry's ID, and its fields only when it is undecodable (see the claimer).
     pub raw: RawEntry,
+    /// The entry's size in the stream, for the batch byte cap.
+    pub bytes: usize,
     pub decoded: Decoded,
     /// The stream and group it was claimed from (settles go back there); shared, not copied per entry.
     pub stream: Arc<str>,
@@ -79,7 +82,7 @@ fn run(rx: Receiver<Work>, gil: Gil) {
         let mut decoded = Vec::new();
         let mut next = Some(first);
         while let Some(w) = next.take() {
-            bytes += w.raw.size();
+            bytes += w.bytes;
             raws.push(w.raw);
             decoded.push(w.decoded);
             if raws.len() >= max_entries || bytes >= max_bytes {
@@ -148,7 +151,6 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
                 });
             }
             (d, Ok(())) => {
-                log_dropped_records(d, &raw.id);
                 d.tally(&mut tally);
                 log_left_out(d);
                 committed += 1;
@@ -220,6 +222,21 @@ fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
                 out.extend(commit_all(right)?);
                 return Some(out);
             }
+            // A statement that keeps running past the request timeout may simply be too big for the
+            // warehouse: after three tries, split the batch (entries are never split, so replays stay
+            // exact); one entry alone keeps being retried.
+            Err(SinkError::Retry(msg))
+                if entries.len() > 1 && attempt >= 2 && msg.contains("did not finish within") =>
+            {
+                logging::warning(&format!(
+                    "a batch of {} entries keeps timing out; splitting it: {msg}",
+                    entries.len()
+                ));
+                let (left, right) = entries.split_at(entries.len() / 2);
+                let mut out = commit_all(left)?;
+                out.extend(commit_all(right)?);
+                return Some(out);
+            }
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 c.degraded.store(true, Ordering::Relaxed);
@@ -263,28 +280,4 @@ fn backoff(attempt: u32, blocked: bool) -> Duration {
         .min(cap);
     let jittered = rand::thread_rng().gen_range(exp / 2..=exp.max(1));
     Duration::from_millis(jittered)
-}
-
-/// One line per record that was not written: skipped by the freshness rules (`SKIP_STALE`) or refused
-/// for its content (`REJECT`), with the reason — identifiers only, never titles or URLs.
-fn log_dropped_records(d: &Decoded, entry_id: &str) {
-    let Decoded::Tracked(b) = d else { return };
-    for s in &b.skipped {
-        logging::info(&format!(
-            "SKIP_STALE entry={entry_id} index={} id={} reason={} ({})",
-            s.index,
-            s.record_id,
-            s.reason.code(),
-            s.reason
-        ));
-    }
-    for r in &b.rejected {
-        logging::warning(&format!(
-            "REJECT entry={entry_id} index={} id={} reason={} ({})",
-            r.index,
-            r.record_id.as_deref().unwrap_or("-"),
-            r.reason.code(),
-            r.reason
-        ));
-    }
 }
