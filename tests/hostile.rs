@@ -25,15 +25,9 @@ use serde_json::{json, Value};
 
 const CORPUS: &str = include_str!("hostile/corpus.json");
 
+/// The shared wiring, with every statement logged (the test checks no value ever reaches the SQL text).
 fn wired(emu: &Emulator) -> Options {
-    let mut o = Options::default();
-    for (k, v) in emu.snowflake_env() {
-        o = o.env(k, &v);
-    }
-    o.env("BATCH_LINGER_MS", "5")
-        .env("RETRY_MAX_BACKOFF_MS", "300")
-        .env("RESTORE_ON_EMPTY", "0")
-        .env("LOG_SQL", "1")
+    common::wired(emu).env("LOG_SQL", "1")
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> String {

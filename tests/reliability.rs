@@ -21,24 +21,12 @@ use std::time::{Duration, Instant};
 
 use common::emulator::Emulator;
 use common::redis_server::{q, status, Options, RedisServer};
+use common::wired;
 use rand::Rng;
 use serde_json::{json, Value};
 
 fn soak() -> bool {
     std::env::var("WB_SOAK").is_ok_and(|v| v == "1")
-}
-
-/// Server options pointing the module at `emu` (key-pair auth), with test-sized timings.
-fn wired(emu: &Emulator) -> Options {
-    let mut o = Options::default();
-    for (k, v) in emu.snowflake_env() {
-        o = o.env(k, &v);
-    }
-    o.env("SNOWFLAKE_WAREHOUSE", "TEST_WH")
-        .env("BATCH_LINGER_MS", "5")
-        .env("RETRY_MAX_BACKOFF_MS", "300")
-        .env("SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "20")
-        .env("RESTORE_ON_EMPTY", "0")
 }
 
 /// The same, persisted with `appendfsync always`, so a `kill -9` loses no acknowledged write.
