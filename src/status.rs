@@ -184,6 +184,9 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     {
         let t = m.tally.lock();
         put("records_written", t.records_written.into());
+        let kind = |k: &str| t.by_kind.get(k).copied().unwrap_or(0);
+        put("diagnostics", kind("diagnostic").into());
+        put("restored_acked", kind("restored").into());
         put("users_written", t.users.into());
         put("repaired", t.repaired.into());
         put("track_ids_hashed", t.track_ids_hashed.into());

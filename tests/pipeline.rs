@@ -61,6 +61,8 @@ fn seed_quick_dry_run_entries_become_user_and_tracked_rows() {
         &mut con,
         r#"{"key":"userdata-events:alice-1/visited","records":[{"id":"alice-1","page_name":"search","query_row_count":"5","track_id":"","track_title":"Sample","track_type":"QUERY","track_url":"/search?q=Sample","lastplus":"2025-11-03 12:00:00","action":"v"}]}"#,
     );
+    // The runbook's safe manual test: acknowledged and counted, never written.
+    xadd(&mut con, r#"{"diag":"ping","ts":"2025-11-01 10:22:00"}"#);
     flush(&mut con, 60_000);
     let users = emu.sql(r#"SELECT user_email, username FROM "USER""#);
     assert_eq!(
@@ -97,6 +99,7 @@ fn seed_quick_dry_run_entries_become_user_and_tracked_rows() {
     assert_eq!(st["pending"], "0");
     assert_eq!(st["records_written"], "1");
     assert_eq!(st["users_written"], "1");
+    assert_eq!(st["diagnostics"], "1");
     assert!(server.log().contains("SQL (TRACKED)") || st["statements"] != "0");
 }
 
