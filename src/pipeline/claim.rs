@@ -94,11 +94,10 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             }
             // A new context must be made under the lock (it creates a Redis client).
             if let Some(task_gil) = gil.with(|_| Gil::new()) {
-                let _ = std::thread::Builder::new()
-                    .name("wb-startup".into())
-                    .spawn(move || {
-                        crate::ffi::guard("start-up tasks", || startup_tasks(&task_gil))
-                    });
+                if let Err(e) = super::spawn_thread("wb-startup", move || startup_tasks(&task_gil))
+                {
+                    logging::warning(&format!("start-up restore and import not run: {e}"));
+                }
             }
         }
         if c.paused.load(Ordering::Relaxed) {
