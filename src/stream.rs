@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use redis_module::{raw, CallOptionsBuilder, CallResult, Context, RedisValue};
+use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context, RedisValue};
 
 use crate::settings::{self, Key};
 
@@ -213,31 +213,75 @@ pub fn read_group(
     count: usize,
 ) -> Result<Vec<RawEntry>, String> {
     let count = count.to_string();
-    let reply = call_write(
-        ctx,
-        "XREADGROUP",
-        &[
-            b"GROUP",
-            group.as_bytes(),
-            consumer.as_bytes(),
-            b"COUNT",
-            count.as_bytes(),
-            b"STREAMS",
-            stream.as_bytes(),
-            from.as_bytes(),
-        ],
-    )?;
-    // [[stream, [entries...]]] or nil
-    let RedisValue::Array(streams) = reply else {
+    let args: [&[u8]; 8] = [
+        b"GROUP",
+        group.as_bytes(),
+        consumer.as_bytes(),
+        b"COUNT",
+        count.as_bytes(),
+        b"STREAMS",
+        stream.as_bytes(),
+        from.as_bytes(),
+    ];
+    let opts = CallOptionsBuilder::new()
+        .replicate()
+        .errors_as_replies()
+        .build();
+    // This runs under the Redis lock for every chunk: the reply is copied once, straight into the
+    // entries, without an intermediate value tree.
+    let res: CallResult = ctx.call_ext("XREADGROUP", &opts, &args[..]);
+    let streams = match res {
+        Ok(CallReply::Array(streams)) => streams,
+        Ok(_) => return Ok(Vec::new()), // nil: nothing new
+        Err(e) => {
+            return Err(e
+                .to_utf8_string()
+                .unwrap_or_else(|| "XREADGROUP failed".into()))
+        }
+    };
+    // [[stream, [[id, [field, value, ...]], ...]]]
+    let Some(Ok(CallReply::Array(pair))) = streams.get(0) else {
         return Ok(Vec::new());
     };
-    Ok(streams
-        .first()
-        .and_then(|s| match s {
-            RedisValue::Array(pair) => pair.get(1).map(parse_entries),
-            _ => None,
-        })
-        .unwrap_or_default())
+    let Some(Ok(CallReply::Array(list))) = pair.get(1) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for item in list.iter() {
+        let Ok(CallReply::Array(entry)) = item else {
+            continue;
+        };
+        let Some(id) = entry.get(0).as_ref().and_then(reply_bytes) else {
+            continue;
+        };
+        let mut fields = Vec::new();
+        if let Some(Ok(CallReply::Array(kv))) = entry.get(1) {
+            fields.reserve(kv.len() / 2);
+            let mut i = 0;
+            while i + 1 < kv.len() {
+                if let (Some(k), Some(v)) = (
+                    kv.get(i).as_ref().and_then(reply_bytes),
+                    kv.get(i + 1).as_ref().and_then(reply_bytes),
+                ) {
+                    fields.push((k, v));
+                }
+                i += 2;
+            }
+        }
+        out.push(RawEntry {
+            id: String::from_utf8_lossy(&id).into_owned(),
+            fields,
+        });
+    }
+    Ok(out)
+}
+
+fn reply_bytes(r: &CallResult) -> Option<Vec<u8>> {
+    match r {
+        Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
+        Ok(CallReply::VerbatimString(s)) => s.to_parts().map(|(_, data)| data),
+        _ => None,
+    }
 }
 
 /// What one `XAUTOCLAIM` step returned.
