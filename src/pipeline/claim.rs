@@ -60,6 +60,8 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
     let mut group_ready: Option<String> = None;
     // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
     let mut started = false;
+    // The group's read counter after this claimer's last read (see the trimming check).
+    let mut last_entries_read: Option<i64> = None;
     loop {
         if c.stopping() {
             return;
@@ -82,6 +84,7 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
                 recovering = true;
                 cursor = "0-0".into();
                 group_ready = None;
+                last_entries_read = None;
                 c.wait_wake(Duration::from_millis(200));
                 continue;
             }
@@ -146,12 +149,18 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             } else {
                 // The group's read counter before and after tells whether entries were trimmed away
                 // between the last delivered entry and the next one (Redis counts every entry ever added).
-                let before =
-                    stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
+                // Redis may not know the counter (after deletions); the previous read's value then
+                // stands in for it, since only this claimer reads through the group.
+                let before = stream::group_info(ctx, &stream_name, &group)
+                    .and_then(|g| g.entries_read)
+                    .or(last_entries_read);
                 let entries = stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
                 if !entries.is_empty() {
                     let after =
                         stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
+                    if after.is_some() {
+                        last_entries_read = after;
+                    }
                     if let (Some(b), Some(a)) = (before, after) {
                         let skipped = a - b - entries.len() as i64;
                         if skipped > 0 {
