@@ -85,28 +85,24 @@ pub fn wb_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// `WB.PAUSE`: stop claiming new entries (in-flight batches finish).
-pub fn wb_pause(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.PAUSE", || {
+/// `WB.PAUSE` / `WB.RESUME`: stop claiming new entries (in-flight batches finish) / claim again.
+fn set_paused(name: &str, args: &[RedisString], paused: bool) -> RedisResult {
+    guarded(name, || {
         if args.len() != 1 {
             return Err(RedisError::WrongArity);
         }
-        pipeline::control().paused.store(true, Ordering::Relaxed);
+        pipeline::control().paused.store(paused, Ordering::Relaxed);
         pipeline::control().wake();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
 
-/// `WB.RESUME`: claim again.
+pub fn wb_pause(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    set_paused("WB.PAUSE", &args, true)
+}
+
 pub fn wb_resume(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.RESUME", || {
-        if args.len() != 1 {
-            return Err(RedisError::WrongArity);
-        }
-        pipeline::control().paused.store(false, Ordering::Relaxed);
-        pipeline::control().wake();
-        Ok(RedisValue::SimpleStringStatic("OK"))
-    })
+    set_paused("WB.RESUME", &args, false)
 }
 
 /// Whether every entry up to `target` has been delivered to the group and settled.
@@ -150,29 +146,20 @@ pub fn wb_flush(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if target == EntryId::default() {
             return Ok(RedisValue::SimpleStringStatic("OK"));
         }
-        let gil = Gil::new().ok_or_else(|| err("ERR could not create a context"))?;
-        let blocked = ctx.block_client();
-        std::thread::spawn(move || {
-            let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
+        in_background(ctx, "WB.FLUSH", move |gil| {
             let deadline = Instant::now() + timeout;
-            let reply = loop {
-                let state = ffi::guard("WB.FLUSH", || {
-                    gil.with(|c| flushed(c, &stream_name, &group, target))
-                });
-                match state {
-                    Some(Ok(true)) => break Ok(RedisValue::SimpleStringStatic("OK")),
-                    Some(Err(left)) if Instant::now() >= deadline => {
-                        break Err(err(format!("TIMEOUT {left} entries still pending")));
+            loop {
+                match gil.with(|c| flushed(c, &stream_name, &group, target)) {
+                    Ok(true) => return Ok(RedisValue::SimpleStringStatic("OK")),
+                    Err(left) if Instant::now() >= deadline => {
+                        return Err(err(format!("TIMEOUT {left} entries still pending")));
                     }
-                    None => break Err(err("ERR internal error in WB.FLUSH; see the server log")),
                     _ => {}
                 }
                 pipeline::control().wake();
                 pipeline::control().wait_settled(Duration::from_millis(20));
-            };
-            reply_ctx.reply(reply);
-        });
-        Ok(RedisValue::NoReply)
+            }
+        })
     })
 }
 
@@ -192,10 +179,8 @@ pub fn wb_ping(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 "ERR WB.PING waits for Snowflake and cannot run inside MULTI or a script",
             ));
         }
-        let blocked = ctx.block_client();
-        std::thread::spawn(move || {
-            let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
-            let reply = ffi::guard("WB.PING", || match sink::client().and_then(|c| c.ping()) {
+        in_background(ctx, "WB.PING", |_| {
+            match sink::client().and_then(|c| c.ping()) {
                 Ok(s) => Ok(map(vec![
                     ("user".into(), opt(s.user)),
                     ("role".into(), opt(s.role)),
@@ -208,11 +193,8 @@ pub fn wb_ping(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     ),
                 ])),
                 Err(e) => Err(err(format!("ERR Snowflake {e}"))),
-            })
-            .unwrap_or_else(|| Err(err("ERR internal error in WB.PING; see the server log")));
-            reply_ctx.reply(reply);
-        });
-        Ok(RedisValue::NoReply)
+            }
+        })
     })
 }
 

@@ -13,7 +13,7 @@ use crate::entry::Rules;
 use crate::logging;
 use crate::pipeline::gil::Gil;
 use crate::settings::{Key, Snapshot};
-use crate::stream;
+use crate::stream::{self, bytes};
 
 /// The set of legacy keys already imported.
 pub const IMPORTED_SET: &str = "_wb_imported";
@@ -26,14 +26,6 @@ pub struct Summary {
     pub imported: usize,
     pub already: usize,
     pub not_strings: usize,
-}
-
-fn bytes(v: &RedisValue) -> Option<Vec<u8>> {
-    match v {
-        RedisValue::SimpleString(s) | RedisValue::BulkString(s) => Some(s.clone().into_bytes()),
-        RedisValue::StringBuffer(b) => Some(b.clone()),
-        _ => None,
-    }
 }
 
 /// Imports the keys matching each pattern. Runs on a background thread.

@@ -187,11 +187,10 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
     let whole = req.user.is_none();
     // Conditions, and where an interrupted run stopped.
     let (len, mark) = gil.with(|ctx| {
-        let mark = match stream::call_read(ctx, "GET", &[marker.as_bytes()]) {
-            Ok(redis_module::RedisValue::SimpleString(v))
-            | Ok(redis_module::RedisValue::BulkString(v)) => Some(v),
-            _ => None,
-        };
+        let mark = stream::call_read(ctx, "GET", &[marker.as_bytes()])
+            .ok()
+            .as_ref()
+            .and_then(stream::text);
         (stream::length(ctx, &stream_name), mark)
     });
     let resume_from = mark

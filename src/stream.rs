@@ -61,7 +61,8 @@ pub fn length(ctx: &Context, stream: &str) -> i64 {
     }
 }
 
-fn text(v: &RedisValue) -> Option<String> {
+/// A string reply as text (lossy for binary data).
+pub fn text(v: &RedisValue) -> Option<String> {
     match v {
         RedisValue::SimpleString(s) | RedisValue::BulkString(s) => Some(s.clone()),
         RedisValue::SimpleStringStatic(s) => Some(s.to_string()),
@@ -147,7 +148,8 @@ pub fn call_read(ctx: &Context, command: &str, args: &[&[u8]]) -> Result<RedisVa
     }
 }
 
-fn bytes(v: &RedisValue) -> Option<Vec<u8>> {
+/// A string reply as bytes, exactly.
+pub fn bytes(v: &RedisValue) -> Option<Vec<u8>> {
     match v {
         RedisValue::StringBuffer(b) => Some(b.clone()),
         other => text(other).map(String::into_bytes),

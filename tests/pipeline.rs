@@ -572,3 +572,28 @@ fn a_missing_table_blocks_and_retries_instead_of_dead_lettering() {
     assert_eq!(st["dead_lettered"], "0");
     assert_eq!(st["pending"], "1");
 }
+
+#[test]
+fn wb_ping_replies_with_the_session_context_or_the_classified_error() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    let ctx: BTreeMap<String, redis::Value> = q(&mut con, &["WB.PING"]);
+    let text = |k: &str| match ctx.get(k) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(text("user"), emu.opts.user);
+    assert_eq!(text("database"), emu.opts.database);
+    assert_eq!(text("schema"), emu.opts.schema);
+    assert!(
+        matches!(ctx.get("latency_ms"), Some(redis::Value::Int(_))),
+        "{ctx:?}"
+    );
+    emu.fault(
+        json!({"next": 1000, "status": 422, "code": "002003", "sql_state": "42S02",
+        "message": "Object does not exist"}),
+    );
+    let e = q_err(&mut con, &["WB.PING"]);
+    assert!(e.contains("002003") && e.contains("permanent"), "{e}");
+}
