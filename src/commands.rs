@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis_module::redisvalue::RedisValueKey;
-use redis_module::{
-    raw, Context, RedisError, RedisResult, RedisString, RedisValue, ThreadSafeContext,
-};
+use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
 
+use crate::background;
 use crate::entry::EntryId;
 use crate::ffi;
 use crate::pipeline::{self, gil::Gil, sink};
@@ -19,13 +18,9 @@ use crate::settings::{self, Key};
 use crate::status::{self, Figure};
 use crate::stream;
 
-/// Runs a command body behind the panic guard.
-fn guarded(name: &str, body: impl FnOnce() -> RedisResult) -> RedisResult {
-    ffi::guard(name, body).unwrap_or_else(|| {
-        Err(RedisError::String(format!(
-            "ERR internal error in {name}; see the server log"
-        )))
-    })
+/// Runs a command body behind the panic guard and replies from inside it (see [`ffi::command`]).
+fn guarded(ctx: &Context, name: &str, body: impl FnOnce() -> RedisResult) -> RedisResult {
+    ffi::command(ctx, name, body)
 }
 
 fn err(msg: impl Into<String>) -> RedisError {
@@ -73,8 +68,8 @@ fn arg_u64(a: &RedisString, what: &str) -> Result<u64, RedisError> {
 }
 
 /// `WB.STATUS`: the state and figures as a map.
-pub fn wb_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.STATUS", || {
+pub fn wb_status(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, "WB.STATUS", || {
         if args.len() != 1 {
             return Err(RedisError::WrongArity);
         }
@@ -86,8 +81,8 @@ pub fn wb_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `WB.PAUSE` / `WB.RESUME`: stop claiming new entries (in-flight batches finish) / claim again.
-fn set_paused(name: &str, args: &[RedisString], paused: bool) -> RedisResult {
-    guarded(name, || {
+fn set_paused(ctx: &Context, name: &str, args: &[RedisString], paused: bool) -> RedisResult {
+    guarded(ctx, name, || {
         if args.len() != 1 {
             return Err(RedisError::WrongArity);
         }
@@ -97,12 +92,12 @@ fn set_paused(name: &str, args: &[RedisString], paused: bool) -> RedisResult {
     })
 }
 
-pub fn wb_pause(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    set_paused("WB.PAUSE", &args, true)
+pub fn wb_pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    set_paused(ctx, "WB.PAUSE", &args, true)
 }
 
-pub fn wb_resume(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    set_paused("WB.RESUME", &args, false)
+pub fn wb_resume(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    set_paused(ctx, "WB.RESUME", &args, false)
 }
 
 /// Whether every entry up to `target` has been delivered to the group and settled.
@@ -124,7 +119,7 @@ fn flushed(ctx: &Context, stream_name: &str, group: &str, target: EntryId) -> Re
 /// `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time is committed, or
 /// `-TIMEOUT <n> entries still pending`.
 pub fn wb_flush(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.FLUSH", || {
+    guarded(ctx, "WB.FLUSH", || {
         if args.len() > 2 {
             return Err(RedisError::WrongArity);
         }
@@ -146,11 +141,14 @@ pub fn wb_flush(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if target == EntryId::default() {
             return Ok(RedisValue::SimpleStringStatic("OK"));
         }
-        in_background(ctx, "WB.FLUSH", move |gil| {
+        background::run(ctx, "WB.FLUSH", false, move |gil| {
             let deadline = Instant::now() + timeout;
             loop {
                 match gil.with(|c| flushed(c, &stream_name, &group, target)) {
                     Ok(true) => return Ok(RedisValue::SimpleStringStatic("OK")),
+                    _ if pipeline::control().stopping() => {
+                        return Err(err("ERR WB.FLUSH ended: the writer is stopping"));
+                    }
                     Err(left) if Instant::now() >= deadline => {
                         return Err(err(format!("TIMEOUT {left} entries still pending")));
                     }
@@ -165,7 +163,7 @@ pub fn wb_flush(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `WB.PING`: a Snowflake round trip now; replies with the session context or the classified error.
 pub fn wb_ping(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.PING", || {
+    guarded(ctx, "WB.PING", || {
         if args.len() != 1 {
             return Err(RedisError::WrongArity);
         }
@@ -179,7 +177,7 @@ pub fn wb_ping(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 "ERR WB.PING waits for Snowflake and cannot run inside MULTI or a script",
             ));
         }
-        in_background(ctx, "WB.PING", |_| {
+        background::run(ctx, "WB.PING", false, |_| {
             match sink::client().and_then(|c| c.ping()) {
                 Ok(s) => Ok(map(vec![
                     ("user".into(), opt(s.user)),
@@ -204,8 +202,8 @@ fn opt(v: Option<String>) -> RedisValue {
 }
 
 /// `WB.DLQ LIST [count] | REPLAY <id ...|ALL> | PURGE [id ...]`: the dead-letter stream.
-pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.DLQ", || {
+pub fn wb_dlq(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    guarded(ctx, "WB.DLQ", || {
         let sub = args.get(1).ok_or(RedisError::WrongArity)?;
         let sub = arg_str(sub)?.to_ascii_uppercase();
         let s = settings::current();
@@ -218,16 +216,17 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     return Err(RedisError::WrongArity);
                 }
                 let count = match args.get(2) {
-                    Some(a) => arg_u64(a, "count")?.max(1),
+                    Some(a) => arg_u64(a, "count")?.clamp(1, DLQ_LIST_MAX as u64),
                     None => 10,
                 };
                 let count = count.to_string();
-                stream::call_read(
+                let listed = stream::call_read(
                     &home,
                     "XRANGE",
                     &[dlq.as_bytes(), b"-", b"+", b"COUNT", count.as_bytes()],
                 )
-                .map_err(err)
+                .map_err(err)?;
+                Ok(within_bytes(listed, DLQ_LIST_MAX_BYTES))
             }
             "REPLAY" => {
                 if args.len() < 3 {
@@ -238,48 +237,29 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     .map(|a| arg_str(a).map(String::from))
                     .collect::<Result<_, _>>()?;
                 let all = ids.len() == 1 && ids[0].eq_ignore_ascii_case("ALL");
-                let entries = if all {
-                    stream::call_read(&home, "XRANGE", &[dlq.as_bytes(), b"-", b"+"])
-                        .map_err(err)?
-                } else {
-                    let mut found = Vec::new();
+                if !all {
                     for id in &ids {
                         EntryId::parse(id).map_err(|_| {
                             err(format!("ERR {} is not a stream entry ID", shown(id)))
                         })?;
-                        if let RedisValue::Array(mut one) = stream::call_read(
-                            &home,
-                            "XRANGE",
-                            &[dlq.as_bytes(), id.as_bytes(), id.as_bytes()],
-                        )
-                        .map_err(err)?
-                        {
-                            found.append(&mut one);
-                        }
                     }
-                    RedisValue::Array(found)
-                };
-                let mut replayed = 0;
-                for e in stream::parse_entries(&entries) {
-                    let original: Vec<(&[u8], &[u8])> = e
-                        .fields
-                        .iter()
-                        .filter(|(k, _)| {
-                            !matches!(k.as_slice(), b"reason" | b"source_stream" | b"source_id")
-                        })
-                        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                        .collect();
-                    stream::add(&home, &stream_name, &original).map_err(err)?;
-                    stream::call_write(&home, "XDEL", &[dlq.as_bytes(), e.id.as_bytes()])
-                        .map_err(err)?;
-                    replayed += 1;
                 }
-                Ok(RedisValue::Integer(replayed))
+                refuse_on_replica(ctx, "WB.DLQ REPLAY")?;
+                background::run(ctx, "WB.DLQ REPLAY", true, move |gil| {
+                    let replayed = if all {
+                        replay_all(gil, &stream_name, &dlq)
+                    } else {
+                        replay_ids(gil, &stream_name, &dlq, &ids)
+                    }
+                    .map_err(err)?;
+                    Ok(RedisValue::Integer(replayed))
+                })
             }
             "PURGE" => {
                 if args.len() == 2 {
                     let n = stream::length(&home, &dlq);
-                    stream::call_write(&home, "DEL", &[dlq.as_bytes()]).map_err(err)?;
+                    // UNLINK: a long dead-letter stream is freed off the main thread.
+                    stream::call_write(&home, "UNLINK", &[dlq.as_bytes()]).map_err(err)?;
                     return Ok(RedisValue::Integer(n));
                 }
                 let mut del: Vec<&[u8]> = vec![dlq.as_bytes()];
@@ -299,29 +279,127 @@ pub fn wb_dlq(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-/// Runs `work` on a thread while the caller is blocked, then replies with its result.
-fn in_background(
-    ctx: &Context,
-    name: &'static str,
-    work: impl FnOnce(&Gil) -> RedisResult + Send + 'static,
-) -> RedisResult {
-    if !can_block(ctx) {
-        return Err(err(format!(
-            "ERR {name} waits for background work and cannot run inside MULTI or a script"
-        )));
+/// `WB.DLQ LIST` lists at most this many entries ...
+const DLQ_LIST_MAX: usize = 1000;
+/// ... and stops adding entries to its reply past this many bytes (at least one is listed).
+const DLQ_LIST_MAX_BYTES: usize = 16 << 20;
+/// `WB.DLQ REPLAY` moves this many entries per lock hold.
+const REPLAY_CHUNK: usize = 100;
+
+/// Keeps the leading entries of an `XRANGE` reply whose sizes add up to at most `max` bytes.
+fn within_bytes(listed: RedisValue, max: usize) -> RedisValue {
+    let RedisValue::Array(entries) = listed else {
+        return listed;
+    };
+    let mut total = 0;
+    let mut kept = Vec::new();
+    for e in entries {
+        total += value_bytes(&e);
+        if total > max && !kept.is_empty() {
+            break;
+        }
+        kept.push(e);
     }
-    let gil = Gil::new().ok_or_else(|| err("ERR could not create a context"))?;
-    let blocked = ctx.block_client();
-    std::thread::spawn(move || {
-        let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
-        let reply = ffi::guard(name, || work(&gil)).unwrap_or_else(|| {
-            Err(err(format!(
-                "ERR internal error in {name}; see the server log"
-            )))
-        });
-        reply_ctx.reply(reply);
-    });
-    Ok(RedisValue::NoReply)
+    RedisValue::Array(kept)
+}
+
+fn value_bytes(v: &RedisValue) -> usize {
+    match v {
+        RedisValue::Array(items) => items.iter().map(value_bytes).sum(),
+        other => stream::bytes(other).map_or(8, |b| b.len()),
+    }
+}
+
+/// Moves one dead-letter entry back to the stream: its original fields, plus `replayed_from` (the
+/// ID it had in the stream), then deletes it from the dead-letter stream.
+fn replay_one(
+    ctx: &Context,
+    stream_name: &str,
+    dlq: &str,
+    e: &stream::RawEntry,
+) -> Result<(), String> {
+    let mut original: Vec<(&[u8], &[u8])> = e
+        .fields
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_slice(),
+                b"reason" | b"source_stream" | b"source_id" | b"replayed_from"
+            )
+        })
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let source = e
+        .fields
+        .iter()
+        .find(|(k, _)| k == b"source_id")
+        .map(|(_, v)| v.as_slice());
+    if let Some(source) = source {
+        original.push((b"replayed_from", source));
+    }
+    stream::add(ctx, stream_name, &original)?;
+    stream::call_write(ctx, "XDEL", &[dlq.as_bytes(), e.id.as_bytes()])?;
+    Ok(())
+}
+
+/// Replays the whole dead-letter stream, [`REPLAY_CHUNK`] entries per lock hold; entries added to it
+/// meanwhile are left for the next replay.
+fn replay_all(gil: &Gil, stream_name: &str, dlq: &str) -> Result<i64, String> {
+    let end = gil.with(|ctx| stream::last_generated_id(ctx, dlq));
+    let mut replayed = 0;
+    loop {
+        if pipeline::control().stopping() {
+            return Err(format!(
+                "ERR WB.DLQ REPLAY stopped after {replayed} entries: the writer is stopping"
+            ));
+        }
+        let count = REPLAY_CHUNK.to_string();
+        let done = gil.with(|ctx| -> Result<usize, String> {
+            let chunk = stream::call_read(
+                ctx,
+                "XRANGE",
+                &[
+                    dlq.as_bytes(),
+                    b"-",
+                    end.as_bytes(),
+                    b"COUNT",
+                    count.as_bytes(),
+                ],
+            )?;
+            let entries = stream::parse_entries(&chunk);
+            for e in &entries {
+                replay_one(ctx, stream_name, dlq, e)?;
+            }
+            Ok(entries.len())
+        })?;
+        replayed += done as i64;
+        if done < REPLAY_CHUNK {
+            return Ok(replayed);
+        }
+    }
+}
+
+/// Replays the given dead-letter entries (unknown IDs are skipped), [`REPLAY_CHUNK`] per lock hold.
+fn replay_ids(gil: &Gil, stream_name: &str, dlq: &str, ids: &[String]) -> Result<i64, String> {
+    let mut replayed = 0;
+    for chunk in ids.chunks(REPLAY_CHUNK) {
+        replayed += gil.with(|ctx| -> Result<i64, String> {
+            let mut n = 0;
+            for id in chunk {
+                let found = stream::call_read(
+                    ctx,
+                    "XRANGE",
+                    &[dlq.as_bytes(), id.as_bytes(), id.as_bytes()],
+                )?;
+                for e in stream::parse_entries(&found) {
+                    replay_one(ctx, stream_name, dlq, &e)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+    }
+    Ok(replayed)
 }
 
 fn refuse_on_replica(ctx: &Context, name: &str) -> Result<(), RedisError> {
@@ -333,7 +411,7 @@ fn refuse_on_replica(ctx: &Context, name: &str) -> Result<(), RedisError> {
 
 /// `WB.RESTORE [FORCE] [DAYS n] [USER name]`: seeds the stream from Snowflake now.
 pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.RESTORE", || {
+    guarded(ctx, "WB.RESTORE", || {
         let s = settings::current();
         let mut req = crate::restore::Request {
             force: false,
@@ -372,8 +450,11 @@ pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 "ERR Snowflake is not configured: nothing to restore from",
             ));
         }
-        in_background(ctx, "WB.RESTORE", move |gil| {
-            match crate::restore::run(&req, gil, &s) {
+        background::run(
+            ctx,
+            "WB.RESTORE",
+            true,
+            move |gil| match crate::restore::run(&req, gil, &s) {
                 Ok(sum) => match sum.skipped {
                     Some(why) => Err(err(format!(
                         "ERR restore skipped: {why} (WB.RESTORE FORCE restores anyway)"
@@ -385,14 +466,14 @@ pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     ])),
                 },
                 Err(e) => Err(err(format!("ERR restore failed: {e}"))),
-            }
-        })
+            },
+        )
     })
 }
 
 /// `WB.IMPORT [MATCH pattern] [DELETE]`: copies legacy string keys into the stream.
 pub fn wb_import(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    guarded("WB.IMPORT", || {
+    guarded(ctx, "WB.IMPORT", || {
         let s = settings::current();
         let mut patterns: Vec<String> = s.list(Key::ExtraBridgeKeys).to_vec();
         let mut delete = false;
@@ -420,21 +501,21 @@ pub fn wb_import(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             ));
         }
         refuse_on_replica(ctx, "WB.IMPORT")?;
-        in_background(ctx, "WB.IMPORT", move |gil| {
-            match crate::import::run(&patterns, delete, gil, &s) {
-                Ok(sum) => Ok(map(vec![
-                    ("imported".into(), RedisValue::Integer(sum.imported as i64)),
-                    (
-                        "already_imported".into(),
-                        RedisValue::Integer(sum.already as i64),
-                    ),
-                    (
-                        "not_strings".into(),
-                        RedisValue::Integer(sum.not_strings as i64),
-                    ),
-                ])),
-                Err(e) => Err(err(format!("ERR import failed: {e}"))),
-            }
+        background::run(ctx, "WB.IMPORT", true, move |gil| match crate::import::run(
+            &patterns, delete, gil, &s,
+        ) {
+            Ok(sum) => Ok(map(vec![
+                ("imported".into(), RedisValue::Integer(sum.imported as i64)),
+                (
+                    "already_imported".into(),
+                    RedisValue::Integer(sum.already as i64),
+                ),
+                (
+                    "not_strings".into(),
+                    RedisValue::Integer(sum.not_strings as i64),
+                ),
+            ])),
+            Err(e) => Err(err(format!("ERR import failed: {e}"))),
         })
     })
 }

@@ -21,11 +21,13 @@
 //! This file is registration only.
 
 pub mod alloc;
+pub mod background;
 pub mod commands;
 pub mod config;
 pub mod docs;
 pub mod entry;
 pub mod events;
+pub mod faults;
 pub mod ffi;
 pub mod import;
 pub mod info;

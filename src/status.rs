@@ -45,6 +45,10 @@ pub struct Metrics {
     pub last_success_ms: AtomicU64,
     /// Entries found trimmed away from the stream before they were written.
     pub lost_trimmed: AtomicU64,
+    /// Entries never written because the stream itself was deleted, flushed, evicted or replaced.
+    pub lost_deleted: AtomicU64,
+    /// Dead-letter copies that could not be written (and are retried; the entry stays pending).
+    pub dead_letter_errors: AtomicU64,
     pub tally: Mutex<Tally>,
     pub last_error: Mutex<String>,
     /// Set when the stream's IDs are below ones already applied in Snowflake (see housekeeping).
@@ -127,6 +131,26 @@ pub fn role(ctx: &Context) -> &'static str {
     }
 }
 
+/// The server's `maxmemory-policy`.
+pub fn maxmemory_policy(ctx: &Context) -> String {
+    match stream::call_read(ctx, "CONFIG", &[b"GET", b"maxmemory-policy"]) {
+        Ok(redis_module::RedisValue::Array(kv)) => {
+            kv.get(1).and_then(stream::text).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
+/// A warning when the policy can evict the stream (any `allkeys-*` policy: eviction deletes the
+/// queue itself, with every entry not yet written).
+pub fn eviction_warning(policy: &str) -> Option<String> {
+    policy.starts_with("allkeys-").then(|| {
+        format!(
+            "maxmemory-policy {policy} can evict the stream and lose entries not yet written; use noeviction (or a volatile-* policy, the stream has no TTL)"
+        )
+    })
+}
+
 /// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
 /// report, when no command may run, and only counters are given.
 pub fn report(live: bool) -> Vec<(String, Figure)> {
@@ -139,6 +163,25 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         put("role", role(ctx).into());
     }
     put("version", env!("CARGO_PKG_VERSION").into());
+    put(
+        "threads_alive",
+        (crate::pipeline::threads_alive() as u64).into(),
+    );
+    put(
+        "thread_restarts",
+        crate::pipeline::control()
+            .restarts
+            .load(Ordering::Relaxed)
+            .into(),
+    );
+    put(
+        "background_commands",
+        (crate::background::running() as u64).into(),
+    );
+    put(
+        "sync_writers_waiting",
+        (crate::pipeline::waiters::count() as u64).into(),
+    );
     put("stream", s.str(Key::RedisStream).into());
     put("group", crate::pipeline::group_name(&s).into());
     put("consumer", s.str(Key::Consumer).into());
@@ -166,6 +209,12 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
             "dlq_length",
             stream::length(ctx, &stream::dlq_name(stream_name)).into(),
         );
+        let policy = maxmemory_policy(ctx);
+        put("maxmemory_policy", policy.as_str().into());
+        put(
+            "eviction_warning",
+            eviction_warning(&policy).unwrap_or_default().into(),
+        );
     }
     let m = &*METRICS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -180,6 +229,8 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("dead_lettered", get(&m.dead_lettered).into());
     put("dropped_invalid", get(&m.dropped_invalid).into());
     put("lost_trimmed", get(&m.lost_trimmed).into());
+    put("lost_deleted", get(&m.lost_deleted).into());
+    put("dead_letter_errors", get(&m.dead_letter_errors).into());
     put("failovers", get(&crate::write::FAILOVERS).into());
     {
         let t = m.tally.lock();

@@ -125,15 +125,56 @@ impl RawEntry {
     }
 }
 
-/// Runs a command that changes data, replicated and written to the AOF.
+/// A call's reply as a value, byte for byte: every string stays bytes (never a simple string, which
+/// could not carry a NUL or a CR LF back to a client), and no reply shape can panic (the crate's own
+/// conversion panics on some RESP3 map keys).
+pub fn value(reply: &CallReply) -> RedisValue {
+    let item = |r: &CallResult| match r {
+        Ok(r) => value(r),
+        Err(e) => RedisValue::StringBuffer(e.as_bytes().to_vec()),
+    };
+    match reply {
+        CallReply::String(s) => RedisValue::StringBuffer(s.as_bytes().to_vec()),
+        CallReply::VerbatimString(s) => {
+            RedisValue::StringBuffer(s.to_parts().map(|(_, data)| data).unwrap_or_default())
+        }
+        CallReply::I64(n) => RedisValue::Integer(n.to_i64()),
+        CallReply::Bool(b) => RedisValue::Integer(i64::from(b.to_bool())),
+        CallReply::Double(d) => RedisValue::Float(d.to_double()),
+        CallReply::BigNumber(n) => {
+            RedisValue::StringBuffer(n.to_string().unwrap_or_default().into_bytes())
+        }
+        CallReply::Array(a) => RedisValue::Array(a.iter().map(|r| item(&r)).collect()),
+        CallReply::Set(a) => RedisValue::Array(a.iter().map(|r| item(&r)).collect()),
+        CallReply::Map(m) => {
+            RedisValue::Array(m.iter().flat_map(|(k, v)| [item(&k), item(&v)]).collect())
+        }
+        CallReply::Null(_) | CallReply::Unknown => RedisValue::Null,
+    }
+}
+
+/// Whether this server is a replica now. Checked inside every lock hold that writes: after a
+/// demotion (`REPLICAOF`, a Sentinel failover) the module must not write to the replica's data.
+pub fn is_replica(ctx: &Context) -> bool {
+    flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0
+}
+
+/// The error of a write refused because this server became a replica.
+pub const DEMOTED: &str = "READONLY this server is a replica now; the module's write was dropped";
+
+/// Runs a command that changes data, replicated and written to the AOF. Refused on a replica (see
+/// [`is_replica`]): the caller drops its work, the new primary does it.
 pub fn call_write(ctx: &Context, command: &str, args: &[&[u8]]) -> Result<RedisValue, String> {
+    if is_replica(ctx) {
+        return Err(DEMOTED.into());
+    }
     let opts = CallOptionsBuilder::new()
         .replicate()
         .errors_as_replies()
         .build();
     let res: CallResult = ctx.call_ext(command, &opts, args);
     match res {
-        Ok(reply) => Ok(RedisValue::from(&reply)),
+        Ok(reply) => Ok(value(&reply)),
         Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "error".into())),
     }
 }
@@ -143,7 +184,7 @@ pub fn call_read(ctx: &Context, command: &str, args: &[&[u8]]) -> Result<RedisVa
     let opts = CallOptionsBuilder::new().errors_as_replies().build();
     let res: CallResult = ctx.call_ext(command, &opts, args);
     match res {
-        Ok(reply) => Ok(RedisValue::from(&reply)),
+        Ok(reply) => Ok(value(&reply)),
         Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "error".into())),
     }
 }
@@ -225,6 +266,9 @@ pub fn read_group(
         stream.as_bytes(),
         from.as_bytes(),
     ];
+    if is_replica(ctx) {
+        return Err(DEMOTED.into());
+    }
     let opts = CallOptionsBuilder::new()
         .replicate()
         .errors_as_replies()
@@ -389,7 +433,10 @@ pub fn dead_letter(
     fields.push((b"source_stream", stream.as_bytes()));
     fields.push((b"source_id", entry.id.as_bytes()));
     let id = add(ctx, &dlq_name(stream), &fields)?;
-    ack(ctx, stream, group, &[entry.id.as_str()])?;
+    // The copy is written: a failed acknowledgement must not make the caller write it again.
+    if let Err(e) = ack(ctx, stream, group, &[entry.id.as_str()]) {
+        crate::logging::warning(&format!("XACK of dead-lettered {} failed: {e}", entry.id));
+    }
     Ok(id)
 }
 
@@ -406,6 +453,18 @@ pub fn last_generated_id(ctx: &Context, stream: &str) -> String {
             _ => None,
         })
         .unwrap_or_else(|| "0-0".into())
+}
+
+/// How many entries were ever added to the stream (`None` when it does not exist).
+pub fn entries_added(ctx: &Context, stream: &str) -> Option<i64> {
+    let Ok(RedisValue::Array(fields)) = call_read(ctx, "XINFO", &[b"STREAM", stream.as_bytes()])
+    else {
+        return None;
+    };
+    fields.chunks(2).find_map(|p| match p {
+        [k, RedisValue::Integer(n)] if text(k).as_deref() == Some("entries-added") => Some(*n),
+        _ => None,
+    })
 }
 
 /// The lowest pending ID of the group, if any entry is pending.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use redis_module::{
     raw, CallOptionsBuilder, CallResult, Context, RedisError, RedisResult, RedisString, RedisValue,
-    ThreadSafeContext,
 };
 
 use crate::commands::can_block;
@@ -69,17 +68,14 @@ fn xadd(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result<String, Stri
         unsafe { select(ctx.ctx, prev) };
     }
     match res {
-        Ok(reply) => match RedisValue::from(&reply) {
-            RedisValue::SimpleString(id) | RedisValue::BulkString(id) => Ok(id),
-            other => Err(format!("XADD gave {other:?}")),
-        },
+        Ok(reply) => crate::stream::text(&crate::stream::value(&reply))
+            .ok_or_else(|| "XADD gave no entry ID".to_string()),
         Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
     }
 }
 
 pub fn wb_write(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    crate::ffi::guard("WB.WRITE", || write(ctx, &args))
-        .unwrap_or_else(|| Err(err("ERR internal error in WB.WRITE; see the server log")))
+    crate::ffi::command(ctx, "WB.WRITE", || write(ctx, &args))
 }
 
 fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
@@ -116,6 +112,12 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
             "ERR WB.WRITE SYNC cannot be used inside MULTI or a script; use WB.WRITE without SYNC",
         ));
     }
+    if sync && waiters::count() >= waiters::MAX_WAITERS {
+        return Err(err(format!(
+            "BUSY {} WB.WRITE SYNC callers are already waiting; nothing was added: retry, or write without SYNC",
+            waiters::MAX_WAITERS
+        )));
+    }
     let stream_name = s.str(Key::RedisStream).to_string();
     match xadd(ctx, &stream_name, payload.as_slice()) {
         Ok(id) if sync => {
@@ -134,18 +136,7 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
                     "{e} (failover to Snowflake is on, but Snowflake is not configured)"
                 )));
             }
-            let blocked = ctx.block_client();
-            std::thread::spawn(move || {
-                let reply_ctx = ThreadSafeContext::with_blocked_client(blocked);
-                let reply = crate::ffi::guard("WB.WRITE failover", || failover(&decoded))
-                    .unwrap_or_else(|| {
-                        Err(err(
-                            "ERR internal error in WB.WRITE failover; see the server log",
-                        ))
-                    });
-                reply_ctx.reply(reply);
-            });
-            Ok(RedisValue::NoReply)
+            crate::background::run(ctx, "WB.WRITE failover", false, move |_| failover(&decoded))
         }
         Err(e) => Err(err(e)),
     }

@@ -404,3 +404,547 @@ fn every_hostile_entry_ends_as_its_case_says_and_the_entries_after_it_are_writte
         failures.join("\n")
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Hostile servers and hostile callers: bytes that data may hold, storms of waiting commands, threads
+// that die, demotion, a stream that disappears, a dead-letter stream that cannot be written, an
+// entry too large for any statement.
+
+fn st_int(st: &BTreeMap<String, String>, k: &str) -> i64 {
+    st.get(k).and_then(|v| v.parse().ok()).unwrap_or(-1)
+}
+
+fn wait_status(
+    server: &RedisServer,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let mut con = server.connection();
+    server.wait_for(what, within, || {
+        let st = status(&mut con);
+        pred(&st).then_some(st)
+    })
+}
+
+fn raw_cmd(con: &mut redis::Connection, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(con)
+}
+
+fn visit(user: &str, track: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let now = ts(chrono::Utc::now());
+    let v = json!({"key": format!("userdata-events:{user}/visited"), "records": [{"id": user,
+        "track_id": track, "lastplus": now, "action": "v"}]});
+    vec![(b"value".to_vec(), v.to_string().into_bytes())]
+}
+
+/// Values that a simple-string reply cannot carry: a NUL, a CR LF, invalid UTF-8, a character whose
+/// low byte is 0, and 2 MB.
+fn byte_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("nul", b"a\0b".to_vec()),
+        ("crlf", b"c\r\n-ERR injected\r\n".to_vec()),
+        ("invalid utf-8", vec![0xff, 0xfe, 0x00, 0xc3]),
+        ("u+0100", "\u{100}\u{4e00}".as_bytes().to_vec()),
+        ("2 MB", {
+            let mut v = vec![b'x'; 2 << 20];
+            v[1000] = 0;
+            v[2000] = b'\r';
+            v[2001] = b'\n';
+            v
+        }),
+    ]
+}
+
+#[test]
+fn dead_letter_entries_with_nul_crlf_invalid_utf8_and_2mb_values_are_listed_and_replayed_byte_for_byte(
+) {
+    let server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    let corpus = byte_corpus();
+    let mut ids = Vec::new();
+    for (name, value) in &corpus {
+        let id: String = raw_cmd(
+            &mut con,
+            &[
+                b"XADD",
+                b"userdata-stream:dlq",
+                b"*",
+                b"value",
+                value,
+                b"field\0with\r\nbytes",
+                value,
+                b"reason",
+                name.as_bytes(),
+                b"source_stream",
+                b"userdata-stream",
+                b"source_id",
+                b"1-1",
+            ],
+        )
+        .and_then(|v| redis::from_redis_value(&v))
+        .expect("XADD");
+        ids.push(id);
+    }
+    let listed = raw_cmd(&mut con, &[b"WB.DLQ", b"LIST", b"100"]).expect("WB.DLQ LIST");
+    let redis::Value::Array(entries) = listed else {
+        panic!("WB.DLQ LIST gave {listed:?}")
+    };
+    assert_eq!(entries.len(), corpus.len());
+    for ((name, value), e) in corpus.iter().zip(&entries) {
+        let redis::Value::Array(parts) = e else {
+            panic!("{name}: {e:?}")
+        };
+        let redis::Value::Array(kv) = &parts[1] else {
+            panic!("{name}: {parts:?}")
+        };
+        let fields: Fields = kv.chunks(2).map(|p| (bytes(&p[0]), bytes(&p[1]))).collect();
+        assert_eq!(field(&fields, "value"), Some(value.as_slice()), "{name}");
+        assert_eq!(
+            fields
+                .iter()
+                .find(|(k, _)| k == b"field\0with\r\nbytes")
+                .map(|(_, v)| v.as_slice()),
+            Some(value.as_slice()),
+            "{name}: field name"
+        );
+    }
+    // A count beyond the cap is capped, not refused.
+    let capped = raw_cmd(&mut con, &[b"WB.DLQ", b"LIST", b"99999999"]).expect("capped");
+    assert!(matches!(capped, redis::Value::Array(ref a) if a.len() == corpus.len()));
+
+    // Arguments echoed in error replies: every one is refused with a one-line error.
+    for (_, value) in &corpus {
+        for args in [
+            vec![b"WB.DLQ".as_slice(), value.as_slice()],
+            vec![b"WB.DLQ", b"REPLAY", value.as_slice()],
+            vec![b"WB.DLQ", b"PURGE", value.as_slice()],
+            vec![b"WB.RESTORE", value.as_slice()],
+            vec![b"WB.IMPORT", value.as_slice()],
+            vec![b"WB.WRITE", value.as_slice()],
+            vec![b"WB.WRITE", b"{}", value.as_slice()],
+            vec![b"WB.FLUSH", value.as_slice()],
+        ] {
+            let e = raw_cmd(&mut con, &args).expect_err("an error reply");
+            let text = e.to_string();
+            assert!(!text.contains('\n') && text.len() < 1_000, "{text:?}");
+        }
+    }
+    let pong: String = q(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+
+    // REPLAY moves them back byte for byte and says where each came from.
+    con.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let replayed: i64 = q(&mut con, &["WB.DLQ", "REPLAY", "ALL"]);
+    assert_eq!(replayed, corpus.len() as i64);
+    let back = raw_cmd(&mut con, &[b"XRANGE", b"userdata-stream", b"-", b"+"]).expect("XRANGE");
+    let redis::Value::Array(back) = back else {
+        panic!("{back:?}")
+    };
+    assert_eq!(back.len(), corpus.len());
+    for ((name, value), e) in corpus.iter().zip(&back) {
+        let redis::Value::Array(parts) = e else {
+            panic!("{e:?}")
+        };
+        let redis::Value::Array(kv) = &parts[1] else {
+            panic!("{parts:?}")
+        };
+        let fields: Fields = kv.chunks(2).map(|p| (bytes(&p[0]), bytes(&p[1]))).collect();
+        assert_eq!(field(&fields, "value"), Some(value.as_slice()), "{name}");
+        assert_eq!(field(&fields, "replayed_from"), Some(b"1-1".as_slice()));
+        assert_eq!(field(&fields, "reason"), None);
+    }
+    let n: i64 = q(&mut con, &["XLEN", "userdata-stream:dlq"]);
+    assert_eq!(n, 0);
+    // Every executor place is given back (a one-at-a-time command included).
+    let again: i64 = q(&mut con, &["WB.DLQ", "REPLAY", "ALL"]);
+    assert_eq!(again, 0);
+    wait_status(&server, "executor idle", Duration::from_secs(10), |st| {
+        st_int(st, "background_commands") == 0
+    });
+}
+
+#[test]
+fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_and_ping_fast() {
+    let mut server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    let _: String = q(
+        &mut con,
+        &[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            ">app-pass",
+            "~*",
+            "-@all",
+            "+ping",
+            "+xadd",
+            "+wb.flush",
+            "+wb.status",
+            "+wb.write",
+        ],
+    );
+    // Without Snowflake nothing is ever written: every WB.FLUSH waits for its whole timeout.
+    let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
+    let pid = server.pid().expect("pid");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = threads();
+    let callers = 300;
+    let mut socks = Vec::new();
+    for _ in 0..callers {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        s.write_all(
+            b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$8\r\napp-pass\r\n*2\r\n$8\r\nWB.FLUSH\r\n$4\r\n3000\r\n",
+        )
+        .expect("send");
+        socks.push(s);
+    }
+    let mut most = before;
+    let mut slowest = Duration::ZERO;
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        most = most.max(threads());
+        let t = std::time::Instant::now();
+        let _: String = q(&mut con, &["PING"]);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut busy = 0;
+    let mut waited = 0;
+    for mut s in socks {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"\r\n") || got.iter().filter(|&&b| b == b'\n').count() < 2 {
+            let n = s.read(&mut buf).expect("a reply");
+            assert!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        if text.contains("-BUSY") {
+            busy += 1;
+        } else if text.contains("-TIMEOUT") {
+            waited += 1;
+        } else {
+            panic!("unexpected reply {text:?}");
+        }
+    }
+    eprintln!(
+        "MEASURED {callers} concurrent WB.FLUSH: {waited} waited, {busy} refused BUSY; threads {before} -> at most {most}; slowest PING {} ms",
+        slowest.as_millis()
+    );
+    assert!(busy >= callers - 16, "{busy} refused");
+    assert!(most <= before + 16, "threads grew from {before} to {most}");
+    assert!(
+        slowest < Duration::from_millis(200),
+        "PING took {slowest:?}"
+    );
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "background_commands"), 0, "{st:?}");
+    assert!(server.is_running());
+}
+
+#[test]
+fn pipeline_threads_that_die_are_restarted_and_lose_nothing_and_a_decoder_panic_is_dead_lettered() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("WB_TEST_FAULTS", "1"));
+    let mut con = server.connection();
+    let healthy = wait_status(&server, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    let threads = st_int(&healthy, "threads_alive");
+    let mut ids = BTreeMap::new();
+    for (i, fault) in ["decoder", "claimer", "worker"].iter().enumerate() {
+        let mut fields = visit(&format!("fault{i}-x"), "t");
+        fields.push((b"wb-test-panic".to_vec(), fault.as_bytes().to_vec()));
+        ids.insert(*fault, xadd(&mut con, &fields));
+        for j in 0..5 {
+            xadd(&mut con, &visit(&format!("after{i}-{j}-x"), "t"));
+        }
+    }
+    con.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    let written = emu.scalar("SELECT COUNT(*) FROM TRACKED WHERE tracked_id LIKE 'after%'");
+    assert_eq!(num(&written), 15, "every entry after a fault is written");
+    for who in ["fault1-x", "fault2-x"] {
+        let n = emu.scalar(&format!(
+            "SELECT visited_count FROM TRACKED WHERE tracked_id = '{who}'"
+        ));
+        assert_eq!(num(&n), 1, "{who}: written once after the restart");
+    }
+    let dlq = dead_letters(&mut con);
+    let reason = dlq
+        .get(&ids["decoder"])
+        .and_then(|f| field(f, "reason").map(|r| String::from_utf8_lossy(r).into_owned()))
+        .expect("the decoder's entry is dead-lettered");
+    assert!(reason.contains("decoder failed"), "{reason}");
+    let st = status(&mut con);
+    assert_eq!(st["pending"], "0", "{st:?}");
+    assert_eq!(st["in_flight"], "0", "{st:?}");
+    assert!(st_int(&st, "thread_restarts") >= 2, "{st:?}");
+    // Every restarted thread runs again, and none is left over: the workers, the claimer, the
+    // housekeeping and the deadline threads (a finished WB.FLUSH thread may take a moment to go).
+    let workers: Vec<String> = q(&mut con, &["CONFIG", "GET", "writebehind.workers"]);
+    let expected = workers[1].parse::<i64>().expect("workers") + 3;
+    assert!(threads >= expected, "{healthy:?}");
+    wait_status(&server, "threads back", Duration::from_secs(10), |st| {
+        st_int(st, "threads_alive") == expected
+    });
+    assert_eq!(st["state"], "running");
+    let log = server.log();
+    assert!(log.contains("THREAD wb-claimer died"), "no restart logged");
+    assert!(log.contains("THREAD wb-worker-"), "no restart logged");
+
+    // A claimer that dies on every attempt is reported as failed, and Redis keeps serving.
+    let mut fields = visit("always-x", "t");
+    fields.push((b"wb-test-panic".to_vec(), b"claimer-always".to_vec()));
+    xadd(&mut con, &fields);
+    wait_status(&server, "state failed", Duration::from_secs(30), |st| {
+        st["state"] == "failed"
+    });
+    let pong: String = q(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn a_primary_demoted_to_replica_with_batches_in_flight_writes_nothing_to_its_data() {
+    let emu = Emulator::start();
+    let old = RedisServer::start(wired(&emu).env("BATCH_MAX_ENTRIES", "5"));
+    // The server that takes over has no Snowflake: it acknowledges nothing, so any XACK the old
+    // primary makes after its demotion shows as a difference between the two.
+    let new =
+        RedisServer::start(Options::default().conf(&format!("replicaof 127.0.0.1 {}", old.port)));
+    let mut ocon = old.connection();
+    let mut ncon = new.connection();
+    new.wait_for("replication link", Duration::from_secs(20), || {
+        let info: String = q(&mut ncon, &["INFO", "replication"]);
+        info.contains("master_link_status:up").then_some(())
+    });
+    wait_status(&old, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    emu.fault(json!({"next": 100, "slow_ms": 4000}));
+    for i in 0..40 {
+        xadd(&mut ocon, &visit(&format!("demoted{i}-x"), "t"));
+    }
+    let _: i64 = q(&mut ocon, &["WAIT", "1", "5000"]);
+    wait_status(&old, "batches in flight", Duration::from_secs(10), |st| {
+        st_int(st, "in_flight") > 0
+    });
+    let _: String = q(&mut ncon, &["REPLICAOF", "NO", "ONE"]);
+    let _: String = q(
+        &mut ocon,
+        &["REPLICAOF", "127.0.0.1", &new.port.to_string()],
+    );
+    old.wait_for(
+        "the demoted server follows",
+        Duration::from_secs(20),
+        || {
+            let info: String = q(&mut ocon, &["INFO", "replication"]);
+            info.contains("master_link_status:up").then_some(())
+        },
+    );
+    // The slow statements finish on the demoted server.
+    wait_status(
+        &old,
+        "in-flight batches settled",
+        Duration::from_secs(30),
+        |st| st_int(st, "in_flight") == 0,
+    );
+    let pending = |con: &mut redis::Connection| -> i64 {
+        let v: redis::Value = q(con, &["XPENDING", "userdata-stream", "snowflake-writer"]);
+        match v {
+            redis::Value::Array(a) => match a.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => -1,
+            },
+            _ => -1,
+        }
+    };
+    let (on_old, on_new) = (pending(&mut ocon), pending(&mut ncon));
+    assert_eq!(
+        on_old, on_new,
+        "the demoted server acknowledged entries itself"
+    );
+    assert!(on_new > 0);
+    let xlen = |con: &mut redis::Connection, k: &str| -> i64 { q(con, &["XLEN", k]) };
+    assert_eq!(
+        xlen(&mut ocon, "userdata-stream:dlq"),
+        xlen(&mut ncon, "userdata-stream:dlq")
+    );
+}
+
+/// Sum of `visited_count` of the users whose id starts with `prefix`.
+fn visits(emu: &Emulator, prefix: &str) -> i64 {
+    num(&emu.scalar(&format!(
+        "SELECT COALESCE(SUM(visited_count), 0) FROM TRACKED WHERE tracked_id LIKE '{prefix}%'"
+    )))
+}
+
+#[test]
+fn a_stream_deleted_or_flushed_under_load_counts_every_entry_it_never_wrote() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("BATCH_MAX_ENTRIES", "10"));
+    let mut con = server.connection();
+    wait_status(&server, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    // Paused: nothing is written, then the stream is deleted.
+    let _: String = q(&mut con, &["WB.PAUSE"]);
+    for i in 0..30 {
+        xadd(&mut con, &visit(&format!("paused{i}-x"), "t"));
+    }
+    let _: i64 = q(&mut con, &["DEL", "userdata-stream"]);
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "lost_deleted"), 30, "{st:?}");
+    assert!(server.log().contains("LOST 30 entries"));
+    let _: String = q(&mut con, &["WB.RESUME"]);
+
+    // Under load, with slow statements (entries in flight when it goes), the stream is deleted
+    // and then flushed; the application keeps adding. Written + lost accounts for every entry.
+    emu.fault(json!({"next": 20, "slow_ms": 300}));
+    let mut added = 0;
+    for round in 0..3 {
+        for i in 0..100 {
+            xadd(&mut con, &visit(&format!("load{round}-{i}-x"), "t"));
+            added += 1;
+        }
+        match round {
+            0 => {
+                let _: i64 = q(&mut con, &["DEL", "userdata-stream"]);
+            }
+            1 => {
+                let _: String = q(&mut con, &["FLUSHDB"]);
+            }
+            _ => {}
+        }
+    }
+    con.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    let st = wait_status(
+        &server,
+        "nothing in flight",
+        Duration::from_secs(30),
+        |st| st_int(st, "in_flight") == 0,
+    );
+    let written = visits(&emu, "load");
+    let lost = st_int(&st, "lost_deleted") - 30;
+    eprintln!(
+        "MEASURED deleted stream under load: {added} added, {written} written, {lost} counted lost"
+    );
+    assert_eq!(written + lost, added, "{st:?}");
+    assert!(
+        lost > 0,
+        "nothing was lost: the test did not delete under load"
+    );
+    assert!(
+        visits(&emu, "load2") == 100,
+        "the writer carried on with the new stream"
+    );
+}
+
+#[test]
+fn an_evicting_maxmemory_policy_is_warned_about_at_start_and_in_status() {
+    let server = RedisServer::start(Options::default().conf("maxmemory-policy allkeys-lru"));
+    let mut con = server.connection();
+    server.wait_for("EVICTION warning", Duration::from_secs(10), || {
+        server
+            .log()
+            .contains("EVICTION maxmemory-policy allkeys-lru")
+            .then_some(())
+    });
+    let st = status(&mut con);
+    assert_eq!(st["maxmemory_policy"], "allkeys-lru");
+    assert!(
+        st["eviction_warning"].contains("can evict the stream"),
+        "{st:?}"
+    );
+    let _: String = q(
+        &mut con,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    assert_eq!(status(&mut con)["eviction_warning"], "");
+}
+
+#[test]
+fn a_dead_letter_copy_that_cannot_be_written_is_retried_and_not_counted_until_it_is() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    let _: String = q(&mut con, &["SET", "userdata-stream:dlq", "not a stream"]);
+    let bad = xadd(&mut con, &[(b"value".to_vec(), b"{not json".to_vec())]);
+    xadd(&mut con, &visit("dlqfail-x", "t"));
+    let st = wait_status(
+        &server,
+        "a failed dead-letter copy, the good entry settled",
+        Duration::from_secs(20),
+        |st| st_int(st, "dead_letter_errors") >= 1 && st_int(st, "entries_acked") >= 1,
+    );
+    assert_eq!(st_int(&st, "dead_lettered"), 0, "{st:?}");
+    assert_eq!(
+        st_int(&st, "pending"),
+        1,
+        "the entry must stay pending: {st:?}"
+    );
+    let _: i64 = q(&mut con, &["DEL", "userdata-stream:dlq"]);
+    let st = wait_status(&server, "the copy written", Duration::from_secs(30), |st| {
+        st_int(st, "dead_lettered") == 1
+    });
+    assert_eq!(st_int(&st, "pending"), 0, "{st:?}");
+    assert_eq!(st_int(&st, "in_flight"), 0, "{st:?}");
+    assert!(dead_letters(&mut con).contains_key(&bad));
+    assert_eq!(visits(&emu, "dlqfail"), 1);
+}
+
+#[test]
+fn an_entry_too_large_for_one_statement_is_dead_lettered_at_claim_time_and_the_rest_flows() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    let now = ts(chrono::Utc::now());
+    // 3 MB of titles across records of one user.
+    let records: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"id": "huge-x", "track_id": format!("t{i}"), "track_title": "T".repeat(100_000),
+            "lastplus": now, "action": "v"})
+        })
+        .collect();
+    let huge = json!({"key": "userdata-events:huge-x/visited", "records": records}).to_string();
+    let id = xadd(&mut con, &[(b"value".to_vec(), huge.into_bytes())]);
+    for i in 0..20 {
+        xadd(&mut con, &visit("huge-x", &format!("after{i}")));
+    }
+    con.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "30000"]);
+    assert_eq!(ok, "OK");
+    let after = num(&emu.scalar(
+        "SELECT COUNT(*) FROM TRACKED WHERE tracked_id = 'huge-x' AND track_id LIKE 'after%'",
+    ));
+    assert_eq!(after, 20, "the entries after it are written");
+    let dlq = dead_letters(&mut con);
+    let reason = dlq
+        .get(&id)
+        .and_then(|f| field(f, "reason").map(|r| String::from_utf8_lossy(r).into_owned()))
+        .expect("the large entry is dead-lettered");
+    assert!(reason.contains("entry too large"), "{reason}");
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "undecodable_too_large"), 1, "{st:?}");
+}

@@ -244,6 +244,10 @@ pub enum DecodeError {
     ListNotRecords { index: usize, found: &'static str },
     #[error("a JSON list with no tracked record: no element has an 'id'")]
     NoRecordInList,
+    #[error("the decoder failed on this entry (an internal error, logged with the entry ID); kept here instead of being retried forever")]
+    DecoderFailed,
+    #[error("entry too large: its records bind {bytes} bytes, more than one statement may carry ({max} bytes: BATCH_MAX_BYTES or 1 MiB); split it into smaller entries and replay them")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 impl DecodeError {
@@ -260,6 +264,8 @@ impl DecodeError {
             DecodeError::FallbackDisabled { .. } => "fallback_disabled",
             DecodeError::EmptyList | DecodeError::ListNotRecords { .. } => "bad_list",
             DecodeError::NoRecordInList => "no_record_in_list",
+            DecodeError::DecoderFailed => "decoder_failed",
+            DecodeError::TooLarge { .. } => "too_large",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! lock, write the acknowledgements of batches that committed during the grace period.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis_module::Context;
@@ -30,6 +31,57 @@ struct Item {
 }
 
 static QUEUE: Mutex<Vec<Item>> = Mutex::new(Vec::new());
+
+/// Dead-letter copies that failed (the dead-letter key holds another type, Redis is out of memory,
+/// ...): retried with backoff, the entry still pending and in flight, never counted as done.
+struct Retry {
+    item: Item,
+    attempts: u32,
+    due: Instant,
+}
+
+static RETRIES: Mutex<Vec<Retry>> = Mutex::new(Vec::new());
+
+/// Moves the failed dead-letter copies that are due back to the queue; true when there are any
+/// (the caller then drains under the lock).
+pub fn retries_due() -> bool {
+    let now = Instant::now();
+    let mut r = RETRIES.lock();
+    if r.is_empty() {
+        return false;
+    }
+    let (due, wait): (Vec<Retry>, Vec<Retry>) = r.drain(..).partition(|x| x.due <= now);
+    *r = wait;
+    drop(r);
+    if due.is_empty() {
+        return false;
+    }
+    let mut q = QUEUE.lock();
+    for x in due {
+        ATTEMPTS
+            .lock()
+            .push((x.item.settle_id().to_string(), x.attempts));
+        q.push(x.item);
+    }
+    true
+}
+
+/// Attempts made so far of the dead-letter copies back in the queue (entry ID, attempts).
+static ATTEMPTS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+impl Item {
+    fn settle_id(&self) -> &str {
+        match &self.settle {
+            Settle::Ack { id } => id,
+            Settle::DeadLetter { entry, .. } => &entry.id,
+        }
+    }
+}
+
+/// Entries waiting for their dead-letter copy to be written again.
+pub fn retrying() -> usize {
+    RETRIES.lock().len()
+}
 
 /// Queues settled entries of `stream`/`group`.
 pub fn queue(stream: &str, group: &str, settled: Vec<Settle>) {
@@ -62,6 +114,40 @@ pub fn drain(ctx: &Context) {
                 Settle::DeadLetter { entry, reason } => {
                     let entry = with_fields(ctx, stream_name, entry);
                     match stream::dead_letter(ctx, stream_name, group, &entry, reason) {
+                        Err(e) if e != stream::DEMOTED => {
+                            // Not done: keep it in flight and pending, and try again later.
+                            let attempts: u32 = {
+                                let mut a = ATTEMPTS.lock();
+                                let before = match a.iter().position(|(id, _)| *id == entry.id) {
+                                    Some(i) => a.swap_remove(i).1,
+                                    None => 0,
+                                };
+                                before + 1
+                            };
+                            METRICS.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
+                            let wait = Duration::from_millis(500)
+                                .saturating_mul(1 << attempts.min(7))
+                                .min(Duration::from_secs(60));
+                            let what = format!(
+                                "could not write the dead-letter copy of {} (attempt {attempts}, retried in {} ms): {e}",
+                                entry.id,
+                                wait.as_millis()
+                            );
+                            METRICS.set_error(&what);
+                            if attempts == 1 || attempts.is_power_of_two() {
+                                logging::warning(&what);
+                            }
+                            RETRIES.lock().push(Retry {
+                                item: items[i].clone(),
+                                attempts,
+                                due: Instant::now() + wait,
+                            });
+                            i += 1;
+                            continue;
+                        }
+                        Err(_) => {
+                            // Demoted to a replica: the new primary settles it.
+                        }
                         Ok(dlq_id) => {
                             METRICS.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             logging::warning(&format!(
@@ -71,9 +157,6 @@ pub fn drain(ctx: &Context) {
                                 dlq_id
                             ));
                         }
-                        Err(e) => {
-                            logging::warning(&format!("could not dead-letter {}: {e}", entry.id))
-                        }
                     }
                     super::waiters::settled(stream_name, &entry.id, Err(reason));
                 }
@@ -82,6 +165,8 @@ pub fn drain(ctx: &Context) {
             i += 1;
         }
         for chunk in ids.chunks(1000) {
+            // On a replica (demoted meanwhile) the acknowledgement is dropped: the new primary
+            // writes the entries again, and Snowflake applies them once.
             if let Err(e) = stream::ack(ctx, stream_name, group, chunk) {
                 logging::warning(&format!("XACK of {} entries failed: {e}", chunk.len()));
             }

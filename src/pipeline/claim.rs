@@ -25,7 +25,9 @@ use crate::stream::{self, RawEntry};
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
-    super::spawn_thread("wb-claimer", move || run(gil, workers))
+    // Restarted after a panic: start-up tasks are not run again.
+    let mut started = false;
+    super::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
 }
 
 /// What the server allows right now.
@@ -52,14 +54,12 @@ fn server(gil: &Gil) -> Server {
     })
 }
 
-fn run(gil: Gil, workers: Vec<Sender<Work>>) {
+fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
     let c = control();
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
     let mut cursor = String::from("0-0");
     let mut group_ready: Option<String> = None;
-    // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
-    let mut started = false;
     // The group's read counter after this claimer's last read (see the trimming check).
     let mut last_entries_read: Option<i64> = None;
     loop {
@@ -73,7 +73,7 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             c.wait_wake(Duration::from_millis(100));
             continue;
         }
-        match server(&gil) {
+        match server(gil) {
             Server::Loading => {
                 c.set_state(State::Loading);
                 c.wait_wake(Duration::from_millis(50));
@@ -90,10 +90,11 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
             }
             Server::Primary => {}
         }
-        if !started {
-            started = true;
+        // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
+        if !*started {
+            *started = true;
             if snap.bool(Key::ListStreamKeysOnStart) {
-                list_stream_keys(&gil);
+                list_stream_keys(gil);
             }
             // A new context must be made under the lock (it creates a Redis client).
             if let Some(task_gil) = gil.with(|_| Gil::new()) {
@@ -117,6 +118,17 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
         c.set_state(if dry { State::DryRun } else { State::Running });
 
         let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
+        // A thread died holding claimed entries: claim nothing new until every entry still in the
+        // module is settled, then take over everything pending (what the dead thread held included).
+        if c.recover.load(Ordering::Relaxed) {
+            if in_flight > 0 {
+                c.wait_settled(Duration::from_millis(100));
+                continue;
+            }
+            c.recover.store(false, Ordering::Relaxed);
+            recovering = true;
+            cursor = "0-0".into();
+        }
         // While Snowflake is failing, the workers are retrying what they hold: claiming more would only
         // move entries from the stream into module memory. Keep one batch per worker until it recovers.
         let mut cap = snap.uint(Key::MaxInFlight).max(1);
@@ -134,47 +146,59 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
 
         let xadds_before = super::notify::XADDS.load(Ordering::Relaxed);
         let lock_started = std::time::Instant::now();
-        let read = gil.with(|ctx| -> Result<(Vec<RawEntry>, Option<String>), String> {
-            if group_ready.as_deref() != Some(group.as_str()) {
-                stream::ensure_group(ctx, &stream_name, &group)?;
-            }
-            if recovering {
-                let step = stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
-                report_trimmed(
-                    step.deleted.len() as u64,
-                    &stream_name,
-                    &format!("pending entries {}", preview(&step.deleted)),
-                );
-                Ok((step.entries, Some(step.next)))
-            } else {
-                // The group's read counter before and after tells whether entries were trimmed away
-                // between the last delivered entry and the next one (Redis counts every entry ever added).
-                // Redis may not know the counter (after deletions); the previous read's value then
-                // stands in for it, since only this claimer reads through the group.
-                let before = stream::group_info(ctx, &stream_name, &group)
-                    .and_then(|g| g.entries_read)
-                    .or(last_entries_read);
-                let entries = stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
-                if !entries.is_empty() {
-                    let after =
-                        stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
-                    if after.is_some() {
-                        last_entries_read = after;
-                    }
-                    if let (Some(b), Some(a)) = (before, after) {
-                        let skipped = a - b - entries.len() as i64;
-                        if skipped > 0 {
-                            let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
-                            report_trimmed(
-                                skipped as u64,
-                                &stream_name,
-                                &format!("entries before {first} never read"),
-                            );
+        let read = gil.with(|ctx| {
+            let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
+                if group_ready.as_deref() != Some(group.as_str()) {
+                    stream::ensure_group(ctx, &stream_name, &group)?;
+                }
+                if recovering {
+                    let step =
+                        stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
+                    report_trimmed(
+                        step.deleted.len() as u64,
+                        &stream_name,
+                        &format!("pending entries {}", preview(&step.deleted)),
+                    );
+                    Ok((step.entries, Some(step.next)))
+                } else {
+                    // The group's read counter before and after tells whether entries were trimmed away
+                    // between the last delivered entry and the next one (Redis counts every entry ever added).
+                    // Redis may not know the counter (after deletions); the previous read's value then
+                    // stands in for it, since only this claimer reads through the group.
+                    let before = stream::group_info(ctx, &stream_name, &group)
+                        .and_then(|g| g.entries_read)
+                        .or(last_entries_read);
+                    let entries =
+                        stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
+                    if !entries.is_empty() {
+                        let after = stream::group_info(ctx, &stream_name, &group)
+                            .and_then(|g| g.entries_read);
+                        if after.is_some() {
+                            last_entries_read = after;
+                        }
+                        if let (Some(b), Some(a)) = (before, after) {
+                            let skipped = a - b - entries.len() as i64;
+                            if skipped > 0 {
+                                let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
+                                report_trimmed(
+                                    skipped as u64,
+                                    &stream_name,
+                                    &format!("entries before {first} never read"),
+                                );
+                            }
                         }
                     }
+                    Ok((entries, None))
                 }
-                Ok((entries, None))
+            })();
+            // In flight from the moment they are claimed, under the same lock hold, so a stream
+            // deleted right after never counts them as lost (they are still written).
+            if let Ok((entries, _)) = &read {
+                METRICS
+                    .in_flight
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
+            read
         });
         let (entries, next) = match read {
             Ok(r) => {
@@ -189,6 +213,8 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
                     ));
                 }
                 group_ready = None;
+                // A re-created stream starts its own count.
+                last_entries_read = None;
                 c.wait_wake(Duration::from_millis(200));
                 continue;
             }
@@ -208,7 +234,7 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
         }
         dispatch(
             entries,
-            &workers,
+            workers,
             &stream_name,
             &group,
             &Rules::from_settings(&snap),
@@ -236,10 +262,17 @@ fn dispatch(
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    METRICS
-        .in_flight
-        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    // Every entry is in flight already; what is not handed to a worker (a worker stopped, or this
+    // thread panics) is given back when this drops.
+    struct Unsent(u64);
+    impl Drop for Unsent {
+        fn drop(&mut self) {
+            super::settle_lost(self.0);
+        }
+    }
+    let mut unsent = Unsent(entries.len() as u64);
     for raw in entries {
+        crate::faults::in_claimer(&raw);
         if log_raw {
             let fields: Vec<String> = raw
                 .fields
@@ -256,7 +289,23 @@ fn dispatch(
         }
         // Redis only hands out well-formed IDs.
         let id = EntryId::parse(&raw.id).unwrap_or_default();
-        let decoded = entry::decode(id, &raw.fields, rules);
+        // The decoder never panics by design; if it ever does, the entry is dead-lettered with the
+        // reason rather than claimed again and again.
+        let decoded = crate::ffi::guard(&format!("decoding entry {}", raw.id), || {
+            crate::faults::in_decoder(&raw);
+            entry::decode(id, &raw.fields, rules)
+        })
+        .unwrap_or(entry::Decoded::Undecodable {
+            id,
+            reason: entry::DecodeError::DecoderFailed,
+        });
+        let decoded = match super::sink::too_large(&decoded, raw.size(), &settings::current()) {
+            Some((bytes, max)) => entry::Decoded::Undecodable {
+                id,
+                reason: entry::DecodeError::TooLarge { bytes, max },
+            },
+            None => decoded,
+        };
         let key = decoded.partition_key();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         if key.is_empty() {
@@ -280,12 +329,10 @@ fn dispatch(
             stream: std::sync::Arc::clone(&stream_name),
             group: std::sync::Arc::clone(&group),
         };
-        if let Some(tx) = workers.get(index) {
-            if tx.send(work).is_err() {
-                logging::warning(
-                    "a worker has stopped; the entry stays pending for the next start",
-                );
-            }
+        if workers.get(index).is_some_and(|tx| tx.send(work).is_ok()) {
+            unsent.0 -= 1;
+        } else {
+            logging::warning("a worker has stopped; the entry stays pending and is claimed again");
         }
     }
 }

@@ -66,6 +66,15 @@ impl Gil {
     }
 }
 
+impl Gil {
+    /// Hands the context over to [`free_retired`] instead of freeing it now: for a thread that
+    /// already holds the Redis lock (the main thread), where freeing it would wait for that lock.
+    pub fn retire(self) {
+        RETIRED.lock().push(self.ctx as usize);
+        std::mem::forget(self);
+    }
+}
+
 /// Contexts of threads that ended while the pipeline was stopping; freed by [`free_retired`].
 static RETIRED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
 

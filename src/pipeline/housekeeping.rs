@@ -22,14 +22,16 @@ use crate::stream;
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;
-    super::spawn_thread("wb-housekeeping", move || run(gil))
+    super::spawn_supervised("wb-housekeeping", move || run(&gil))
 }
 
-fn run(gil: Gil) {
+fn run(gil: &Gil) {
     let c = control();
     let mut last_metrics = Instant::now();
     let mut last_ping = Instant::now();
     let mut connected = false;
+    let mut last_policy_check = Instant::now() - Duration::from_secs(60);
+    let mut warned_policy = String::new();
     while !c.stopping() {
         std::thread::sleep(Duration::from_millis(200));
         let snap = settings::current();
@@ -38,6 +40,16 @@ fn run(gil: Gil) {
             last_metrics = Instant::now();
             log_metrics();
         }
+        if super::ack::retries_due() {
+            gil.with(super::ack::drain);
+        }
+        // Paused, the writer keeps off the Redis lock (MODULE UNLOAD waits for its threads).
+        if !c.paused.load(std::sync::atomic::Ordering::Relaxed)
+            && last_policy_check.elapsed() >= Duration::from_secs(10)
+        {
+            last_policy_check = Instant::now();
+            warn_eviction(gil, &mut warned_policy);
+        }
         let live = matches!(c.state(), State::Running) && !dry_run(&snap);
         if !live {
             continue;
@@ -45,7 +57,7 @@ fn run(gil: Gil) {
         if !connected {
             connected = true;
             last_ping = Instant::now();
-            connect_check(&gil);
+            connect_check(gil);
             continue;
         }
         let ping_every = snap.uint(Key::SnowflakePingIntervalSeconds);
@@ -57,6 +69,25 @@ fn run(gil: Gil) {
             }
         }
     }
+}
+
+/// Logs a warning (once per policy) when `maxmemory-policy` can evict the stream.
+fn warn_eviction(gil: &Gil, warned: &mut String) {
+    let policy = gil.with(|ctx| {
+        if stream::is_replica(ctx) {
+            None
+        } else {
+            Some(status::maxmemory_policy(ctx))
+        }
+    });
+    let Some(policy) = policy else { return };
+    if policy == *warned {
+        return;
+    }
+    if let Some(w) = status::eviction_warning(&policy) {
+        logging::warning(&format!("EVICTION {w}"));
+    }
+    *warned = policy;
 }
 
 /// One metrics line with the figures operators watch.

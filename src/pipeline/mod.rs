@@ -98,6 +98,14 @@ pub struct Control {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Pipeline threads that have not returned yet.
     alive: std::sync::atomic::AtomicUsize,
+    /// Restarts of pipeline threads after a panic, since load.
+    pub restarts: std::sync::atomic::AtomicU64,
+    /// Until when (wall-clock ms) a supervised thread counts as failing: its restarts keep dying
+    /// (see [`spawn_supervised`]).
+    pub failing_until_ms: std::sync::atomic::AtomicU64,
+    /// Set when claimed entries may have been lost from module memory (a thread died holding them):
+    /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
+    pub recover: AtomicBool,
 }
 
 static CONTROL: OnceLock<Arc<Control>> = OnceLock::new();
@@ -116,6 +124,9 @@ pub fn control() -> &'static Arc<Control> {
             committing: std::sync::atomic::AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
             alive: std::sync::atomic::AtomicUsize::new(0),
+            restarts: std::sync::atomic::AtomicU64::new(0),
+            failing_until_ms: std::sync::atomic::AtomicU64::new(0),
+            recover: AtomicBool::new(false),
         })
     })
 }
@@ -188,9 +199,100 @@ pub fn spawn_thread(
         })
 }
 
+/// A supervised thread that panics this many times in a row, each within [`HEALTHY_RUN`] of its
+/// start, is reported as failing (`WB.STATUS` state `failed`); it keeps being restarted.
+const FAILING_AFTER: u32 = 5;
+/// A run this long without a panic resets the thread's backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// The longest wait before a restart.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Starts a pipeline thread that is restarted when its body panics: the panic is logged, the thread
+/// waits (100 ms, doubling to 30 s; reset after a minute without a panic) and runs `body` again, and
+/// any claimed entries it may have held are taken over again by the claimer. A body that returns
+/// ends the thread.
+pub fn spawn_supervised(
+    name: &str,
+    mut body: impl FnMut() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    let label = name.to_string();
+    spawn_thread(name, move || {
+        let c = control();
+        let mut in_a_row: u32 = 0;
+        loop {
+            let started = Instant::now();
+            if crate::ffi::guard(&label, &mut body).is_some() {
+                break;
+            }
+            if c.stopping() {
+                break;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                in_a_row = 0;
+            }
+            in_a_row += 1;
+            c.restarts.fetch_add(1, Ordering::Relaxed);
+            c.recover.store(true, Ordering::Relaxed);
+            let wait = Duration::from_millis(100)
+                .saturating_mul(1 << in_a_row.saturating_sub(1).min(10))
+                .min(MAX_RESTART_BACKOFF);
+            if in_a_row >= FAILING_AFTER {
+                // Failing until the restarted body has run a healthy while without dying.
+                let until = now_ms() + (wait + HEALTHY_RUN).as_millis() as u64;
+                c.failing_until_ms.fetch_max(until, Ordering::Relaxed);
+            }
+            crate::logging::warning(&format!(
+                "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
+                wait.as_millis()
+            ));
+            crate::status::METRICS.set_error(&format!("thread {label} died and was restarted"));
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !c.stopping() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if c.stopping() {
+                break;
+            }
+        }
+    })
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// Forgets `n` claimed entries that will not be settled by this process (a worker stopped or died
+/// holding them): they leave the in-flight count, stay pending in the group, and the claimer takes
+/// them over again once nothing else is in flight.
+pub fn settle_lost(n: u64) {
+    if n == 0 {
+        return;
+    }
+    let c = control();
+    let _ = METRICS
+        .in_flight
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    if !c.stopping() {
+        c.recover.store(true, Ordering::Relaxed);
+    }
+    c.notify_settled();
+}
+
+/// Pipeline threads running now (for `WB.STATUS`).
+pub fn threads_alive() -> usize {
+    control().alive.load(Ordering::SeqCst)
+}
+
 /// The state word for `WB.STATUS`.
 pub fn state() -> &'static str {
     let c = control();
+    if c.failing_until_ms.load(Ordering::Relaxed) > now_ms()
+        && !matches!(c.state(), State::Stopping | State::Stopped)
+    {
+        return "failed";
+    }
     match c.state() {
         State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
         s => s.word(),
@@ -235,6 +337,8 @@ pub fn start() -> Result<(), String> {
     c.stop.store(false, Ordering::Relaxed);
     c.paused.store(false, Ordering::Relaxed);
     c.degraded.store(false, Ordering::Relaxed);
+    c.recover.store(false, Ordering::Relaxed);
+    c.failing_until_ms.store(0, Ordering::Relaxed);
     c.set_state(State::Starting);
     let s = crate::settings::current();
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;

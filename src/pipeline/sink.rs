@@ -9,6 +9,10 @@
 //!   data aside because of a configuration problem would be a silent loss.
 //! - [`SinkError::Data`]: Snowflake rejected the data itself (SQL state class 22, data exception): the
 //!   worker splits the batch until the entry at fault is alone and dead-letters it.
+//! - [`SinkError::Refused`]: any other permanent refusal (a request too large, an unexpected status):
+//!   after a few tries the worker splits the batch like a data error, so one entry cannot hold up
+//!   the rest; an entry refused alone is dead-lettered only once other statements have committed
+//!   meanwhile (proof the refusal is about that entry, not about every statement).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,12 +32,16 @@ pub enum SinkError {
     Retry(String),
     Blocked(String),
     Data(String),
+    Refused(String),
 }
 
 impl SinkError {
     pub fn message(&self) -> &str {
         match self {
-            SinkError::Retry(m) | SinkError::Blocked(m) | SinkError::Data(m) => m,
+            SinkError::Retry(m)
+            | SinkError::Blocked(m)
+            | SinkError::Data(m)
+            | SinkError::Refused(m) => m,
         }
     }
 }
@@ -49,9 +57,32 @@ impl From<SnowflakeError> for SinkError {
             {
                 SinkError::Data(line)
             }
-            ErrorClass::Permanent => SinkError::Blocked(line),
+            ErrorClass::Permanent => SinkError::Refused(line),
         }
     }
+}
+
+/// The most bytes of bound data one entry may carry: `BATCH_MAX_BYTES`, or 1 MiB if that is lower.
+/// An entry is never split (that keeps replays exact), so a larger one could never be sent.
+pub fn max_entry_bytes(snap: &Snapshot) -> usize {
+    (snap.uint(Key::BatchMaxBytes) as usize).max(1 << 20)
+}
+
+/// The bytes of bound data `decoded` would carry, when more than one statement may carry: checked
+/// at claim time, so such an entry is dead-lettered with the reason instead of holding up its
+/// partition. Only entries whose stream size is large are planned (`raw_bytes`).
+pub fn too_large(decoded: &Decoded, raw_bytes: usize, snap: &Snapshot) -> Option<(usize, usize)> {
+    let max = max_entry_bytes(snap);
+    if raw_bytes < max / 4 {
+        return None;
+    }
+    let tables = Tables::from_settings(snap).ok()?;
+    let bound: usize = sql::plan(std::slice::from_ref(decoded), &tables, usize::MAX)
+        .iter()
+        .map(|p| p.statement.size() - p.statement.sql.len())
+        .max()
+        .unwrap_or(0);
+    (bound > max).then_some((bound, max))
 }
 
 /// Commits batches.

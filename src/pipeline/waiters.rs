@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis_module::{BlockedClient, RedisError, RedisResult, RedisValue, ThreadSafeContext};
+use redis_module::{BlockedClient, RedisError, RedisResult, RedisValue};
 
 struct Waiter {
     stream: String,
@@ -21,8 +21,17 @@ struct Waiter {
 
 static WAITERS: Mutex<Vec<Waiter>> = Mutex::new(Vec::new());
 
+/// `WB.WRITE ... SYNC` callers waiting at once, at most; more are refused with `-BUSY` before their
+/// entry is added.
+pub const MAX_WAITERS: usize = 1000;
+
+/// Callers waiting now.
+pub fn count() -> usize {
+    WAITERS.lock().len()
+}
+
 fn reply(client: BlockedClient, r: RedisResult) {
-    ThreadSafeContext::with_blocked_client(client).reply(r);
+    crate::ffi::reply_blocked("WB.WRITE SYNC", client, r);
 }
 
 pub fn register(stream: &str, id: &str, deadline: Instant, client: BlockedClient) {
@@ -82,7 +91,7 @@ pub fn expire() {
 
 /// The deadline thread: answers timed-out callers within about 10 ms of their deadline.
 pub fn spawn() -> Result<JoinHandle<()>, String> {
-    super::spawn_thread("wb-deadlines", || {
+    super::spawn_supervised("wb-deadlines", || {
         let c = super::control();
         while !c.stopping() {
             let idle = WAITERS.lock().is_empty();

@@ -50,7 +50,7 @@ pub fn spawn(n: usize) -> Result<Pool, String> {
     for index in 0..n {
         let (tx, rx) = unbounded();
         let gil = Gil::new().ok_or("could not create a worker context")?;
-        let h = super::spawn_thread(&format!("wb-worker-{index}"), move || run(rx, gil))?;
+        let h = super::spawn_supervised(&format!("wb-worker-{index}"), move || run(&rx, &gil))?;
         senders.push(tx);
         handles.push(h);
     }
@@ -63,7 +63,17 @@ pub fn close() {
     SENDERS.lock().clear();
 }
 
-fn run(rx: Receiver<Work>, gil: Gil) {
+/// Entries a worker has taken from its inbox and not yet settled; if the worker dies, they are given
+/// back (see [`super::settle_lost`]).
+struct Holding(u64);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        super::settle_lost(self.0);
+    }
+}
+
+fn run(rx: &Receiver<Work>, gil: &Gil) {
     let c = control();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -80,8 +90,11 @@ fn run(rx: Receiver<Work>, gil: Gil) {
         let mut bytes = 0;
         let mut raws = Vec::new();
         let mut decoded = Vec::new();
+        let mut holding = Holding(0);
         let mut next = Some(first);
         while let Some(w) = next.take() {
+            holding.0 += 1;
+            crate::faults::in_worker(&w.raw.id);
             bytes += w.bytes;
             raws.push(w.raw);
             decoded.push(w.decoded);
@@ -90,25 +103,27 @@ fn run(rx: Receiver<Work>, gil: Gil) {
             }
             next = rx.recv_deadline(deadline).ok();
         }
+        // Demoted to a replica since these were claimed: send nothing; the new primary writes them.
+        if c.state() == State::Replica {
+            drop(holding);
+            continue;
+        }
         c.committing.fetch_add(1, Ordering::Relaxed);
         let settled = crate::ffi::guard("batch", || process(&raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
+                // From here the acknowledgement queue holds them.
+                holding.0 = 0;
                 ack::queue(&stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
                 c.notify_settled();
                 gil.with(ack::drain);
             }
             None => {
-                // Stopping (or a bug, already logged): the batch stays pending for the next start.
+                // Stopping (or a bug, already logged): the batch stays pending, and is taken over
+                // again (by this process, or by the next start).
                 c.committing.fetch_sub(1, Ordering::Relaxed);
-                let n = raws.len() as u64;
-                let _ = METRICS
-                    .in_flight
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                        Some(v.saturating_sub(n))
-                    });
-                c.notify_settled();
+                drop(holding);
                 if c.stopping() {
                     return;
                 }
@@ -120,7 +135,7 @@ fn run(rx: Receiver<Work>, gil: Gil) {
 /// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
 fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
-    let outcome = commit_all(decoded)?;
+    let outcome = commit_batch(decoded)?;
     let snap = settings::current();
     let mut settles = Vec::with_capacity(raws.len());
     let mut tally = METRICS.tally.lock();
@@ -197,9 +212,95 @@ fn log_left_out(d: &Decoded) {
     }
 }
 
+/// What became of one entry of a batch.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Committed,
+    /// Rejected for good: dead-lettered with this reason.
+    Rejected(String),
+    /// Refused alone (not a data error) before any other statement committed: maybe about this
+    /// entry, maybe about every statement; decided by [`commit_batch`].
+    Deferred(String),
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// Commits a batch; each entry's result (`Err` = rejected, dead-letter it), or `None` when stopping.
+///
+/// Entries refused alone wait until some statement commits — one of this batch, or any worker's —
+/// which shows the refusal is about them, and are then rejected. Until then they are retried (with
+/// the slow backoff of a blocked sink): a refusal of every statement is a problem of Snowflake or
+/// the setup, and moving good data aside because of it would be a silent loss.
+fn commit_batch(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+    let since = now_ms();
+    let mut out = commit_all(entries)?;
+    let mut attempt = 0u32;
+    loop {
+        let deferred: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(out[i], Outcome::Deferred(_)))
+            .collect();
+        if deferred.is_empty() {
+            break;
+        }
+        let evidence = out.iter().any(|o| matches!(o, Outcome::Committed))
+            || METRICS.last_success_ms.load(Ordering::Relaxed) > since;
+        if evidence {
+            for i in deferred {
+                if let Outcome::Deferred(msg) = &out[i] {
+                    logging::warning(&format!(
+                        "entry {} refused by Snowflake while other statements commit: {msg}",
+                        entries[i].id()
+                    ));
+                    out[i] = Outcome::Rejected(msg.clone());
+                }
+            }
+            break;
+        }
+        attempt = attempt.saturating_add(1);
+        if !pause(backoff(attempt, true)) {
+            return None;
+        }
+        for i in deferred {
+            out[i] = commit_all(&entries[i..=i])?.remove(0);
+        }
+    }
+    Some(
+        out.into_iter()
+            .map(|o| match o {
+                Outcome::Committed => Ok(()),
+                Outcome::Rejected(m) | Outcome::Deferred(m) => Err(m),
+            })
+            .collect(),
+    )
+}
+
+/// Waits `wait`; false when the pipeline is stopping (or this server became a replica).
+fn pause(wait: Duration) -> bool {
+    let c = control();
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if c.stopping() {
+            return false;
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !c.stopping() && c.state() != State::Replica
+}
+
+/// Splits `entries` in two and commits each half.
+fn bisect(entries: &[Decoded]) -> Option<Vec<Outcome>> {
+    let (left, right) = entries.split_at(entries.len() / 2);
+    let mut out = commit_all(left)?;
+    out.extend(commit_all(right)?);
+    Some(out)
+}
+
 /// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
-/// entries Snowflake rejects are alone. Returns each entry's result, or `None` when stopping.
-fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+/// entries Snowflake rejects are alone; on another permanent refusal, the same after three tries.
+/// Returns each entry's outcome, or `None` when stopping.
+fn commit_all(entries: &[Decoded]) -> Option<Vec<Outcome>> {
     let c = control();
     let mut attempt: u32 = 0;
     loop {
@@ -207,20 +308,26 @@ fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
         match result {
             Ok(()) => {
                 c.degraded.store(false, Ordering::Relaxed);
-                return Some(vec![Ok(()); entries.len()]);
+                return Some(vec![Outcome::Committed; entries.len()]);
             }
             Err(SinkError::Data(msg)) if entries.len() == 1 => {
                 logging::warning(&format!(
                     "entry {} rejected by Snowflake: {msg}",
                     entries[0].id()
                 ));
-                return Some(vec![Err(msg)]);
+                return Some(vec![Outcome::Rejected(msg)]);
             }
-            Err(SinkError::Data(_)) => {
-                let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_all(left)?;
-                out.extend(commit_all(right)?);
-                return Some(out);
+            Err(SinkError::Data(_)) => return bisect(entries),
+            // Refused for a reason that is not a data error: after three tries, find the entry.
+            Err(SinkError::Refused(msg)) if attempt >= 2 => {
+                if entries.len() == 1 {
+                    return Some(vec![Outcome::Deferred(msg)]);
+                }
+                logging::warning(&format!(
+                    "a batch of {} entries keeps being refused; splitting it: {msg}",
+                    entries.len()
+                ));
+                return bisect(entries);
             }
             // A statement that keeps running past the request timeout may simply be too big for the
             // warehouse: after three tries, split the batch (entries are never split, so replays stay
@@ -232,10 +339,7 @@ fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
                     "a batch of {} entries keeps timing out; splitting it: {msg}",
                     entries.len()
                 ));
-                let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_all(left)?;
-                out.extend(commit_all(right)?);
-                return Some(out);
+                return bisect(entries);
             }
             Err(e) => {
                 attempt = attempt.saturating_add(1);
@@ -252,17 +356,7 @@ fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
                         e.message()
                     ));
                 }
-                let until = Instant::now() + wait;
-                while Instant::now() < until {
-                    if c.stopping() {
-                        return None;
-                    }
-                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                }
-                if c.stopping() {
-                    return None;
-                }
-                if c.state() == State::Replica {
+                if !pause(wait) {
                     return None;
                 }
             }

@@ -1,0 +1,75 @@
+//! Fault injection for the hostile tests: off unless the server process was started with
+//! `WB_TEST_FAULTS=1` in its environment (no module setting, no command can turn it on).
+//!
+//! When on, an entry carrying the field `wb-test-panic` makes a pipeline thread panic at a chosen
+//! place, so the tests can prove that a dying thread is caught, logged, restarted and loses nothing:
+//! `decoder` (while decoding that entry), `claimer` (once, after claiming it), `claimer-always`
+//! (every time it is claimed), `worker` (once, in the worker holding it, outside a batch).
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use parking_lot::Mutex;
+
+use crate::stream::RawEntry;
+
+static ENABLED: LazyLock<bool> =
+    LazyLock::new(|| std::env::var("WB_TEST_FAULTS").is_ok_and(|v| v == "1"));
+
+/// Entry IDs that already made their one-time panic.
+static FIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// Entry IDs a worker is to panic on.
+static WORKER: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn asked(entry: &RawEntry) -> Option<&[u8]> {
+    if !*ENABLED {
+        return None;
+    }
+    entry
+        .fields
+        .iter()
+        .find(|(k, _)| k == b"wb-test-panic")
+        .map(|(_, v)| v.as_slice())
+}
+
+fn first_time(id: &str) -> bool {
+    FIRED
+        .lock()
+        .get_or_insert_with(HashSet::new)
+        .insert(id.to_string())
+}
+
+/// Called while decoding `entry`.
+pub fn in_decoder(entry: &RawEntry) {
+    if asked(entry) == Some(b"decoder") {
+        panic!("injected decoder fault on {}", entry.id);
+    }
+}
+
+/// Called by the claimer for each claimed entry, before it is sent to a worker.
+pub fn in_claimer(entry: &RawEntry) {
+    match asked(entry) {
+        Some(b"claimer-always") => panic!("injected claimer fault on {}", entry.id),
+        Some(b"claimer") if first_time(&entry.id) => {
+            panic!("injected claimer fault on {}", entry.id)
+        }
+        Some(b"worker") if first_time(&entry.id) => {
+            WORKER
+                .lock()
+                .get_or_insert_with(HashSet::new)
+                .insert(entry.id.clone());
+        }
+        _ => {}
+    }
+}
+
+/// Called by a worker for each entry it receives.
+pub fn in_worker(id: &str) {
+    if !*ENABLED {
+        return;
+    }
+    let hit = WORKER.lock().as_mut().is_some_and(|w| w.remove(id));
+    if hit {
+        panic!("injected worker fault on {id}");
+    }
+}
