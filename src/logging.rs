@@ -1,8 +1,9 @@
 //! Logging through the Redis log, filtered by `LOG_LEVEL`.
 //!
 //! Lines go to `RedisModule_Log` with a NULL context, which Redis allows from any thread; the message is
-//! passed as a `%s` argument so a `%` in data can never be read as a format directive, and NUL bytes are
-//! replaced. Outside Redis (unit tests, the migration tool) lines go to standard error. Secrets are never
+//! passed as a `%s` argument so a `%` in data can never be read as a format directive, and control
+//! characters (NUL, CR, LF, escape sequences, ...) are escaped, so data in a line can neither cut it
+//! short nor forge another line. Outside Redis (unit tests, the migration tool) lines go to standard error. Secrets are never
 //! passed here: callers log names and sizes, not credentials.
 
 use std::ffi::CString;
@@ -43,11 +44,28 @@ pub fn enabled(level: Level) -> bool {
     level >= Level::from_setting(settings::current().str(Key::LogLevel))
 }
 
+/// `message` with every control character escaped (`\n`, `\r`, `\0`, `\u{1b}`, ...).
+pub fn escaped(message: &str) -> String {
+    if !message.chars().any(char::is_control) {
+        return message.to_string();
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn log(level: Level, message: &str) {
     if !enabled(level) {
         return;
     }
-    let text = message.replace('\0', "\\0");
+    let text = escaped(message);
     match unsafe { raw::RedisModule_Log } {
         Some(log_fn) => {
             let (Ok(lvl), Ok(fmt), Ok(msg)) = (
@@ -81,4 +99,16 @@ pub fn warning(message: &str) {
 }
 pub fn error(message: &str) {
     log(Level::Error, message);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::escaped("a\r\nb\0c\u{1b}[2J"),
+            "a\\r\\nb\\u{0}c\\u{1b}[2J"
+        );
+        assert_eq!(super::escaped("plain é"), "plain é");
+    }
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub statements: AtomicU64,
     /// Claimed entries not yet acknowledged.
     pub in_flight: AtomicU64,
+    /// Bytes of the claimed entries workers hold (their size in the stream).
+    pub in_flight_bytes: AtomicU64,
     /// Wall-clock ms of the last successful commit (0 = never).
     pub last_success_ms: AtomicU64,
     /// Entries found trimmed away from the stream before they were written.
@@ -219,6 +221,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     let m = &*METRICS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     put("in_flight", get(&m.in_flight).into());
+    put("in_flight_bytes", get(&m.in_flight_bytes).into());
     put("entries_read", get(&m.entries_read).into());
     put("entries_acked", get(&m.entries_acked).into());
     put("entries_committed", get(&m.entries_committed).into());

@@ -746,6 +746,8 @@ fn a_primary_demoted_to_replica_with_batches_in_flight_writes_nothing_to_its_dat
     wait_status(&old, "batches in flight", Duration::from_secs(10), |st| {
         st_int(st, "in_flight") > 0
     });
+    // The claims themselves have reached the server that takes over.
+    let _: i64 = q(&mut ocon, &["WAIT", "1", "5000"]);
     let _: String = q(&mut ncon, &["REPLICAOF", "NO", "ONE"]);
     let _: String = q(
         &mut ocon,
@@ -947,4 +949,75 @@ fn an_entry_too_large_for_one_statement_is_dead_lettered_at_claim_time_and_the_r
     assert!(reason.contains("entry too large"), "{reason}");
     let st = status(&mut con);
     assert_eq!(st_int(&st, "undecodable_too_large"), 1, "{st:?}");
+}
+
+#[test]
+fn a_backlog_of_large_entries_is_held_in_module_memory_only_up_to_the_byte_bound() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    wait_status(&server, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    // Snowflake is slow, so the backlog stays in the stream: 300 entries of 400 KB (120 MB).
+    emu.fault(json!({"next": 100000, "slow_ms": 3000}));
+    let now = ts(chrono::Utc::now());
+    for i in 0..300 {
+        let user = format!("big{i}-x");
+        let v = json!({"key": format!("userdata-events:{user}/visited"), "records": [{"id": user,
+            "track_id": "t", "track_title": "T".repeat(400_000), "lastplus": now, "action": "v"}]});
+        xadd(&mut con, &[(b"value".to_vec(), v.to_string().into_bytes())]);
+    }
+    let mut most_bytes = 0;
+    let mut most_entries = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let st = status(&mut con);
+        most_bytes = most_bytes.max(st_int(&st, "in_flight_bytes"));
+        most_entries = most_entries.max(st_int(&st, "in_flight"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "MEASURED 300 x 400 KB backlog: at most {most_entries} entries, {} MB held by the module",
+        most_bytes >> 20
+    );
+    assert!(most_bytes > 0);
+    assert!(most_bytes <= 76 << 20, "{most_bytes} bytes held");
+    assert!(most_entries < 200, "{most_entries} entries held");
+    emu.clear_faults();
+    con.set_read_timeout(Some(Duration::from_secs(200)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "180000"]);
+    assert_eq!(ok, "OK");
+    assert_eq!(visits(&emu, "big"), 300);
+    assert_eq!(st_int(&status(&mut con), "in_flight_bytes"), 0);
+}
+
+#[test]
+fn data_in_a_log_line_can_neither_cut_it_nor_forge_another() {
+    let server = RedisServer::start(Options::default().env("DRY_RUN", "1").env("LOG_RAW", "1"));
+    let mut con = server.connection();
+    let id = xadd(
+        &mut con,
+        &[(
+            b"value".to_vec(),
+            b"{\"a\":1}\r\n12345:M 01 Jan 2026 00:00:00.000 # FORGED\0tail".to_vec(),
+        )],
+    );
+    server.wait_for("the RAW line", Duration::from_secs(10), || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("RAW") && l.contains(id.as_str()))
+            .then_some(())
+    });
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RAW") && l.contains(id.as_str()))
+        .expect("RAW line");
+    assert!(line.contains("FORGED") && line.contains("tail"), "{line}");
+    assert!(!log
+        .lines()
+        .any(|l| l.contains("# FORGED") && !l.contains("RAW")));
 }

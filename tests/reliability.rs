@@ -861,3 +861,44 @@ fn a_legacy_import_interrupted_by_kill_9_imports_no_key_twice_when_run_again() {
         "the kill came after the import finished"
     );
 }
+
+#[test]
+fn shutdown_waits_at_most_five_seconds_whatever_the_grace_setting_says() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(
+        wired(&emu)
+            .env("SHUTDOWN_GRACE_MS", "600000")
+            .env("BATCH_MAX_ENTRIES", "20"),
+    );
+    let mut con = server.connection();
+    // Statements take 20 s: a grace of 10 minutes would hold Redis until they finish.
+    emu.fault(json!({"next": 100000, "slow_ms": 20000}));
+    for seq in 0..100 {
+        let _: String = q(
+            &mut con,
+            &["XADD", "userdata-stream", "*", "value", &generated(seq)],
+        );
+    }
+    wait_status(
+        &server,
+        "batches in flight",
+        Duration::from_secs(30),
+        |st| int(st, "statements") > 0 && int(st, "in_flight") > 0,
+    );
+    let started = Instant::now();
+    let _ = redis::cmd("SHUTDOWN").query::<redis::Value>(&mut con);
+    let deadline = started + Duration::from_secs(30);
+    while server.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not exit after SHUTDOWN"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "MEASURED SHUTDOWN with 20 s statements and SHUTDOWN_GRACE_MS=600000: exited in {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(9), "SHUTDOWN took {took:?}");
+}

@@ -60,6 +60,8 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
     let mut recovering = true;
     let mut cursor = String::from("0-0");
     let mut group_ready: Option<String> = None;
+    // The size of the entries read last, for the next read's count.
+    let mut avg_entry_bytes: u64 = 64 << 10;
     // The group's read counter after this claimer's last read (see the trimming check).
     let mut last_entries_read: Option<i64> = None;
     loop {
@@ -135,11 +137,19 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         if c.degraded.load(Ordering::Relaxed) {
             cap = cap.min(snap.uint(Key::Workers).max(1) * snap.uint(Key::BatchMaxEntries).max(1));
         }
-        if in_flight >= cap {
+        // Bounded by bytes as well: the module's memory counts against maxmemory.
+        let held_bytes = METRICS.in_flight_bytes.load(Ordering::Relaxed);
+        if in_flight >= cap || held_bytes >= super::MAX_IN_FLIGHT_BYTES {
             c.wait_settled(Duration::from_millis(100));
             continue;
         }
-        let count = snap.uint(Key::ClaimChunk).min(cap - in_flight).max(1) as usize;
+        // One read copies whole entries: after large ones, read fewer at a time.
+        let by_bytes = (super::CLAIM_CHUNK_BYTES / avg_entry_bytes.max(1)).max(1);
+        let count = snap
+            .uint(Key::ClaimChunk)
+            .min(cap - in_flight)
+            .min(by_bytes)
+            .max(1) as usize;
         let stream_name = snap.str(Key::RedisStream).to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
@@ -220,6 +230,10 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             }
         };
         let held = lock_started.elapsed();
+        if !entries.is_empty() {
+            avg_entry_bytes =
+                entries.iter().map(|e| e.size() as u64).sum::<u64>() / entries.len() as u64;
+        }
         if let Some(next) = next {
             if next == "0-0" {
                 recovering = false;
@@ -329,9 +343,13 @@ fn dispatch(
             stream: std::sync::Arc::clone(&stream_name),
             group: std::sync::Arc::clone(&group),
         };
+        METRICS
+            .in_flight_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         if workers.get(index).is_some_and(|tx| tx.send(work).is_ok()) {
             unsent.0 -= 1;
         } else {
+            super::release_bytes(bytes as u64);
             logging::warning("a worker has stopped; the entry stays pending and is claimed again");
         }
     }

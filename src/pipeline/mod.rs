@@ -261,6 +261,21 @@ fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
+/// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
+/// module's memory counts against `maxmemory`, so it stays small under any backlog.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// About how many bytes one claim reads under the lock.
+pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Gives back `bytes` of claimed entries the module no longer holds.
+pub fn release_bytes(bytes: u64) {
+    let _ = METRICS
+        .in_flight_bytes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(bytes))
+        });
+}
+
 /// Forgets `n` claimed entries that will not be settled by this process (a worker stopped or died
 /// holding them): they leave the in-flight count, stay pending in the group, and the claimer takes
 /// them over again once nothing else is in flight.
@@ -352,15 +367,26 @@ pub fn start() -> Result<(), String> {
     Ok(())
 }
 
-/// Stops every thread, giving in-flight batches until `grace` to commit; what is not acknowledged by
-/// then stays pending for the next start. Runs on the main thread (SHUTDOWN), which holds the Redis
-/// lock: the acknowledgements the workers queued are written here, since they cannot take the lock.
+/// The longest `SHUTDOWN` waits for in-flight batches, whatever `SHUTDOWN_GRACE_MS` says: Redis's
+/// main thread is held for the whole wait, and Kubernetes kills a pod 30 s after asking it to stop
+/// (by default), Redis's own save included.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops every thread, giving in-flight batches until `grace` (at most [`MAX_SHUTDOWN_GRACE`]) to
+/// commit; what is not committed by then stays pending for the next start. Runs on the main thread
+/// (SHUTDOWN), which holds the Redis lock.
+///
+/// Redis announces the shutdown after its final save: acknowledgements written now are not in the
+/// RDB file (nor in the AOF, already flushed), so after the restart the entries committed during
+/// the grace are pending again and are written again — Snowflake applies them once (each row
+/// remembers the last entry applied). The grace only lets the statements in progress finish instead
+/// of being abandoned mid-way; claiming stops at once.
 pub fn shutdown(grace: Duration) {
     let c = control();
     c.stop.store(true, Ordering::Relaxed);
     c.set_state(State::Stopping);
     c.wake();
-    let deadline = Instant::now() + grace;
+    let deadline = Instant::now() + grace.min(MAX_SHUTDOWN_GRACE);
     while c.committing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         c.wait_settled(Duration::from_millis(10));
     }

@@ -73,6 +73,15 @@ impl Drop for Holding {
     }
 }
 
+/// Bytes of entries a worker holds, counted in `in_flight_bytes` until the batch is done with.
+struct HeldBytes(u64);
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        super::release_bytes(self.0);
+    }
+}
+
 fn run(rx: &Receiver<Work>, gil: &Gil) {
     let c = control();
     loop {
@@ -91,9 +100,11 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
         let mut raws = Vec::new();
         let mut decoded = Vec::new();
         let mut holding = Holding(0);
+        let mut held_bytes = HeldBytes(0);
         let mut next = Some(first);
         while let Some(w) = next.take() {
             holding.0 += 1;
+            held_bytes.0 += w.bytes as u64;
             crate::faults::in_worker(&w.raw.id);
             bytes += w.bytes;
             raws.push(w.raw);
