@@ -1021,3 +1021,54 @@ fn data_in_a_log_line_can_neither_cut_it_nor_forge_another() {
         .lines()
         .any(|l| l.contains("# FORGED") && !l.contains("RAW")));
 }
+
+#[test]
+fn an_entry_snowflake_refuses_for_good_is_dead_lettered_without_holding_up_the_rest_and_a_refusal_of_everything_is_not(
+) {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("WORKERS", "1"));
+    let mut con = server.connection();
+    // One user's entries are refused for good (HTTP 400, not a data error), every time.
+    emu.fault(
+        json!({"next": 1_000_000, "match": "poison-x", "status": 400,
+        "message": "request refused"}),
+    );
+    for i in 0..5 {
+        xadd(&mut con, &visit(&format!("before{i}-x"), "t"));
+    }
+    let poison = xadd(&mut con, &visit("poison-x", "t"));
+    for i in 0..10 {
+        xadd(&mut con, &visit(&format!("behind{i}-x"), "t"));
+    }
+    con.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    assert_eq!(
+        visits(&emu, "behind"),
+        10,
+        "the entries behind it are written"
+    );
+    assert_eq!(visits(&emu, "before"), 5);
+    let dlq = dead_letters(&mut con);
+    assert!(dlq.contains_key(&poison), "{dlq:?}");
+    assert_eq!(dlq.len(), 1);
+
+    // Snowflake now refuses every statement: nothing is dead-lettered, everything waits.
+    emu.clear_faults();
+    emu.fault(json!({"next": 1_000_000, "status": 400, "message": "refused"}));
+    let retries = st_int(&status(&mut con), "retries");
+    for i in 0..5 {
+        xadd(&mut con, &visit(&format!("outage{i}-x"), "t"));
+    }
+    wait_status(&server, "refusals retried", Duration::from_secs(20), |st| {
+        st_int(st, "retries") >= retries + 10
+    });
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "dead_lettered"), 1, "{st:?}");
+    assert_eq!(st_int(&st, "pending"), 5, "{st:?}");
+    emu.clear_faults();
+    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    assert_eq!(visits(&emu, "outage"), 5);
+}

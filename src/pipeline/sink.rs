@@ -5,7 +5,7 @@
 //! - [`SinkError::Retry`]: transient (throttling, outage, timeout, expired credentials): the same batch
 //!   again after a backoff. Nothing is lost and nothing is skipped; the backlog grows.
 //! - [`SinkError::Blocked`]: Snowflake refuses every statement for a reason no entry can fix (a missing
-//!   table, a privilege, a bad key): retried slowly and shown loudly, never dead-lettered — moving good
+//!   table, a privilege, a bad key: configuration errors, and SQL states 42, 28 and 0A): retried slowly and shown loudly, never dead-lettered — moving good
 //!   data aside because of a configuration problem would be a silent loss.
 //! - [`SinkError::Data`]: Snowflake rejected the data itself (SQL state class 22, data exception): the
 //!   worker splits the batch until the entry at fault is alone and dead-letters it.
@@ -56,6 +56,15 @@ impl From<SnowflakeError> for SinkError {
                 if e.sql_state.as_deref().is_some_and(|s| s.starts_with("22")) =>
             {
                 SinkError::Data(line)
+            }
+            // Compilation and access errors (a missing table, a privilege): no entry can cause them
+            // (every value is bound), so they block rather than dead-letter anything.
+            ErrorClass::Permanent
+                if e.sql_state
+                    .as_deref()
+                    .is_some_and(|s| ["42", "28", "0A"].iter().any(|c| s.starts_with(c))) =>
+            {
+                SinkError::Blocked(line)
             }
             ErrorClass::Permanent => SinkError::Refused(line),
         }

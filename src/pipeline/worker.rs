@@ -247,6 +247,13 @@ fn now_ms() -> u64 {
 fn commit_batch(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
     let since = now_ms();
     let mut out = commit_all(entries)?;
+    // Remember an entry Snowflake accepted, to probe with later (see `probe_accepted`).
+    if let Some(i) = (0..out.len()).rev().find(|&i| {
+        matches!(out[i], Outcome::Committed)
+            && matches!(entries[i], Decoded::Tracked(_) | Decoded::CreateUser(_))
+    }) {
+        LAST_GOOD.with(|g| *g.borrow_mut() = Some(entries[i].clone()));
+    }
     let mut attempt = 0u32;
     loop {
         let deferred: Vec<usize> = (0..out.len())
@@ -256,16 +263,22 @@ fn commit_batch(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
             break;
         }
         let evidence = out.iter().any(|o| matches!(o, Outcome::Committed))
-            || METRICS.last_success_ms.load(Ordering::Relaxed) > since;
+            || METRICS.last_success_ms.load(Ordering::Relaxed) > since
+            || probe_accepted();
         if evidence {
+            // Statements commit: each deferred entry gets one more round (the refusal may have
+            // ended meanwhile); refused again, it is rejected.
             for i in deferred {
-                if let Outcome::Deferred(msg) = &out[i] {
-                    logging::warning(&format!(
-                        "entry {} refused by Snowflake while other statements commit: {msg}",
-                        entries[i].id()
-                    ));
-                    out[i] = Outcome::Rejected(msg.clone());
-                }
+                out[i] = match commit_all(&entries[i..=i])?.remove(0) {
+                    Outcome::Deferred(msg) => {
+                        logging::warning(&format!(
+                            "entry {} refused by Snowflake while other statements commit: {msg}",
+                            entries[i].id()
+                        ));
+                        Outcome::Rejected(msg)
+                    }
+                    other => other,
+                };
             }
             break;
         }
@@ -285,6 +298,23 @@ fn commit_batch(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
             })
             .collect(),
     )
+}
+
+thread_local! {
+    /// The last entry this worker committed.
+    static LAST_GOOD: std::cell::RefCell<Option<Decoded>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether Snowflake still accepts statements: the last entry this worker committed is committed
+/// again. Replaying an entry never changes Snowflake (each row remembers the last entry applied),
+/// so this proves a refusal of another entry is about that entry.
+fn probe_accepted() -> bool {
+    let Some(good) = LAST_GOOD.with(|g| g.borrow().clone()) else {
+        return false;
+    };
+    sink::current()
+        .and_then(|s| s.commit(std::slice::from_ref(&good)))
+        .is_ok()
 }
 
 /// Waits `wait`; false when the pipeline is stopping (or this server became a replica).
