@@ -1072,3 +1072,43 @@ fn an_entry_snowflake_refuses_for_good_is_dead_lettered_without_holding_up_the_r
     assert_eq!(ok, "OK");
     assert_eq!(visits(&emu, "outage"), 5);
 }
+
+#[test]
+fn module_unload_is_refused_while_entries_are_in_flight_even_when_paused() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    wait_status(&server, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    emu.fault(json!({"next": 100, "slow_ms": 4000}));
+    for i in 0..10 {
+        xadd(&mut con, &visit(&format!("unload{i}-x"), "t"));
+    }
+    wait_status(
+        &server,
+        "every entry claimed, some in flight",
+        Duration::from_secs(10),
+        |st| st_int(st, "in_flight") > 0 && st_int(st, "lag") == 0,
+    );
+    let _: String = q(&mut con, &["WB.PAUSE"]);
+    let e = common::redis_server::q_err(&mut con, &["MODULE", "UNLOAD", "writebehind"]);
+    assert!(e.contains("unloading"), "{e}");
+    assert!(
+        server.log().contains("entries in flight"),
+        "the refusal's reason is not logged"
+    );
+    let pong: String = q(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+    // Once everything in flight is settled, it unloads.
+    emu.clear_faults();
+    wait_status(
+        &server,
+        "nothing in flight",
+        Duration::from_secs(30),
+        |st| st_int(st, "in_flight") == 0,
+    );
+    let ok: String = q(&mut con, &["MODULE", "UNLOAD", "writebehind"]);
+    assert_eq!(ok, "OK");
+    assert_eq!(visits(&emu, "unload"), 10);
+}
