@@ -1112,3 +1112,47 @@ fn module_unload_is_refused_while_entries_are_in_flight_even_when_paused() {
     assert_eq!(ok, "OK");
     assert_eq!(visits(&emu, "unload"), 10);
 }
+
+#[test]
+fn entries_committed_counts_only_entries_whose_sql_went_to_snowflake() {
+    let server = RedisServer::start(Options::default().env("DRY_RUN", "1"));
+    let mut con = server.connection();
+    xadd(&mut con, &visit("dry-x", "t"));
+    xadd(
+        &mut con,
+        &[(b"value".to_vec(), b"{\"diag\":\"ping\"}".to_vec())],
+    );
+    let st = wait_status(&server, "both settled", Duration::from_secs(10), |st| {
+        st_int(st, "entries_acked") == 2
+    });
+    assert_eq!(st_int(&st, "entries_committed"), 0, "{st:?}");
+    assert_eq!(st_int(&st, "diagnostics"), 1, "{st:?}");
+}
+
+#[test]
+fn an_id_regression_arising_at_run_time_is_reported_on_the_next_interval_until_resolved() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("METRICS_INTERVAL_SECONDS", "1"));
+    let mut con = server.connection();
+    xadd(&mut con, &visit("regress-x", "t"));
+    con.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "30000"]);
+    assert_eq!(ok, "OK");
+    assert_eq!(status(&mut con)["id_regression"], "");
+    // Snowflake now holds an entry far above the stream's newest (as after the stream was
+    // recreated, or the clock set back).
+    emu.sql(
+        "INSERT INTO TRACKED (tracked_id, track_id, visited_count, last_entry_id) VALUES ('later', 'y', 1, '00000099999999999999-00000000000000000000')",
+    );
+    wait_status(&server, "the regression", Duration::from_secs(15), |st| {
+        st["id_regression"].contains("99999999999999-0")
+    });
+    emu.sql("DELETE FROM TRACKED WHERE tracked_id = 'later'");
+    wait_status(
+        &server,
+        "the regression resolved",
+        Duration::from_secs(15),
+        |st| st["id_regression"].is_empty(),
+    );
+}

@@ -4,8 +4,9 @@
 //! ID regression: each TRACKED row remembers the newest entry applied to it, and the MERGE ignores
 //! entries at or below that. If the stream is recreated (or the clock went back) so that new entries
 //! get IDs below ones already applied, those entries would be ignored silently. After connecting, the
-//! newest applied ID in Snowflake is compared with the stream's newest ID; a regression is logged as a
-//! WARNING on every metrics interval and shown in `WB.STATUS` (`id_regression`) until resolved.
+//! newest applied ID in Snowflake is compared with the stream's newest ID, then again on every metrics
+//! interval (every minute when the metrics line is off); a regression is logged as a WARNING on every
+//! metrics interval and shown in `WB.STATUS` (`id_regression`) until resolved.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ fn run(gil: &Gil) {
     let mut last_metrics = Instant::now();
     let mut last_ping = Instant::now();
     let mut connected = false;
+    let mut last_regression_check = Instant::now();
     let mut last_policy_check = Instant::now() - Duration::from_secs(60);
     let mut warned_policy = String::new();
     while !c.stopping() {
@@ -57,8 +59,16 @@ fn run(gil: &Gil) {
         if !connected {
             connected = true;
             last_ping = Instant::now();
+            last_regression_check = Instant::now();
             connect_check(gil);
             continue;
+        }
+        let check_every = Duration::from_secs(if every > 0 { every } else { 60 });
+        if last_regression_check.elapsed() >= check_every {
+            last_regression_check = Instant::now();
+            if let Ok(client) = sink::client() {
+                regression_check(gil, &client);
+            }
         }
         let ping_every = snap.uint(Key::SnowflakePingIntervalSeconds);
         if ping_every > 0 && last_ping.elapsed() >= Duration::from_secs(ping_every) {
@@ -157,6 +167,13 @@ fn connect_check(gil: &Gil) {
             return;
         }
     }
+    regression_check(gil, &client);
+}
+
+/// Compares the newest entry ID applied in Snowflake with the stream's newest: at start, then on
+/// every metrics interval (a stream recreated at run time, a clock set back), until resolved.
+fn regression_check(gil: &Gil, client: &crate::snowflake::Client) {
+    let snap = settings::current();
     let Ok(tables) = Tables::from_settings(&snap) else {
         return;
     };

@@ -148,6 +148,7 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
     let outcome = commit_batch(decoded)?;
     let snap = settings::current();
+    let dry = super::dry_run(&snap);
     let mut settles = Vec::with_capacity(raws.len());
     let mut tally = METRICS.tally.lock();
     let mut committed = 0u64;
@@ -179,7 +180,11 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
             (d, Ok(())) => {
                 d.tally(&mut tally);
                 log_left_out(d);
-                committed += 1;
+                // Counted only when its SQL went to Snowflake: not in dry run, not for diagnostic
+                // or restored entries (acknowledged, never written).
+                if !dry && matches!(d, Decoded::Tracked(_) | Decoded::CreateUser(_)) {
+                    committed += 1;
+                }
                 settles.push(Settle::Ack { id: raw.id.clone() });
             }
         }
