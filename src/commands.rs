@@ -402,6 +402,16 @@ fn replay_ids(gil: &Gil, stream_name: &str, dlq: &str, ids: &[String]) -> Result
     Ok(replayed)
 }
 
+/// Commands that wait say so first inside MULTI and scripts, before any other check.
+fn refuse_inside_multi(ctx: &Context, name: &str) -> Result<(), RedisError> {
+    if can_block(ctx) {
+        return Ok(());
+    }
+    Err(err(format!(
+        "ERR {name} waits for background work and cannot run inside MULTI or a script"
+    )))
+}
+
 fn refuse_on_replica(ctx: &Context, name: &str) -> Result<(), RedisError> {
     if stream::flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
         return Err(err(format!("READONLY {name} runs on the primary only")));
@@ -444,6 +454,7 @@ pub fn wb_restore(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
             i += 1;
         }
+        refuse_inside_multi(ctx, "WB.RESTORE")?;
         refuse_on_replica(ctx, "WB.RESTORE")?;
         if !s.snowflake_configured() {
             return Err(err(
@@ -495,6 +506,7 @@ pub fn wb_import(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
             i += 1;
         }
+        refuse_inside_multi(ctx, "WB.IMPORT")?;
         if patterns.is_empty() {
             return Err(err(
                 "ERR no key patterns: set EXTRA_BRIDGE_KEYS or give MATCH pattern",
