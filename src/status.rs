@@ -139,6 +139,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         put("role", role(ctx).into());
     }
     put("version", env!("CARGO_PKG_VERSION").into());
+    put("server", crate::server::current().describe().into());
     put("stream", s.str(Key::RedisStream).into());
     put("group", crate::pipeline::group_name(&s).into());
     put("consumer", s.str(Key::Consumer).into());

@@ -155,12 +155,16 @@ impl Migration {
         progress: &dyn Progress,
     ) -> Result<(), MigrateError> {
         for (path, header) in opts.dumps.iter().zip(headers) {
-            if header.version > dump::NEWEST_KNOWN_VERSION {
+            let newest = if header.valkey {
+                dump::NEWEST_KNOWN_VALKEY_VERSION
+            } else {
+                dump::NEWEST_KNOWN_VERSION
+            };
+            if header.version > newest {
                 logging::warning(&format!(
-                    "{}: RDB version {} is newer than this tool knows ({}); the server decides",
+                    "{}: RDB version {} is newer than this tool knows ({newest}); the server decides",
                     path.display(),
                     header.version,
-                    dump::NEWEST_KNOWN_VERSION
                 ));
             }
             let mut server = DumpServer::start(&opts.redis_server, path)
