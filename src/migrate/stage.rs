@@ -1,8 +1,8 @@
 //! The staging table: its name, and the statements that create, fill, merge and drop it.
 //!
 //! Why a transient staging table and one MERGE per target table is in [`super`] ("Writing"). The
-//! table holds one row per event (TRACKED) or create-user (USER): `target` says which, `v` is the
-//! object [`crate::sql::plan`] built for the module's MERGE. The MERGEs are the module's own
+//! table holds one row per link (TRACKED or USER, see [`crate::sql::fold`]): `target` says which,
+//! `v` is the object the module's MERGE reads ([`crate::sql::links_json`]). The MERGEs are the module's own
 //! ([`crate::sql::tracked::merge_sql`], [`crate::sql::user::merge_sql`]) with their JSON source
 //! swapped for the staging rows, so the two can never drift apart in their rules.
 
