@@ -398,14 +398,22 @@ fn reference(entries: &[Decoded]) -> State {
 
 // --- the MERGEs, transcribed ----------------------------------------------------------------------
 
+/// The links of a statement: its bind is an array of chunks of links.
 fn links(p: &Planned) -> Vec<Value> {
-    match p.statement.binds.as_slice() {
+    let chunks = match p.statement.binds.as_slice() {
         [Bind::Text(t)] => match serde_json::from_str::<Value>(t) {
             Ok(Value::Array(a)) => a,
             other => panic!("not an array: {other:?}"),
         },
         other => panic!("unexpected binds {other:?}"),
-    }
+    };
+    chunks
+        .into_iter()
+        .flat_map(|c| match c {
+            Value::Array(links) => links,
+            other => panic!("not a chunk: {other}"),
+        })
+        .collect()
 }
 
 fn text(v: &Value, k: &str) -> Option<String> {
@@ -483,7 +491,7 @@ fn simulate(s: &mut State, p: &Planned) {
                 if let Some(q) = l.get("query_row_count").and_then(Value::as_i64) {
                     r.query_row_count = Some(q);
                 }
-                r.last_entry_id = text(&l, "last");
+                r.last_entry_id = text(&l, "last").or_else(|| text(&l, "entry"));
                 r.updated_dts = time(&l, "at");
             }
             Target::User => {
@@ -494,7 +502,9 @@ fn simulate(s: &mut State, p: &Planned) {
                 });
                 row.username = text(&l, "username").unwrap_or_default();
                 row.updated_dts = text(&l, "at").unwrap_or_default();
-                row.last_entry_id = text(&l, "last").unwrap_or_default();
+                row.last_entry_id = text(&l, "last")
+                    .or_else(|| text(&l, "entry"))
+                    .unwrap_or_default();
             }
         }
     }

@@ -27,17 +27,17 @@ pub fn plan(decoded: &Decoded, tables: &Tables) -> Option<Vec<Statement>> {
             let sql = tracked_merge_sql(&tables.tracked)?;
             let mut rows = super::fold::Rows::new();
             rows.add(id, &b.events);
-            let mut body = String::new();
+            let mut json = super::LinkArray::default();
             for (key, links) in rows.links() {
-                tracked::push_links(&mut body, key, &links);
+                tracked::push_links(key, &links, |o| json.push(o));
             }
-            let json = format!("[{body}]");
+            let json = json.finish();
             Some(vec![Statement::new(sql, vec![Bind::Text(json)])])
         }
         Decoded::CreateUser(u) => {
-            let mut body = String::new();
-            user::push_links(&mut body, &super::fold::user_links(&[u]));
-            let json = format!("[{body}]");
+            let mut json = super::LinkArray::default();
+            user::push_links(&super::fold::user_links(&[u]), |o| json.push(o));
+            let json = json.finish();
             Some(vec![Statement::new(
                 user::merge_sql(&tables.user),
                 vec![Bind::Text(json)],

@@ -11,8 +11,8 @@
 //! The batch's events are folded in Rust ([`super::fold`]): for each row, one source row ("link") per
 //! suffix of the row's entries in the batch, carrying the suffix's whole effect — visits to add, the
 //! latest time of each kind, the final save state, the last value of each attribute — and the
-//! entries around it (`prev`, `entry`, `last`). They travel as one JSON array in one `TEXT` bind,
-//! expanded with `FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f`. Then:
+//! entries around it (`prev`, `entry`, `last`). They travel in one `TEXT` bind, a JSON array of
+//! chunks of links expanded by two `LATERAL FLATTEN`s ([`super::LINKS_SOURCE`]). Then:
 //!
 //! 1. The links are joined to the current rows (`LEFT JOIN`, the first of two passes over TRACKED)
 //!    and a link is kept only where `prev <= last_entry_id < entry` — the one suffix the row has not
@@ -41,7 +41,8 @@
 
 use serde::Serialize;
 
-use super::fold::{Effect, Link, RowKey};
+use super::fold::{Effect, Kind, Link, RowKey};
+use super::LINKS_SOURCE;
 use crate::entry::rules::ts_text;
 
 /// The format of every timestamp the statements convert (the text [`ts_text`] writes).
@@ -60,16 +61,20 @@ pub enum Position {
     Keep,
 }
 
-/// One link as it travels in the batch JSON.
+/// One link as it travels in the batch JSON. What is usual is left out: `prev` for a row's first
+/// entry, `last` when it is `entry`, `k` when the link is for any row.
 #[derive(Debug, Serialize)]
 struct LinkJson<'a> {
     tracked_id: &'a str,
     track_id: &'a str,
-    entry: String,
-    prev: String,
-    last: &'a str,
+    entry: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<&'a str>,
     at: &'a str,
-    k: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'static str>,
     visits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     v: Option<String>,
@@ -93,9 +98,8 @@ struct LinkJson<'a> {
     url: Option<&'a str>,
 }
 
-/// Appends a row's links as JSON objects to `out`, the body of an array (comma-separated, no
-/// brackets).
-pub fn push_links(out: &mut String, key: RowKey<'_>, links: &[Link<'_>]) {
+/// Hands each of a row's links, as a JSON object, to `emit`.
+pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str)) {
     let Some(first) = links.first() else {
         return;
     };
@@ -103,14 +107,15 @@ pub fn push_links(out: &mut String, key: RowKey<'_>, links: &[Link<'_>]) {
     let at = first.last.utc_text();
     for l in links {
         let e: &Effect = &l.effect;
+        let entry = l.entry.sort_key();
         let j = LinkJson {
             tracked_id: key.0,
             track_id: key.1,
-            entry: l.entry.sort_key(),
-            prev: l.prev.map(|p| p.sort_key()).unwrap_or_default(),
-            last: &last,
+            entry: &entry,
+            prev: l.prev.map(|p| p.sort_key()),
+            last: (l.last != l.entry).then_some(last.as_str()),
             at: &at,
-            k: l.kind.code(),
+            k: (l.kind != Kind::Both).then(|| l.kind.code()),
             visits: e.visits,
             v: e.visited.as_ref().map(ts_text),
             s: e.saved_at.as_ref().map(ts_text),
@@ -123,12 +128,9 @@ pub fn push_links(out: &mut String, key: RowKey<'_>, links: &[Link<'_>]) {
             track_type: e.track_type,
             url: e.url,
         };
-        if !out.is_empty() {
-            out.push(',');
-        }
         // Serialising plain strings and numbers cannot fail.
         if let Ok(text) = serde_json::to_string(&j) {
-            out.push_str(&text);
+            emit(&text);
         }
     }
 }
@@ -174,10 +176,10 @@ FROM (\
 SELECT f.value:tracked_id::VARCHAR AS tracked_id, \
 f.value:track_id::VARCHAR AS track_id, \
 f.value:entry::VARCHAR AS entry, \
-f.value:prev::VARCHAR AS prev, \
-f.value:last::VARCHAR AS last_entry_id, \
+COALESCE(f.value:prev::VARCHAR, '') AS prev, \
+COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
 {at}, \
-f.value:k::VARCHAR AS k, \
+COALESCE(f.value:k::VARCHAR, 'b') AS k, \
 f.value:visits::NUMBER(38,0) AS visits, \
 {v}, {s}, {d}, \
 f.value:saved::NUMBER(1,0) AS saved, \
@@ -187,7 +189,7 @@ f.value:query_row_count::NUMBER(38,0) AS query_row_count, \
 f.value:title::VARCHAR AS track_title, \
 f.value:type::VARCHAR AS track_type, \
 f.value:url::VARCHAR AS track_url \
-FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f\
+{LINKS_SOURCE}\
 ) e \
 LEFT JOIN {table} cur ON cur.tracked_id = e.tracked_id AND cur.track_id = e.track_id \
 WHERE {select_suffix}e.k <> CASE WHEN cur.tracked_id IS NULL THEN 'm' ELSE 'n' END\
@@ -253,11 +255,11 @@ mod tests {
         for (id, events) in entries {
             rows.add(*id, events);
         }
-        let mut out = String::new();
+        let mut out = Vec::new();
         for (key, links) in rows.links() {
-            push_links(&mut out, key, &links);
+            push_links(key, &links, |o| out.push(serde_json::from_str(o).unwrap()));
         }
-        serde_json::from_str(&format!("[{out}]")).unwrap()
+        serde_json::Value::Array(out)
     }
 
     #[test]
@@ -270,9 +272,8 @@ mod tests {
         assert_eq!(v.as_array().map(Vec::len), Some(1));
         let l = &v[0];
         assert_eq!(l["entry"], entry.sort_key());
-        assert_eq!(l["prev"], "");
-        assert_eq!(l["last"], entry.sort_key());
-        assert_eq!(l["k"], "b");
+        // A first entry that is also the last, for any row: left out.
+        assert!(l.get("prev").is_none() && l.get("last").is_none() && l.get("k").is_none());
         assert_eq!(l["visits"], 1);
         assert_eq!(l["saved"], 0);
         assert_eq!(l["v"], "2025-11-03 12:19:55");
@@ -304,7 +305,8 @@ mod tests {
         let id = EntryId::new(u64::MAX, u64::MAX);
         let v = json_of(&[(EntryId::new(u64::MAX - 1, 0), vec![d, e]), (id, vec![s])]);
         for link in v.as_array().unwrap() {
-            assert!(link.to_string().len() < LINK_FIXED_BYTES, "{link}");
+            // A link, its comma and its share of the chunks' brackets.
+            assert!(link.to_string().len() + 4 <= LINK_FIXED_BYTES, "{link}");
         }
     }
 
@@ -313,7 +315,7 @@ mod tests {
         let sql = merge_sql("\"TRACKED\"");
         assert_eq!(sql.matches('?').count(), 1);
         assert!(sql.starts_with("MERGE INTO \"TRACKED\" t USING (SELECT"));
-        assert!(sql.contains("LATERAL FLATTEN(input => b.j) f"));
+        assert_eq!(sql.matches(LINKS_SOURCE).count(), 1);
         assert_eq!(sql.matches("\"TRACKED\"").count(), 2);
         for aggregate in ["GROUP BY", "COUNT(", "MAX(", "EXISTS"] {
             assert!(!sql.contains(aggregate), "{aggregate}");

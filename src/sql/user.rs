@@ -12,14 +12,17 @@ use serde::Serialize;
 
 use super::fold::UserLink;
 use super::tracked::TS_FORMAT;
+use super::LINKS_SOURCE;
 
 #[derive(Debug, Serialize)]
 struct UserJson<'a> {
     user_email: &'a str,
     username: &'a str,
     entry: String,
-    prev: String,
-    last: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
     created: String,
     at: String,
 }
@@ -27,23 +30,20 @@ struct UserJson<'a> {
 /// Bytes of a user link's JSON besides its two strings, as an upper bound; a unit test pins it.
 pub const LINK_FIXED_BYTES: usize = 260;
 
-/// Appends user links as JSON objects to `out`, the body of an array (no brackets).
-pub fn push_links(out: &mut String, links: &[UserLink<'_>]) {
+/// Hands each user link, as a JSON object, to `emit` (`prev` and `last` left out as in TRACKED).
+pub fn push_links(links: &[UserLink<'_>], mut emit: impl FnMut(&str)) {
     for l in links {
         let j = UserJson {
             user_email: l.email,
             username: l.username,
             entry: l.entry.sort_key(),
-            prev: l.prev.map(|p| p.sort_key()).unwrap_or_default(),
-            last: l.last.sort_key(),
+            prev: l.prev.map(|p| p.sort_key()),
+            last: (l.last != l.entry).then(|| l.last.sort_key()),
             created: l.entry.utc_text(),
             at: l.last.utc_text(),
         };
-        if !out.is_empty() {
-            out.push(',');
-        }
         if let Ok(text) = serde_json::to_string(&j) {
-            out.push_str(&text);
+            emit(&text);
         }
     }
 }
@@ -57,11 +57,11 @@ FROM (\
 SELECT f.value:user_email::VARCHAR AS user_email, \
 f.value:username::VARCHAR AS username, \
 f.value:entry::VARCHAR AS entry, \
-f.value:prev::VARCHAR AS prev, \
-f.value:last::VARCHAR AS last_entry_id, \
+COALESCE(f.value:prev::VARCHAR, '') AS prev, \
+COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
 TO_TIMESTAMP_NTZ(f.value:created::VARCHAR, '{TS_FORMAT}') AS created_dts, \
 TO_TIMESTAMP_NTZ(f.value:at::VARCHAR, '{TS_FORMAT}') AS updated_dts \
-FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f\
+{LINKS_SOURCE}\
 ) e \
 LEFT JOIN {table} cur ON cur.user_email = e.user_email \
 WHERE e.entry > COALESCE(cur.last_entry_id, '') AND e.prev <= COALESCE(cur.last_entry_id, '')\
@@ -93,21 +93,24 @@ mod tests {
     fn user_links_carry_email_username_entries_and_times() {
         let a = user(1_762_172_400_000, "o'brien@example.com");
         let b = user(1_762_172_401_000, "o'brien@example.com");
-        let mut out = String::new();
-        push_links(&mut out, &user_links(&[&b, &a]));
-        let v: serde_json::Value = serde_json::from_str(&format!("[{out}]")).unwrap();
+        let mut out = Vec::new();
+        push_links(&user_links(&[&b, &a]), |o| {
+            out.push(serde_json::from_str::<serde_json::Value>(o).unwrap())
+        });
+        let v = serde_json::Value::Array(out);
         assert_eq!(v.as_array().map(Vec::len), Some(2));
         assert_eq!(v[0]["user_email"], "o'brien@example.com");
         assert_eq!(v[0]["username"], "o'brien");
         assert_eq!(v[0]["entry"], a.id.sort_key());
-        assert_eq!(v[0]["prev"], "");
+        assert!(v[0].get("prev").is_none());
         assert_eq!(v[1]["prev"], a.id.sort_key());
         assert_eq!(v[0]["last"], b.id.sort_key());
+        assert!(v[1].get("last").is_none());
         assert_eq!(v[0]["created"], "2025-11-03 12:20:00");
         assert_eq!(v[0]["at"], "2025-11-03 12:20:01");
         for link in v.as_array().unwrap() {
             let strings = 2 * "o'brien@example.com".len();
-            assert!(link.to_string().len() < LINK_FIXED_BYTES + strings);
+            assert!(link.to_string().len() + 4 <= LINK_FIXED_BYTES + strings);
         }
     }
 
