@@ -15,14 +15,14 @@
 //!   transcription of the MERGE's semantics in Rust (which also checks that no target row ever has
 //!   two source rows — Snowflake's nondeterministic-merge error);
 //! - `the_engine_gives_the_sequential_state`: hundreds of cases through the real statements on the
-//!   emulator's engine (one emulator, tables emptied between cases), read back and compared.
+//!   emulator's engine (one emulator, tables emptied between cases), read back and compared;
+//! - `the_module_gives_the_sequential_state_with_batch_sizes_1_7_and_2000`: one stream through the
+//!   module in `redis-server` (claim, routing, batching, sink) with three batch sizes and worker counts.
 //!
 //! Case counts: `MERGE_PROPERTY_CASES` (default 3,000) and `MERGE_PROPERTY_ENGINE_CASES` (default
 //! 200); `MERGE_PROPERTY_SEED` replays one seed.
 
-#[allow(dead_code)]
-#[path = "common/emulator.rs"]
-mod emulator;
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +32,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use common::emulator::Emulator;
+use common::redis_server::{q, RedisServer};
 use redis_writebehind::entry::{decode, Action, Decoded, EntryId, Rules};
 use redis_writebehind::snowflake::Client;
 use redis_writebehind::sql::{plan, Planned, Tables, Target};
@@ -78,17 +80,30 @@ fn maybe<T>(rng: &mut StdRng, p: f64, value: impl FnOnce(&mut StdRng) -> T) -> O
 
 /// A random stream of `n` entries of a few users, in stream order.
 fn stream(rng: &mut StdRng, n: usize) -> Vec<Decoded> {
-    let users = rng.gen_range(1..=4);
     let rules = Rules::default();
-    let mut ms = T0;
-    let mut out = Vec::with_capacity(n);
+    payloads(rng, n, T0, 3000)
+        .into_iter()
+        .map(|(id, payload)| decode(id, &fields(&payload), &rules))
+        .collect()
+}
+
+fn fields(payload: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![(b"value".to_vec(), payload.to_string().into_bytes())]
+}
+
+/// The payloads of a random stream and the IDs they are meant to have (entries `max_step_ms`
+/// apart at most, from `start_ms`; record times relative to those IDs).
+fn payloads(rng: &mut StdRng, n: usize, start_ms: u64, max_step_ms: u64) -> Vec<(EntryId, Value)> {
+    let users = rng.gen_range(1..=4);
+    let mut ms = start_ms;
+    let mut out: Vec<(EntryId, Value)> = Vec::with_capacity(n);
     for _ in 0..n {
         // Sometimes several entries in one millisecond (sequence numbers).
         let id = if rng.gen_bool(0.2) {
-            let last: EntryId = out.last().map(Decoded::id).unwrap_or(EntryId::new(ms, 0));
+            let last = out.last().map_or(EntryId::new(ms, 0), |(id, _)| *id);
             EntryId::new(last.ms, last.seq + 1)
         } else {
-            ms += rng.gen_range(1..3000);
+            ms += rng.gen_range(1..=max_step_ms);
             EntryId::new(ms, 0)
         };
         let user = rng.gen_range(1..=users);
@@ -105,8 +120,7 @@ fn stream(rng: &mut StdRng, n: usize) -> Vec<Decoded> {
                 json!({"key": format!("userdata-events:u{user}-{key_row}/{kind}"), "records": records})
             }
         };
-        let fields = vec![(b"value".to_vec(), payload.to_string().into_bytes())];
-        out.push(decode(id, &fields, &rules));
+        out.push((id, payload));
     }
     out
 }
@@ -568,7 +582,7 @@ fn leading_deletes(entries: &[Decoded], state: &State) -> usize {
 
 #[test]
 fn the_engine_gives_the_sequential_state() {
-    let emu = emulator::Emulator::start();
+    let emu = Emulator::start();
     let client = Client::new(emu.client_config()).expect("client");
     let run = |st: &Statement| match client.execute(st) {
         Ok(r) => r.rows,
@@ -595,4 +609,78 @@ fn the_engine_gives_the_sequential_state() {
         compared += got.0.len() + got.1.len();
     }
     assert!(compared > 0);
+}
+
+/// The same random stream through the module itself — its claim, routing, batching and sink —
+/// with `BATCH_MAX_ENTRIES` 1, 7 and 2,000 and 1, 4 and 2 workers: each run ends in the state of the
+/// sequential model of its own entries, and the three states are the same but for the entry IDs.
+/// Record times are relative to each run's start (freshness is judged against the entry IDs), so
+/// the runs' times are compared as offsets from it.
+#[test]
+fn the_module_gives_the_sequential_state_with_batch_sizes_1_7_and_2000() {
+    let rules = Rules::default();
+    let mut states = Vec::new();
+    for (batch, workers) in [("1", "1"), ("7", "4"), ("2000", "2")] {
+        let now_s = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default() + 1;
+        let stream = payloads(&mut StdRng::seed_from_u64(16), 150, now_s * 1000, 3);
+        let emu = Emulator::start();
+        let server = RedisServer::start(
+            common::wired(&emu)
+                .env("BATCH_MAX_ENTRIES", batch)
+                .env("WORKERS", workers),
+        );
+        let mut con = server.connection();
+        let _: String = q(&mut con, &["WB.PAUSE"]);
+        let mut entries = Vec::new();
+        for (_, payload) in &stream {
+            let id: String = q(
+                &mut con,
+                &[
+                    "XADD",
+                    "userdata-stream",
+                    "*",
+                    "value",
+                    &payload.to_string(),
+                ],
+            );
+            let id = EntryId::parse(&id).expect("an entry ID");
+            entries.push(decode(id, &fields(payload), &rules));
+        }
+        let _: String = q(&mut con, &["WB.RESUME"]);
+        con.set_read_timeout(Some(std::time::Duration::from_secs(200)))
+            .expect("read timeout");
+        let flushed: String = q(&mut con, &["WB.FLUSH", "180000"]);
+        assert_eq!(flushed, "OK");
+        let client = Client::new(emu.client_config()).expect("client");
+        let read = |sql: &str| match client.execute(&Statement::new(sql, vec![])) {
+            Ok(r) => r.rows,
+            Err(e) => panic!("{sql}: {e}"),
+        };
+        let got = (read(TRACKED_QUERY), read(USER_QUERY));
+        let expected = reference(&entries).cells();
+        assert_eq!(got, expected, "BATCH_MAX_ENTRIES={batch} WORKERS={workers}");
+        assert!(!got.0.is_empty());
+        // Without the entry IDs and the times derived from them, record times as offsets.
+        let base = i64::try_from(now_s).unwrap_or_default();
+        let offset = |cell: &Option<String>| {
+            cell.as_deref().map(|t| {
+                let t = NaiveDateTime::parse_from_str(t, TS).expect("a time");
+                (t.and_utc().timestamp() - base).to_string()
+            })
+        };
+        let tracked: Cells = got
+            .0
+            .into_iter()
+            .map(|mut r| {
+                for i in [9, 11, 12] {
+                    r[i] = offset(&r[i]);
+                }
+                r[..13].to_vec()
+            })
+            .collect();
+        let users: Cells = got.1.into_iter().map(|r| r[..2].to_vec()).collect();
+        states.push((tracked, users));
+    }
+    assert_eq!(states[0], states[1]);
+    assert_eq!(states[1], states[2]);
 }
