@@ -241,12 +241,14 @@ struct TrackedChunk<'a> {
     bound: usize,
 }
 
+/// What bounds one row's links: how many entries touch it, and the longest escaped value of its
+/// key and of each string attribute (username, page, title, type, URL) seen so far.
 #[derive(Debug, Clone, Copy, Default)]
 struct RowBound {
     entries: usize,
     last: Option<EntryId>,
     key: usize,
-    attrs: [usize; 6],
+    attrs: [usize; 5],
 }
 
 impl RowBound {
@@ -268,7 +270,6 @@ impl RowBound {
             opt(&e.title),
             opt(&e.track_type),
             opt(&e.url),
-            0,
         ];
         for (a, l) in self.attrs.iter_mut().zip(lens) {
             *a = (*a).max(l);
