@@ -18,6 +18,7 @@ pub mod gil;
 pub mod housekeeping;
 pub mod notify;
 pub mod sink;
+pub mod triage;
 pub mod waiters;
 pub mod worker;
 
@@ -192,6 +193,7 @@ pub fn spawn_thread(
 pub fn state() -> &'static str {
     let c = control();
     match c.state() {
+        State::Running if METRICS.is_blocked() => "blocked",
         State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
         s => s.word(),
     }

@@ -1,20 +1,26 @@
 //! The Snowflake SQL API v2 client: submit a statement, wait for it, read every partition.
 //!
 //! One [`Client`] is shared (through an `Arc`) by every worker thread; it owns one `ureq::Agent`, so
-//! TLS connections are reused. Each logical statement gets a fresh `requestId`; every resubmission
-//! of it (after a timeout, a lost connection, a 429 or a 5xx) sends the same `requestId` with
-//! `retry=true`, which tells Snowflake not to run it twice. A `202` answer is polled through its
-//! status URL with backoff until the statement finishes; past the request timeout the statement is
-//! cancelled and a retryable timeout error returned. Nothing here panics or sleeps past the
-//! deadline: the calling thread lives inside redis-server.
+//! TLS connections are reused. Each planned statement has one `requestId` for its whole life: every
+//! resubmission of it (after a timeout, a lost connection, a 429 or a 5xx — inside one call or by a
+//! caller trying the same statement again) sends the same `requestId` with `retry=true`, which tells
+//! Snowflake not to run it twice ([`Client::execute_idempotent`] derives the id from the statement
+//! itself, [`Client::execute_as`] takes the caller's). A `202` answer is polled through its status
+//! URL with backoff until the statement finishes. Past the request timeout a running statement is
+//! **not** cancelled: the error says it timed out, and the next submission with the same
+//! `requestId` finds the same running statement and polls it to its end, so a slow statement is
+//! never run beside a copy of itself. Nothing here panics or sleeps past the deadline: the calling
+//! thread lives inside redis-server.
 //!
 //! Values always travel as bind variables (`bindings`); multi-statement requests carry none, as
 //! Snowflake does not support binds there.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -28,6 +34,8 @@ use crate::statement::{Bind, Statement};
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Planned statements' `requestId`s remembered (a few batches per worker).
+const REMEMBERED_REQUEST_IDS: usize = 1024;
 /// First pause before polling a running statement.
 const POLL_FIRST: Duration = Duration::from_millis(20);
 
@@ -73,6 +81,15 @@ pub struct Client {
     agent: ureq::Agent,
     auth: Authenticator,
     round_trips: AtomicU64,
+    /// Planned statements submitted recently, so a resubmission says `retry=true`.
+    sent: Mutex<VecDeque<SentId>>,
+}
+
+/// A planned statement's `requestId` state: bumped to a new id after a known failure.
+struct SentId {
+    base: Uuid,
+    generation: u32,
+    sent: bool,
 }
 
 impl Client {
@@ -100,6 +117,7 @@ impl Client {
             agent,
             auth,
             round_trips: AtomicU64::new(0),
+            sent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -112,13 +130,69 @@ impl Client {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// Runs one statement with its bind variables.
+    /// Runs one statement with its bind variables, under a fresh `requestId` (reused only by the
+    /// resubmissions inside this call). For reads and anything that must run each time it is asked.
     pub fn execute(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
+        self.execute_as(statement, Uuid::new_v4(), false)
+    }
+
+    /// Runs a write whose text and binds identify it: the `requestId` is derived from them, so
+    /// trying the same planned statement again after this call returned a retryable error
+    /// resubmits it with `retry=true` (this client remembers the ids it sent recently) and never
+    /// runs it twice while Snowflake remembers the request — a statement still running is found
+    /// and waited for. For statements that are safe to skip when already applied (the pipeline's
+    /// MERGEs), never for reads.
+    pub fn execute_idempotent(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
+        let base = request_id_of(statement);
+        let (id, sent_before) = self.planned_id(base);
+        let result = self.execute_as(statement, id, sent_before);
+        if result.as_ref().is_err_and(SnowflakeError::statement_failed) {
+            self.forget(base);
+        }
+        result
+    }
+
+    /// The `requestId` to send for the planned statement `base`, and whether it was sent before.
+    /// After a statement failed (its outcome is known: nothing applied), its next try is a new
+    /// request, since Snowflake may answer a resubmission with the stored failure.
+    fn planned_id(&self, base: Uuid) -> (Uuid, bool) {
+        let mut sent = self.sent.lock();
+        if let Some(p) = sent.iter_mut().find(|p| p.base == base) {
+            let before = p.sent;
+            p.sent = true;
+            return (derived_id(base, p.generation), before);
+        }
+        if sent.len() >= REMEMBERED_REQUEST_IDS {
+            sent.pop_front();
+        }
+        sent.push_back(SentId {
+            base,
+            generation: 0,
+            sent: true,
+        });
+        (base, false)
+    }
+
+    fn forget(&self, base: Uuid) {
+        if let Some(p) = self.sent.lock().iter_mut().find(|p| p.base == base) {
+            p.generation = p.generation.wrapping_add(1);
+            p.sent = false;
+        }
+    }
+
+    /// Runs a statement under the caller's `requestId`. `resubmission` says the id may have been
+    /// sent before (the first request then already carries `retry=true`).
+    pub fn execute_as(
+        &self,
+        statement: &Statement,
+        request_id: Uuid,
+        resubmission: bool,
+    ) -> Result<QueryResult, SnowflakeError> {
         let mut body = self.body(&statement.sql);
         if !statement.binds.is_empty() {
             body.insert("bindings".into(), bindings(&statement.binds));
         }
-        self.run(Value::Object(body))
+        self.run(Value::Object(body), request_id, resubmission)
     }
 
     /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
@@ -141,7 +215,7 @@ impl Client {
             "parameters".into(),
             json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
         );
-        self.run(Value::Object(body))
+        self.run(Value::Object(body), Uuid::new_v4(), false)
     }
 
     /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
@@ -226,13 +300,25 @@ impl Client {
     }
 
     /// Submits a statement and returns its complete result.
-    fn run(&self, body: Value) -> Result<QueryResult, SnowflakeError> {
+    fn run(
+        &self,
+        body: Value,
+        request_id: Uuid,
+        resubmission: bool,
+    ) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let request_id = Uuid::new_v4();
         let text = body.to_string();
-        let (status, reply) = self.with_retries(deadline, |attempt, bearer| {
-            let url = submit_url(&self.cfg.base_url, &request_id, attempt > 0);
-            self.call("POST", &url, Some(&text), bearer, deadline)
+        let (mut id, mut retry) = (request_id, resubmission);
+        let (status, reply) = self.with_retries(deadline, |_, bearer| {
+            let url = submit_url(&self.cfg.base_url, &id, retry);
+            let answer = self.call("POST", &url, Some(&text), bearer, deadline);
+            match &answer {
+                // The statement ran and failed: nothing applied, the next try is a new request.
+                Err(e) if e.statement_failed() => (id, retry) = (Uuid::new_v4(), false),
+                // Anything else may have run: resubmit the same request.
+                _ => retry = true,
+            }
+            answer
         })?;
         match status {
             200 => self.complete(reply, deadline),
@@ -245,7 +331,8 @@ impl Client {
         }
     }
 
-    /// Polls a running statement until it finishes; cancels it at the deadline.
+    /// Polls a running statement until it finishes or the deadline passes. A statement still
+    /// running then is left running (see the module doc): the error is retryable and `timed_out`.
     fn wait(
         &self,
         handle: &str,
@@ -256,7 +343,7 @@ impl Client {
         let mut first = true;
         loop {
             if !first && !sleep_before(pause.next_delay(), deadline) {
-                return Err(self.cancel_after_timeout(handle));
+                return Err(self.still_running(handle));
             }
             first = false;
             let polled = self.with_retries(deadline, |_, bearer| {
@@ -267,31 +354,22 @@ impl Client {
                 Ok((202, _)) => continue,
                 Ok((other, _)) => return Err(unexpected_status(other)),
                 Err(e) if e.is_retryable() && Instant::now() >= deadline => {
-                    return Err(self.cancel_after_timeout(handle))
+                    return Err(self.still_running(handle))
                 }
-                Err(e) => {
-                    // Giving up on a statement that may still run: stop it rather than let it
-                    // overlap the caller's next attempt (best effort).
-                    if e.is_retryable() {
-                        let _ = self.cancel(handle);
-                    }
-                    return Err(e);
-                }
+                // The statement may still be running; the next submission under the same
+                // requestId finds it again.
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn cancel_after_timeout(&self, handle: &str) -> SnowflakeError {
-        let cancelled = self.cancel(handle).is_ok();
-        SnowflakeError::retryable(format!(
-            "statement {handle} did not finish within {}s (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS){}",
+    fn still_running(&self, handle: &str) -> SnowflakeError {
+        let mut e = SnowflakeError::retryable(format!(
+            "statement {handle} did not finish within {}s (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS); it keeps running and the next attempt waits for it",
             self.cfg.request_timeout.as_secs(),
-            if cancelled {
-                "; cancelled"
-            } else {
-                "; cancel failed"
-            }
-        ))
+        ));
+        e.timed_out = true;
+        e
     }
 
     /// Asks Snowflake to cancel a running statement (best effort, short timeout).
@@ -479,6 +557,46 @@ pub fn timestamp_ntz(value: &str) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
+/// The `requestId` of a planned statement's `generation`-th try after known failures.
+fn derived_id(base: Uuid, generation: u32) -> Uuid {
+    if generation == 0 {
+        return base;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(base.as_bytes())
+        .chain_update(generation.to_le_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// The `requestId` of a planned statement: a UUID (version 4 layout) from the SHA-256 of its text
+/// and binds, so the same statement planned again gets the same id.
+pub fn request_id_of(statement: &Statement) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"redis-writebehind statement\0");
+    h.update(statement.sql.as_bytes());
+    for b in &statement.binds {
+        h.update([0u8]);
+        h.update(b.sql_type().as_bytes());
+        match b.sql_value() {
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([2u8]),
+        }
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
     let retry = if retry { "&retry=true" } else { "" };
     format!("{base}/api/v2/statements?requestId={request_id}{retry}")
@@ -526,6 +644,7 @@ fn unexpected_status(status: u16) -> SnowflakeError {
         code: None,
         sql_state: None,
         message: format!("unexpected HTTP status {status}"),
+        timed_out: false,
     }
 }
 
@@ -635,6 +754,23 @@ mod tests {
             format!("https://a.snowflakecomputing.com/api/v2/statements?requestId={id}")
         );
         assert_eq!(again, format!("{first}&retry=true"));
+    }
+
+    #[test]
+    fn a_planned_statement_keeps_its_request_id_and_another_gets_another() {
+        let st = |json: &str| Statement::new("MERGE x ?", vec![Bind::Text(json.into())]);
+        let id = request_id_of(&st("[1]"));
+        assert_eq!(id, request_id_of(&st("[1]")));
+        assert_ne!(id, request_id_of(&st("[2]")));
+        assert_ne!(
+            id,
+            request_id_of(&Statement::new("MERGE y ?", vec![Bind::Text("[1]".into())]))
+        );
+        assert_ne!(
+            request_id_of(&Statement::new("S ?", vec![Bind::Null])),
+            request_id_of(&Statement::new("S ?", vec![Bind::Text(String::new())]))
+        );
+        assert_eq!(id.get_version_num(), 4);
     }
 
     #[test]

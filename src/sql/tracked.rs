@@ -23,14 +23,15 @@
 //!
 //! Since filter and update happen in one statement, replaying any subset of applied entries changes
 //! each row exactly by the events it has not seen. This relies on the pipeline applying the entries
-//! that touch one row in stream order (it routes by [`crate::entry::Decoded::partition_key`]) and never
+//! that touch one row in stream order (it routes by [`crate::entry::Decoded::row_keys`]) and never
 //! splitting one entry's events across statements ([`super::plan`] keeps entries whole).
 //!
 //! Event order is `ord` = the entry's sort key + the record index (fixed width, so text order is
 //! stream order). "Latest value" is taken as `MAX(ord || value)`, which picks the value of the latest
 //! event that carries one: an event without, say, a `page_name` leaves the stored one as it was.
 //! Timestamps travel as `YYYY-MM-DD HH:MM:SS` text, which sorts as time does, and are converted with
-//! `TO_TIMESTAMP_NTZ` once aggregated. Every bind is inside the `USING` subquery and every source column
+//! `TO_TIMESTAMP_NTZ(x, 'YYYY-MM-DD HH24:MI:SS')` once aggregated — always with that explicit format, so
+//! an account's or session's `TIMESTAMP_INPUT_FORMAT` cannot change how they are read. Every bind is inside the `USING` subquery and every source column
 //! is selected plainly, which is what portable engines (and the local emulator) need.
 
 use serde::Serialize;
@@ -119,7 +120,7 @@ COALESCE(SUBSTR(g.track_title_o, {o}), g.cur_track_title) AS track_title, \
 COALESCE(SUBSTR(g.track_type_o, {o}), g.cur_track_type) AS track_type, \
 COALESCE(SUBSTR(g.track_url_o, {o}), g.cur_track_url) AS track_url, \
 g.last_entry_id, \
-TO_TIMESTAMP_NTZ(g.at_ts) AS updated_dts \
+TO_TIMESTAMP_NTZ(g.at_ts, 'YYYY-MM-DD HH24:MI:SS') AS updated_dts \
 FROM (\
 SELECT e.tracked_id, e.track_id, \
 COUNT(DISTINCT CASE WHEN e.act = 'v' THEN e.ord END) AS visits, \
@@ -201,8 +202,8 @@ s.last_entry_id, s.updated_dts)",
 /// (`GREATEST` would give NULL).
 fn latest(kind: &str) -> String {
     format!(
-        "CASE WHEN g.cur_{kind}_dts IS NULL OR TO_TIMESTAMP_NTZ(g.{kind}_ts) > g.cur_{kind}_dts \
-THEN COALESCE(TO_TIMESTAMP_NTZ(g.{kind}_ts), g.cur_{kind}_dts) ELSE g.cur_{kind}_dts END"
+        "CASE WHEN g.cur_{kind}_dts IS NULL OR TO_TIMESTAMP_NTZ(g.{kind}_ts, 'YYYY-MM-DD HH24:MI:SS') > g.cur_{kind}_dts \
+THEN COALESCE(TO_TIMESTAMP_NTZ(g.{kind}_ts, 'YYYY-MM-DD HH24:MI:SS'), g.cur_{kind}_dts) ELSE g.cur_{kind}_dts END"
     )
 }
 

@@ -37,7 +37,7 @@ pub fn merge_sql(table: &str) -> String {
     format!(
         "MERGE INTO {table} t USING (\
 SELECT g.user_email, SUBSTR(g.username_o, {o}) AS username, g.last_entry_id, \
-TO_TIMESTAMP_NTZ(g.at_ts) AS at_dts \
+TO_TIMESTAMP_NTZ(g.at_ts, 'YYYY-MM-DD HH24:MI:SS') AS at_dts \
 FROM (\
 SELECT e.user_email, MAX(e.entry || e.username) AS username_o, MAX(e.entry) AS last_entry_id, \
 MAX(e.at_ts) AS at_ts \
