@@ -38,10 +38,12 @@ pub enum SinkError {
         code: Option<String>,
         message: String,
     },
-    /// `code`: Snowflake's error code (or SQL state), the key of the triage.
+    /// `code`: Snowflake's error code (or SQL state), the key of the triage; `table`: the target
+    /// of the statement refused.
     Data {
         code: String,
         message: String,
+        table: &'static str,
     },
 }
 
@@ -72,6 +74,7 @@ impl From<SnowflakeError> for SinkError {
             ErrorClass::Data => SinkError::Data {
                 code: e.code.or(e.sql_state).unwrap_or_else(|| "data".to_string()),
                 message: line,
+                table: "",
             },
             ErrorClass::Config | ErrorClass::Permanent => SinkError::Blocked {
                 code: e.code,
@@ -166,8 +169,19 @@ impl Sink for SnowflakeSink {
                 .statements
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let submitted = Instant::now();
-            let result = self.client.execute_idempotent(&p.statement)?;
-            TRIAGE.accepted(submitted);
+            let table = p.target.marker();
+            let result =
+                self.client.execute_idempotent(&p.statement).map_err(
+                    |e| match SinkError::from(e) {
+                        SinkError::Data { code, message, .. } => SinkError::Data {
+                            code,
+                            message,
+                            table,
+                        },
+                        other => other,
+                    },
+                )?;
+            TRIAGE.accepted(table, submitted);
             if snap.bool(Key::TraceSql) {
                 logging::info(&format!(
                     "{} done: handle {} rows affected {:?}",

@@ -15,10 +15,12 @@
 //!   appears, or until the entry has failed alone [`QUARANTINE_ATTEMPTS`] times with nothing else
 //!   failing alike (a lone bad entry in a quiet pipeline), when it is dead-lettered.
 //!
-//! Evidence counts only from statements *submitted* after the batch first failed, so a statement
-//! already in flight when a systemic error began cannot pass for proof that Snowflake takes data.
-//! The state is process-wide (workers share one Snowflake) and tiny: when the latest accepted
-//! statement was submitted, and the entries that failed alone since, per code.
+//! Evidence is kept per target table (a cause may break only the USER statements while the
+//! TRACKED ones go through), and counts only from statements *submitted* after the batch first
+//! failed, so a statement already in flight when a systemic error began cannot pass for proof that
+//! Snowflake takes data. The state is process-wide (workers share one Snowflake) and tiny: per
+//! table, when the latest accepted statement was submitted, and the entries that failed alone
+//! since, per code.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -48,9 +50,12 @@ struct Evidence {
     lone: BTreeMap<String, BTreeMap<EntryId, Instant>>,
 }
 
+/// What the triage keeps apart: the statements of one target table.
+pub type Table = &'static str;
+
 /// The shared evidence.
 pub struct Triage {
-    state: Mutex<Option<Evidence>>,
+    state: Mutex<BTreeMap<Table, Evidence>>,
 }
 
 impl Default for Triage {
@@ -62,15 +67,15 @@ impl Default for Triage {
 impl Triage {
     pub const fn new() -> Triage {
         Triage {
-            state: Mutex::new(None),
+            state: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Snowflake accepted a statement submitted at `submitted`: lone failures from before it are
     /// no longer evidence of a systemic error.
-    pub fn accepted(&self, submitted: Instant) {
+    pub fn accepted(&self, table: Table, submitted: Instant) {
         let mut guard = self.state.lock();
-        let e = guard.get_or_insert_with(Evidence::default);
+        let e = guard.entry(table).or_default();
         if e.accepted_submitted.is_none_or(|t| t < submitted) {
             e.accepted_submitted = Some(submitted);
         }
@@ -80,10 +85,11 @@ impl Triage {
         e.lone.retain(|_, failures| !failures.is_empty());
     }
 
-    /// Judges `entry`, refused alone with `code` at `now` (its `attempts`-th lone failure), in a
-    /// batch that first failed at `first_failure`.
+    /// Judges `entry`, refused alone by a `table` statement with `code` at `now` (its
+    /// `attempts`-th lone failure), in a batch that first failed at `first_failure`.
     pub fn judge(
         &self,
+        table: Table,
         entry: EntryId,
         code: &str,
         first_failure: Instant,
@@ -91,7 +97,7 @@ impl Triage {
         now: Instant,
     ) -> Verdict {
         let mut guard = self.state.lock();
-        let e = guard.get_or_insert_with(Evidence::default);
+        let e = guard.entry(table).or_default();
         let same = e.lone.entry(code.to_string()).or_default();
         same.insert(entry, now);
         if same.len() > 1 {
@@ -113,6 +119,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const T: Table = "TRACKED";
+
     fn id(n: u64) -> EntryId {
         EntryId::new(n, 0)
     }
@@ -126,9 +134,9 @@ mod tests {
         let t = Triage::new();
         let t0 = Instant::now();
         // The batch fails at 0; a sibling submitted at 10 goes through; the entry fails alone at 20.
-        t.accepted(at(t0, 10));
+        t.accepted(T, at(t0, 10));
         assert_eq!(
-            t.judge(id(1), "100035", t0, 1, at(t0, 20)),
+            t.judge(T, id(1), "100035", t0, 1, at(t0, 20)),
             Verdict::DeadLetter
         );
     }
@@ -137,9 +145,9 @@ mod tests {
     fn a_statement_in_flight_before_the_failure_is_no_evidence() {
         let t = Triage::new();
         let t0 = at(Instant::now(), 100);
-        t.accepted(at(t0, 0) - Duration::from_millis(50));
+        t.accepted(T, at(t0, 0) - Duration::from_millis(50));
         assert_eq!(
-            t.judge(id(1), "100035", t0, 1, at(t0, 20)),
+            t.judge(T, id(1), "100035", t0, 1, at(t0, 20)),
             Verdict::Blocked
         );
     }
@@ -148,17 +156,26 @@ mod tests {
     fn single_entries_failing_alike_are_systemic_and_nothing_is_dead_lettered() {
         let t = Triage::new();
         let t0 = Instant::now();
-        assert_eq!(t.judge(id(1), "100035", t0, 1, at(t0, 1)), Verdict::Blocked);
-        assert_eq!(t.judge(id(2), "100035", t0, 1, at(t0, 2)), Verdict::Blocked);
+        assert_eq!(
+            t.judge(T, id(1), "100035", t0, 1, at(t0, 1)),
+            Verdict::Blocked
+        );
+        assert_eq!(
+            t.judge(T, id(2), "100035", t0, 1, at(t0, 2)),
+            Verdict::Blocked
+        );
         // However long it lasts, while others keep failing alike.
         for attempt in 2..20 {
             let now = at(t0, 10 * u64::from(attempt));
-            assert_eq!(t.judge(id(1), "100035", t0, attempt, now), Verdict::Blocked);
+            assert_eq!(
+                t.judge(T, id(1), "100035", t0, attempt, now),
+                Verdict::Blocked
+            );
         }
         // Once Snowflake accepts statements again, a refusal is the entry's own.
-        t.accepted(at(t0, 500));
+        t.accepted(T, at(t0, 500));
         assert_eq!(
-            t.judge(id(1), "100035", t0, 20, at(t0, 600)),
+            t.judge(T, id(1), "100035", t0, 20, at(t0, 600)),
             Verdict::DeadLetter
         );
     }
@@ -167,9 +184,33 @@ mod tests {
     fn another_code_is_other_evidence() {
         let t = Triage::new();
         let t0 = Instant::now();
-        assert_eq!(t.judge(id(1), "100035", t0, 1, at(t0, 1)), Verdict::Blocked);
         assert_eq!(
-            t.judge(id(2), "100038", t0, QUARANTINE_ATTEMPTS, at(t0, 2)),
+            t.judge(T, id(1), "100035", t0, 1, at(t0, 1)),
+            Verdict::Blocked
+        );
+        assert_eq!(
+            t.judge(T, id(2), "100038", t0, QUARANTINE_ATTEMPTS, at(t0, 2)),
+            Verdict::DeadLetter
+        );
+    }
+
+    #[test]
+    fn statements_of_another_table_are_no_evidence() {
+        let t = Triage::new();
+        let t0 = Instant::now();
+        // TRACKED statements go through while every USER statement fails alike.
+        t.accepted("TRACKED", at(t0, 10));
+        assert_eq!(
+            t.judge("USER", id(1), "100035", t0, 1, at(t0, 20)),
+            Verdict::Blocked
+        );
+        assert_eq!(
+            t.judge("USER", id(2), "100035", t0, 1, at(t0, 21)),
+            Verdict::Blocked
+        );
+        t.accepted("USER", at(t0, 30));
+        assert_eq!(
+            t.judge("USER", id(1), "100035", t0, 2, at(t0, 40)),
             Verdict::DeadLetter
         );
     }
@@ -180,10 +221,13 @@ mod tests {
         let t0 = Instant::now();
         for attempt in 1..QUARANTINE_ATTEMPTS {
             let now = at(t0, u64::from(attempt));
-            assert_eq!(t.judge(id(7), "100035", t0, attempt, now), Verdict::Blocked);
+            assert_eq!(
+                t.judge(T, id(7), "100035", t0, attempt, now),
+                Verdict::Blocked
+            );
         }
         assert_eq!(
-            t.judge(id(7), "100035", t0, QUARANTINE_ATTEMPTS, at(t0, 9)),
+            t.judge(T, id(7), "100035", t0, QUARANTINE_ATTEMPTS, at(t0, 9)),
             Verdict::DeadLetter
         );
     }

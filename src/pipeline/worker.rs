@@ -234,10 +234,14 @@ fn commit_from(
                 out.extend(commit_from(right, Some(since))?);
                 return Some(out);
             }
-            SinkError::Data { code, message } => {
+            SinkError::Data {
+                code,
+                message,
+                table,
+            } => {
                 lone_failures = lone_failures.saturating_add(1);
                 let id = entries[0].id();
-                match TRIAGE.judge(id, code, since, lone_failures, Instant::now()) {
+                match TRIAGE.judge(table, id, code, since, lone_failures, Instant::now()) {
                     Verdict::DeadLetter => {
                         logging::warning(&format!("entry {id} rejected by Snowflake: {message}"));
                         return Some(vec![Err(message.clone())]);
