@@ -188,3 +188,34 @@ fn lock_waits_and_statement_timeouts_are_ridden_out_promptly() {
     assert_eq!(st["dead_lettered"], "0", "{st:?}");
     assert_eq!(emu.stats()["pending_faults"], 0);
 }
+
+#[test]
+fn a_failover_write_past_the_request_timeout_is_written_once() {
+    // The direct MERGE has no replay filter: a retry that ran it a second time would count twice,
+    // and a caller told it failed would write it again.
+    let emu = Emulator::start_with(common::emulator::Options {
+        async_after_ms: 50,
+        ..common::emulator::Options::default()
+    });
+    let server = RedisServer::start(
+        wired(&emu)
+            .conf("maxmemory 1")
+            .conf("maxmemory-policy noeviction")
+            .env("STREAM_FAILOVER_TO_SNOWFLAKE", "1")
+            .env("SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "1"),
+    );
+    let mut con = server.connection();
+    // The statement outlasts the request timeout and cannot be cancelled any more (past its commit
+    // point): the write must wait for it, not give up and not run it again.
+    emu.fault(json!({"next": 1, "match": "failover-1", "slow_ms": 1200, "uncancellable": true}));
+    let reply: String = q(
+        &mut con,
+        &[
+            "WB.WRITE",
+            &visit("failover-1", &["failover-1"], "v", &now()),
+        ],
+    );
+    assert_eq!(reply, "DIRECT");
+    assert_eq!(visits(&emu).get("failover-1"), Some(&1));
+    assert_eq!(status(&mut con)["failovers"], "1");
+}

@@ -212,7 +212,8 @@ class Faults:
     """Pending faults, applied to the next matching API requests.
 
     A fault: {"next": N (default 1), "status": 429|500|503|..., "delay_ms": ms, "hang": true,
-    "hang_ms": ms, "refuse": true, "slow_ms": ms, "after_execute": true, "on": "submit"|"poll"|"any",
+    "hang_ms": ms, "refuse": true, "slow_ms": ms (+ "uncancellable": true), "statement_error": true,
+    "after_execute": true, "on": "submit"|"poll"|"any",
     "match": text (only requests whose body contains it), "code"/"message"/"sql_state": the error body}.
     """
 
@@ -596,9 +597,12 @@ class Emulator:
     def run(self, rec: Record, body: dict[str, Any], user: str, slow_ms: int, failure=None) -> None:
         """Executes a submission and stores its response in rec (called on a worker thread)."""
         try:
-            if slow_ms and rec.cancel.wait(slow_ms / 1000):
+            if slow_ms and failure is not None and failure.get("uncancellable"):
+                # Past its commit point: a cancel arriving now changes nothing.
+                time.sleep(slow_ms / 1000)
+            elif slow_ms and rec.cancel.wait(slow_ms / 1000):
                 raise ApiError(422, "000604", "SQL execution canceled", "57014")
-            if failure:
+            if failure and failure.get("statement_error"):
                 raise ApiError(
                     int(failure.get("status", 422)),
                     str(failure.get("code", "100035")),
@@ -798,7 +802,7 @@ class Emulator:
         rec = Record(str(uuid.uuid4()), request_id)
         self.keep(rec)
         slow_ms = int(fault.get("slow_ms", 0)) if fault else 0
-        failure = fault if fault and fault.get("statement_error") else None
+        failure = fault if fault and (fault.get("statement_error") or fault.get("uncancellable")) else None
         worker = threading.Thread(target=self.run, args=(rec, body, user, slow_ms, failure), daemon=True)
         worker.start()
         wait_s = 0 if async_ else self.args.async_after_ms / 1000
