@@ -178,25 +178,20 @@ fn failover(decoded: &Decoded) -> RedisResult {
 /// Tries of one direct statement before the caller gets the error.
 const DIRECT_TRIES: u32 = 3;
 
-/// Runs one direct statement under one `requestId` for all its tries. The direct MERGE has no
-/// replay filter, so a second execution would count twice: a try after a timeout or a lost answer
+/// Runs one direct statement as one request for all its tries. The direct MERGE has no replay
+/// filter, so a second execution would count twice: a try after a timeout or a lost answer
 /// resubmits the same request (`retry=true`), which finds the first execution — finished or still
-/// running — instead of starting another.
+/// running — instead of starting another; only a statement that ran and failed is sent anew.
 pub fn execute_direct(
     client: &crate::snowflake::Client,
     st: &crate::statement::Statement,
 ) -> Result<crate::snowflake::QueryResult, crate::snowflake::SnowflakeError> {
-    let (mut request_id, mut resubmit) = (uuid::Uuid::new_v4(), false);
+    let mut request = crate::snowflake::client::Request::default();
     let mut tries = 0;
     loop {
         tries += 1;
-        match client.execute_as(st, request_id, resubmit) {
-            // It ran and failed (nothing applied): the next try is a new request.
-            Err(e) if e.is_retryable() && tries < DIRECT_TRIES && e.statement_failed() => {
-                (request_id, resubmit) = (uuid::Uuid::new_v4(), false);
-            }
-            // It may have run, or may be running still: resubmit the same request.
-            Err(e) if e.is_retryable() && tries < DIRECT_TRIES => resubmit = true,
+        match client.execute_with(st, &mut request) {
+            Err(e) if e.is_retryable() && tries < DIRECT_TRIES => continue,
             other => return other,
         }
     }

@@ -5,7 +5,8 @@
 //! resubmission of it (after a timeout, a lost connection, a 429 or a 5xx — inside one call or by a
 //! caller trying the same statement again) sends the same `requestId` with `retry=true`, which tells
 //! Snowflake not to run it twice ([`Client::execute_idempotent`] derives the id from the statement
-//! itself, [`Client::execute_as`] takes the caller's). A `202` answer is polled through its status
+//! itself, [`Client::execute_with`] takes the caller's [`Request`]). A statement that ran and failed
+//! is tried again as a new request. A `202` answer is polled through its status
 //! URL with backoff until the statement finishes. Past the request timeout a running statement is
 //! **not** cancelled: the error says it timed out, and the next submission with the same
 //! `requestId` finds the same running statement and polls it to its end, so a slow statement is
@@ -34,8 +35,8 @@ use crate::statement::{Bind, Statement};
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Planned statements' `requestId`s remembered (a few batches per worker).
-const REMEMBERED_REQUEST_IDS: usize = 1024;
+/// Planned statements whose request is remembered (a few batches per worker).
+const REMEMBERED_REQUESTS: usize = 1024;
 /// First pause before polling a running statement.
 const POLL_FIRST: Duration = Duration::from_millis(20);
 
@@ -81,15 +82,41 @@ pub struct Client {
     agent: ureq::Agent,
     auth: Authenticator,
     round_trips: AtomicU64,
-    /// Planned statements submitted recently, so a resubmission says `retry=true`.
-    sent: Mutex<VecDeque<SentId>>,
+    /// The request of each planned statement submitted recently (see [`Client::execute_idempotent`]).
+    planned: Mutex<VecDeque<(Uuid, Request)>>,
 }
 
-/// A planned statement's `requestId` state: bumped to a new id after a known failure.
-struct SentId {
-    base: Uuid,
-    generation: u32,
-    sent: bool,
+/// The request a statement is sent as: its `requestId`, and whether that id may have reached
+/// Snowflake already (a resubmission then says `retry=true`). One value follows a statement through
+/// all its tries: after an answer that may hide an execution (a lost connection, a 5xx, a timeout
+/// while running) the same request is sent again; after the statement ran and failed (the answer
+/// names a SQL state: nothing applied, and Snowflake may answer a resubmission with the stored
+/// failure) it becomes a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub id: Uuid,
+    pub sent: bool,
+}
+
+impl Request {
+    /// A request never sent.
+    pub fn new(id: Uuid) -> Request {
+        Request { id, sent: false }
+    }
+
+    /// Updates the request after an attempt that ended with `outcome`.
+    fn after<T>(&mut self, outcome: &Result<T, SnowflakeError>) {
+        match outcome {
+            Err(e) if e.statement_failed() => *self = Request::new(Uuid::new_v4()),
+            _ => self.sent = true,
+        }
+    }
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request::new(Uuid::new_v4())
+    }
 }
 
 impl Client {
@@ -117,7 +144,7 @@ impl Client {
             agent,
             auth,
             round_trips: AtomicU64::new(0),
-            sent: Mutex::new(VecDeque::new()),
+            planned: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -133,66 +160,49 @@ impl Client {
     /// Runs one statement with its bind variables, under a fresh `requestId` (reused only by the
     /// resubmissions inside this call). For reads and anything that must run each time it is asked.
     pub fn execute(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
-        self.execute_as(statement, Uuid::new_v4(), false)
+        self.execute_with(statement, &mut Request::default())
     }
 
-    /// Runs a write whose text and binds identify it: the `requestId` is derived from them, so
-    /// trying the same planned statement again after this call returned a retryable error
-    /// resubmits it with `retry=true` (this client remembers the ids it sent recently) and never
-    /// runs it twice while Snowflake remembers the request — a statement still running is found
-    /// and waited for. For statements that are safe to skip when already applied (the pipeline's
-    /// MERGEs), never for reads.
+    /// Runs a write whose text and binds identify it: its first `requestId` is derived from them,
+    /// and this client remembers the request of each planned statement it sent recently, so trying
+    /// the same statement again after this call returned a retryable error resubmits the same
+    /// request with `retry=true` — a statement that ran is not run again, one still running is
+    /// found and waited for. For statements that are harmless to skip when already applied (the
+    /// pipeline's MERGEs), never for reads.
     pub fn execute_idempotent(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
-        let base = request_id_of(statement);
-        let (id, sent_before) = self.planned_id(base);
-        let result = self.execute_as(statement, id, sent_before);
-        if result.as_ref().is_err_and(SnowflakeError::statement_failed) {
-            self.forget(base);
+        let key = request_id_of(statement);
+        let mut request = {
+            let planned = self.planned.lock();
+            planned
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Request::new(key), |(_, r)| *r)
+        };
+        let result = self.execute_with(statement, &mut request);
+        let mut planned = self.planned.lock();
+        match planned.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, r)) => *r = request,
+            None => {
+                if planned.len() >= REMEMBERED_REQUESTS {
+                    planned.pop_front();
+                }
+                planned.push_back((key, request));
+            }
         }
         result
     }
 
-    /// The `requestId` to send for the planned statement `base`, and whether it was sent before.
-    /// After a statement failed (its outcome is known: nothing applied), its next try is a new
-    /// request, since Snowflake may answer a resubmission with the stored failure.
-    fn planned_id(&self, base: Uuid) -> (Uuid, bool) {
-        let mut sent = self.sent.lock();
-        if let Some(p) = sent.iter_mut().find(|p| p.base == base) {
-            let before = p.sent;
-            p.sent = true;
-            return (derived_id(base, p.generation), before);
-        }
-        if sent.len() >= REMEMBERED_REQUEST_IDS {
-            sent.pop_front();
-        }
-        sent.push_back(SentId {
-            base,
-            generation: 0,
-            sent: true,
-        });
-        (base, false)
-    }
-
-    fn forget(&self, base: Uuid) {
-        if let Some(p) = self.sent.lock().iter_mut().find(|p| p.base == base) {
-            p.generation = p.generation.wrapping_add(1);
-            p.sent = false;
-        }
-    }
-
-    /// Runs a statement under the caller's `requestId`. `resubmission` says the id may have been
-    /// sent before (the first request then already carries `retry=true`).
-    pub fn execute_as(
+    /// Runs a statement as `request`, which is updated for the caller's next try (see [`Request`]).
+    pub fn execute_with(
         &self,
         statement: &Statement,
-        request_id: Uuid,
-        resubmission: bool,
+        request: &mut Request,
     ) -> Result<QueryResult, SnowflakeError> {
         let mut body = self.body(&statement.sql);
         if !statement.binds.is_empty() {
             body.insert("bindings".into(), bindings(&statement.binds));
         }
-        self.run(Value::Object(body), request_id, resubmission)
+        self.run(Value::Object(body), request)
     }
 
     /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
@@ -215,7 +225,7 @@ impl Client {
             "parameters".into(),
             json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
         );
-        self.run(Value::Object(body), Uuid::new_v4(), false)
+        self.run(Value::Object(body), &mut Request::default())
     }
 
     /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
@@ -300,24 +310,13 @@ impl Client {
     }
 
     /// Submits a statement and returns its complete result.
-    fn run(
-        &self,
-        body: Value,
-        request_id: Uuid,
-        resubmission: bool,
-    ) -> Result<QueryResult, SnowflakeError> {
+    fn run(&self, body: Value, request: &mut Request) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let text = body.to_string();
-        let (mut id, mut retry) = (request_id, resubmission);
         let (status, reply) = self.with_retries(deadline, |_, bearer| {
-            let url = submit_url(&self.cfg.base_url, &id, retry);
+            let url = submit_url(&self.cfg.base_url, &request.id, request.sent);
             let answer = self.call("POST", &url, Some(&text), bearer, deadline);
-            match &answer {
-                // The statement ran and failed: nothing applied, the next try is a new request.
-                Err(e) if e.statement_failed() => (id, retry) = (Uuid::new_v4(), false),
-                // Anything else may have run: resubmit the same request.
-                _ => retry = true,
-            }
+            request.after(&answer);
             answer
         })?;
         match status {
@@ -325,7 +324,9 @@ impl Client {
             202 => {
                 let handle = handle_of(&reply)?;
                 let url = self.status_url(&reply, &handle)?;
-                self.wait(&handle, &url, deadline)
+                let result = self.wait(&handle, &url, deadline);
+                request.after(&result);
+                result
             }
             other => Err(unexpected_status(other)),
         }
@@ -557,23 +558,9 @@ pub fn timestamp_ntz(value: &str) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-/// The `requestId` of a planned statement's `generation`-th try after known failures.
-fn derived_id(base: Uuid, generation: u32) -> Uuid {
-    if generation == 0 {
-        return base;
-    }
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(base.as_bytes())
-        .chain_update(generation.to_le_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// The `requestId` of a planned statement: a UUID (version 4 layout) from the SHA-256 of its text
-/// and binds, so the same statement planned again gets the same id.
+/// The first `requestId` of a planned statement: a UUID (version 4 layout) from the SHA-256 of its
+/// text and binds, so the same statement planned again (by another try of the same batch) is the
+/// same request.
 pub fn request_id_of(statement: &Statement) -> Uuid {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -771,6 +758,23 @@ mod tests {
             request_id_of(&Statement::new("S ?", vec![Bind::Text(String::new())]))
         );
         assert_eq!(id.get_version_num(), 4);
+    }
+
+    #[test]
+    fn a_request_is_resent_after_an_unknown_outcome_and_renewed_after_a_failure() {
+        let id = Uuid::new_v4();
+        let mut r = Request::new(id);
+        r.after(&Err::<(), _>(SnowflakeError::retryable("connection reset")));
+        assert_eq!(r, Request { id, sent: true });
+        r.after(&Err::<(), _>(SnowflakeError::from_response(503, "")));
+        assert_eq!(r, Request { id, sent: true });
+        let failed = SnowflakeError::from_response(
+            422,
+            r#"{"code":"000625","sqlState":"57014","message":"too many waiters"}"#,
+        );
+        r.after(&Err::<(), _>(failed));
+        assert_ne!(r.id, id);
+        assert!(!r.sent);
     }
 
     #[test]
