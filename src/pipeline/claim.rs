@@ -222,7 +222,44 @@ fn run(gil: Gil, workers: Vec<Sender<Work>>) {
     }
 }
 
-/// Decodes entries and sends each to the worker of its partition.
+/// The worker of a row key.
+fn worker_of(key: &str, workers: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
+}
+
+/// Where an entry goes: the one worker owning every row it writes, or — for an entry whose rows
+/// belong to several workers — `Spanning(w)`: it must run alone, after everything sent before it
+/// and before anything sent after it, so no row sees its updates out of stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    To(usize),
+    Spanning(usize),
+}
+
+fn route(row_keys: &[&str], entry_id: &str, workers: usize) -> Route {
+    let mut owners = row_keys.iter().map(|k| worker_of(k, workers));
+    match owners.next() {
+        None => Route::To(worker_of(entry_id, workers)),
+        Some(first) if owners.all(|w| w == first) => Route::To(first),
+        Some(first) => Route::Spanning(first),
+    }
+}
+
+/// Waits until every entry sent to the workers is settled; `false` when stopping.
+fn drained() -> bool {
+    let c = control();
+    while METRICS.in_flight.load(Ordering::Relaxed) > 0 {
+        if c.stopping() {
+            return false;
+        }
+        c.wait_settled(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
     entries: Vec<RawEntry>,
     workers: &[Sender<Work>],
@@ -236,9 +273,6 @@ fn dispatch(
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    METRICS
-        .in_flight
-        .fetch_add(entries.len() as u64, Ordering::Relaxed);
     for raw in entries {
         if log_raw {
             let fields: Vec<String> = raw
@@ -257,14 +291,7 @@ fn dispatch(
         // Redis only hands out well-formed IDs.
         let id = EntryId::parse(&raw.id).unwrap_or_default();
         let decoded = entry::decode(id, &raw.fields, rules);
-        let key = decoded.partition_key();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        if key.is_empty() {
-            raw.id.hash(&mut h);
-        } else {
-            key.hash(&mut h);
-        }
-        let index = (h.finish() % workers.len().max(1) as u64) as usize;
+        let route = route(&decoded.row_keys(), &raw.id, workers.len());
         // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
         // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
         // costs the module little.
@@ -280,12 +307,26 @@ fn dispatch(
             stream: std::sync::Arc::clone(&stream_name),
             group: std::sync::Arc::clone(&group),
         };
+        let index = match route {
+            Route::To(w) => w,
+            Route::Spanning(w) => {
+                // Stopping: the entry stays pending in the group for the next start.
+                if !drained() {
+                    return;
+                }
+                w
+            }
+        };
+        METRICS.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = workers.get(index) {
             if tx.send(work).is_err() {
                 logging::warning(
                     "a worker has stopped; the entry stays pending for the next start",
                 );
             }
+        }
+        if matches!(route, Route::Spanning(_)) && !drained() {
+            return;
         }
     }
 }
@@ -360,5 +401,36 @@ fn preview(ids: &[String]) -> String {
         format!("{} ...", shown.join(" "))
     } else {
         shown.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_go_to_the_worker_of_their_rows_not_of_their_key() {
+        // Every entry writing row key "bob-1" reaches one worker, whatever its key names.
+        assert_eq!(route(&["bob-1"], "1-0", 4), route(&["bob-1"], "2-0", 4));
+        assert_eq!(
+            route(&["bob-1"], "1-0", 4),
+            Route::To(worker_of("bob-1", 4))
+        );
+        // Nothing to write: spread by the entry's ID.
+        assert_eq!(route(&[], "7-0", 4), Route::To(worker_of("7-0", 4)));
+    }
+
+    #[test]
+    fn an_entry_whose_rows_belong_to_several_workers_runs_alone() {
+        let (a, b) = (0..100)
+            .map(|i| format!("u{i}"))
+            .find_map(|k| (worker_of(&k, 4) != worker_of("u0", 4)).then_some(("u0".to_string(), k)))
+            .expect("two keys on different workers");
+        assert_eq!(
+            route(&[&a, &b], "1-0", 4),
+            Route::Spanning(worker_of(&a, 4))
+        );
+        assert_eq!(route(&[&a, &a], "1-0", 4), Route::To(worker_of(&a, 4)));
+        assert_eq!(route(&[&a, &b], "1-0", 1), Route::To(0));
     }
 }

@@ -18,6 +18,7 @@ use rand::Rng;
 use super::ack::{self, Settle};
 use super::gil::Gil;
 use super::sink::{self, SinkError};
+use super::triage::{Verdict, TRIAGE};
 use super::{control, State};
 use crate::entry::Decoded;
 use crate::logging;
@@ -198,74 +199,108 @@ fn log_left_out(d: &Decoded) {
 }
 
 /// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
-/// entries Snowflake rejects are alone. Returns each entry's result, or `None` when stopping.
+/// entries Snowflake rejects are alone and lets the triage judge them. Returns each entry's result,
+/// or `None` when stopping.
 fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+    commit_from(entries, None)
+}
+
+/// [`commit_all`] for part of a batch that first failed at `first_failure` (the evidence of the
+/// triage counts from there).
+fn commit_from(
+    entries: &[Decoded],
+    first_failure: Option<Instant>,
+) -> Option<Vec<Result<(), String>>> {
     let c = control();
     let mut attempt: u32 = 0;
+    let mut lone_failures: u32 = 0;
+    let mut first_failure = first_failure;
     loop {
         let result = sink::current().and_then(|s| s.commit(entries));
-        match result {
+        let e = match result {
             Ok(()) => {
                 c.degraded.store(false, Ordering::Relaxed);
+                METRICS.set_blocked(None);
                 return Some(vec![Ok(()); entries.len()]);
             }
-            Err(SinkError::Data(msg)) if entries.len() == 1 => {
-                logging::warning(&format!(
-                    "entry {} rejected by Snowflake: {msg}",
-                    entries[0].id()
-                ));
-                return Some(vec![Err(msg)]);
-            }
-            Err(SinkError::Data(_)) => {
+            Err(e) => e,
+        };
+        let since = *first_failure.get_or_insert_with(Instant::now);
+        let mut systemic = None;
+        match &e {
+            SinkError::Data { .. } if entries.len() > 1 => {
                 let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_all(left)?;
-                out.extend(commit_all(right)?);
+                let mut out = commit_from(left, Some(since))?;
+                out.extend(commit_from(right, Some(since))?);
                 return Some(out);
+            }
+            SinkError::Data {
+                code,
+                message,
+                table,
+            } => {
+                lone_failures = lone_failures.saturating_add(1);
+                let id = entries[0].id();
+                match TRIAGE.judge(table, id, code, since, lone_failures, Instant::now()) {
+                    Verdict::DeadLetter => {
+                        logging::warning(&format!("entry {id} rejected by Snowflake: {message}"));
+                        return Some(vec![Err(message.clone())]);
+                    }
+                    Verdict::Blocked => systemic = Some(code.clone()),
+                }
             }
             // A statement that keeps running past the request timeout may simply be too big for the
             // warehouse: after three tries, split the batch (entries are never split, so replays stay
             // exact); one entry alone keeps being retried.
-            Err(SinkError::Retry(msg))
-                if entries.len() > 1 && attempt >= 2 && msg.contains("did not finish within") =>
-            {
+            SinkError::TimedOut(msg) if entries.len() > 1 && attempt >= 2 => {
                 logging::warning(&format!(
                     "a batch of {} entries keeps timing out; splitting it: {msg}",
                     entries.len()
                 ));
                 let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_all(left)?;
-                out.extend(commit_all(right)?);
+                let mut out = commit_from(left, Some(since))?;
+                out.extend(commit_from(right, Some(since))?);
                 return Some(out);
             }
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                c.degraded.store(true, Ordering::Relaxed);
-                METRICS.retries.fetch_add(1, Ordering::Relaxed);
-                METRICS.set_error(e.message());
-                let blocked = matches!(e, SinkError::Blocked(_));
-                let wait = backoff(attempt, blocked);
-                if attempt == 1 || attempt.is_power_of_two() {
-                    logging::warning(&format!(
-                        "commit of {} entries failed (attempt {attempt}), retrying in {} ms: {}",
-                        entries.len(),
-                        wait.as_millis(),
-                        e.message()
-                    ));
-                }
-                let until = Instant::now() + wait;
-                while Instant::now() < until {
-                    if c.stopping() {
-                        return None;
-                    }
-                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                }
-                if c.stopping() {
-                    return None;
-                }
-                if c.state() == State::Replica {
-                    return None;
-                }
+            _ => {}
+        }
+        attempt = attempt.saturating_add(1);
+        c.degraded.store(true, Ordering::Relaxed);
+        METRICS.retries.fetch_add(1, Ordering::Relaxed);
+        METRICS.set_error(e.message());
+        let blocked = match (&e, systemic) {
+            (SinkError::Blocked { code, .. }, _) => {
+                METRICS.set_blocked(Some(code.as_deref().unwrap_or("-")));
+                true
             }
+            (_, Some(code)) => {
+                METRICS.set_blocked(Some(&code));
+                true
+            }
+            _ => false,
+        };
+        let wait = backoff(attempt, blocked);
+        if attempt == 1 || attempt.is_power_of_two() {
+            logging::warning(&format!(
+                "commit of {} entries failed (attempt {attempt}{}), retrying in {} ms: {}",
+                entries.len(),
+                if blocked { ", blocked" } else { "" },
+                wait.as_millis(),
+                e.message()
+            ));
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if c.stopping() {
+                return None;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        if c.stopping() {
+            return None;
+        }
+        if c.state() == State::Replica {
+            return None;
         }
     }
 }

@@ -32,7 +32,8 @@
 //! does nothing. Which suffix applies is decided inside the same atomic statement from the row's own
 //! `last_entry_id`, so any batch boundaries, any replay of any subset and any interleaving of workers
 //! that keeps each row's entries in order (the pipeline routes by
-//! [`crate::entry::Decoded::partition_key`]; [`super::plan`] never splits an entry) give the same row.
+//! [`crate::entry::Decoded::row_keys`], and serialises an entry whose rows span workers; [`super::plan`]
+//! never splits an entry) give the same row.
 //!
 //! Timestamps travel as `YYYY-MM-DD HH:MM:SS` text (no fractional seconds) and are converted with an
 //! explicit format, never the session's input format. Every bind is inside the `USING` subquery and
