@@ -182,10 +182,14 @@ fn every_write_path_works_when_the_account_sets_another_timestamp_input_format()
     )];
     let stage = Stage::new(&tables, "20251103122000", 7);
     run(&c, &em, &stage.create());
-    for p in sql::plan(&migrated, &tables, 1_000_000) {
-        let json = redis_writebehind::migrate::stage::planned_json(&p).expect("json");
-        run(&c, &em, &stage.insert(p.target, json));
-        run(&c, &em, &stage.merge(&tables, p.target).expect("merge"));
+    let (tracked_links, user_links) = sql::links_json(&migrated);
+    for (target, links) in [(Target::Tracked, tracked_links), (Target::User, user_links)] {
+        if links.is_empty() {
+            continue;
+        }
+        let json = format!("[{}]", links.join(","));
+        run(&c, &em, &stage.insert(target, &json));
+        run(&c, &em, &stage.merge(&tables, target).expect("merge"));
     }
     run(&c, &em, &stage.drop());
 
