@@ -239,8 +239,7 @@ trait Chunk<'a>: Default {
 }
 
 /// TRACKED entries, with a size bound per row: each of its links holds at most the longest value of
-/// each attribute any of its entries carries, and a row has one link per entry (plus one for a row
-/// whose first entry starts with a delete).
+/// each attribute any of its entries carries ([`RowBound`]).
 #[derive(Default)]
 struct TrackedChunk<'a> {
     entries: Vec<(EntryId, &'a [Event])>,
@@ -248,11 +247,13 @@ struct TrackedChunk<'a> {
     bound: usize,
 }
 
-/// What bounds one row's links: how many entries touch it, and the longest escaped value of its
-/// key and of each string attribute (username, page, title, type, URL) seen so far.
+/// What bounds one row's links: how many entries touch it (one link each, plus one when the row's
+/// first event is a delete: its first link then has a form for a missing row), and the longest
+/// escaped value of its key and of each string attribute (username, page, title, type, URL).
 #[derive(Debug, Clone, Copy, Default)]
 struct RowBound {
     entries: usize,
+    leading_delete: bool,
     last: Option<EntryId>,
     key: usize,
     attrs: [usize; 5],
@@ -260,11 +261,15 @@ struct RowBound {
 
 impl RowBound {
     fn bytes(&self) -> usize {
-        (self.entries + 1)
+        (self.entries + usize::from(self.leading_delete))
             * (tracked::LINK_FIXED_BYTES + self.key + self.attrs.iter().sum::<usize>())
     }
 
+    /// Adds an event; a row's events come in stream order (entries in order, records in order).
     fn add(&mut self, id: EntryId, e: &Event) {
+        if self.last.is_none() {
+            self.leading_delete = e.action == crate::entry::Action::Delete;
+        }
         if self.last != Some(id) {
             self.entries += 1;
             self.last = Some(id);
