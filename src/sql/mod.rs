@@ -198,8 +198,8 @@ pub fn links_json(entries: &[Decoded]) -> (Vec<String>, Vec<String>) {
     let mut users = UserChunk::default();
     for decoded in entries {
         match decoded {
-            Decoded::Tracked(b) if !b.events.is_empty() => tracked.push((b.id, &b.events)),
-            Decoded::CreateUser(u) => users.push(u),
+            Decoded::Tracked(b) if !b.events.is_empty() => tracked.add((b.id, &b.events)),
+            Decoded::CreateUser(u) => users.add(u),
             _ => {}
         }
     }
@@ -221,9 +221,16 @@ fn json_len(s: &str) -> usize {
 /// The entries of one statement of one target, and an upper bound of their links' JSON size.
 trait Chunk<'a>: Default {
     type Item: Copy;
-    /// The bound if `item` joined.
-    fn bound_with(&self, item: Self::Item) -> usize;
-    fn push(&mut self, item: Self::Item);
+    /// What joining `item` would change, computed once.
+    type Change;
+    /// The change `item` would make, and the bound after it.
+    fn prepare(&self, item: Self::Item) -> (Self::Change, usize);
+    fn push(&mut self, item: Self::Item, change: Self::Change, bound: usize);
+    /// Prepares and pushes.
+    fn add(&mut self, item: Self::Item) {
+        let (change, bound) = self.prepare(item);
+        self.push(item, change, bound);
+    }
     fn id(item: Self::Item) -> EntryId;
     /// Records (events or users) of an item.
     fn rows(item: Self::Item) -> usize;
@@ -232,8 +239,7 @@ trait Chunk<'a>: Default {
 }
 
 /// TRACKED entries, with a size bound per row: each of its links holds at most the longest value of
-/// each attribute any of its entries carries, and a row has one link per entry (plus one for a row
-/// whose first entry starts with a delete).
+/// each attribute any of its entries carries ([`RowBound`]).
 #[derive(Default)]
 struct TrackedChunk<'a> {
     entries: Vec<(EntryId, &'a [Event])>,
@@ -241,11 +247,13 @@ struct TrackedChunk<'a> {
     bound: usize,
 }
 
-/// What bounds one row's links: how many entries touch it, and the longest escaped value of its
-/// key and of each string attribute (username, page, title, type, URL) seen so far.
+/// What bounds one row's links: how many entries touch it (one link each, plus one when the row's
+/// first event is a delete: its first link then has a form for a missing row), and the longest
+/// escaped value of its key and of each string attribute (username, page, title, type, URL).
 #[derive(Debug, Clone, Copy, Default)]
 struct RowBound {
     entries: usize,
+    leading_delete: bool,
     last: Option<EntryId>,
     key: usize,
     attrs: [usize; 5],
@@ -253,11 +261,15 @@ struct RowBound {
 
 impl RowBound {
     fn bytes(&self) -> usize {
-        (self.entries + 1)
+        (self.entries + usize::from(self.leading_delete))
             * (tracked::LINK_FIXED_BYTES + self.key + self.attrs.iter().sum::<usize>())
     }
 
+    /// Adds an event; a row's events come in stream order (entries in order, records in order).
     fn add(&mut self, id: EntryId, e: &Event) {
+        if self.last.is_none() {
+            self.leading_delete = e.action == crate::entry::Action::Delete;
+        }
         if self.last != Some(id) {
             self.entries += 1;
             self.last = Some(id);
@@ -318,15 +330,15 @@ impl<'a> TrackedChunk<'a> {
 
 impl<'a> Chunk<'a> for TrackedChunk<'a> {
     type Item = (EntryId, &'a [Event]);
+    type Change = Vec<(fold::RowKey<'a>, RowBound)>;
 
-    fn bound_with(&self, item: Self::Item) -> usize {
-        self.touched(item).1
+    fn prepare(&self, item: Self::Item) -> (Self::Change, usize) {
+        self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item) {
-        let (touched, total) = self.touched(item);
+    fn push(&mut self, item: Self::Item, touched: Self::Change, bound: usize) {
         self.rows.extend(touched);
-        self.bound = total;
+        self.bound = bound;
         self.entries.push(item);
     }
 
@@ -388,15 +400,15 @@ impl<'a> UserChunk<'a> {
 
 impl<'a> Chunk<'a> for UserChunk<'a> {
     type Item = &'a CreateUser;
+    type Change = (usize, usize);
 
-    fn bound_with(&self, item: Self::Item) -> usize {
-        self.touched(item).1
+    fn prepare(&self, item: Self::Item) -> (Self::Change, usize) {
+        self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item) {
-        let (user, total) = self.touched(item);
+    fn push(&mut self, item: Self::Item, user: Self::Change, bound: usize) {
         self.users.insert(item.email.as_str(), user);
-        self.bound = total;
+        self.bound = bound;
         self.entries.push(item);
     }
 
@@ -440,13 +452,13 @@ impl<'a, C: Chunk<'a>> Builder<'a, C> {
     }
 
     fn push(&mut self, item: C::Item) {
+        let (mut change, mut bound) = self.chunk.prepare(item);
         // `[`, `]` and the links' bound.
-        if !self.entries.is_empty()
-            && self.sql.len() + 2 + self.chunk.bound_with(item) > self.max_bytes
-        {
+        if !self.entries.is_empty() && self.sql.len() + 2 + bound > self.max_bytes {
             self.flush();
+            (change, bound) = self.chunk.prepare(item);
         }
-        self.chunk.push(item);
+        self.chunk.push(item, change, bound);
         self.entries.push(C::id(item));
         self.rows += C::rows(item);
     }

@@ -108,11 +108,17 @@ pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str
     let at = first.last.utc_text();
     for l in links {
         let e: &Effect = &l.effect;
-        let entry = l.entry.sort_key();
+        let own;
+        let entry = if l.entry == l.last {
+            &last
+        } else {
+            own = l.entry.sort_key();
+            &own
+        };
         let j = LinkJson {
             tracked_id: key.0,
             track_id: key.1,
-            entry: &entry,
+            entry,
             prev: l.prev.map(|p| p.sort_key()),
             last: (l.last != l.entry).then_some(last.as_str()),
             at: &at,
