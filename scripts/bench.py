@@ -10,6 +10,8 @@ Items (see docs/performance.md for what each means and its target):
   1 xadd       XADD throughput, same redis-server with / without the module (and with it paused)
   2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers
   3 e2e        10,000 records over 500 users into the emulator's real SQL engine: wall time, round trips
+  3' sidecar   30,000 entries drained by the module and by a batched Python sidecar, on the real engine
+               and on the fast sink, in one run: ratios, statements per 10,000 records
   4 latency    XADD -> committed (acknowledged) at 100 entries/s, p50/p99
   5 memory     used_memory with a 1,000,000-entry backlog and Snowflake unreachable, with / without module
   6 restore    2,000 rows restored from the emulator; wb-migrate loading 10,000 records from a dump
@@ -241,13 +243,15 @@ class Tools:
 class Emulator:
     """The Snowflake SQL API emulator: `sink=True` counts statements without executing them."""
 
-    def __init__(self, tools: Tools, keys: str, sink: bool, nice: bool = False):
+    def __init__(self, tools: Tools, keys: str, sink: bool, nice: bool = False, token_file: str | None = None):
         self.dir = tempfile.mkdtemp(prefix="emulator-", dir=_workdir)
         port_file = os.path.join(self.dir, "port")
         args = (["nice", "-n", "19"] if nice else []) + [tools.python, os.path.join(REPO, "scripts/emulator/server.py"),
                 "--host", "127.0.0.1", "--port", "0", "--port-file", port_file, "--control",
                 "--account", ACCOUNT, "--user", USER, "--database", DATABASE, "--schema", SCHEMA,
                 "--public-key", os.path.join(keys, "rsa_key.pub")]
+        if token_file:
+            args += ["--token-file", token_file]
         if sink:
             args.append("--sink")
         else:
@@ -593,6 +597,222 @@ def bench_e2e(tools, keys, cfg) -> dict:
         emu.stop()
 
 
+# --- 3'. the module against a batched Python sidecar ------------------------------------------------
+
+TS_FMT = "YYYY-MM-DD HH24:MI:SS"
+
+# The MERGE a competent batched script sends: its batch aggregated per row in Python, one MERGE per
+# batch, a single pass over TRACKED, no replay filter (a replay counts visits again). Every source
+# column the WHEN clauses use also appears plainly in the INSERT, which the emulator's engine needs.
+SIDECAR_MERGE = (
+    "MERGE INTO TRACKED t USING (SELECT "
+    "f.value:tracked_id::VARCHAR AS tracked_id, f.value:track_id::VARCHAR AS track_id, "
+    "f.value:username::VARCHAR AS username, f.value:page_name::VARCHAR AS page_name, "
+    "f.value:query_row_count::NUMBER(38,0) AS query_row_count, f.value:title::VARCHAR AS track_title, "
+    "f.value:type::VARCHAR AS track_type, f.value:url::VARCHAR AS track_url, "
+    "f.value:visits::NUMBER(38,0) AS visits, f.value:saved::NUMBER(1,0) AS saved, "
+    f"TO_TIMESTAMP_NTZ(f.value:v::VARCHAR, '{TS_FMT}') AS v_ts, "
+    f"TO_TIMESTAMP_NTZ(f.value:s::VARCHAR, '{TS_FMT}') AS s_ts, "
+    f"TO_TIMESTAMP_NTZ(f.value:d::VARCHAR, '{TS_FMT}') AS d_ts, "
+    f"TO_TIMESTAMP_NTZ(f.value:at::VARCHAR, '{TS_FMT}') AS at_ts "
+    "FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f) s "
+    "ON t.tracked_id = s.tracked_id AND t.track_id = s.track_id "
+    "WHEN MATCHED THEN UPDATE SET username = s.username, "
+    "page_name = COALESCE(s.page_name, t.page_name), "
+    "query_row_count = COALESCE(s.query_row_count, t.query_row_count), "
+    "track_title = COALESCE(s.track_title, t.track_title), "
+    "track_type = COALESCE(s.track_type, t.track_type), "
+    "track_url = COALESCE(s.track_url, t.track_url), "
+    "visited_count = t.visited_count + s.visits, "
+    "visited_dts = COALESCE(GREATEST(t.visited_dts, s.v_ts), t.visited_dts, s.v_ts), "
+    "saved = CASE WHEN s.s_ts IS NULL AND s.d_ts IS NULL THEN t.saved ELSE s.saved END, "
+    "saved_dts = COALESCE(GREATEST(t.saved_dts, s.s_ts), t.saved_dts, s.s_ts), "
+    "deleted_dts = COALESCE(GREATEST(t.deleted_dts, s.d_ts), t.deleted_dts, s.d_ts), "
+    "updated_dts = s.at_ts "
+    "WHEN NOT MATCHED AND (s.visits > 0 OR s.s_ts IS NOT NULL) THEN INSERT "
+    "(tracked_id, track_id, username, page_name, query_row_count, track_title, track_type, track_url, "
+    "visited_count, visited_dts, saved, saved_dts, deleted_dts, updated_dts) VALUES "
+    "(s.tracked_id, s.track_id, s.username, s.page_name, s.query_row_count, s.track_title, s.track_type, "
+    "s.track_url, s.visits, s.v_ts, s.saved, s.s_ts, s.d_ts, s.at_ts)"
+)
+
+
+def mixed_payload(i: int, users: int, rnd) -> str:
+    """An entry of 1 or 2 records (1.3 on average) of one user: mostly visits, some saves and deletes."""
+    u = rnd.randrange(users)
+    saved = rnd.random() < 0.15
+    n = 2 if rnd.random() < 0.3 else 1
+    records = []
+    for _ in range(n):
+        track = rnd.randrange(6)
+        action = ("s" if rnd.random() < 0.7 else "d") if saved else "v"
+        records.append({"id": f"side{u:03d}-1", "page_name": "search", "query_row_count": str(rnd.randrange(50)),
+                        "track_id": f"t{track}", "track_title": f"Title {track}", "track_type": "query",
+                        "track_url": f"/search?q=t{track}", "lastplus": LASTPLUS, "action": action})
+    kind = "saved" if saved else "visited"
+    return json.dumps({"key": f"userdata-events:side{u:03d}-1/{kind}", "records": records}, separators=(",", ":"))
+
+
+class Sidecar:
+    """The batched Python sidecar: XREADGROUP a batch, aggregate it per row, one MERGE, XACK."""
+
+    def __init__(self, url: str, token: str, con: Conn, batch: int, chunked: bool = False):
+        self.url, self.token, self.con, self.batch, self.chunked = url, token, con, batch, chunked
+        self.statements = 0
+        self.records = 0
+
+    def execute(self, sql: str, json_bind: str) -> None:
+        body = json.dumps({"statement": sql, "timeout": 600, "database": DATABASE, "schema": SCHEMA,
+                           "bindings": {"1": {"type": "TEXT", "value": json_bind}}}).encode()
+        req = urllib.request.Request(self.url + "/api/v2/statements", data=body, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json", "User-Agent": "bench-sidecar/1.0",
+            "Authorization": f"Bearer {self.token}",
+            "X-Snowflake-Authorization-Token-Type": "PROGRAMMATIC_ACCESS_TOKEN"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            reply = json.loads(r.read())
+        handle = reply.get("statementHandle")
+        while r.status == 202:
+            time.sleep(0.05)  # the SQL API's own polling of a running statement
+            poll = urllib.request.Request(f"{self.url}/api/v2/statements/{handle}", headers={
+                "Authorization": f"Bearer {self.token}", "User-Agent": "bench-sidecar/1.0",
+                "X-Snowflake-Authorization-Token-Type": "PROGRAMMATIC_ACCESS_TOKEN"})
+            with urllib.request.urlopen(poll, timeout=600) as r:
+                r.read()
+        self.statements += 1
+
+    def run(self) -> None:
+        self.con.call("XGROUP", "CREATE", STREAM, "sidecar", "0", "MKSTREAM")
+        while True:
+            reply = self.con.call("XREADGROUP", "GROUP", "sidecar", "c1", "COUNT", self.batch, "STREAMS", STREAM, ">")
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return
+            rows: dict = {}
+            for entry_id, fields in entries:
+                f = dict(zip(fields[0::2], fields[1::2]))
+                try:
+                    doc = json.loads(f.get("value", ""))
+                except ValueError:
+                    continue
+                key = doc.get("key", "")
+                user = key.split(":", 1)[-1].split("/", 1)[0].split("-", 1)[0]
+                ms = int(entry_id.split("-", 1)[0])
+                at = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                for rec in doc.get("records", []):
+                    self.records += 1
+                    r = rows.setdefault((rec["id"], rec.get("track_id", "")), {
+                        "tracked_id": rec["id"], "track_id": rec.get("track_id", ""), "visits": 0, "saved": 0})
+                    r["username"] = user
+                    r["at"] = at
+                    for src, dst in (("page_name", "page_name"), ("track_title", "title"), ("track_url", "url")):
+                        if rec.get(src) is not None:
+                            r[dst] = rec[src]
+                    if rec.get("track_type") is not None:
+                        r["type"] = rec["track_type"].upper()
+                    if rec.get("query_row_count") not in (None, ""):
+                        r["query_row_count"] = int(float(rec["query_row_count"]))
+                    ts, action = rec.get("lastplus"), rec.get("action", "v")
+                    if "/saved" not in key:
+                        r["visits"] += 1
+                        r["v"] = max(r.get("v", ts), ts)
+                    elif action == "d":
+                        r["saved"] = 0
+                        r["d"] = max(r.get("d", ts), ts)
+                    else:
+                        r["saved"] = 1
+                        r["s"] = max(r.get("s", ts), ts)
+            if rows:
+                values = list(rows.values())
+                if self.chunked:
+                    # The module's source shape: chunks of 32 rows, flattened twice.
+                    values = [values[i : i + 32] for i in range(0, len(values), 32)]
+                    sql = SIDECAR_MERGE.replace("LATERAL FLATTEN(input => b.j) f",
+                                                "LATERAL FLATTEN(input => b.j) c, LATERAL FLATTEN(input => c.value) f")
+                else:
+                    sql = SIDECAR_MERGE
+                self.execute(sql, json.dumps(values, separators=(",", ":")))
+            self.con.call("XACK", STREAM, "sidecar", *[e[0] for e in entries])
+
+
+def bench_sidecar(tools, keys, cfg) -> dict:
+    """The module and a batched Python sidecar drain the same stream, on the real engine and the sink."""
+    import random
+
+    n, users = cfg.sidecar_n, 500
+    rnd = random.Random(16)
+    payloads = [mixed_payload(i, users, rnd) for i in range(n)]
+    token = "bench-sidecar-token"
+    token_file = os.path.join(_workdir, "sidecar.token")
+    with open(token_file, "w") as f:
+        f.write(token + "\n")
+    out = {}
+    runs = [("module", 0, False)] + [("sidecar", b, False) for b in cfg.sidecar_batches]
+    for engine in ("real", "sink"):
+        for who, batch, chunked in runs + ([("sidecar", max(cfg.sidecar_batches), True)] if engine == "real" else []):
+            emu = Emulator(tools, keys, sink=(engine == "sink"), token_file=token_file)
+            r = None
+            try:
+                if who == "module":
+                    r = Redis(tools, True, module_env(emu.url, keys, **cfg.module_env))
+                    con = r.conn(timeout=600)
+                    wait_until("the writer", 60, lambda: con.status()["state"] == "running")
+                    warm_up(con)
+                    base = con.status()
+                    con.call("WB.PAUSE")
+                else:
+                    r = Redis(tools, False)
+                    con = r.conn(timeout=600)
+                con.pipeline([["XADD", STREAM, "*", "value", p] for p in payloads])
+                emu.reset()
+                t0 = time.monotonic()
+                if who == "module":
+                    con.call("WB.RESUME")
+                    flush(con, 1_800_000)
+                    wall = time.monotonic() - t0
+                    st = con.status()
+                    records = int(st["records_written"]) - int(base["records_written"])
+                else:
+                    side = Sidecar(emu.url, token, con, batch, chunked)
+                    side.run()
+                    wall = time.monotonic() - t0
+                    records = side.records
+                stats = emu.stats()
+                run = {"records": records, "wall_s": round(wall, 3), "records_per_s": round(records / wall),
+                       "statements": stats["statements"],
+                       "statements_per_10k_records": round(stats["statements"] / records * 10_000, 1)}
+                if engine == "real":
+                    total = emu.sql("SELECT SUM(visited_count), COUNT(*) FROM TRACKED")[0]
+                    run["visited_count_sum"] = int(float(total[0] or 0))
+                    run["rows"] = int(float(total[1] or 0))
+                name = who if who == "module" else f"sidecar{'_chunked' if chunked else ''}_{batch}"
+                out[f"{name}_{engine}"] = run
+                log(f"sidecar item: {name} on the {engine} engine: {run['records_per_s']:,} records/s, "
+                    f"{run['wall_s']} s, {run['statements']} statements")
+            finally:
+                if r:
+                    r.stop()
+                emu.stop()
+    best = {e: max((out[f"sidecar_{b}_{e}"] for b in cfg.sidecar_batches), key=lambda x: x["records_per_s"])
+            for e in ("real", "sink")}
+    ratio = lambda e: round(out[f"module_{e}"]["records_per_s"] / best[e]["records_per_s"], 2)  # noqa: E731
+    chunked = out[f"sidecar_chunked_{max(cfg.sidecar_batches)}_real"]
+    per_10k = out["module_real"]["statements_per_10k_records"]
+    return {
+        "what": f"{n} entries (1-2 records, visits, saves, deletes) over {users} users, drained by the module "
+                "(WB.RESUME to WB.FLUSH) and by a batched Python sidecar (XREADGROUP COUNT "
+                f"{'/'.join(map(str, cfg.sidecar_batches))}, one aggregated MERGE per batch, XACK), one after the "
+                "other in one run; ratios against the sidecar's fastest batch size",
+        "runs": out,
+        "best_sidecar": best,
+        "ratio_real_engine": ratio("real"),
+        "ratio_sink": ratio("sink"),
+        "ratio_real_engine_vs_chunked_sidecar": round(out["module_real"]["records_per_s"] / chunked["records_per_s"], 2),
+        "module_statements_per_10k_records": per_10k,
+        "target": "module/sidecar >= 1.0 on the real engine (aim 2), >= 2 on the sink; <= 20 statements per 10k records",
+        "met": ratio("real") >= 1.0 and ratio("sink") >= 2.0 and per_10k <= 20,
+    }
+
+
 # --- 4. latency at light load -----------------------------------------------------------------------
 
 
@@ -878,6 +1098,21 @@ def table(results: dict) -> str:
         rows.append((f"3 end to end, {e['records']:,} records / 500 users",
                      f"{e['wall_s']:.1f} s, {e['round_trips']} round trips ({e['records_per_round_trip']} rec/trip)",
                      "<= 1 trip / 500 rec", yes(e["met"])))
+    if "sidecar" in it:
+        sc = it["sidecar"]
+        m, side = sc["runs"]["module_real"], sc["best_sidecar"]["real"]
+        rows.append((f"3' vs batched sidecar, real engine, {m['records']:,} records",
+                     f"{sc['ratio_real_engine']:.2f}x ({m['records_per_s']:,} vs {side['records_per_s']:,} rec/s), "
+                     f"{m['statements']} vs {side['statements']} statements",
+                     ">= 1.0x (aim 2x)", yes(sc["ratio_real_engine"] >= 1.0)))
+        rows.append(("3' same, sidecar given the module's chunked source",
+                     f"{sc['ratio_real_engine_vs_chunked_sidecar']:.2f}x", "(diagnostic)", "-"))
+        m, side = sc["runs"]["module_sink"], sc["best_sidecar"]["sink"]
+        rows.append(("3' vs batched sidecar, fast sink",
+                     f"{sc['ratio_sink']:.2f}x ({m['records_per_s']:,} vs {side['records_per_s']:,} rec/s)",
+                     ">= 2x", yes(sc["ratio_sink"] >= 2.0)))
+        rows.append(("3' module statements per 10,000 records", f"{sc['module_statements_per_10k_records']}",
+                     "<= 20", yes(sc["module_statements_per_10k_records"] <= 20)))
     if "latency" in it:
         lt = it["latency"]
         rows.append(("4 latency at 100 entries/s (XADD -> acked)",
@@ -902,7 +1137,7 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "latency": bench_latency,
+ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency,
          "memory": bench_memory, "restore": bench_restore}
 
 
@@ -928,6 +1163,8 @@ def main() -> int:
         workers=[1, 2, 4],
         drain_n=50_000 if q else 200_000,
         e2e_n=10_000,
+        sidecar_n=30_000,
+        sidecar_batches=[200, 500, 1000],
         latency_s=10 if q else 30,
         latency_rate=100,
         memory_n=200_000 if q else 1_000_000,

@@ -9,8 +9,15 @@
 //! The default Redis sees is the process environment's value under the seed's name (then its
 //! aliases), falling back to the table default; that is how the sidecar's Kubernetes env list keeps
 //! working unchanged.
+//!
+//! Aliases take one of two forms, chosen from the detected server ([`crate::server`]): Redis 8 takes
+//! `name|alias` in one registration; Valkey and Redis 7 refuse it, so there every name is a config of
+//! its own bound to the same setting (reads and writes through either name see one value, and
+//! `CONFIG GET writebehind.*` lists both). While the configs load, a value given in redis.conf or
+//! `MODULE LOADEX` under any name wins over the defaults the other names are loaded with.
 
 use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use redis_module::{raw, Context};
@@ -21,8 +28,38 @@ use crate::settings::{self, Change, Group, Key, Origin, Spec};
 /// The string last handed to Redis by the getter of each key; Redis copies it, the module owns it.
 static GOT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
+/// A config's private data is `name_number * STRIDE + key index`: the key is what the getter and
+/// setter need; the name number (0 for the setting's own name) only keeps each registration distinct.
+const STRIDE: usize = 1 << 16;
+
 fn key_of(privdata: *mut c_void) -> Option<Key> {
-    Key::ALL.get(privdata as usize).copied()
+    Key::ALL.get(privdata as usize % STRIDE).copied()
+}
+
+/// True while `RedisModule_LoadConfigs` runs with aliases registered as separate configs.
+static LOADING_SEPARATE: AtomicBool = AtomicBool::new(false);
+
+/// Per key, during a separate-form load: the default every name was registered with, and whether a
+/// name has already been given a value of its own (from redis.conf or `MODULE LOADEX`).
+static LOAD_STATE: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+
+/// Whether a value handed to the setter may be stored. Outside a separate-form load, always. During
+/// one, a value other than the registered default marks the key as explicitly set; a default never
+/// overwrites an explicit value, whichever of the key's names Redis happens to load first.
+fn accept_while_loading(key: Key, text: &str) -> bool {
+    if !LOADING_SEPARATE.load(Ordering::Acquire) {
+        return true;
+    }
+    let mut state = LOAD_STATE.lock();
+    let Some((default, explicit)) = state.get_mut(key as usize) else {
+        return true;
+    };
+    if text != default.as_str() {
+        *explicit = true;
+        true
+    } else {
+        !*explicit
+    }
 }
 
 extern "C" fn get_config(
@@ -63,7 +100,9 @@ extern "C" fn set_config(
         let key = key_of(privdata).ok_or_else(|| "unknown setting".to_string())?;
         let text = string_of(val);
         let value = settings::parse(key, &text).map_err(|e| e.to_string())?;
-        settings::store(key, value);
+        if accept_while_loading(key, &text) {
+            settings::store(key, value);
+        }
         Ok::<(), String>(())
     })
     .unwrap_or_else(|| Err("internal error while setting the value".into()));
@@ -104,6 +143,8 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             "this Redis has no module configuration API (Redis 7.0 or later is needed)".into(),
         );
     };
+    let joined = crate::server::current().joined_aliases();
+    let mut defaults = Vec::with_capacity(Key::ALL.len());
     for (index, &key) in Key::ALL.iter().enumerate() {
         let spec = key.spec();
         let (initial, origin, invalid) = settings::initial(key, &env);
@@ -126,38 +167,81 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             Change::Live => raw::REDISMODULE_CONFIG_DEFAULT,
             Change::Restart => raw::REDISMODULE_CONFIG_IMMUTABLE,
         };
-        // One config per setting; an alias is Redis's own `<name>|<alias>` form, so both names read
-        // and write the same value (this needs the names spelled out in full: UNPREFIXED).
-        let full = |n: &str| format!("writebehind.{}", Spec::config_name(n));
-        let mut names = full(spec.name);
-        for alias in spec.aliases {
-            names.push('|');
-            names.push_str(&full(alias));
-        }
-        let (Ok(cname), Ok(cdefault)) = (CString::new(names.clone()), CString::new(initial)) else {
-            return Err(format!("setting {} has an unusable default", spec.name));
+        let names = std::iter::once(spec.name).chain(spec.aliases.iter().copied());
+        let registrations: Vec<(String, u32)> = if joined {
+            // Redis 8: one config, `<name>|<alias>...`, spelled out in full (UNPREFIXED).
+            let full: Vec<String> = names
+                .map(|n| format!("writebehind.{}", Spec::config_name(n)))
+                .collect();
+            vec![(full.join("|"), flags | raw::REDISMODULE_CONFIG_UNPREFIXED)]
+        } else {
+            // Valkey, Redis 7: one config per name; the server adds the `writebehind.` prefix.
+            names.map(|n| (Spec::config_name(n), flags)).collect()
         };
-        let status = unsafe {
-            register_string(
-                ctx.ctx,
-                cname.as_ptr(),
-                cdefault.as_ptr(),
-                flags | raw::REDISMODULE_CONFIG_UNPREFIXED,
-                Some(get_config),
-                Some(set_config),
-                None,
-                index as *mut c_void,
-            )
-        };
-        if status != raw::REDISMODULE_OK as c_int {
-            return Err(format!("could not register the config {names}"));
+        for (number, (name, flags)) in registrations.into_iter().enumerate() {
+            register_one(
+                register_string,
+                ctx,
+                &name,
+                &initial,
+                flags,
+                number * STRIDE + index,
+            )?;
         }
+        defaults.push((initial, false));
     }
-    if unsafe { load(ctx.ctx) } != raw::REDISMODULE_OK as c_int {
+    if !joined {
+        *LOAD_STATE.lock() = defaults;
+        LOADING_SEPARATE.store(true, Ordering::Release);
+    }
+    let loaded = unsafe { load(ctx.ctx) };
+    LOADING_SEPARATE.store(false, Ordering::Release);
+    LOAD_STATE.lock().clear();
+    if loaded != raw::REDISMODULE_OK as c_int {
         return Err(
             "a writebehind.* value in redis.conf or MODULE LOADEX is invalid (see the line above)"
                 .into(),
         );
+    }
+    Ok(())
+}
+
+type RegisterString = unsafe extern "C" fn(
+    *mut raw::RedisModuleCtx,
+    *const c_char,
+    *const c_char,
+    u32,
+    raw::RedisModuleConfigGetStringFunc,
+    raw::RedisModuleConfigSetStringFunc,
+    raw::RedisModuleConfigApplyFunc,
+    *mut c_void,
+) -> c_int;
+
+fn register_one(
+    register_string: RegisterString,
+    ctx: &Context,
+    name: &str,
+    default: &str,
+    flags: u32,
+    privdata: usize,
+) -> Result<(), String> {
+    let (Ok(cname), Ok(cdefault)) = (CString::new(name), CString::new(default)) else {
+        return Err(format!("config {name} has an unusable default"));
+    };
+    let status = unsafe {
+        register_string(
+            ctx.ctx,
+            cname.as_ptr(),
+            cdefault.as_ptr(),
+            flags,
+            Some(get_config),
+            Some(set_config),
+            None,
+            privdata as *mut c_void,
+        )
+    };
+    if status != raw::REDISMODULE_OK as c_int {
+        return Err(format!("could not register the config {name}"));
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ pub mod logging;
 pub mod migrate;
 pub mod pipeline;
 pub mod restore;
+pub mod server;
 pub mod settings;
 pub mod snowflake;
 pub mod sql;
@@ -47,7 +48,8 @@ use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
+        ("server detection", server::detect),
         ("settings", config::register),
         ("stream context", stream::init),
         ("INFO section", info::register),

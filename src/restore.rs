@@ -75,30 +75,40 @@ struct Row {
 
 const TS: &str = "'YYYY-MM-DD HH24:MI:SS'";
 
-fn query(tables: &Tables, req: &Request, limit: u64) -> Statement {
+/// Longest window the query accepts, in days (about 270 years): `RESTORE_DAYS` beyond it is clamped,
+/// so the literal can never overflow Snowflake's date arithmetic.
+pub const MAX_DAYS: u64 = 100_000;
+
+/// The restore query. The window and the cap are literal integers, not binds: Snowflake needs
+/// constants in `LIMIT` (a bound row count is refused on some paths: "Invalid row count '?'"), and
+/// both are integers the settings have already validated, so no input reaches the text. The window
+/// is measured in UTC (`CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ`): the `*_dts`
+/// columns are UTC wall-clock times without a zone, and comparing them with the session zone's
+/// `CURRENT_TIMESTAMP()` would shift the window by the zone's offset.
+pub fn query(tables: &Tables, req: &Request, limit: u64) -> Statement {
     let user_filter = if req.user.is_some() {
         " AND t.username = ?"
     } else {
         ""
     };
+    let days = req.days.min(MAX_DAYS);
+    let limit = limit.min(i64::MAX as u64);
+    let since = format!(
+        "DATEADD(day, -{days}, CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ)"
+    );
     let sql = format!(
         "SELECT t.tracked_id, t.track_id, t.page_name, t.query_row_count, t.track_title, t.track_type, t.track_url, \
          t.visited_count, TO_VARCHAR(t.visited_dts, {TS}) AS visited_at, t.saved, TO_VARCHAR(t.saved_dts, {TS}) AS saved_at, \
          u.user_email \
          FROM {tracked} t \
          LEFT JOIN (SELECT username, MIN(user_email) AS user_email FROM {user} GROUP BY username) u ON u.username = t.username \
-         WHERE (t.visited_dts >= DATEADD(day, -?, CURRENT_TIMESTAMP()) OR t.saved_dts >= DATEADD(day, -?, CURRENT_TIMESTAMP())){user_filter} \
+         WHERE (t.visited_dts >= {since} OR t.saved_dts >= {since}){user_filter} \
          ORDER BY t.tracked_id, t.track_id \
-         LIMIT ?",
+         LIMIT {limit}",
         tracked = tables.tracked,
         user = tables.user,
     );
-    let days = i64::try_from(req.days).unwrap_or(i64::MAX);
-    let mut binds = vec![Bind::Fixed(days), Bind::Fixed(days)];
-    if let Some(u) = &req.user {
-        binds.push(Bind::Text(u.clone()));
-    }
-    binds.push(Bind::Fixed(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let binds = req.user.iter().map(|u| Bind::Text(u.clone())).collect();
     Statement::new(sql, binds)
 }
 
@@ -369,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn the_query_binds_every_value() {
+    fn the_query_binds_every_value_and_writes_only_validated_integers() {
         let req = Request {
             force: false,
             days: 7,
@@ -377,6 +387,25 @@ mod tests {
         };
         let st = query(&Tables::default(), &req, 2000);
         assert!(!st.sql.contains("DROP"));
-        assert_eq!(st.binds.len(), 4);
+        assert_eq!(st.binds, [Bind::Text("x'; DROP TABLE y".into())]);
+        assert_eq!(st.sql.matches('?').count(), 1);
+        assert!(st.sql.ends_with(" LIMIT 2000"), "{}", st.sql);
+        assert_eq!(
+            st.sql
+                .matches(
+                    "DATEADD(day, -7, CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ)"
+                )
+                .count(),
+            2
+        );
+        let huge = Request {
+            days: u64::MAX,
+            user: None,
+            ..req
+        };
+        let st = query(&Tables::default(), &huge, u64::MAX);
+        assert!(st.binds.is_empty());
+        assert!(st.sql.contains(&format!("DATEADD(day, -{MAX_DAYS}, ")));
+        assert!(st.sql.ends_with(&format!(" LIMIT {}", i64::MAX)));
     }
 }

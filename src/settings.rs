@@ -237,7 +237,7 @@ settings! {
     SnowflakePingIntervalSeconds = "SNOWFLAKE_PING_INTERVAL_SECONDS", "300", int(0, DAY), Live, Snowflake,
         "Keep-alive round trip interval; 0 turns it off.";
     SnowflakeRequestTimeoutSeconds = "SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "120", int(1, DAY), Live, Snowflake,
-        "How long one statement may take, including polling, before it is cancelled and retried.";
+        "How long one statement may take, including polling (also its timeout in Snowflake); past it the statement is retried under the same requestId, which waits for it rather than running it twice.";
     ConfigMaxAttempts = "CONFIG_MAX_ATTEMPTS", "12", int(1, 1_000_000), Live, Snowflake,
         "Start-up connection attempts before the state shows the failure (the writer keeps retrying with backoff).";
     ConfigSleepSeconds = "CONFIG_SLEEP_SECONDS", "5", int(0, 3_600), Live, Snowflake,

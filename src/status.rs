@@ -53,6 +53,8 @@ pub struct Metrics {
     pub dead_letter_errors: AtomicU64,
     pub tally: Mutex<Tally>,
     pub last_error: Mutex<String>,
+    /// Snowflake's code while every statement fails alike (`-` when it gave none); empty otherwise.
+    pub blocked_code: Mutex<String>,
     /// Set when the stream's IDs are below ones already applied in Snowflake (see housekeeping).
     pub id_regression: Mutex<String>,
     latencies: Mutex<VecDeque<u64>>,
@@ -82,6 +84,20 @@ impl Metrics {
         v.sort_unstable();
         let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
         v[rank - 1]
+    }
+
+    /// Enters (`Some(code)`) or leaves (`None`) the blocked state shown by `WB.STATUS`.
+    pub fn set_blocked(&self, code: Option<&str>) {
+        let mut b = self.blocked_code.lock();
+        match code {
+            Some(c) => c.clone_into(&mut b),
+            None if !b.is_empty() => b.clear(),
+            None => {}
+        }
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        !self.blocked_code.lock().is_empty()
     }
 
     pub fn set_error(&self, message: &str) {
@@ -165,6 +181,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         put("role", role(ctx).into());
     }
     put("version", env!("CARGO_PKG_VERSION").into());
+    put("server", crate::server::current().describe().into());
     put(
         "threads_alive",
         (crate::pipeline::threads_alive() as u64).into(),
@@ -263,6 +280,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("batch_latency_p99_ms", m.latency_percentile(99).into());
     put("last_success_ms", get(&m.last_success_ms).into());
     put("last_error", m.last_error.lock().clone().into());
+    put("blocked_code", m.blocked_code.lock().clone().into());
     put("id_regression", m.id_regression.lock().clone().into());
     out
 }

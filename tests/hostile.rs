@@ -1054,7 +1054,9 @@ fn an_entry_snowflake_refuses_for_good_is_dead_lettered_without_holding_up_the_r
     assert!(dlq.contains_key(&poison), "{dlq:?}");
     assert_eq!(dlq.len(), 1);
 
-    // Snowflake now refuses every statement: nothing is dead-lettered, everything waits.
+    // Snowflake now refuses every statement: the entries wait (the triage sees several entries
+    // failing alike and blocks; at most the quarantine of a lone entry moves one aside), and once
+    // it accepts again every other entry is written.
     emu.clear_faults();
     emu.fault(json!({"next": 1_000_000, "status": 400, "message": "refused"}));
     let retries = st_int(&status(&mut con), "retries");
@@ -1065,12 +1067,16 @@ fn an_entry_snowflake_refuses_for_good_is_dead_lettered_without_holding_up_the_r
         st_int(st, "retries") >= retries + 10
     });
     let st = status(&mut con);
-    assert_eq!(st_int(&st, "dead_lettered"), 1, "{st:?}");
-    assert_eq!(st_int(&st, "pending"), 5, "{st:?}");
+    assert!(st_int(&st, "dead_lettered") <= 2, "{st:?}");
     emu.clear_faults();
     let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
     assert_eq!(ok, "OK");
-    assert_eq!(visits(&emu, "outage"), 5);
+    let moved = st_int(&status(&mut con), "dead_lettered") - 1;
+    assert!(
+        moved <= 1,
+        "{moved} entries dead-lettered by a refusal of everything"
+    );
+    assert_eq!(visits(&emu, "outage") + moved, 5);
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::{module_path, q, q_err, status, Options, RedisServer};
+use common::redis_server::{module_path, q, q_err, redis_server_bin, status, Options, RedisServer};
 use redis_writebehind::settings::{Change, Key, Kind, Spec, TABLE};
 
 fn config_get(con: &mut redis::Connection, name: &str) -> Option<String> {
@@ -160,6 +160,46 @@ fn redis_conf_beats_environment() {
         config_get(&mut con, "writebehind.restore-days").as_deref(),
         Some("5")
     );
+}
+
+#[test]
+fn a_value_given_under_either_name_of_a_setting_wins_over_the_defaults() {
+    // On Valkey every alias is a config of its own: whichever name redis.conf uses, the value given
+    // must survive the default the other name is loaded with, and both names must read it.
+    for (given, other) in [("redis-stream", "stream"), ("stream", "redis-stream")] {
+        let server = RedisServer::start(Options::default().config(given, "from-conf"));
+        let mut con = server.connection();
+        for name in [given, other] {
+            assert_eq!(
+                config_get(&mut con, &format!("writebehind.{name}")).as_deref(),
+                Some("from-conf"),
+                "given as {given}, read as {name}"
+            );
+        }
+        assert_eq!(status(&mut con)["stream"], "from-conf", "given as {given}");
+    }
+}
+
+#[test]
+fn wb_status_names_the_server_the_module_runs_in() {
+    let server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    let version = std::process::Command::new(redis_server_bin())
+        .arg("--version")
+        .output()
+        .expect("server --version");
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    let family = if version.starts_with("Valkey") {
+        "valkey"
+    } else {
+        "redis"
+    };
+    let number = version
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .expect("the version names v=")
+        .to_string();
+    assert_eq!(status(&mut con)["server"], format!("{family} {number}"));
 }
 
 #[test]

@@ -565,10 +565,11 @@ fn a_missing_table_blocks_and_retries_instead_of_dead_lettering() {
         Duration::from_secs(30),
         || {
             let st = status(&mut con);
-            (st["state"] == "retrying" && st["last_error"].contains("NO_SUCH_TABLE")).then_some(())
+            (st["state"] == "blocked" && st["last_error"].contains("NO_SUCH_TABLE")).then_some(())
         },
     );
     let st = status(&mut con);
+    assert_eq!(st["blocked_code"], "002003");
     assert_eq!(st["dead_lettered"], "0");
     assert_eq!(st["pending"], "1");
 }

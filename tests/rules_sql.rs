@@ -337,6 +337,43 @@ fn saves_and_deletes_apply_in_stream_order_within_a_batch() {
 }
 
 #[test]
+fn a_delete_before_the_first_save_or_visit_of_a_batch_leaves_no_deletion_time() {
+    let h = Harness::start();
+    let d = |seq: u64, time: &str| {
+        (
+            seq,
+            batch("gina-1", "saved", &[rec("gina-1", "d", "n1", time)]),
+        )
+    };
+    let v = |seq: u64, time: &str| {
+        (
+            seq,
+            batch("gina-1", "visited", &[rec("gina-1", "v", "n1", time)]),
+        )
+    };
+    // In one batch: the delete meets no row and does nothing; the visit creates the row.
+    h.apply(&[d(1, "2025-11-03 12:19:40"), v(2, "2025-11-03 12:19:45")]);
+    let one_batch = h.tracked("gina-1");
+    assert_eq!(one_batch[0][6], None, "{one_batch:?}");
+    assert_eq!(one_batch[0][2].as_deref(), Some("1"));
+    // The same entries in two batches on a fresh table give the same row.
+    let h2 = Harness::start();
+    h2.apply(&[d(1, "2025-11-03 12:19:40")]);
+    assert!(h2.tracked("gina-1").is_empty());
+    h2.apply(&[v(2, "2025-11-03 12:19:45")]);
+    assert_eq!(h2.tracked("gina-1"), one_batch);
+    // Replaying both, then a delete after the visit, sets it.
+    h.apply(&[
+        d(1, "2025-11-03 12:19:40"),
+        v(2, "2025-11-03 12:19:45"),
+        d(3, "2025-11-03 12:19:50"),
+    ]);
+    let after = h.tracked("gina-1");
+    assert_eq!(after[0][6].as_deref(), Some("2025-11-03 12:19:50"));
+    assert_eq!(after[0][2].as_deref(), Some("1"));
+}
+
+#[test]
 fn stale_and_rejected_records_are_not_written_and_stale_saves_are() {
     let h = Harness::start();
     h.apply(&[(

@@ -91,15 +91,111 @@ fn dockerfile_copies_existing_files_to_the_module_path_redis_conf_loads() {
     assert_eq!(module_copied_to.as_deref(), Some(conf_module.as_str()));
     assert!(
         dockerfile.contains("FROM redis:8"),
-        "runtime stage is not the official Redis 8 image"
+        "a runtime stage is the official Redis 8 image"
     );
     assert!(
-        dockerfile.contains("USER redis"),
-        "the image must not run as root"
+        dockerfile.contains("FROM valkey/valkey:9"),
+        "a runtime stage is the official Valkey 9 image"
+    );
+    assert!(
+        dockerfile.contains("USER redis") && dockerfile.contains("USER valkey"),
+        "the images must not run as root"
+    );
+    assert!(
+        dockerfile.contains("ARG SERVER=redis") && dockerfile.contains("FROM runtime-${SERVER}"),
+        "the server is picked with --build-arg SERVER, Redis by default"
+    );
+    let last_user = dockerfile
+        .lines()
+        .rfind(|l| l.trim_start().starts_with("USER "));
+    assert_ne!(
+        last_user.map(str::trim),
+        Some("USER root"),
+        "the image ends as root"
     );
     assert!(
         dockerfile.contains("WB.STATUS"),
         "healthcheck uses WB.STATUS"
     );
     assert!(dockerfile.contains("/usr/local/etc/redis/redis.conf"));
+}
+
+/// The server build scripts fetch a pinned tarball and refuse one whose checksum differs, saying what
+/// was fetched from where and what to do, and leave nothing half-built in the cache.
+#[test]
+fn server_builds_refuse_a_tarball_whose_checksum_differs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mirror = tempfile::tempdir().expect("mirror dir");
+    let cache = tempfile::tempdir().expect("cache dir");
+    for (_, pool) in [
+        (
+            "scripts/redis8",
+            "pool/main/r/redis/redis_8.0.6.orig.tar.gz",
+        ),
+        (
+            "scripts/valkey9",
+            "pool/main/v/valkey/valkey_9.1.2.orig.tar.gz",
+        ),
+    ] {
+        let file = mirror.path().join(pool);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"not the release").unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut http = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(mirror.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (script, name) in [("scripts/redis8", "redis"), ("scripts/valkey9", "valkey")] {
+        let out = std::process::Command::new("bash")
+            .arg(root.join(script))
+            .env("DEBIAN_MIRROR", format!("http://127.0.0.1:{port}"))
+            .env("REDIS_WRITEBEHIND_CACHE", cache.path())
+            .env_remove("REDIS8_BIN_DIR")
+            .env_remove("VALKEY9_BIN_DIR")
+            .output()
+            .expect("the script runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{script} accepted a bad tarball");
+        assert!(
+            err.contains("checksum mismatch") && err.contains(&format!("127.0.0.1:{port}/pool/")),
+            "{script} must say what was fetched from where: {err}"
+        );
+        assert!(
+            err.contains("_BIN_DIR"),
+            "{script} must say what to do: {err}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(name))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{script} left {leftovers:?} in the cache"
+        );
+    }
+    let _ = http.kill();
+    let _ = http.wait();
 }

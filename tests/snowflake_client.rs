@@ -314,7 +314,7 @@ fn slow_statement_answers_202_and_is_polled_to_completion() {
 }
 
 #[test]
-fn statement_past_the_request_timeout_is_cancelled_and_retryable() {
+fn statement_past_the_request_timeout_keeps_running_and_the_retry_waits_for_it() {
     let em = Emulator::start_with(Options {
         async_after_ms: 50,
         ..Options::default()
@@ -322,14 +322,76 @@ fn statement_past_the_request_timeout_is_cancelled_and_retryable() {
     let mut cfg = em.client_config();
     cfg.request_timeout = Duration::from_secs(1);
     let c = client(cfg);
-    em.fault(json!({"next": 1, "slow_ms": 10000}));
-    let e = c
-        .execute(&insert_user("late@example.com"))
-        .expect_err("times out");
+    em.fault(json!({"next": 1, "slow_ms": 2500}));
+    let st = insert_user("late@example.com");
+    let e = c.execute_idempotent(&st).expect_err("times out");
     assert_eq!(e.class, ErrorClass::Retryable);
-    assert!(e.to_string().contains("cancelled"), "{e}");
-    assert_eq!(em.stats()["cancels"], 1);
-    assert_eq!(count_users(&em), 0);
+    assert!(e.timed_out, "{e}");
+    // The caller tries the same planned statement again: it is found running and waited for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match c.execute_idempotent(&st) {
+            Ok(r) => break r,
+            Err(e) if e.timed_out && std::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(r.rows_affected, Some(1));
+    let stats = em.stats();
+    assert_eq!(stats["cancels"], 0, "{stats}");
+    assert_eq!(stats["executions"], 1, "{stats}");
+    assert_eq!(
+        stats["executions_by_request_id"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(1),
+        "{stats}"
+    );
+    assert!(stats["deduplicated"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert_eq!(count_users(&em), 1);
+}
+
+#[test]
+fn lock_waits_and_statement_timeouts_are_retried_as_new_requests() {
+    let em = Emulator::start();
+    let c = client(em.client_config());
+    // Too many lock waiters, twice: retryable. The statement ran and failed, so the next try is a
+    // new request (a resubmission of the same requestId could be answered with the stored failure).
+    em.fault(json!({"next": 2, "statement_error": true, "code": "000625", "sql_state": "57014",
+                    "message": "Statement 'x' has locked table 'USER' and 20 waiters are already queued."}));
+    let st = insert_user("locked@example.com");
+    c.execute_idempotent(&st).expect("ridden out");
+    let stats = em.stats();
+    assert_eq!(stats["submissions"], 3, "{stats}");
+    assert_eq!(stats["deduplicated"], 0, "{stats}");
+    assert!(
+        stats["last_request"]["query"].get("retry").is_none(),
+        "{stats}"
+    );
+    assert_eq!(count_users(&em), 1);
+    // A statement timeout (000630) is ridden out the same way, by the same call.
+    em.fault(json!({"next": 1, "statement_error": true, "code": "000630", "sql_state": "57014",
+                    "message": "Statement reached its statement or warehouse timeout of 60 second(s) and was canceled."}));
+    c.execute_idempotent(&insert_user("slow@example.com"))
+        .expect("ridden out");
+    assert_eq!(count_users(&em), 2);
+}
+
+#[test]
+fn a_failed_statement_tried_again_by_the_caller_is_a_new_request() {
+    let em = Emulator::start();
+    let mut cfg = em.client_config();
+    cfg.max_attempts = 1;
+    let c = client(cfg);
+    em.fault(json!({"next": 1, "statement_error": true, "code": "000625", "sql_state": "57014",
+                    "message": "Statement 'x' has locked table 'USER' and 20 waiters are already queued."}));
+    let st = insert_user("again@example.com");
+    let e = c.execute_idempotent(&st).expect_err("one attempt only");
+    assert!(e.is_retryable(), "{e}");
+    c.execute_idempotent(&st).expect("the next try runs");
+    let stats = em.stats();
+    assert_eq!(stats["deduplicated"], 0, "{stats}");
+    assert_eq!(count_users(&em), 1);
 }
 
 #[test]

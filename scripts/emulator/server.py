@@ -8,7 +8,8 @@ key-pair JWTs or bearer tokens the way Snowflake does, and runs the SQL on fakes
 
 Behaviour that the client relies on and that is emulated on purpose:
 - requestId: a resubmission with retry=true of a requestId already executed returns the original
-  result (or its running status) without executing again. Executions per requestId are counted.
+  result, its failure, or its running status, without executing again. Executions per requestId are
+  counted.
 - Statements slower than --async-after-ms answer 202 and are polled; results larger than
   --partition-rows are split into partitions read with ?partition=N.
 - MULTI_STATEMENT_COUNT must match the statement count; bind variables are refused in
@@ -211,7 +212,8 @@ class Faults:
     """Pending faults, applied to the next matching API requests.
 
     A fault: {"next": N (default 1), "status": 429|500|503|..., "delay_ms": ms, "hang": true,
-    "hang_ms": ms, "refuse": true, "slow_ms": ms, "after_execute": true, "on": "submit"|"poll"|"any",
+    "hang_ms": ms, "refuse": true, "slow_ms": ms (+ "uncancellable": true), "statement_error": true,
+    "after_execute": true, "on": "submit"|"poll"|"any",
     "match": text (only requests whose body contains it), "code"/"message"/"sql_state": the error body}.
     """
 
@@ -360,6 +362,83 @@ def sql_literal(v: str | None) -> str:
     return "NULL" if v is None else "'" + v.replace("'", "''") + "'"
 
 
+# Session parameters the emulator honours. Snowflake's default for TIMESTAMP_INPUT_FORMAT is AUTO
+# (several formats recognised); an account or session may set one fixed format, after which every
+# conversion without an explicit format must match it or fails with 100035 (22007).
+SESSION_PARAMETERS = ("TIMESTAMP_INPUT_FORMAT", "TIMEZONE")
+BOUND_LIMIT = re.compile(r"\bLIMIT\s+\?", re.IGNORECASE)
+UTC_NOW = re.compile(r"CONVERT_TIMEZONE\(\s*'UTC'\s*,\s*CURRENT_TIMESTAMP\(\s*\)\s*\)", re.IGNORECASE)
+CURRENT_TS = re.compile(r"\bCURRENT_TIMESTAMP\s*\(\s*\)", re.IGNORECASE)
+
+
+def with_session_zone(sql: str, zone: str) -> str:
+    """CURRENT_TIMESTAMP() is the session zone's time (Snowflake's default zone is
+    America/Los_Angeles): compared with a TIMESTAMP_NTZ column it counts as that zone's wall clock.
+    CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP()) stays UTC."""
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(dt.timezone.utc)
+    utc = sql_literal(now.strftime("%Y-%m-%d %H:%M:%S.%f")) + "::TIMESTAMP"
+    local = sql_literal(now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S.%f")) + "::TIMESTAMP"
+    return CURRENT_TS.sub(local, UTC_NOW.sub(utc, sql))
+TS_CONVERSIONS = ("TO_TIMESTAMP_NTZ", "TO_TIMESTAMP", "TO_TIMESTAMP_LTZ", "TO_TIMESTAMP_TZ")
+_CONVERSION = re.compile(r"\b(" + "|".join(TS_CONVERSIONS) + r")\s*\(", re.IGNORECASE)
+
+
+def with_input_format(sql: str, fmt: str) -> str:
+    """Gives every one-argument timestamp conversion the session's input format, as Snowflake applies
+    it: TO_TIMESTAMP_NTZ(x) becomes TO_TIMESTAMP_NTZ(x, '<fmt>'); calls with a format are kept."""
+    out = []
+    pos = 0
+    literal = sql_literal(fmt)
+    while True:
+        m = _CONVERSION.search(sql, pos)
+        if m is None or in_string(sql, m.start()):
+            if m is None:
+                out.append(sql[pos:])
+                return "".join(out)
+            out.append(sql[pos : m.end()])
+            pos = m.end()
+            continue
+        close, commas = call_extent(sql, m.end())
+        out.append(sql[pos : m.end()])
+        inner = with_input_format(sql[m.end() : close], fmt)
+        out.append(inner if commas else f"{inner}, {literal}")
+        pos = close
+        if close >= len(sql):
+            return "".join(out)
+
+
+def in_string(sql: str, index: int) -> bool:
+    """Whether sql[index] is inside a '...' literal."""
+    return sql.count("'", 0, index) % 2 == 1
+
+
+def call_extent(sql: str, start: int) -> tuple[int, int]:
+    """From just after a '(' to its matching ')': (index of that ')', top-level commas seen)."""
+    depth, commas, i, quoted = 0, 0, start, False
+    while i < len(sql):
+        c = sql[i]
+        if quoted:
+            if c == "'":
+                quoted = False
+        elif c == "'":
+            quoted = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            if depth == 0:
+                return i, commas
+            depth -= 1
+        elif c == "," and depth == 0:
+            commas += 1
+        i += 1
+    return len(sql), commas
+
+
+UNPARSED_TIMESTAMP = re.compile(r'Could not parse string "([^"]*)" according to format specifier')
+
+
 class Record:
     """One submitted request: its state, result or error, and its partitions."""
 
@@ -471,6 +550,13 @@ class Emulator:
         self.engine = Engine(args)
         self.records: collections.OrderedDict[str, Record] = collections.OrderedDict()
         self.by_request_id: dict[str, str] = {}
+        # Account-level parameters (--timestamp-input-format, POST /_emulator/parameters); a request's
+        # own "parameters" override them for its session.
+        self.parameters: dict[str, str] = {}
+        if args.timestamp_input_format:
+            self.parameters["TIMESTAMP_INPUT_FORMAT"] = args.timestamp_input_format
+        if args.timezone:
+            self.parameters["TIMEZONE"] = args.timezone
         self.stats_lock = threading.Lock()
         self.reset_stats()
 
@@ -508,11 +594,21 @@ class Emulator:
 
     # ---- statement execution ----------------------------------------------------------------
 
-    def run(self, rec: Record, body: dict[str, Any], user: str, slow_ms: int) -> None:
+    def run(self, rec: Record, body: dict[str, Any], user: str, slow_ms: int, failure=None) -> None:
         """Executes a submission and stores its response in rec (called on a worker thread)."""
         try:
-            if slow_ms and rec.cancel.wait(slow_ms / 1000):
+            if slow_ms and failure is not None and failure.get("uncancellable"):
+                # Past its commit point: a cancel arriving now changes nothing.
+                time.sleep(slow_ms / 1000)
+            elif slow_ms and rec.cancel.wait(slow_ms / 1000):
                 raise ApiError(422, "000604", "SQL execution canceled", "57014")
+            if failure and failure.get("statement_error"):
+                raise ApiError(
+                    int(failure.get("status", 422)),
+                    str(failure.get("code", "100035")),
+                    str(failure.get("message", "Injected statement error.")),
+                    failure.get("sql_state"),
+                )
             rec.response = self.execute_body(rec, body, user)
         except ApiError as e:
             rec.response = (e.status, e.body(rec.handle))
@@ -526,6 +622,10 @@ class Emulator:
     def engine_error(self, e: Exception, handle: str) -> tuple[int, dict[str, Any]]:
         import snowflake.connector.errors as sferrors
 
+        unparsed = UNPARSED_TIMESTAMP.search(str(e))
+        if unparsed:
+            err = ApiError(422, "100035", f"Timestamp '{unparsed.group(1)}' is not recognized", "22007")
+            return err.status, err.body(handle)
         if isinstance(e, sferrors.Error) and getattr(e, "errno", None):
             message = re.sub(r"^\d{6} \([0-9A-Z]{5}\): (None: )?", "", str(getattr(e, "msg", e)))
             err = ApiError(422, f"{int(e.errno):06d}", message, getattr(e, "sqlstate", None))
@@ -561,6 +661,14 @@ class Emulator:
                 "P0000",
             )
         params_list = convert_bindings(bindings)
+        if bindings and any(BOUND_LIMIT.search(stmt) for stmt in statements):
+            raise ApiError(422, "001003", "SQL compilation error:\nInvalid row count '?' in limit clause", "42601")
+        session = {**self.parameters, **{k.upper(): str(v) for k, v in params.items() if k.upper() in SESSION_PARAMETERS}}
+        input_format = session.get("TIMESTAMP_INPUT_FORMAT", "AUTO")
+        if input_format.upper() != "AUTO":
+            statements = [with_input_format(stmt, input_format) for stmt in statements]
+        if session.get("TIMEZONE"):
+            statements = [with_session_zone(stmt, session["TIMEZONE"]) for stmt in statements]
         context = {
             "USER": user,
             "ROLE": body.get("role") or self.args.default_role,
@@ -685,13 +793,17 @@ class Emulator:
             with self.stats_lock:
                 handle = self.by_request_id.get(request_id)
                 rec = self.records.get(handle) if handle else None
+            # Snowflake does not run a resubmitted request again; whether it re-runs one whose
+            # statement failed is not documented, so the emulator takes the stricter reading and
+            # answers the stored failure: a client must retry a failed statement under a new requestId.
             if rec is not None:
                 self.count("deduplicated")
                 return (*self.status_of(rec), rec)
         rec = Record(str(uuid.uuid4()), request_id)
         self.keep(rec)
         slow_ms = int(fault.get("slow_ms", 0)) if fault else 0
-        worker = threading.Thread(target=self.run, args=(rec, body, user, slow_ms), daemon=True)
+        failure = fault if fault and (fault.get("statement_error") or fault.get("uncancellable")) else None
+        worker = threading.Thread(target=self.run, args=(rec, body, user, slow_ms, failure), daemon=True)
         worker.start()
         wait_s = 0 if async_ else self.args.async_after_ms / 1000
         rec.done.wait(wait_s)
@@ -808,7 +920,9 @@ class Handler(BaseHTTPRequestHandler):
             if kind == "submit":
                 em.count("submissions")
             fault = em.faults.take(kind, self._body or b"")
-            if fault:
+            if fault and fault.get("statement_error"):
+                em.count("faults_applied")
+            elif fault:
                 em.count("faults_applied")
                 if fault.get("delay_ms"):
                     time.sleep(min(int(fault["delay_ms"]), MAX_HANG_MS) / 1000)
@@ -918,6 +1032,16 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_emulator/faults" and method == "DELETE":
             em.faults.clear()
             self.send_json(200, {"pending": 0})
+        elif path == "/_emulator/parameters" and method == "POST":
+            body = self.read_json()
+            for name, value in body.items():
+                if name.upper() not in SESSION_PARAMETERS:
+                    raise ApiError(400, "391911", f"Unsupported parameter {name}.")
+                if value is None or str(value).upper() == "AUTO":
+                    em.parameters.pop(name.upper(), None)
+                else:
+                    em.parameters[name.upper()] = str(value)
+            self.send_json(200, {"parameters": em.parameters})
         elif path == "/_emulator/expire" and method == "POST":
             self.read_body()
             self.send_json(200, {"expired": em.auth.expire_all()})
@@ -967,6 +1091,11 @@ def main() -> int:
     p.add_argument("--control", action="store_true", help="enable the /_emulator control API")
     p.add_argument("--sink", action="store_true", help="accept and count statements without executing them")
     p.add_argument("--async-after-ms", type=int, default=45_000, help="answer 202 when a statement runs longer")
+    p.add_argument(
+        "--timestamp-input-format",
+        help="account-level TIMESTAMP_INPUT_FORMAT (default AUTO); conversions without a format must match it",
+    )
+    p.add_argument("--timezone", help="account-level TIMEZONE: the zone of CURRENT_TIMESTAMP() (default: the engine's, UTC)")
     p.add_argument("--partition-rows", type=int, default=10_000, help="rows per result partition")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()

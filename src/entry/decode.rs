@@ -52,7 +52,7 @@ pub struct TrackedBatch {
     pub key: Option<BatchKey>,
     /// The username of the batch: from the key's id (the first record's id for fallback shapes).
     pub username: String,
-    /// The routing key; see [`Decoded::partition_key`].
+    /// Who the entry is about, for logs; see [`Decoded::partition_key`].
     pub partition: String,
     pub events: Vec<Event>,
     pub rejected: Vec<Rejected>,

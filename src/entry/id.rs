@@ -76,7 +76,7 @@ impl EntryId {
     pub fn utc_text(&self) -> String {
         let ms = i64::try_from(self.ms).unwrap_or(i64::MAX);
         match chrono::DateTime::from_timestamp_millis(ms) {
-            Some(t) => t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string(),
+            Some(t) => super::rules::ts_text(&t.naive_utc()),
             None => "9999-12-31 23:59:59".to_string(),
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! Nothing here touches Redis or the network, so every rule of the seed (the Python sidecar users
 //! depend on) is pinned by unit tests and the decoder is fuzzed. The pipeline calls [`decode`] for
-//! each claimed entry, routes it by [`Decoded::partition_key`], and hands the decoded entries of a
+//! each claimed entry, routes it by [`Decoded::row_keys`], and hands the decoded entries of a
 //! batch to [`crate::sql`] to become statements.
 //!
 //! # Layout
@@ -143,17 +143,35 @@ impl Decoded {
         }
     }
 
-    /// The routing key: all entries with one partition key go to one worker, in stream order, so
-    /// the rows they touch are updated in order. For tracked batches it is the key's id segment (or
-    /// the first record's id, for fallback shapes) cut at the first hyphen — the username under the
-    /// default rules — computed without the live settings so a `CONFIG SET` cannot split one row's
-    /// entries between workers. For a create-user it is the e-mail's local part. Entries that write
-    /// nothing return `""`: any worker may take them.
+    /// Who the entry is about, for log lines: for tracked batches the key's id segment (or the first
+    /// record's id, for fallback shapes) cut at the first hyphen; for a create-user the e-mail's
+    /// local part; `""` for entries that write nothing. Routing does not use it — an entry's key may
+    /// name another user than its records — but [`Decoded::row_keys`].
     pub fn partition_key(&self) -> &str {
         match self {
             Decoded::CreateUser(u) => &u.username,
             Decoded::Tracked(b) => &b.partition,
             _ => "",
+        }
+    }
+
+    /// The row keys the entry writes, for routing: the distinct record `id`s of its events (a
+    /// TRACKED row is identified by its record's `id` and `track_id`, whatever the entry's key
+    /// says), or a create-user's e-mail. Empty for entries that write nothing. The pipeline sends
+    /// every entry touching one row key to one worker, so the rows are updated in stream order.
+    pub fn row_keys(&self) -> Vec<&str> {
+        match self {
+            Decoded::CreateUser(u) => vec![u.email.as_str()],
+            Decoded::Tracked(b) => {
+                let mut keys: Vec<&str> = Vec::with_capacity(1);
+                for e in &b.events {
+                    if !keys.contains(&e.tracked_id.as_str()) {
+                        keys.push(&e.tracked_id);
+                    }
+                }
+                keys
+            }
+            _ => Vec::new(),
         }
     }
 

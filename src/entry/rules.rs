@@ -169,9 +169,20 @@ pub fn parse_lastplus(raw: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(&normal, "%Y-%m-%d %H:%M:%S").ok()
 }
 
-/// The text form of a timestamp written to Snowflake.
+/// The text form of a timestamp written to Snowflake: `YYYY-MM-DD HH:MM:SS`, no fraction (what the
+/// statements convert with `TO_TIMESTAMP_NTZ(x, 'YYYY-MM-DD HH24:MI:SS')`). Written field by field:
+/// it runs for every time of every statement, and `format` parses its pattern on each call.
 pub fn ts_text(t: &NaiveDateTime) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+    use chrono::{Datelike, Timelike};
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// What a `query_row_count` value turned into.

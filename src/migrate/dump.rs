@@ -1,6 +1,6 @@
 //! The header of a Redis dump file: checked before a server is started on it.
 //!
-//! A dump starts with `REDIS` and a four-digit format version, then auxiliary fields (`0xFA`, a name
+//! A dump starts with `REDIS` and a four-digit format version (Valkey 9: `VALKEY` and three digits), then auxiliary fields (`0xFA`, a name
 //! and a value) such as `redis-ver` and `ctime` (when the dump was made). Reading them lets the tool
 //! refuse a file that is not a dump with a clear line instead of a server's failure, say which Redis
 //! wrote it, and date legacy entries that carry no time of their own ([`super::ids`]). Only the
@@ -12,15 +12,20 @@ use std::path::Path;
 /// The newest RDB format this tool has been tested with (Redis 7.4 and 8 write 12).
 pub const NEWEST_KNOWN_VERSION: u32 = 12;
 
+/// The newest Valkey RDB format this tool has been tested with (Valkey 9 writes 80).
+pub const NEWEST_KNOWN_VALKEY_VERSION: u32 = 80;
+
 /// Opcode of an auxiliary field.
 const AUX: u8 = 0xFA;
 
 /// What the header says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Header {
-    /// The RDB format version (9: Redis 5–6, 10: 7.0, 11: 7.2, 12: 7.4 and 8).
+    /// The RDB format version (9: Redis 5–6, 10: 7.0, 11: 7.2, 12: 7.4 and 8; 80: Valkey 9).
     pub version: u32,
-    /// `redis-ver` of the server that wrote it.
+    /// Whether Valkey wrote it (`VALKEY` signature).
+    pub valkey: bool,
+    /// `redis-ver` (or `valkey-ver`) of the server that wrote it.
     pub redis_version: Option<String>,
     /// `ctime`: Unix seconds when the dump was made.
     pub ctime: Option<i64>,
@@ -40,15 +45,21 @@ pub fn read_header(path: &Path) -> Result<Header, String> {
 /// Parses the header from the first bytes of a dump.
 pub fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     let magic = bytes.get(..9).ok_or("not a Redis dump file (too short)")?;
-    if &magic[..5] != b"REDIS" {
-        return Err("not a Redis dump file (no REDIS signature)".into());
-    }
-    let version = std::str::from_utf8(&magic[5..9])
+    let (valkey, digits) = if magic.starts_with(b"REDIS") {
+        (false, &magic[5..9])
+    } else if magic.starts_with(b"VALKEY") {
+        (true, &magic[6..9])
+    } else {
+        return Err("not a Redis dump file (no REDIS or VALKEY signature)".into());
+    };
+    let version = std::str::from_utf8(digits)
         .ok()
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u32>().ok())
         .ok_or("not a Redis dump file (bad version number)")?;
     let mut header = Header {
         version,
+        valkey,
         ..Header::default()
     };
     let mut at = 9;
@@ -60,7 +71,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, String> {
             break;
         };
         match name.as_slice() {
-            b"redis-ver" => header.redis_version = String::from_utf8(value).ok(),
+            b"redis-ver" | b"valkey-ver" => header.redis_version = String::from_utf8(value).ok(),
             b"ctime" => {
                 header.ctime = std::str::from_utf8(&value)
                     .ok()
@@ -153,6 +164,7 @@ mod tests {
         assert!(parse_header(b"").is_err());
         assert!(parse_header(b"*1\r\n$4\r\nPING\r\n").is_err());
         assert!(parse_header(b"REDISabcd").is_err());
+        assert!(parse_header(b"VALKEY+80").is_err());
     }
 
     #[test]
@@ -163,5 +175,16 @@ mod tests {
         let mut b = b"REDIS0011".to_vec();
         b.extend([AUX, 0x81, 0xFF, 0xFF]);
         assert_eq!(parse_header(&b).unwrap().version, 11);
+    }
+
+    #[test]
+    fn a_valkey_dump_is_read_with_its_version_and_server() {
+        let mut b = b"VALKEY080".to_vec();
+        b.extend_from_slice(b"\xFA\x0Avalkey-ver\x059.1.2\xFA\x05ctime\xC2\x0D\x56\x0F\x6B");
+        let h = parse_header(&b).unwrap();
+        assert!(h.valkey);
+        assert_eq!(h.version, 80);
+        assert_eq!(h.redis_version.as_deref(), Some("9.1.2"));
+        assert_eq!(h.ctime, Some(0x6B0F560D));
     }
 }

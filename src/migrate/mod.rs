@@ -34,8 +34,10 @@
 //! 1. creates a uniquely named `TRANSIENT` table `WB_MIGRATE_<utc time>_<random>` beside TRACKED
 //!    (transient: no fail-safe storage for scratch data);
 //! 2. fills it with bound `INSERT ... SELECT f.value FROM ... LATERAL FLATTEN(PARSE_JSON(?))`, one JSON
-//!    array per statement, cut under `BATCH_MAX_BYTES` at entry boundaries — the very JSON that
-//!    [`crate::sql::plan`] builds for the module's MERGEs;
+//!    array per statement, cut under `BATCH_MAX_BYTES` — the very links the module's MERGEs read
+//!    ([`crate::sql::links_json`]), folded from all the dumps' entries at once, since one MERGE
+//!    applies them (the decoded entries are held in memory until then: about the size of the
+//!    records themselves);
 //! 3. runs the module's own TRACKED and USER MERGEs once each, with the staging table in place of the
 //!    JSON bind ([`stage::merge_from_stage`]), so effectively-once (`last_entry_id`), per-row
 //!    aggregation and event order are the module's, not a second copy;

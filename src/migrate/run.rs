@@ -1,9 +1,10 @@
 //! The migration from start to end: dumps in, staging table filled, one MERGE per table, summary out.
 //!
 //! Each dump is read in steps of `batch_size` keys or entries; every entry is decoded with the
-//! module's rules and planned with the module's SQL builder; the planned JSON of consecutive steps is
-//! joined until the next piece would pass `BATCH_MAX_BYTES`, so the number of INSERTs depends on the
-//! bytes to load, not on the step size. Only when every dump has been read do the MERGEs run.
+//! module's rules and kept. When every dump has been read, the entries are folded into the module's
+//! links ([`crate::sql::links_json`]: one row per TRACKED row and suffix of its entries, in stream
+//! order whatever order the dumps gave them), staged in arrays under `BATCH_MAX_BYTES`, so the
+//! number of INSERTs depends on the bytes to load, not on the step size, and the MERGEs run.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::time::Instant;
 use super::dump::{self, Header};
 use super::ids::legacy_id;
 use super::source::{DumpServer, Fields};
-use super::stage::{self, planned_json, Stage};
+use super::stage::{self, Stage};
 use super::summary::{DumpSummary, Summary};
 use super::MigrateError;
 use crate::entry::{self, legacy, Decoded, EntryId, Rules};
@@ -119,10 +120,10 @@ pub fn run(
             dry_run: opts.dry_run,
             ..Summary::default()
         },
+        writes: Vec::new(),
         tracked: Pending::new(Target::Tracked, max_bytes),
         users: Pending::new(Target::User, max_bytes),
         tables,
-        max_bytes,
     };
     let outcome = m.read_all(opts, &headers, progress).and_then(|()| {
         m.flush_all()?;
@@ -138,11 +139,13 @@ pub fn run(
 struct Migration {
     rules: Rules,
     tables: Tables,
-    max_bytes: usize,
     writer: Writer,
     /// IDs of the entries read so far: the same entry in two dumps is loaded once.
     seen: HashSet<EntryId>,
     summary: Summary,
+    /// The entries that write something, kept until every dump is read: a row's entries may come
+    /// from several dumps, in any order, and are folded together in stream order.
+    writes: Vec<Decoded>,
     tracked: Pending,
     users: Pending,
 }
@@ -155,12 +158,16 @@ impl Migration {
         progress: &dyn Progress,
     ) -> Result<(), MigrateError> {
         for (path, header) in opts.dumps.iter().zip(headers) {
-            if header.version > dump::NEWEST_KNOWN_VERSION {
+            let newest = if header.valkey {
+                dump::NEWEST_KNOWN_VALKEY_VERSION
+            } else {
+                dump::NEWEST_KNOWN_VERSION
+            };
+            if header.version > newest {
                 logging::warning(&format!(
-                    "{}: RDB version {} is newer than this tool knows ({}); the server decides",
+                    "{}: RDB version {} is newer than this tool knows ({newest}); the server decides",
                     path.display(),
                     header.version,
-                    dump::NEWEST_KNOWN_VERSION
                 ));
             }
             let mut server = DumpServer::start(&opts.redis_server, path)
@@ -272,23 +279,25 @@ impl Migration {
             }
             decoded.push(d);
         }
-        for planned in sql::plan(&decoded, &self.tables, self.max_bytes) {
-            let json = planned_json(&planned).ok_or_else(|| {
-                MigrateError::Settings("the SQL builder produced an unexpected statement".into())
-            })?;
-            let pending = match planned.target {
-                Target::Tracked => &mut self.tracked,
-                Target::User => &mut self.users,
-            };
-            if let Some((json, rows)) = pending.add(json, planned.rows) {
-                self.writer
-                    .stage(planned.target, &json, rows, &mut self.summary)?;
-            }
-        }
+        self.writes.extend(
+            decoded
+                .into_iter()
+                .filter(|d| matches!(d, Decoded::CreateUser(_) | Decoded::Tracked(_))),
+        );
         Ok(())
     }
 
+    /// Folds every entry read into links and stages them, in arrays under the byte cap.
     fn flush_all(&mut self) -> Result<(), MigrateError> {
+        let (tracked, users) = sql::links_json(&self.writes);
+        for (pending, links) in [(&mut self.tracked, tracked), (&mut self.users, users)] {
+            for link in links {
+                if let Some((json, rows)) = pending.add(&format!("[{link}]"), 1) {
+                    self.writer
+                        .stage(pending.target, &json, rows, &mut self.summary)?;
+                }
+            }
+        }
         for pending in [&mut self.tracked, &mut self.users] {
             if let Some((json, rows)) = pending.take() {
                 self.writer

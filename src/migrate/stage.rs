@@ -1,16 +1,19 @@
 //! The staging table: its name, and the statements that create, fill, merge and drop it.
 //!
 //! Why a transient staging table and one MERGE per target table is in [`super`] ("Writing"). The
-//! table holds one row per event (TRACKED) or create-user (USER): `target` says which, `v` is the
-//! object [`crate::sql::plan`] built for the module's MERGE. The MERGEs are the module's own
+//! table holds one row per link (TRACKED or USER, see [`crate::sql::fold`]): `target` says which,
+//! `v` is the object the module's MERGE reads ([`crate::sql::links_json`]). The MERGEs are the module's own
 //! ([`crate::sql::tracked::merge_sql`], [`crate::sql::user::merge_sql`]) with their JSON source
 //! swapped for the staging rows, so the two can never drift apart in their rules.
 
-use crate::sql::{self, Planned, Tables, Target};
+use crate::sql::{self, Tables, Target};
 use crate::statement::{Bind, Statement};
 
-/// The row source of the module's MERGEs: the batch's JSON array, one row per element.
-pub const MERGE_SOURCE: &str =
+/// The row source of the module's MERGEs: the batch's links (see [`sql::LINKS_SOURCE`]).
+pub const MERGE_SOURCE: &str = sql::LINKS_SOURCE;
+
+/// The rows of a staging INSERT: a flat JSON array of links, one row per element.
+pub const INSERT_SOURCE: &str =
     "FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f";
 
 /// What the module's MERGEs become for a staging table: the same rows, same column (`f.value`).
@@ -57,11 +60,11 @@ impl Stage {
         )
     }
 
-    /// The bound INSERT of a JSON array of `target` rows (one or more of [`planned_json`] joined).
+    /// The bound INSERT of a flat JSON array of `target` links ([`sql::links_json`] objects).
     pub fn insert(&self, target: Target, json: &str) -> Statement {
         Statement::new(
             format!(
-                "INSERT INTO {} (target, v) SELECT ?, f.value {MERGE_SOURCE}",
+                "INSERT INTO {} (target, v) SELECT ?, f.value {INSERT_SOURCE}",
                 self.name
             ),
             vec![
@@ -82,14 +85,6 @@ impl Stage {
 
     pub fn drop(&self) -> Statement {
         Statement::new(format!("DROP TABLE IF EXISTS {}", self.name), vec![])
-    }
-}
-
-/// The JSON array of a statement [`sql::plan`] made (its single bind); `None` for any other shape.
-pub fn planned_json(planned: &Planned) -> Option<&str> {
-    match planned.statement.binds.as_slice() {
-        [Bind::Text(json)] => Some(json),
-        _ => None,
     }
 }
 
@@ -154,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn inserts_carry_the_target_and_plans_json_as_binds() {
+    fn inserts_carry_the_target_and_the_links_as_binds() {
         let rules = Rules {
             skip_freshness: true,
             ..Rules::default()
@@ -167,11 +162,12 @@ mod tests {
             )],
             &rules,
         );
-        let planned = sql::plan(&[d], &Tables::default(), 1_000_000);
-        let json = planned_json(&planned[0]).unwrap();
-        let ins = stage().insert(planned[0].target, json);
+        let (tracked, users) = sql::links_json(&[d]);
+        assert_eq!((tracked.len(), users.len()), (1, 0));
+        let json = format!("[{}]", tracked.join(","));
+        let ins = stage().insert(Target::Tracked, &json);
         assert_eq!(ins.sql.matches('?').count(), 2);
         assert_eq!(ins.binds[0], Bind::Text("TRACKED".into()));
-        assert_eq!(ins.binds[1], planned[0].statement.binds[0]);
+        assert_eq!(ins.binds[1], Bind::Text(json));
     }
 }

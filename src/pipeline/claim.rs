@@ -262,7 +262,45 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
     }
 }
 
-/// Decodes entries and sends each to the worker of its partition.
+/// The worker of a row key.
+fn worker_of(key: &str, workers: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
+}
+
+/// Where an entry goes: the one worker owning every row it writes, or — for an entry whose rows
+/// belong to several workers — `Spanning(w)`: it must run alone, after everything sent before it
+/// and before anything sent after it, so no row sees its updates out of stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    To(usize),
+    Spanning(usize),
+}
+
+fn route(row_keys: &[&str], entry_id: &str, workers: usize) -> Route {
+    let mut owners = row_keys.iter().map(|k| worker_of(k, workers));
+    match owners.next() {
+        None => Route::To(worker_of(entry_id, workers)),
+        Some(first) if owners.all(|w| w == first) => Route::To(first),
+        Some(first) => Route::Spanning(first),
+    }
+}
+
+/// Waits until every entry sent to the workers is settled (`unsent`: entries of this claim not sent
+/// yet, already counted in flight); `false` when stopping.
+fn drained(unsent: u64) -> bool {
+    let c = control();
+    while METRICS.in_flight.load(Ordering::Relaxed) > unsent {
+        if c.stopping() {
+            return false;
+        }
+        c.wait_settled(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
     entries: Vec<RawEntry>,
     workers: &[Sender<Work>],
@@ -276,8 +314,8 @@ fn dispatch(
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    // Every entry is in flight already; what is not handed to a worker (a worker stopped, or this
-    // thread panics) is given back when this drops.
+    // Every entry is in flight already; what is not handed to a worker (a worker stopped, this
+    // thread panics, or it stops before a spanning entry) is given back when this drops.
     struct Unsent(u64);
     impl Drop for Unsent {
         fn drop(&mut self) {
@@ -320,14 +358,7 @@ fn dispatch(
             },
             None => decoded,
         };
-        let key = decoded.partition_key();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        if key.is_empty() {
-            raw.id.hash(&mut h);
-        } else {
-            key.hash(&mut h);
-        }
-        let index = (h.finish() % workers.len().max(1) as u64) as usize;
+        let route = route(&decoded.row_keys(), &raw.id, workers.len());
         // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
         // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
         // costs the module little.
@@ -343,6 +374,16 @@ fn dispatch(
             stream: std::sync::Arc::clone(&stream_name),
             group: std::sync::Arc::clone(&group),
         };
+        let index = match route {
+            Route::To(w) => w,
+            Route::Spanning(w) => {
+                // Stopping: the entry stays pending in the group for the next start.
+                if !drained(unsent.0) {
+                    return;
+                }
+                w
+            }
+        };
         METRICS
             .in_flight_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -351,6 +392,9 @@ fn dispatch(
         } else {
             super::release_bytes(bytes as u64);
             logging::warning("a worker has stopped; the entry stays pending and is claimed again");
+        }
+        if matches!(route, Route::Spanning(_)) && !drained(unsent.0) {
+            return;
         }
     }
 }
@@ -425,5 +469,36 @@ fn preview(ids: &[String]) -> String {
         format!("{} ...", shown.join(" "))
     } else {
         shown.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_go_to_the_worker_of_their_rows_not_of_their_key() {
+        // Every entry writing row key "bob-1" reaches one worker, whatever its key names.
+        assert_eq!(route(&["bob-1"], "1-0", 4), route(&["bob-1"], "2-0", 4));
+        assert_eq!(
+            route(&["bob-1"], "1-0", 4),
+            Route::To(worker_of("bob-1", 4))
+        );
+        // Nothing to write: spread by the entry's ID.
+        assert_eq!(route(&[], "7-0", 4), Route::To(worker_of("7-0", 4)));
+    }
+
+    #[test]
+    fn an_entry_whose_rows_belong_to_several_workers_runs_alone() {
+        let (a, b) = (0..100)
+            .map(|i| format!("u{i}"))
+            .find_map(|k| (worker_of(&k, 4) != worker_of("u0", 4)).then_some(("u0".to_string(), k)))
+            .expect("two keys on different workers");
+        assert_eq!(
+            route(&[&a, &b], "1-0", 4),
+            Route::Spanning(worker_of(&a, 4))
+        );
+        assert_eq!(route(&[&a, &a], "1-0", 4), Route::To(worker_of(&a, 4)));
+        assert_eq!(route(&[&a, &b], "1-0", 1), Route::To(0));
     }
 }

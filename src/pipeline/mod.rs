@@ -3,10 +3,12 @@
 //! - [`notify`]: the stream notification only wakes the claimer; nothing else runs on the XADD path.
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
-//!   each to a worker by its partition key, so one user's entries stay in stream order.
+//!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
 //! - [`worker`]: a pool of threads, each batching by count, bytes and linger time.
 //! - [`sink`]: turns a batch into SQL and commits it — to Snowflake, or to the log in dry run — with
 //!   retries; a statement Snowflake rejects is split until the entry at fault is found.
+//! - [`triage`]: whether a data error is one entry's own (dead-letter it) or every statement's
+//!   (blocked, nothing dead-lettered).
 //! - [`ack`]: only after the commit, `XACK` (and dead-letter copies) under the lock, replicated.
 //!
 //! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and an
@@ -18,6 +20,7 @@ pub mod gil;
 pub mod housekeeping;
 pub mod notify;
 pub mod sink;
+pub mod triage;
 pub mod waiters;
 pub mod worker;
 
@@ -309,6 +312,7 @@ pub fn state() -> &'static str {
         return "failed";
     }
     match c.state() {
+        State::Running if METRICS.is_blocked() => "blocked",
         State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
         s => s.word(),
     }

@@ -1,24 +1,27 @@
 //! Where a batch goes: Snowflake, or the log in dry run.
 //!
 //! A sink turns a batch of decoded entries into statements ([`crate::sql::plan`]) and commits them.
-//! Its error says what the worker should do next:
-//! - [`SinkError::Retry`]: transient (throttling, outage, timeout, expired credentials): the same batch
-//!   again after a backoff. Nothing is lost and nothing is skipped; the backlog grows.
+//! Its error says what the worker should do next; the class itself is decided once, by
+//! [`crate::snowflake::error::classify`], from Snowflake's code and SQL state:
+//! - [`SinkError::Retry`]: transient (throttling, outage, lock waits, expired credentials): the same
+//!   batch again after a backoff. Nothing is lost and nothing is skipped; the backlog grows.
+//! - [`SinkError::TimedOut`]: a statement ran past its time; retried (the same `requestId` finds it
+//!   still running), and a batch that keeps timing out is split.
 //! - [`SinkError::Blocked`]: Snowflake refuses every statement for a reason no entry can fix (a missing
-//!   table, a privilege, a bad key: configuration errors, and SQL states 42, 28 and 0A): retried slowly and shown loudly, never dead-lettered — moving good
+//!   table, a privilege, a bad key): retried slowly and shown loudly, never dead-lettered — moving good
 //!   data aside because of a configuration problem would be a silent loss.
-//! - [`SinkError::Data`]: Snowflake rejected the data itself (SQL state class 22, data exception): the
-//!   worker splits the batch until the entry at fault is alone and dead-letters it.
-//! - [`SinkError::Refused`]: any other permanent refusal (a request too large, an unexpected status):
-//!   after a few tries the worker splits the batch like a data error, so one entry cannot hold up
-//!   the rest; an entry refused alone is dead-lettered only once other statements have committed
-//!   meanwhile (proof the refusal is about that entry, not about every statement).
+//! - [`SinkError::Data`]: Snowflake rejected the data (SQL state class 22), or refused a statement for
+//!   good for another reason than the setup (e.g. HTTP 400; not SQL states 42, 28, 0A): the worker splits the
+//!   batch until the entry at fault is alone, and [`super::triage`] decides whether the error is that
+//!   entry's own (dead-letter it) or every statement's (blocked).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::logging;
 use crate::settings::{self, Key, Snapshot};
@@ -30,18 +33,35 @@ use crate::status::METRICS;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
     Retry(String),
-    Blocked(String),
-    Data(String),
-    Refused(String),
+    TimedOut(String),
+    /// `code`: Snowflake's error code when it gave one, shown in `WB.STATUS`.
+    Blocked {
+        code: Option<String>,
+        message: String,
+    },
+    /// `code`: Snowflake's error code (or SQL state), the key of the triage; `table`: the target
+    /// of the statement refused.
+    Data {
+        code: String,
+        message: String,
+        table: &'static str,
+    },
 }
 
 impl SinkError {
     pub fn message(&self) -> &str {
         match self {
             SinkError::Retry(m)
-            | SinkError::Blocked(m)
-            | SinkError::Data(m)
-            | SinkError::Refused(m) => m,
+            | SinkError::TimedOut(m)
+            | SinkError::Blocked { message: m, .. }
+            | SinkError::Data { message: m, .. } => m,
+        }
+    }
+
+    pub fn blocked(message: impl Into<String>) -> SinkError {
+        SinkError::Blocked {
+            code: None,
+            message: message.into(),
         }
     }
 }
@@ -50,23 +70,37 @@ impl From<SnowflakeError> for SinkError {
     fn from(e: SnowflakeError) -> SinkError {
         let line = e.to_string();
         match e.class {
+            ErrorClass::Retryable if e.timed_out => SinkError::TimedOut(line),
             ErrorClass::Retryable | ErrorClass::Reauth => SinkError::Retry(line),
-            ErrorClass::Config => SinkError::Blocked(line),
+            ErrorClass::Data => SinkError::Data {
+                code: e.code.or(e.sql_state).unwrap_or_else(|| "data".to_string()),
+                message: line,
+                table: "",
+            },
+            // Any other permanent refusal (a request too large, an unexpected status) may be about
+            // one entry: it is split and judged like a data error, so one entry cannot hold up the
+            // rest. Compilation and access errors (SQL states 42, 28, 0A: a missing table, a
+            // privilege) cannot come from a bound value: they block.
             ErrorClass::Permanent
-                if e.sql_state.as_deref().is_some_and(|s| s.starts_with("22")) =>
-            {
-                SinkError::Data(line)
-            }
-            // Compilation and access errors (a missing table, a privilege): no entry can cause them
-            // (every value is bound), so they block rather than dead-letter anything.
-            ErrorClass::Permanent
-                if e.sql_state
+                if !e
+                    .sql_state
                     .as_deref()
                     .is_some_and(|s| ["42", "28", "0A"].iter().any(|c| s.starts_with(c))) =>
             {
-                SinkError::Blocked(line)
+                SinkError::Data {
+                    code: e
+                        .code
+                        .clone()
+                        .or(e.sql_state.clone())
+                        .unwrap_or_else(|| "permanent".to_string()),
+                    message: line,
+                    table: "",
+                }
             }
-            ErrorClass::Permanent => SinkError::Refused(line),
+            ErrorClass::Config | ErrorClass::Permanent => SinkError::Blocked {
+                code: e.code,
+                message: line,
+            },
         }
     }
 }
@@ -155,7 +189,7 @@ pub struct DryRunSink;
 impl Sink for DryRunSink {
     fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
         let snap = settings::current();
-        let tables = Tables::from_settings(&snap).map_err(SinkError::Blocked)?;
+        let tables = Tables::from_settings(&snap).map_err(SinkError::blocked)?;
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
             log_planned(&p, &snap, true);
         }
@@ -172,13 +206,26 @@ pub struct SnowflakeSink {
 impl Sink for SnowflakeSink {
     fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
         let snap = settings::current();
-        let tables = Tables::from_settings(&snap).map_err(SinkError::Blocked)?;
+        let tables = Tables::from_settings(&snap).map_err(SinkError::blocked)?;
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
             log_planned(&p, &snap, false);
             METRICS
                 .statements
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let result = self.client.execute(&p.statement)?;
+            let submitted = Instant::now();
+            let table = p.target.marker();
+            let result =
+                self.client.execute_idempotent(&p.statement).map_err(
+                    |e| match SinkError::from(e) {
+                        SinkError::Data { code, message, .. } => SinkError::Data {
+                            code,
+                            message,
+                            table,
+                        },
+                        other => other,
+                    },
+                )?;
+            TRIAGE.accepted(table, submitted);
             if snap.bool(Key::TraceSql) {
                 logging::info(&format!(
                     "{} done: handle {} rows affected {:?}",

@@ -18,6 +18,7 @@ use rand::Rng;
 use super::ack::{self, Settle};
 use super::gil::Gil;
 use super::sink::{self, SinkError};
+use super::triage::{Verdict, TRIAGE};
 use super::{control, State};
 use crate::entry::Decoded;
 use crate::logging;
@@ -146,7 +147,7 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
 /// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
 fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
-    let outcome = commit_batch(decoded)?;
+    let outcome = commit_all(decoded)?;
     let snap = settings::current();
     let dry = super::dry_run(&snap);
     let mut settles = Vec::with_capacity(raws.len());
@@ -228,184 +229,109 @@ fn log_left_out(d: &Decoded) {
     }
 }
 
-/// What became of one entry of a batch.
-#[derive(Debug, Clone)]
-enum Outcome {
-    Committed,
-    /// Rejected for good: dead-lettered with this reason.
-    Rejected(String),
-    /// Refused alone (not a data error) before any other statement committed: maybe about this
-    /// entry, maybe about every statement; decided by [`commit_batch`].
-    Deferred(String),
-}
-
-fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
-}
-
-/// Commits a batch; each entry's result (`Err` = rejected, dead-letter it), or `None` when stopping.
-///
-/// Entries refused alone wait until some statement commits — one of this batch, or any worker's —
-/// which shows the refusal is about them, and are then rejected. Until then they are retried (with
-/// the slow backoff of a blocked sink): a refusal of every statement is a problem of Snowflake or
-/// the setup, and moving good data aside because of it would be a silent loss.
-fn commit_batch(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
-    let since = now_ms();
-    let mut out = commit_all(entries)?;
-    // Remember an entry Snowflake accepted, to probe with later (see `probe_accepted`).
-    if let Some(i) = (0..out.len()).rev().find(|&i| {
-        matches!(out[i], Outcome::Committed)
-            && matches!(entries[i], Decoded::Tracked(_) | Decoded::CreateUser(_))
-    }) {
-        LAST_GOOD.with(|g| *g.borrow_mut() = Some(entries[i].clone()));
-    }
-    let mut attempt = 0u32;
-    loop {
-        let deferred: Vec<usize> = (0..out.len())
-            .filter(|&i| matches!(out[i], Outcome::Deferred(_)))
-            .collect();
-        if deferred.is_empty() {
-            break;
-        }
-        let evidence = out.iter().any(|o| matches!(o, Outcome::Committed))
-            || METRICS.last_success_ms.load(Ordering::Relaxed) > since
-            || probe_accepted();
-        if evidence {
-            // Statements commit: each deferred entry gets one more round (the refusal may have
-            // ended meanwhile); refused again, it is rejected.
-            for i in deferred {
-                out[i] = match commit_all(&entries[i..=i])?.remove(0) {
-                    Outcome::Deferred(msg) => {
-                        logging::warning(&format!(
-                            "entry {} refused by Snowflake while other statements commit: {msg}",
-                            entries[i].id()
-                        ));
-                        Outcome::Rejected(msg)
-                    }
-                    other => other,
-                };
-            }
-            break;
-        }
-        attempt = attempt.saturating_add(1);
-        if !pause(backoff(attempt, true)) {
-            return None;
-        }
-        for i in deferred {
-            out[i] = commit_all(&entries[i..=i])?.remove(0);
-        }
-    }
-    Some(
-        out.into_iter()
-            .map(|o| match o {
-                Outcome::Committed => Ok(()),
-                Outcome::Rejected(m) | Outcome::Deferred(m) => Err(m),
-            })
-            .collect(),
-    )
-}
-
-thread_local! {
-    /// The last entry this worker committed.
-    static LAST_GOOD: std::cell::RefCell<Option<Decoded>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Whether Snowflake still accepts statements: the last entry this worker committed is committed
-/// again. Replaying an entry never changes Snowflake (each row remembers the last entry applied),
-/// so this proves a refusal of another entry is about that entry.
-fn probe_accepted() -> bool {
-    let Some(good) = LAST_GOOD.with(|g| g.borrow().clone()) else {
-        return false;
-    };
-    sink::current()
-        .and_then(|s| s.commit(std::slice::from_ref(&good)))
-        .is_ok()
-}
-
-/// Waits `wait`; false when the pipeline is stopping (or this server became a replica).
-fn pause(wait: Duration) -> bool {
-    let c = control();
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
-        if c.stopping() {
-            return false;
-        }
-        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-    }
-    !c.stopping() && c.state() != State::Replica
-}
-
-/// Splits `entries` in two and commits each half.
-fn bisect(entries: &[Decoded]) -> Option<Vec<Outcome>> {
-    let (left, right) = entries.split_at(entries.len() / 2);
-    let mut out = commit_all(left)?;
-    out.extend(commit_all(right)?);
-    Some(out)
-}
-
 /// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
-/// entries Snowflake rejects are alone; on another permanent refusal, the same after three tries.
-/// Returns each entry's outcome, or `None` when stopping.
-fn commit_all(entries: &[Decoded]) -> Option<Vec<Outcome>> {
+/// entries Snowflake rejects are alone and lets the triage judge them. Returns each entry's result,
+/// or `None` when stopping.
+fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+    commit_from(entries, None)
+}
+
+/// [`commit_all`] for part of a batch that first failed at `first_failure` (the evidence of the
+/// triage counts from there).
+fn commit_from(
+    entries: &[Decoded],
+    first_failure: Option<Instant>,
+) -> Option<Vec<Result<(), String>>> {
     let c = control();
     let mut attempt: u32 = 0;
+    let mut lone_failures: u32 = 0;
+    let mut first_failure = first_failure;
     loop {
         let result = sink::current().and_then(|s| s.commit(entries));
-        match result {
+        let e = match result {
             Ok(()) => {
                 c.degraded.store(false, Ordering::Relaxed);
-                return Some(vec![Outcome::Committed; entries.len()]);
+                METRICS.set_blocked(None);
+                return Some(vec![Ok(()); entries.len()]);
             }
-            Err(SinkError::Data(msg)) if entries.len() == 1 => {
-                logging::warning(&format!(
-                    "entry {} rejected by Snowflake: {msg}",
-                    entries[0].id()
-                ));
-                return Some(vec![Outcome::Rejected(msg)]);
+            Err(e) => e,
+        };
+        let since = *first_failure.get_or_insert_with(Instant::now);
+        let mut systemic = None;
+        match &e {
+            SinkError::Data { .. } if entries.len() > 1 => {
+                let (left, right) = entries.split_at(entries.len() / 2);
+                let mut out = commit_from(left, Some(since))?;
+                out.extend(commit_from(right, Some(since))?);
+                return Some(out);
             }
-            Err(SinkError::Data(_)) => return bisect(entries),
-            // Refused for a reason that is not a data error: after three tries, find the entry.
-            Err(SinkError::Refused(msg)) if attempt >= 2 => {
-                if entries.len() == 1 {
-                    return Some(vec![Outcome::Deferred(msg)]);
+            SinkError::Data {
+                code,
+                message,
+                table,
+            } => {
+                lone_failures = lone_failures.saturating_add(1);
+                let id = entries[0].id();
+                match TRIAGE.judge(table, id, code, since, lone_failures, Instant::now()) {
+                    Verdict::DeadLetter => {
+                        logging::warning(&format!("entry {id} rejected by Snowflake: {message}"));
+                        return Some(vec![Err(message.clone())]);
+                    }
+                    Verdict::Blocked => systemic = Some(code.clone()),
                 }
-                logging::warning(&format!(
-                    "a batch of {} entries keeps being refused; splitting it: {msg}",
-                    entries.len()
-                ));
-                return bisect(entries);
             }
             // A statement that keeps running past the request timeout may simply be too big for the
             // warehouse: after three tries, split the batch (entries are never split, so replays stay
             // exact); one entry alone keeps being retried.
-            Err(SinkError::Retry(msg))
-                if entries.len() > 1 && attempt >= 2 && msg.contains("did not finish within") =>
-            {
+            SinkError::TimedOut(msg) if entries.len() > 1 && attempt >= 2 => {
                 logging::warning(&format!(
                     "a batch of {} entries keeps timing out; splitting it: {msg}",
                     entries.len()
                 ));
-                return bisect(entries);
+                let (left, right) = entries.split_at(entries.len() / 2);
+                let mut out = commit_from(left, Some(since))?;
+                out.extend(commit_from(right, Some(since))?);
+                return Some(out);
             }
-            Err(e) => {
-                attempt = attempt.saturating_add(1);
-                c.degraded.store(true, Ordering::Relaxed);
-                METRICS.retries.fetch_add(1, Ordering::Relaxed);
-                METRICS.set_error(e.message());
-                let blocked = matches!(e, SinkError::Blocked(_));
-                let wait = backoff(attempt, blocked);
-                if attempt == 1 || attempt.is_power_of_two() {
-                    logging::warning(&format!(
-                        "commit of {} entries failed (attempt {attempt}), retrying in {} ms: {}",
-                        entries.len(),
-                        wait.as_millis(),
-                        e.message()
-                    ));
-                }
-                if !pause(wait) {
-                    return None;
-                }
+            _ => {}
+        }
+        attempt = attempt.saturating_add(1);
+        c.degraded.store(true, Ordering::Relaxed);
+        METRICS.retries.fetch_add(1, Ordering::Relaxed);
+        METRICS.set_error(e.message());
+        let blocked = match (&e, systemic) {
+            (SinkError::Blocked { code, .. }, _) => {
+                METRICS.set_blocked(Some(code.as_deref().unwrap_or("-")));
+                true
             }
+            (_, Some(code)) => {
+                METRICS.set_blocked(Some(&code));
+                true
+            }
+            _ => false,
+        };
+        let wait = backoff(attempt, blocked);
+        if attempt == 1 || attempt.is_power_of_two() {
+            logging::warning(&format!(
+                "commit of {} entries failed (attempt {attempt}{}), retrying in {} ms: {}",
+                entries.len(),
+                if blocked { ", blocked" } else { "" },
+                wait.as_millis(),
+                e.message()
+            ));
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if c.stopping() {
+                return None;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        if c.stopping() {
+            return None;
+        }
+        if c.state() == State::Replica {
+            return None;
         }
     }
 }

@@ -28,7 +28,7 @@ use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use sha2::{Digest, Sha256};
 
-use super::config::{looks_like_region, AuthConfig, TokenSource, TokenType};
+use super::config::{AccountForms, AuthConfig, TokenSource, TokenType};
 use super::error::SnowflakeError;
 
 /// How long a minted JWT is valid (Snowflake allows at most one hour).
@@ -299,17 +299,11 @@ fn decode_private_key(
     }
 }
 
-/// The account as the JWT names it: upper-cased; an account locator loses its region suffix
-/// (`xy12345.us-east-1` -> `XY12345`); an `org.account` form becomes `ORG-ACCOUNT`.
+/// The account as the JWT names it (see [`AccountForms`]): upper-cased, without region, cloud,
+/// `.privatelink` or `.global` suffixes (`xy12345.us-east-1` -> `XY12345`,
+/// `myorg-acct.privatelink` -> `MYORG-ACCT`); an `org.account` form becomes `ORG-ACCOUNT`.
 pub fn jwt_account(account: &str) -> String {
-    let upper = account.trim().to_ascii_uppercase();
-    match upper.split_once('.') {
-        Some((locator, rest)) if looks_like_region(&rest.to_ascii_lowercase()) => {
-            locator.to_string()
-        }
-        Some(_) => upper.replace('.', "-"),
-        None => upper,
-    }
+    AccountForms::parse(account).jwt
 }
 
 /// Reads a bearer token, re-reading its file when it changes.

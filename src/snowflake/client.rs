@@ -1,20 +1,27 @@
 //! The Snowflake SQL API v2 client: submit a statement, wait for it, read every partition.
 //!
 //! One [`Client`] is shared (through an `Arc`) by every worker thread; it owns one `ureq::Agent`, so
-//! TLS connections are reused. Each logical statement gets a fresh `requestId`; every resubmission
-//! of it (after a timeout, a lost connection, a 429 or a 5xx) sends the same `requestId` with
-//! `retry=true`, which tells Snowflake not to run it twice. A `202` answer is polled through its
-//! status URL with backoff until the statement finishes; past the request timeout the statement is
-//! cancelled and a retryable timeout error returned. Nothing here panics or sleeps past the
-//! deadline: the calling thread lives inside redis-server.
+//! TLS connections are reused. Each planned statement has one `requestId` for its whole life: every
+//! resubmission of it (after a timeout, a lost connection, a 429 or a 5xx — inside one call or by a
+//! caller trying the same statement again) sends the same `requestId` with `retry=true`, which tells
+//! Snowflake not to run it twice ([`Client::execute_idempotent`] derives the id from the statement
+//! itself, [`Client::execute_with`] takes the caller's [`Request`]). A statement that ran and failed
+//! is tried again as a new request. A `202` answer is polled through its status
+//! URL with backoff until the statement finishes. Past the request timeout a running statement is
+//! **not** cancelled: the error says it timed out, and the next submission with the same
+//! `requestId` finds the same running statement and polls it to its end, so a slow statement is
+//! never run beside a copy of itself. Nothing here panics or sleeps past the deadline: the calling
+//! thread lives inside redis-server.
 //!
 //! Values always travel as bind variables (`bindings`); multi-statement requests carry none, as
 //! Snowflake does not support binds there.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -28,6 +35,8 @@ use crate::statement::{Bind, Statement};
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Planned statements whose request is remembered (a few batches per worker).
+const REMEMBERED_REQUESTS: usize = 1024;
 /// First pause before polling a running statement.
 const POLL_FIRST: Duration = Duration::from_millis(20);
 
@@ -73,6 +82,41 @@ pub struct Client {
     agent: ureq::Agent,
     auth: Authenticator,
     round_trips: AtomicU64,
+    /// The request of each planned statement submitted recently (see [`Client::execute_idempotent`]).
+    planned: Mutex<VecDeque<(Uuid, Request)>>,
+}
+
+/// The request a statement is sent as: its `requestId`, and whether that id may have reached
+/// Snowflake already (a resubmission then says `retry=true`). One value follows a statement through
+/// all its tries: after an answer that may hide an execution (a lost connection, a 5xx, a timeout
+/// while running) the same request is sent again; after the statement ran and failed (the answer
+/// names a SQL state: nothing applied, and Snowflake may answer a resubmission with the stored
+/// failure) it becomes a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub id: Uuid,
+    pub sent: bool,
+}
+
+impl Request {
+    /// A request never sent.
+    pub fn new(id: Uuid) -> Request {
+        Request { id, sent: false }
+    }
+
+    /// Updates the request after an attempt that ended with `outcome`.
+    fn after<T>(&mut self, outcome: &Result<T, SnowflakeError>) {
+        match outcome {
+            Err(e) if e.statement_failed() => *self = Request::new(Uuid::new_v4()),
+            _ => self.sent = true,
+        }
+    }
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request::new(Uuid::new_v4())
+    }
 }
 
 impl Client {
@@ -100,6 +144,7 @@ impl Client {
             agent,
             auth,
             round_trips: AtomicU64::new(0),
+            planned: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -112,13 +157,52 @@ impl Client {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// Runs one statement with its bind variables.
+    /// Runs one statement with its bind variables, under a fresh `requestId` (reused only by the
+    /// resubmissions inside this call). For reads and anything that must run each time it is asked.
     pub fn execute(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
+        self.execute_with(statement, &mut Request::default())
+    }
+
+    /// Runs a write whose text and binds identify it: its first `requestId` is derived from them,
+    /// and this client remembers the request of each planned statement it sent recently, so trying
+    /// the same statement again after this call returned a retryable error resubmits the same
+    /// request with `retry=true` — a statement that ran is not run again, one still running is
+    /// found and waited for. For statements that are harmless to skip when already applied (the
+    /// pipeline's MERGEs), never for reads.
+    pub fn execute_idempotent(&self, statement: &Statement) -> Result<QueryResult, SnowflakeError> {
+        let key = request_id_of(statement);
+        let mut request = {
+            let planned = self.planned.lock();
+            planned
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Request::new(key), |(_, r)| *r)
+        };
+        let result = self.execute_with(statement, &mut request);
+        let mut planned = self.planned.lock();
+        match planned.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, r)) => *r = request,
+            None => {
+                if planned.len() >= REMEMBERED_REQUESTS {
+                    planned.pop_front();
+                }
+                planned.push_back((key, request));
+            }
+        }
+        result
+    }
+
+    /// Runs a statement as `request`, which is updated for the caller's next try (see [`Request`]).
+    pub fn execute_with(
+        &self,
+        statement: &Statement,
+        request: &mut Request,
+    ) -> Result<QueryResult, SnowflakeError> {
         let mut body = self.body(&statement.sql);
         if !statement.binds.is_empty() {
             body.insert("bindings".into(), bindings(&statement.binds));
         }
-        self.run(Value::Object(body))
+        self.run(Value::Object(body), request)
     }
 
     /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
@@ -141,7 +225,7 @@ impl Client {
             "parameters".into(),
             json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
         );
-        self.run(Value::Object(body))
+        self.run(Value::Object(body), &mut Request::default())
     }
 
     /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
@@ -226,26 +310,30 @@ impl Client {
     }
 
     /// Submits a statement and returns its complete result.
-    fn run(&self, body: Value) -> Result<QueryResult, SnowflakeError> {
+    fn run(&self, body: Value, request: &mut Request) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let request_id = Uuid::new_v4();
         let text = body.to_string();
-        let (status, reply) = self.with_retries(deadline, |attempt, bearer| {
-            let url = submit_url(&self.cfg.base_url, &request_id, attempt > 0);
-            self.call("POST", &url, Some(&text), bearer, deadline)
+        let (status, reply) = self.with_retries(deadline, |_, bearer| {
+            let url = submit_url(&self.cfg.base_url, &request.id, request.sent);
+            let answer = self.call("POST", &url, Some(&text), bearer, deadline);
+            request.after(&answer);
+            answer
         })?;
         match status {
             200 => self.complete(reply, deadline),
             202 => {
                 let handle = handle_of(&reply)?;
                 let url = self.status_url(&reply, &handle)?;
-                self.wait(&handle, &url, deadline)
+                let result = self.wait(&handle, &url, deadline);
+                request.after(&result);
+                result
             }
             other => Err(unexpected_status(other)),
         }
     }
 
-    /// Polls a running statement until it finishes; cancels it at the deadline.
+    /// Polls a running statement until it finishes or the deadline passes. A statement still
+    /// running then is left running (see the module doc): the error is retryable and `timed_out`.
     fn wait(
         &self,
         handle: &str,
@@ -256,7 +344,7 @@ impl Client {
         let mut first = true;
         loop {
             if !first && !sleep_before(pause.next_delay(), deadline) {
-                return Err(self.cancel_after_timeout(handle));
+                return Err(self.still_running(handle));
             }
             first = false;
             let polled = self.with_retries(deadline, |_, bearer| {
@@ -267,31 +355,22 @@ impl Client {
                 Ok((202, _)) => continue,
                 Ok((other, _)) => return Err(unexpected_status(other)),
                 Err(e) if e.is_retryable() && Instant::now() >= deadline => {
-                    return Err(self.cancel_after_timeout(handle))
+                    return Err(self.still_running(handle))
                 }
-                Err(e) => {
-                    // Giving up on a statement that may still run: stop it rather than let it
-                    // overlap the caller's next attempt (best effort).
-                    if e.is_retryable() {
-                        let _ = self.cancel(handle);
-                    }
-                    return Err(e);
-                }
+                // The statement may still be running; the next submission under the same
+                // requestId finds it again.
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn cancel_after_timeout(&self, handle: &str) -> SnowflakeError {
-        let cancelled = self.cancel(handle).is_ok();
-        SnowflakeError::retryable(format!(
-            "statement {handle} did not finish within {}s (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS){}",
+    fn still_running(&self, handle: &str) -> SnowflakeError {
+        let mut e = SnowflakeError::retryable(format!(
+            "statement {handle} did not finish within {}s (SNOWFLAKE_REQUEST_TIMEOUT_SECONDS); it keeps running and the next attempt waits for it",
             self.cfg.request_timeout.as_secs(),
-            if cancelled {
-                "; cancelled"
-            } else {
-                "; cancel failed"
-            }
-        ))
+        ));
+        e.timed_out = true;
+        e
     }
 
     /// Asks Snowflake to cancel a running statement (best effort, short timeout).
@@ -479,6 +558,32 @@ pub fn timestamp_ntz(value: &str) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
+/// The first `requestId` of a planned statement: a UUID (version 4 layout) from the SHA-256 of its
+/// text and binds, so the same statement planned again (by another try of the same batch) is the
+/// same request.
+pub fn request_id_of(statement: &Statement) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"redis-writebehind statement\0");
+    h.update(statement.sql.as_bytes());
+    for b in &statement.binds {
+        h.update([0u8]);
+        h.update(b.sql_type().as_bytes());
+        match b.sql_value() {
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([2u8]),
+        }
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
     let retry = if retry { "&retry=true" } else { "" };
     format!("{base}/api/v2/statements?requestId={request_id}{retry}")
@@ -526,6 +631,7 @@ fn unexpected_status(status: u16) -> SnowflakeError {
         code: None,
         sql_state: None,
         message: format!("unexpected HTTP status {status}"),
+        timed_out: false,
     }
 }
 
@@ -635,6 +741,40 @@ mod tests {
             format!("https://a.snowflakecomputing.com/api/v2/statements?requestId={id}")
         );
         assert_eq!(again, format!("{first}&retry=true"));
+    }
+
+    #[test]
+    fn a_planned_statement_keeps_its_request_id_and_another_gets_another() {
+        let st = |json: &str| Statement::new("MERGE x ?", vec![Bind::Text(json.into())]);
+        let id = request_id_of(&st("[1]"));
+        assert_eq!(id, request_id_of(&st("[1]")));
+        assert_ne!(id, request_id_of(&st("[2]")));
+        assert_ne!(
+            id,
+            request_id_of(&Statement::new("MERGE y ?", vec![Bind::Text("[1]".into())]))
+        );
+        assert_ne!(
+            request_id_of(&Statement::new("S ?", vec![Bind::Null])),
+            request_id_of(&Statement::new("S ?", vec![Bind::Text(String::new())]))
+        );
+        assert_eq!(id.get_version_num(), 4);
+    }
+
+    #[test]
+    fn a_request_is_resent_after_an_unknown_outcome_and_renewed_after_a_failure() {
+        let id = Uuid::new_v4();
+        let mut r = Request::new(id);
+        r.after(&Err::<(), _>(SnowflakeError::retryable("connection reset")));
+        assert_eq!(r, Request { id, sent: true });
+        r.after(&Err::<(), _>(SnowflakeError::from_response(503, "")));
+        assert_eq!(r, Request { id, sent: true });
+        let failed = SnowflakeError::from_response(
+            422,
+            r#"{"code":"000625","sqlState":"57014","message":"too many waiters"}"#,
+        );
+        r.after(&Err::<(), _>(failed));
+        assert_ne!(r.id, id);
+        assert!(!r.sent);
     }
 
     #[test]

@@ -229,22 +229,94 @@ impl ClientConfig {
     }
 }
 
-/// `https://<account>.snowflakecomputing.com`: the account in lower case, `_` as `-` (host names
-/// allow no underscores), and an `org.account` form written `org-account`. An account locator with
-/// its region (`xy12345.us-east-1`) keeps its dots.
-pub fn default_base_url(account: &str) -> String {
-    let lower = account.trim().to_ascii_lowercase().replace('_', "-");
-    let host = match lower.split_once('.') {
-        Some((_, rest)) if !looks_like_region(rest) => lower.replace('.', "-"),
-        _ => lower,
-    };
-    format!("https://{host}.snowflakecomputing.com")
+/// An account identifier as Snowflake's own connectors read it: the account the JWT names and the
+/// default host. The forms and what they become are in `docs/snowflake.md`:
+///
+/// | identifier | JWT account | host |
+/// |---|---|---|
+/// | `xy12345` | `XY12345` | `xy12345.snowflakecomputing.com` |
+/// | `xy12345.us-east-1` (`.aws`, `.azure`, `.gcp`) | `XY12345` | `xy12345.us-east-1.snowflakecomputing.com` |
+/// | `myorg-myaccount` | `MYORG-MYACCOUNT` | `myorg-myaccount.snowflakecomputing.com` |
+/// | `myorg-my_account` | `MYORG-MY_ACCOUNT` | `myorg-my-account.snowflakecomputing.com` |
+/// | `myorg.myaccount` | `MYORG-MYACCOUNT` | `myorg-myaccount.snowflakecomputing.com` |
+/// | `myorg-myaccount.privatelink` | `MYORG-MYACCOUNT` | `myorg-myaccount.privatelink.snowflakecomputing.com` |
+/// | `xy12345.us-east-1.privatelink` | `XY12345` | `xy12345.us-east-1.privatelink.snowflakecomputing.com` |
+/// | `myorg-myaccount-abcd1234.global` | `MYORG-MYACCOUNT` | `myorg-myaccount-abcd1234.global.snowflakecomputing.com` |
+/// | `xy12345.cn-north-1.aws` | `XY12345` | `xy12345.cn-north-1.aws.snowflakecomputing.cn` |
+///
+/// As in snowflake-connector-python (`parse_account`, `construct_hostname`, the key-pair JWT): the
+/// JWT keeps the part before the first `.` (a `.global` identifier also loses its `-<id>` suffix),
+/// and the host keeps every suffix. Two differences, from Snowflake's documentation: hosts carry no
+/// `_` (an account name's underscores become hyphens in URLs), and the `orgname.accountname` form
+/// used in SQL is read as `orgname-accountname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountForms {
+    /// The account as the JWT's `iss`/`sub` name it (upper case).
+    pub jwt: String,
+    /// The default host name.
+    pub host: String,
 }
 
-/// Region and cloud suffixes of account locators (`us-east-1`, `eu-west-1.aws`, `east-us-2.azure`,
-/// `us-central1.gcp`) always contain a hyphen; account names never do.
-pub(crate) fn looks_like_region(rest: &str) -> bool {
-    rest.contains('-') || rest.starts_with("global")
+impl AccountForms {
+    pub fn parse(identifier: &str) -> AccountForms {
+        let lower = identifier.trim().to_ascii_lowercase();
+        let (first, rest) = match lower.split_once('.') {
+            Some((f, r)) => (f.to_string(), Some(r.to_string())),
+            None => (lower.clone(), None),
+        };
+        match rest {
+            // `orgname.accountname`: the SQL form of `orgname-accountname`.
+            Some(r) if !is_suffix(&r) => {
+                let name = format!("{first}-{r}");
+                AccountForms {
+                    jwt: name.to_ascii_uppercase(),
+                    host: host_of(&name, None),
+                }
+            }
+            Some(r) => {
+                let jwt = if r == "global" || r.starts_with("global.") {
+                    // `<account>-<id>.global`: the id after the last hyphen is not the account.
+                    first
+                        .rsplit_once('-')
+                        .map_or(first.as_str(), |(a, _)| a)
+                        .to_string()
+                } else {
+                    first.clone()
+                };
+                AccountForms {
+                    jwt: jwt.to_ascii_uppercase(),
+                    host: host_of(&lower, r.split('.').next()),
+                }
+            }
+            None => AccountForms {
+                jwt: lower.to_ascii_uppercase(),
+                host: host_of(&lower, None),
+            },
+        }
+    }
+}
+
+/// Whether what follows the first `.` is a suffix of the account (region, cloud, `privatelink`,
+/// `global`) rather than the account name of an `orgname.accountname` form. Region ids always carry
+/// a hyphen (`us-east-1`, `east-us-2`, `us-central1`); account names never do.
+fn is_suffix(rest: &str) -> bool {
+    let head = rest.split('.').next().unwrap_or(rest);
+    head.contains('-') || head == "privatelink" || head == "global"
+}
+
+/// `<identifier>.snowflakecomputing.com` (`.cn` in the China regions), without underscores.
+fn host_of(identifier: &str, region: Option<&str>) -> String {
+    let tld = if region.is_some_and(|r| r.starts_with("cn-")) {
+        "cn"
+    } else {
+        "com"
+    };
+    format!("{}.snowflakecomputing.{tld}", identifier.replace('_', "-"))
+}
+
+/// `https://<host>` for an account identifier (see [`AccountForms`]).
+pub fn default_base_url(account: &str) -> String {
+    format!("https://{}", AccountForms::parse(account).host)
 }
 
 #[cfg(test)]
@@ -261,19 +333,86 @@ mod tests {
     }
 
     #[test]
-    fn default_url_follows_the_account_identifier() {
-        assert_eq!(
-            default_base_url("MyOrg-My_Account"),
-            "https://myorg-my-account.snowflakecomputing.com"
-        );
-        assert_eq!(
-            default_base_url("myorg.myaccount"),
-            "https://myorg-myaccount.snowflakecomputing.com"
-        );
-        assert_eq!(
-            default_base_url("xy12345.us-east-1"),
-            "https://xy12345.us-east-1.snowflakecomputing.com"
-        );
+    fn account_identifiers_give_the_jwt_account_and_host_of_snowflakes_connectors() {
+        let table = [
+            ("xy12345", "XY12345", "xy12345.snowflakecomputing.com"),
+            (
+                "XY12345.us-east-1",
+                "XY12345",
+                "xy12345.us-east-1.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.us-east-2.aws",
+                "XY12345",
+                "xy12345.us-east-2.aws.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.east-us-2.azure",
+                "XY12345",
+                "xy12345.east-us-2.azure.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.us-central1.gcp",
+                "XY12345",
+                "xy12345.us-central1.gcp.snowflakecomputing.com",
+            ),
+            (
+                "myorg-myaccount",
+                "MYORG-MYACCOUNT",
+                "myorg-myaccount.snowflakecomputing.com",
+            ),
+            (
+                "MyOrg-My_Account",
+                "MYORG-MY_ACCOUNT",
+                "myorg-my-account.snowflakecomputing.com",
+            ),
+            (
+                "myorg.myaccount",
+                "MYORG-MYACCOUNT",
+                "myorg-myaccount.snowflakecomputing.com",
+            ),
+            (
+                "myorg-myaccount.privatelink",
+                "MYORG-MYACCOUNT",
+                "myorg-myaccount.privatelink.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.us-east-1.privatelink",
+                "XY12345",
+                "xy12345.us-east-1.privatelink.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.privatelink",
+                "XY12345",
+                "xy12345.privatelink.snowflakecomputing.com",
+            ),
+            (
+                "myorg-myaccount-abcd1234.global",
+                "MYORG-MYACCOUNT",
+                "myorg-myaccount-abcd1234.global.snowflakecomputing.com",
+            ),
+            (
+                "xy12345-abcd1234.global",
+                "XY12345",
+                "xy12345-abcd1234.global.snowflakecomputing.com",
+            ),
+            (
+                "xy12345.cn-north-1.aws",
+                "XY12345",
+                "xy12345.cn-north-1.aws.snowflakecomputing.cn",
+            ),
+            (
+                " myorg-acct ",
+                "MYORG-ACCT",
+                "myorg-acct.snowflakecomputing.com",
+            ),
+        ];
+        for (identifier, jwt, host) in table {
+            let forms = AccountForms::parse(identifier);
+            assert_eq!(forms.jwt, jwt, "JWT account of {identifier}");
+            assert_eq!(forms.host, host, "host of {identifier}");
+            assert_eq!(default_base_url(identifier), format!("https://{host}"));
+        }
     }
 
     #[test]

@@ -10,17 +10,25 @@
 
 use std::fmt;
 
-/// What the caller should do with a failed request.
+/// What the caller should do with a failed request. Decided in one place, [`classify`], from
+/// Snowflake's error code and SQL state first; the HTTP status only speaks when the answer carries
+/// neither (a proxy's 502, a 429 without a body). The table is in `docs/snowflake.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
-    /// Transient: rate limiting (429), server errors (5xx), timeouts, refused or reset connections.
-    /// Try again later; a resubmission reuses the statement's `requestId`.
+    /// Transient: rate limiting (429), server errors (5xx), lost connections, and the statement
+    /// errors Snowflake raises under load — SQL state class 57 (57014: canceled, statement timeout
+    /// `000630`, too many lock waiters `000625`, `000604`/`000605`). Try again with backoff; a
+    /// resubmission reuses the statement's `requestId`.
     Retryable,
     /// The JWT, token or session was rejected (401, Snowflake codes 390xxx/394xxx): renew the
     /// credentials and try again.
     Reauth,
-    /// The request is wrong (400, 422 SQL compilation/execution errors, 404 unknown handle):
-    /// retrying the same statement cannot succeed.
+    /// SQL state class 22 (data exception, e.g. `100035`/`22007` a timestamp not recognised): the
+    /// values of the statement were refused. Whether that is one entry's fault or every statement's
+    /// is for the caller to find out (see the pipeline's triage).
+    Data,
+    /// The request is wrong (400, 422 compilation errors, a missing table or privilege, 404 unknown
+    /// handle): retrying the same statement cannot succeed until someone changes something.
     Permanent,
     /// The local configuration is unusable (missing setting, unreadable or invalid key file).
     Config,
@@ -31,6 +39,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Retryable => "retryable",
             ErrorClass::Reauth => "re-authenticate",
+            ErrorClass::Data => "data",
             ErrorClass::Permanent => "permanent",
             ErrorClass::Config => "configuration",
         }
@@ -47,6 +56,10 @@ pub struct SnowflakeError {
     pub code: Option<String>,
     pub sql_state: Option<String>,
     pub message: String,
+    /// The statement ran past its time: Snowflake's statement timeout (`000630`) or this client's
+    /// request timeout while the statement was still running (it keeps running and is found again
+    /// by the next submission with the same `requestId`).
+    pub timed_out: bool,
 }
 
 impl SnowflakeError {
@@ -57,6 +70,7 @@ impl SnowflakeError {
             code: None,
             sql_state: None,
             message: one_line(&message.into()),
+            timed_out: false,
         }
     }
 
@@ -70,6 +84,12 @@ impl SnowflakeError {
 
     pub fn is_retryable(&self) -> bool {
         self.class == ErrorClass::Retryable
+    }
+
+    /// Whether Snowflake ran the statement and it failed (the answer names a SQL state): its
+    /// outcome is known — nothing applied — unlike a lost answer or a 5xx.
+    pub fn statement_failed(&self) -> bool {
+        self.sql_state.is_some() && self.class != ErrorClass::Reauth
     }
 
     /// Classifies an HTTP error response from its status and (JSON) body.
@@ -94,8 +114,9 @@ impl SnowflakeError {
             }
         });
         SnowflakeError {
-            class: classify(status, code.as_deref()),
+            class: classify(status, code.as_deref(), sql_state.as_deref()),
             http_status: Some(status),
+            timed_out: code.as_deref() == Some("000630"),
             code,
             sql_state,
             message: one_line(&message),
@@ -108,10 +129,26 @@ impl SnowflakeError {
     }
 }
 
-/// The class of an HTTP status, refined by Snowflake's error code.
-pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
+/// Snowflake errors raised by load or by a statement's own limits, not by what it says: retried.
+/// `000625` too many waiters on a locked table, `000630` statement reached its statement or
+/// warehouse timeout, `000604` SQL execution canceled, `000605` the statement is not executing any
+/// more (its session went away), all with SQL state `57014`.
+pub const RETRYABLE_CODES: &[&str] = &["000625", "000630", "000604", "000605"];
+
+/// The one decision of what a failure means: Snowflake's code and SQL state first, then the HTTP
+/// status for answers that carry neither.
+pub fn classify(status: u16, code: Option<&str>, sql_state: Option<&str>) -> ErrorClass {
     if code.is_some_and(is_auth_code) {
         return ErrorClass::Reauth;
+    }
+    if code.is_some_and(|c| RETRYABLE_CODES.contains(&c)) {
+        return ErrorClass::Retryable;
+    }
+    match sql_state.map(|s| s.get(..2).unwrap_or(s)) {
+        // Operator intervention: canceled, timed out, server shutting down or not ready.
+        Some("57") => return ErrorClass::Retryable,
+        Some("22") => return ErrorClass::Data,
+        _ => {}
     }
     match status {
         401 => ErrorClass::Reauth,
@@ -212,7 +249,11 @@ mod tests {
     #[test]
     fn rate_limits_server_errors_and_timeouts_are_retryable() {
         for status in [408, 429, 500, 502, 503, 504] {
-            assert_eq!(classify(status, None), ErrorClass::Retryable, "{status}");
+            assert_eq!(
+                classify(status, None, None),
+                ErrorClass::Retryable,
+                "{status}"
+            );
         }
         let e = SnowflakeError::from_response(503, "<html>busy</html>");
         assert!(e.is_retryable());
@@ -226,21 +267,62 @@ mod tests {
             r#"{"code":"390144","message":"JWT token is invalid."}"#,
         );
         assert_eq!(e.class, ErrorClass::Reauth);
-        assert_eq!(classify(401, None), ErrorClass::Reauth);
+        assert_eq!(classify(401, None, None), ErrorClass::Reauth);
         // Some session errors arrive with other statuses but keep their 390xxx code.
-        assert_eq!(classify(200, Some("390112")), ErrorClass::Reauth);
-        assert_eq!(classify(403, Some("394304")), ErrorClass::Reauth);
+        assert_eq!(
+            classify(200, Some("390112"), Some("08001")),
+            ErrorClass::Reauth
+        );
+        assert_eq!(classify(403, Some("394304"), None), ErrorClass::Reauth);
     }
 
     #[test]
     fn other_390_codes_are_not_credential_problems() {
-        assert_eq!(classify(422, Some("390201")), ErrorClass::Permanent);
+        assert_eq!(
+            classify(422, Some("390201"), Some("08004")),
+            ErrorClass::Permanent
+        );
     }
 
     #[test]
     fn bad_requests_are_permanent() {
-        assert_eq!(classify(400, None), ErrorClass::Permanent);
-        assert_eq!(classify(404, Some("333333")), ErrorClass::Permanent);
+        assert_eq!(classify(400, None, None), ErrorClass::Permanent);
+        assert_eq!(
+            classify(404, Some("333333"), Some("02000")),
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
+    fn error_classes_follow_code_and_sql_state_not_the_http_status() {
+        // (HTTP status, code, SQL state, class): the table of docs/snowflake.md.
+        let table = [
+            (422, Some("000630"), Some("57014"), ErrorClass::Retryable),
+            (422, Some("000625"), Some("57014"), ErrorClass::Retryable),
+            (422, Some("000604"), Some("57014"), ErrorClass::Retryable),
+            (422, Some("000605"), Some("57014"), ErrorClass::Retryable),
+            (422, Some("000605"), None, ErrorClass::Retryable),
+            (422, Some("999999"), Some("57014"), ErrorClass::Retryable),
+            (422, Some("100035"), Some("22007"), ErrorClass::Data),
+            (422, Some("100038"), Some("22018"), ErrorClass::Data),
+            (400, Some("100035"), Some("22007"), ErrorClass::Data),
+            (422, Some("002003"), Some("42S02"), ErrorClass::Permanent),
+            (422, Some("003001"), Some("42501"), ErrorClass::Permanent),
+            (401, Some("390144"), Some("08004"), ErrorClass::Reauth),
+            (429, None, None, ErrorClass::Retryable),
+            (503, None, None, ErrorClass::Retryable),
+            (408, None, None, ErrorClass::Retryable),
+            (400, None, None, ErrorClass::Permanent),
+        ];
+        for (status, code, state, class) in table {
+            assert_eq!(
+                classify(status, code, state),
+                class,
+                "{status} {code:?} {state:?}"
+            );
+        }
+        let body = r#"{"code":"000630","sqlState":"57014","message":"Statement reached its statement or warehouse timeout of 60 second(s) and was canceled."}"#;
+        assert!(SnowflakeError::from_response(422, body).is_retryable());
     }
 
     #[test]

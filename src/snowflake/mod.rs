@@ -18,5 +18,5 @@ pub mod error;
 pub mod retry;
 
 pub use client::{timestamp_ntz, Client, QueryResult, SessionContext};
-pub use config::{AuthConfig, ClientConfig, ConfigError, TokenSource, TokenType};
+pub use config::{AccountForms, AuthConfig, ClientConfig, ConfigError, TokenSource, TokenType};
 pub use error::{ErrorClass, SnowflakeError};

@@ -12,28 +12,10 @@ use super::{tracked, user, Tables};
 use crate::entry::{Decoded, EntryId};
 use crate::statement::{Bind, Statement};
 
-/// The replay filter of the TRACKED MERGE, removed in the direct form.
-fn filter(table: &str) -> String {
-    format!(
-        "WHERE NOT EXISTS (SELECT 1 FROM {table} done \
-WHERE done.tracked_id = e.tracked_id AND done.track_id = e.track_id AND done.last_entry_id >= e.entry) "
-    )
-}
-
-/// The TRACKED MERGE without the replay filter, keeping each row's `last_entry_id`. `None` if the
-/// normal MERGE no longer has the expected shape (a unit test pins it).
+/// The TRACKED MERGE that neither selects by `last_entry_id` nor moves it. Always `Some` (the
+/// `Option` is kept for callers written when this form was derived from the normal one's text).
 pub fn tracked_merge_sql(table: &str) -> Option<String> {
-    let normal = tracked::merge_sql(table);
-    let f = filter(table);
-    let keep_position = "MAX(e.entry) AS last_entry_id";
-    if !normal.contains(&f) || !normal.contains(keep_position) {
-        return None;
-    }
-    Some(
-        normal
-            .replace(&f, "")
-            .replace(keep_position, "MAX(cur.last_entry_id) AS last_entry_id"),
-    )
+    Some(tracked::merge_sql_with(table, tracked::Position::Keep))
 }
 
 /// The statements writing one decoded entry directly; empty when it writes nothing.
@@ -43,11 +25,19 @@ pub fn plan(decoded: &Decoded, tables: &Tables) -> Option<Vec<Statement>> {
     match decoded {
         Decoded::Tracked(b) if !b.events.is_empty() => {
             let sql = tracked_merge_sql(&tables.tracked)?;
-            let json = format!("[{}]", tracked::events_json(id, &b.events));
+            let mut rows = super::fold::Rows::new();
+            rows.add(id, &b.events);
+            let mut json = super::LinkArray::default();
+            for (key, links) in rows.links() {
+                tracked::push_links(key, &links, |o| json.push(o));
+            }
+            let json = json.finish();
             Some(vec![Statement::new(sql, vec![Bind::Text(json)])])
         }
         Decoded::CreateUser(u) => {
-            let json = format!("[{}]", user::user_json(decoded.id(), u));
+            let mut json = super::LinkArray::default();
+            user::push_links(&super::fold::user_links(&[u]), |o| json.push(o));
+            let json = json.finish();
             Some(vec![Statement::new(
                 user::merge_sql(&tables.user),
                 vec![Bind::Text(json)],
@@ -63,10 +53,10 @@ mod tests {
 
     #[test]
     fn the_direct_merge_drops_the_replay_filter_and_keeps_the_position() {
-        let sql = tracked_merge_sql("\"TRACKED\"").expect("the normal MERGE has its filter");
-        assert!(!sql.contains("done.last_entry_id >= e.entry"));
-        assert!(sql.contains("MAX(cur.last_entry_id) AS last_entry_id"));
-        assert!(!sql.contains("MAX(e.entry) AS last_entry_id"));
+        let sql = tracked_merge_sql("\"TRACKED\"").expect("always built");
+        assert!(!sql.contains("e.prev <= COALESCE(cur.last_entry_id"));
+        assert!(sql.contains("cur.last_entry_id AS last_entry_id"));
+        assert!(!sql.contains("e.last_entry_id AS last_entry_id"));
         assert_eq!(sql.matches('?').count(), 1);
     }
 }

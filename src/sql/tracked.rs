@@ -4,58 +4,93 @@
 //! Effectively-once cannot come from a transaction: the SQL API does not allow bind variables in
 //! multi-statement requests, so `BEGIN; MERGE ...; UPDATE checkpoint ...; COMMIT` with binds is not
 //! possible. It comes from the data instead. Every TRACKED row remembers in `last_entry_id` the newest
-//! stream entry applied to it, and this single statement — atomic on its own — both filters and
-//! applies:
+//! stream entry applied to it, and this single statement — atomic on its own — both selects what is
+//! new to each row and applies it.
 //!
-//! 1. The events of the whole batch arrive as one JSON array in one `TEXT` bind, expanded with
-//!    `FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f` (one round trip, no value
-//!    ever in the SQL text, and the fast path in Snowflake's compiler).
-//! 2. An event is kept only if no row with its key has `last_entry_id` at or above the event's entry
-//!    (`NOT EXISTS`): an entry already applied — replayed after a crash, a retry, a failover — drops
-//!    out, alone or mixed with new entries.
-//! 3. The surviving events are aggregated to exactly one source row per row key (Snowflake rejects a
-//!    MERGE in which several source rows update one target row, error 100090): the number of visits,
-//!    the latest visit/save/delete time, the current save state (the last save or delete by stream
-//!    order, so save→delete and delete→save within one batch end right), the latest value of each
-//!    attribute, and the newest entry.
-//! 4. `WHEN MATCHED` adds the visits and moves each time forward; `WHEN NOT MATCHED` inserts only if
-//!    there is a visit or a save (a delete of an item that has no row creates none).
+//! # The statement
+//! The batch's events are folded in Rust ([`super::fold`]): for each row, one source row ("link") per
+//! suffix of the row's entries in the batch, carrying the suffix's whole effect — visits to add, the
+//! latest time of each kind, the final save state, the last value of each attribute — and the
+//! entries around it (`prev`, `entry`, `last`). They travel in one `TEXT` bind, a JSON array of
+//! chunks of links expanded by two `LATERAL FLATTEN`s ([`super::LINKS_SOURCE`]). Then:
 //!
-//! Since filter and update happen in one statement, replaying any subset of applied entries changes
-//! each row exactly by the events it has not seen. This relies on the pipeline applying the entries
-//! that touch one row in stream order (it routes by [`crate::entry::Decoded::partition_key`]) and never
-//! splitting one entry's events across statements ([`super::plan`] keeps entries whole).
+//! 1. The links are joined to the current rows (`LEFT JOIN`, the first of two passes over TRACKED)
+//!    and a link is kept only where `prev <= last_entry_id < entry` — the one suffix the row has not
+//!    seen; a row that exists takes links marked for existing rows, a missing row the one marked for
+//!    missing rows. So there is at most one source row per target row (Snowflake rejects a MERGE in
+//!    which several source rows update one target row, error 100090), and no aggregate is needed.
+//! 2. The kept link and the current row give every final value in the `USING` subquery: the count
+//!    plus the visits, the later of each stored and new time, the new save state or the stored one,
+//!    each new attribute or the stored one.
+//! 3. The MERGE itself (the second pass) copies them: `WHEN MATCHED` updates, `WHEN NOT MATCHED`
+//!    inserts (a missing row only ever keeps a link that creates it).
 //!
-//! Event order is `ord` = the entry's sort key + the record index (fixed width, so text order is
-//! stream order). "Latest value" is taken as `MAX(ord || value)`, which picks the value of the latest
-//! event that carries one: an event without, say, a `page_name` leaves the stored one as it was.
-//! Timestamps travel as `YYYY-MM-DD HH:MM:SS` text, which sorts as time does, and are converted with
-//! `TO_TIMESTAMP_NTZ` once aggregated. Every bind is inside the `USING` subquery and every source column
-//! is selected plainly, which is what portable engines (and the local emulator) need.
+//! # Why the result is exact
+//! Sequential application of the events in stream order is the reference. Within a suffix, the fold
+//! is that sequential application, written as a composition of effects ([`super::fold::Effect`]);
+//! on a missing row, events before the first visit or save are dropped, as a delete of a missing item
+//! does nothing. Which suffix applies is decided inside the same atomic statement from the row's own
+//! `last_entry_id`, so any batch boundaries, any replay of any subset and any interleaving of workers
+//! that keeps each row's entries in order (the pipeline routes by
+//! [`crate::entry::Decoded::row_keys`], and serialises an entry whose rows span workers; [`super::plan`]
+//! never splits an entry) give the same row.
+//!
+//! Timestamps travel as `YYYY-MM-DD HH:MM:SS` text (no fractional seconds) and are converted with an
+//! explicit format, never the session's input format. Every bind is inside the `USING` subquery and
+//! the `WHEN` clauses copy plain source columns, which is what portable engines (and the local
+//! emulator) need.
 
 use serde::Serialize;
 
+use super::fold::{Effect, Kind, Link, RowKey};
+use super::LINKS_SOURCE;
 use crate::entry::rules::ts_text;
-use crate::entry::{EntryId, Event};
 
-/// Width of `ord`: the 41-character entry sort key, `-`, and a 10-digit record index.
-pub const ORD_WIDTH: usize = 52;
+/// The format of every timestamp the statements convert (the text [`ts_text`] writes).
+pub const TS_FORMAT: &str = "YYYY-MM-DD HH24:MI:SS";
 
-/// One event as it travels in the batch JSON.
+/// Bytes of a link's JSON besides its strings (names, entry IDs, times, numbers, punctuation),
+/// as an upper bound; a unit test pins it.
+pub const LINK_FIXED_BYTES: usize = 400;
+
+/// How a statement treats `last_entry_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A stream batch: apply the suffix after each row's `last_entry_id`, then move it.
+    Stream,
+    /// A failover write of one entry that has no stream ID: apply it, keep each row's position.
+    Keep,
+}
+
+/// One link as it travels in the batch JSON. What is usual is left out: `prev` for a row's first
+/// entry, `last` when it is `entry`, `k` when the link is for any row.
 #[derive(Debug, Serialize)]
-struct EventJson<'a> {
+struct LinkJson<'a> {
     tracked_id: &'a str,
     track_id: &'a str,
-    username: &'a str,
     entry: &'a str,
-    ord: String,
-    act: &'static str,
-    ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<&'a str>,
     at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'static str>,
+    visits: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saved: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     page_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    query_row_count: Option<String>,
+    query_row_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     title: Option<&'a str>,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -64,111 +99,107 @@ struct EventJson<'a> {
     url: Option<&'a str>,
 }
 
-/// The JSON objects of one entry's events, comma-separated (no brackets), ready to join a batch.
-pub fn events_json(entry: EntryId, events: &[Event]) -> String {
-    let sort_key = entry.sort_key();
-    let at = entry.utc_text();
-    let mut out = String::new();
-    for e in events {
-        let j = EventJson {
-            tracked_id: &e.tracked_id,
-            track_id: &e.track_id,
-            username: &e.username,
-            entry: &sort_key,
-            ord: format!("{sort_key}-{:010}", e.index),
-            act: e.action.code(),
-            ts: ts_text(&e.lastplus),
-            at: &at,
-            page_name: e.page_name.as_deref(),
-            query_row_count: e.query_row_count.map(|n| n.to_string()),
-            title: e.title.as_deref(),
-            track_type: e.track_type.as_deref(),
-            url: e.url.as_deref(),
+/// Hands each of a row's links, as a JSON object, to `emit`.
+pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str)) {
+    let Some(first) = links.first() else {
+        return;
+    };
+    let last = first.last.sort_key();
+    let at = first.last.utc_text();
+    for l in links {
+        let e: &Effect = &l.effect;
+        let own;
+        let entry = if l.entry == l.last {
+            &last
+        } else {
+            own = l.entry.sort_key();
+            &own
         };
-        // Serialising plain strings and numbers cannot fail; an empty object keeps this panic-free.
-        let text = serde_json::to_string(&j).unwrap_or_else(|_| "{}".to_string());
-        if !out.is_empty() {
-            out.push(',');
+        let j = LinkJson {
+            tracked_id: key.0,
+            track_id: key.1,
+            entry,
+            prev: l.prev.map(|p| p.sort_key()),
+            last: (l.last != l.entry).then_some(last.as_str()),
+            at: &at,
+            k: (l.kind != Kind::Both).then(|| l.kind.code()),
+            visits: e.visits,
+            v: e.visited.as_ref().map(ts_text),
+            s: e.saved_at.as_ref().map(ts_text),
+            d: e.deleted_at.as_ref().map(ts_text),
+            saved: e.saved.map(u8::from),
+            username: e.username,
+            page_name: e.page_name,
+            query_row_count: e.query_row_count,
+            title: e.title,
+            track_type: e.track_type,
+            url: e.url,
+        };
+        // Serialising plain strings and numbers cannot fail.
+        if let Ok(text) = serde_json::to_string(&j) {
+            emit(&text);
         }
-        out.push_str(&text);
     }
-    out
 }
 
-/// The MERGE for a quoted table name (see [`super::ident::quote_table`]). One `?`: the JSON array.
-///
-/// The `USING` subquery computes every final value (it reads the current row through a `LEFT JOIN`),
-/// so the `WHEN` clauses only copy plain source columns. Counts use `COUNT(DISTINCT ord)` and the
-/// current values `MAX(cur.…)`, so a key that (against the design) has duplicate rows still yields one
-/// source row with the right counts, and the MERGE updates every duplicate alike instead of failing.
+/// The MERGE of a stream batch for a quoted table name (see [`super::ident::quote_table`]).
+/// One `?`: the JSON array of links.
 pub fn merge_sql(table: &str) -> String {
-    let o = ORD_WIDTH + 1;
+    merge_sql_with(table, Position::Stream)
+}
+
+/// The MERGE for a quoted table name and a treatment of `last_entry_id`.
+pub fn merge_sql_with(table: &str, position: Position) -> String {
+    let (select_suffix, last_entry_id) = match position {
+        Position::Stream => (
+            "e.entry > COALESCE(cur.last_entry_id, '') AND e.prev <= COALESCE(cur.last_entry_id, '') AND ",
+            "e.last_entry_id",
+        ),
+        Position::Keep => ("", "cur.last_entry_id"),
+    };
+    let ts = |field: &str, name: &str| {
+        format!("TO_TIMESTAMP_NTZ(f.value:{field}::VARCHAR, '{TS_FORMAT}') AS {name}")
+    };
+    let later = |col: &str, new: &str| {
+        format!("COALESCE(GREATEST(cur.{col}, e.{new}), cur.{col}, e.{new}) AS {col}")
+    };
     format!(
         "MERGE INTO {table} t USING (\
-SELECT g.tracked_id, g.track_id, g.visits, g.saves, \
-COALESCE(g.cur_visited_count, 0) + g.visits AS visited_count, \
-{visited} AS visited_dts, \
-CASE WHEN g.save_events > 0 THEN CASE WHEN RIGHT(g.save_state, 1) = 's' THEN 1 ELSE 0 END \
-ELSE COALESCE(g.cur_saved, 0) END AS saved, \
-{saved} AS saved_dts, \
-{deleted} AS deleted_dts, \
-COALESCE(SUBSTR(g.username_o, {o}), g.cur_username) AS username, \
-COALESCE(SUBSTR(g.page_name_o, {o}), g.cur_page_name) AS page_name, \
-COALESCE(CAST(SUBSTR(g.query_row_count_o, {o}) AS NUMBER(38,0)), g.cur_query_row_count) AS query_row_count, \
-COALESCE(SUBSTR(g.track_title_o, {o}), g.cur_track_title) AS track_title, \
-COALESCE(SUBSTR(g.track_type_o, {o}), g.cur_track_type) AS track_type, \
-COALESCE(SUBSTR(g.track_url_o, {o}), g.cur_track_url) AS track_url, \
-g.last_entry_id, \
-TO_TIMESTAMP_NTZ(g.at_ts) AS updated_dts \
-FROM (\
 SELECT e.tracked_id, e.track_id, \
-COUNT(DISTINCT CASE WHEN e.act = 'v' THEN e.ord END) AS visits, \
-COUNT(DISTINCT CASE WHEN e.act = 's' THEN e.ord END) AS saves, \
-COUNT(DISTINCT CASE WHEN e.act IN ('s', 'd') THEN e.ord END) AS save_events, \
-MAX(CASE WHEN e.act = 'v' THEN e.ts END) AS visited_ts, \
-MAX(CASE WHEN e.act = 's' THEN e.ts END) AS saved_ts, \
-MAX(CASE WHEN e.act = 'd' THEN e.ts END) AS deleted_ts, \
-MAX(CASE WHEN e.act IN ('s', 'd') THEN e.ord || e.act END) AS save_state, \
-MAX(e.ord || e.username) AS username_o, \
-MAX(e.ord || e.page_name) AS page_name_o, \
-MAX(e.ord || e.query_row_count) AS query_row_count_o, \
-MAX(e.ord || e.track_title) AS track_title_o, \
-MAX(e.ord || e.track_type) AS track_type_o, \
-MAX(e.ord || e.track_url) AS track_url_o, \
-MAX(e.entry) AS last_entry_id, \
-MAX(e.at_ts) AS at_ts, \
-MAX(cur.visited_count) AS cur_visited_count, \
-MAX(cur.visited_dts) AS cur_visited_dts, \
-MAX(cur.saved) AS cur_saved, \
-MAX(cur.saved_dts) AS cur_saved_dts, \
-MAX(cur.deleted_dts) AS cur_deleted_dts, \
-MAX(cur.username) AS cur_username, \
-MAX(cur.page_name) AS cur_page_name, \
-MAX(cur.query_row_count) AS cur_query_row_count, \
-MAX(cur.track_title) AS cur_track_title, \
-MAX(cur.track_type) AS cur_track_type, \
-MAX(cur.track_url) AS cur_track_url \
+COALESCE(cur.visited_count, 0) + e.visits AS visited_count, \
+{visited}, \
+COALESCE(e.saved, cur.saved, 0) AS saved, \
+{saved}, \
+{deleted}, \
+COALESCE(e.username, cur.username) AS username, \
+COALESCE(e.page_name, cur.page_name) AS page_name, \
+COALESCE(e.query_row_count, cur.query_row_count) AS query_row_count, \
+COALESCE(e.track_title, cur.track_title) AS track_title, \
+COALESCE(e.track_type, cur.track_type) AS track_type, \
+COALESCE(e.track_url, cur.track_url) AS track_url, \
+{last_entry_id} AS last_entry_id, \
+e.updated_dts \
 FROM (\
 SELECT f.value:tracked_id::VARCHAR AS tracked_id, \
 f.value:track_id::VARCHAR AS track_id, \
-f.value:username::VARCHAR AS username, \
 f.value:entry::VARCHAR AS entry, \
-f.value:ord::VARCHAR AS ord, \
-f.value:act::VARCHAR AS act, \
-f.value:ts::VARCHAR AS ts, \
-f.value:at::VARCHAR AS at_ts, \
+COALESCE(f.value:prev::VARCHAR, '') AS prev, \
+COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
+{at}, \
+COALESCE(f.value:k::VARCHAR, 'b') AS k, \
+f.value:visits::NUMBER(38,0) AS visits, \
+{v}, {s}, {d}, \
+f.value:saved::NUMBER(1,0) AS saved, \
+f.value:username::VARCHAR AS username, \
 f.value:page_name::VARCHAR AS page_name, \
-f.value:query_row_count::VARCHAR AS query_row_count, \
+f.value:query_row_count::NUMBER(38,0) AS query_row_count, \
 f.value:title::VARCHAR AS track_title, \
 f.value:type::VARCHAR AS track_type, \
 f.value:url::VARCHAR AS track_url \
-FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f\
+{LINKS_SOURCE}\
 ) e \
 LEFT JOIN {table} cur ON cur.tracked_id = e.tracked_id AND cur.track_id = e.track_id \
-WHERE NOT EXISTS (SELECT 1 FROM {table} done \
-WHERE done.tracked_id = e.tracked_id AND done.track_id = e.track_id AND done.last_entry_id >= e.entry) \
-GROUP BY e.tracked_id, e.track_id\
-) g\
+WHERE {select_suffix}e.k <> CASE WHEN cur.tracked_id IS NULL THEN 'm' ELSE 'n' END\
 ) s \
 ON t.tracked_id = s.tracked_id AND t.track_id = s.track_id \
 WHEN MATCHED THEN UPDATE SET \
@@ -185,24 +216,19 @@ saved_dts = s.saved_dts, \
 deleted_dts = s.deleted_dts, \
 last_entry_id = s.last_entry_id, \
 updated_dts = s.updated_dts \
-WHEN NOT MATCHED AND (s.visits > 0 OR s.saves > 0) THEN INSERT \
+WHEN NOT MATCHED THEN INSERT \
 (tracked_id, track_id, username, page_name, query_row_count, track_title, track_type, track_url, \
 visited_count, visited_dts, saved, saved_dts, deleted_dts, last_entry_id, updated_dts) \
 VALUES (s.tracked_id, s.track_id, s.username, s.page_name, s.query_row_count, s.track_title, \
 s.track_type, s.track_url, s.visited_count, s.visited_dts, s.saved, s.saved_dts, s.deleted_dts, \
 s.last_entry_id, s.updated_dts)",
-        visited = latest("visited"),
-        saved = latest("saved"),
-        deleted = latest("deleted"),
-    )
-}
-
-/// The later of the stored time and the batch's newest one, where either may be NULL
-/// (`GREATEST` would give NULL).
-fn latest(kind: &str) -> String {
-    format!(
-        "CASE WHEN g.cur_{kind}_dts IS NULL OR TO_TIMESTAMP_NTZ(g.{kind}_ts) > g.cur_{kind}_dts \
-THEN COALESCE(TO_TIMESTAMP_NTZ(g.{kind}_ts), g.cur_{kind}_dts) ELSE g.cur_{kind}_dts END"
+        visited = later("visited_dts", "v_ts"),
+        saved = later("saved_dts", "s_ts"),
+        deleted = later("deleted_dts", "d_ts"),
+        at = ts("at", "updated_dts"),
+        v = ts("v", "v_ts"),
+        s = ts("s", "s_ts"),
+        d = ts("d", "d_ts"),
     )
 }
 
@@ -210,7 +236,8 @@ THEN COALESCE(TO_TIMESTAMP_NTZ(g.{kind}_ts), g.cur_{kind}_dts) ELSE g.cur_{kind}
 mod tests {
     use super::*;
     use crate::entry::rules::parse_lastplus;
-    use crate::entry::Action;
+    use crate::entry::{Action, EntryId, Event};
+    use crate::sql::fold::Rows;
 
     fn event(index: usize, action: Action) -> Event {
         Event {
@@ -230,38 +257,90 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_json_carries_every_value_and_orders_by_entry_and_index() {
-        let entry = EntryId::new(1_762_172_400_000, 3);
-        let json = format!(
-            "[{}]",
-            events_json(entry, &[event(0, Action::Visit), event(1, Action::Delete)])
-        );
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v[0]["entry"], entry.sort_key());
-        assert_eq!(v[0]["ord"], format!("{}-0000000000", entry.sort_key()));
-        assert_eq!(v[1]["ord"].as_str().map(str::len), Some(ORD_WIDTH));
-        assert_eq!(v[1]["act"], "d");
-        assert_eq!(v[0]["ts"], "2025-11-03 12:19:55");
-        assert_eq!(v[0]["at"], "2025-11-03 12:20:00");
-        assert_eq!(v[0]["track_id"], "it's \"x\"");
-        assert_eq!(v[0]["title"], "'; DROP TABLE TRACKED; --\u{0}");
-        assert_eq!(v[0]["query_row_count"], "25");
-        assert_eq!(v[0]["type"], "QUERY");
-        assert!(v[0].get("page_name").is_none() && v[0].get("url").is_none());
+    fn json_of(entries: &[(EntryId, Vec<Event>)]) -> serde_json::Value {
+        let mut rows = Rows::new();
+        for (id, events) in entries {
+            rows.add(*id, events);
+        }
+        let mut out = Vec::new();
+        for (key, links) in rows.links() {
+            push_links(key, &links, |o| out.push(serde_json::from_str(o).unwrap()));
+        }
+        serde_json::Value::Array(out)
     }
 
     #[test]
-    fn merge_has_one_bind_and_no_values_in_its_text() {
+    fn links_carry_every_value_the_entries_and_their_folded_effect() {
+        let entry = EntryId::new(1_762_172_400_000, 3);
+        let v = json_of(&[(
+            entry,
+            vec![event(0, Action::Visit), event(1, Action::Delete)],
+        )]);
+        assert_eq!(v.as_array().map(Vec::len), Some(1));
+        let l = &v[0];
+        assert_eq!(l["entry"], entry.sort_key());
+        // A first entry that is also the last, for any row: left out.
+        assert!(l.get("prev").is_none() && l.get("last").is_none() && l.get("k").is_none());
+        assert_eq!(l["visits"], 1);
+        assert_eq!(l["saved"], 0);
+        assert_eq!(l["v"], "2025-11-03 12:19:55");
+        assert_eq!(l["d"], "2025-11-03 12:19:55");
+        assert!(l.get("s").is_none());
+        assert_eq!(l["at"], "2025-11-03 12:20:00");
+        assert_eq!(l["track_id"], "it's \"x\"");
+        assert_eq!(l["title"], "'; DROP TABLE TRACKED; --\u{0}");
+        assert_eq!(l["query_row_count"], 25);
+        assert_eq!(l["type"], "QUERY");
+        assert!(l.get("page_name").is_none() && l.get("url").is_none());
+    }
+
+    #[test]
+    fn a_links_fixed_part_stays_within_its_bound() {
+        let mut e = event(0, Action::Visit);
+        e.query_row_count = Some(i64::MIN);
+        e.tracked_id.clear();
+        e.track_id.clear();
+        e.username.clear();
+        e.title = Some(String::new());
+        e.page_name = Some(String::new());
+        e.track_type = Some(String::new());
+        e.url = Some(String::new());
+        let mut d = e.clone();
+        d.action = Action::Delete;
+        let mut s = e.clone();
+        s.action = Action::Save;
+        let id = EntryId::new(u64::MAX, u64::MAX);
+        let v = json_of(&[(EntryId::new(u64::MAX - 1, 0), vec![d, e]), (id, vec![s])]);
+        for link in v.as_array().unwrap() {
+            // A link, its comma and its share of the chunks' brackets.
+            assert!(link.to_string().len() + 4 <= LINK_FIXED_BYTES, "{link}");
+        }
+    }
+
+    #[test]
+    fn merge_has_one_bind_two_reads_of_the_table_and_no_aggregate() {
         let sql = merge_sql("\"TRACKED\"");
         assert_eq!(sql.matches('?').count(), 1);
         assert!(sql.starts_with("MERGE INTO \"TRACKED\" t USING (SELECT"));
-        assert!(sql.contains("LATERAL FLATTEN(input => b.j) f"));
-        assert!(sql.contains("LEFT JOIN \"TRACKED\" cur ON"));
-        assert!(!sql.contains("TABLE(FLATTEN"));
-        // Exactly one source row per key.
-        assert!(sql.contains("GROUP BY e.tracked_id, e.track_id"));
-        // A delete alone never inserts.
-        assert!(sql.contains("WHEN NOT MATCHED AND (s.visits > 0 OR s.saves > 0)"));
+        assert_eq!(sql.matches(LINKS_SOURCE).count(), 1);
+        assert_eq!(sql.matches("\"TRACKED\"").count(), 2);
+        for aggregate in ["GROUP BY", "COUNT(", "MAX(", "EXISTS"] {
+            assert!(!sql.contains(aggregate), "{aggregate}");
+        }
+        // Every conversion names its format.
+        assert_eq!(
+            sql.matches("TO_TIMESTAMP_NTZ(").count(),
+            sql.matches(&format!(", '{TS_FORMAT}')")).count()
+        );
+        assert!(sql.contains("e.prev <= COALESCE(cur.last_entry_id, '')"));
+    }
+
+    #[test]
+    fn the_keep_form_selects_by_kind_only_and_keeps_the_position() {
+        let sql = merge_sql_with("\"TRACKED\"", Position::Keep);
+        assert!(!sql.contains("e.prev <="));
+        assert!(sql.contains("cur.last_entry_id AS last_entry_id"));
+        assert!(sql.contains("e.k <> CASE WHEN cur.tracked_id IS NULL"));
+        assert_eq!(sql.matches('?').count(), 1);
     }
 }

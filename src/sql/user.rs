@@ -1,91 +1,125 @@
 //! The USER upsert: one `MERGE` for all create-user entries of a batch.
 //!
-//! Built like the TRACKED upsert (see [`super::tracked`] for the reasoning): one JSON bind expanded
-//! with `LATERAL FLATTEN`, entries at or below the row's `last_entry_id` dropped inside the statement,
-//! one source row per `user_email` (the latest entry's username), so a replayed entry changes nothing.
-//! `created_dts` and `updated_dts` are the time Redis received the entry (its ID's clock): the same on
-//! every replay, and independent of how long the entry waited for Snowflake.
+//! Built like the TRACKED upsert (see [`super::tracked`] for the reasoning): the entries of each
+//! user are folded in Rust into one link per suffix ([`super::fold::user_links`]), sent as one JSON
+//! bind expanded with `LATERAL FLATTEN`; a `LEFT JOIN` to the current rows keeps the one link with
+//! `prev <= last_entry_id < entry`, so a replayed entry changes nothing and each user has one source
+//! row. The username is the newest entry's. `created_dts` is the time Redis received the entry that
+//! created the row and `updated_dts` that of the newest entry (their IDs' clock): the same on every
+//! replay, and independent of how long the entries waited for Snowflake.
 
 use serde::Serialize;
 
-use crate::entry::{CreateUser, EntryId};
+use super::fold::UserLink;
+use super::tracked::TS_FORMAT;
+use super::LINKS_SOURCE;
 
 #[derive(Debug, Serialize)]
 struct UserJson<'a> {
     user_email: &'a str,
     username: &'a str,
-    entry: &'a str,
-    at: &'a str,
+    entry: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
+    created: String,
+    at: String,
 }
 
-/// One create-user as a JSON object, ready to join a batch array.
-pub fn user_json(entry: EntryId, user: &CreateUser) -> String {
-    let sort_key = entry.sort_key();
-    let at = entry.utc_text();
-    let j = UserJson {
-        user_email: &user.email,
-        username: &user.username,
-        entry: &sort_key,
-        at: &at,
-    };
-    serde_json::to_string(&j).unwrap_or_else(|_| "{}".to_string())
+/// Bytes of a user link's JSON besides its two strings, as an upper bound; a unit test pins it.
+pub const LINK_FIXED_BYTES: usize = 260;
+
+/// Hands each user link, as a JSON object, to `emit` (`prev` and `last` left out as in TRACKED).
+pub fn push_links(links: &[UserLink<'_>], mut emit: impl FnMut(&str)) {
+    for l in links {
+        let j = UserJson {
+            user_email: l.email,
+            username: l.username,
+            entry: l.entry.sort_key(),
+            prev: l.prev.map(|p| p.sort_key()),
+            last: (l.last != l.entry).then(|| l.last.sort_key()),
+            created: l.entry.utc_text(),
+            at: l.last.utc_text(),
+        };
+        if let Ok(text) = serde_json::to_string(&j) {
+            emit(&text);
+        }
+    }
 }
 
-/// The MERGE for a quoted table name. One `?`: the JSON array.
+/// The MERGE for a quoted table name. One `?`: the JSON array of links.
 pub fn merge_sql(table: &str) -> String {
-    let o = crate::entry::EntryId::default().sort_key().len() + 1;
     format!(
         "MERGE INTO {table} t USING (\
-SELECT g.user_email, SUBSTR(g.username_o, {o}) AS username, g.last_entry_id, \
-TO_TIMESTAMP_NTZ(g.at_ts) AS at_dts \
-FROM (\
-SELECT e.user_email, MAX(e.entry || e.username) AS username_o, MAX(e.entry) AS last_entry_id, \
-MAX(e.at_ts) AS at_ts \
+SELECT e.user_email, e.username, e.last_entry_id, e.created_dts, e.updated_dts \
 FROM (\
 SELECT f.value:user_email::VARCHAR AS user_email, \
 f.value:username::VARCHAR AS username, \
 f.value:entry::VARCHAR AS entry, \
-f.value:at::VARCHAR AS at_ts \
-FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f\
+COALESCE(f.value:prev::VARCHAR, '') AS prev, \
+COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
+TO_TIMESTAMP_NTZ(f.value:created::VARCHAR, '{TS_FORMAT}') AS created_dts, \
+TO_TIMESTAMP_NTZ(f.value:at::VARCHAR, '{TS_FORMAT}') AS updated_dts \
+{LINKS_SOURCE}\
 ) e \
-WHERE NOT EXISTS (SELECT 1 FROM {table} cur \
-WHERE cur.user_email = e.user_email AND cur.last_entry_id >= e.entry) \
-GROUP BY e.user_email\
-) g\
+LEFT JOIN {table} cur ON cur.user_email = e.user_email \
+WHERE e.entry > COALESCE(cur.last_entry_id, '') AND e.prev <= COALESCE(cur.last_entry_id, '')\
 ) s \
 ON t.user_email = s.user_email \
-WHEN MATCHED THEN UPDATE SET username = s.username, updated_dts = s.at_dts, \
+WHEN MATCHED THEN UPDATE SET username = s.username, updated_dts = s.updated_dts, \
 last_entry_id = s.last_entry_id \
 WHEN NOT MATCHED THEN INSERT (user_email, username, created_dts, updated_dts, last_entry_id) \
-VALUES (s.user_email, s.username, s.at_dts, s.at_dts, s.last_entry_id)"
+VALUES (s.user_email, s.username, s.created_dts, s.updated_dts, s.last_entry_id)"
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::{CreateUser, EntryId};
+    use crate::sql::fold::user_links;
 
-    #[test]
-    fn user_json_carries_email_username_and_entry() {
-        let entry = EntryId::new(1_762_172_400_000, 0);
-        let u = CreateUser {
-            id: entry,
-            email: "o'brien@example.com".into(),
-            username: "o'brien".into(),
+    fn user(ms: u64, email: &str) -> CreateUser {
+        CreateUser {
+            id: EntryId::new(ms, 0),
+            email: email.into(),
+            username: email.split('@').next().unwrap_or_default().into(),
             repair: None,
-        };
-        let v: serde_json::Value = serde_json::from_str(&user_json(entry, &u)).unwrap();
-        assert_eq!(v["user_email"], "o'brien@example.com");
-        assert_eq!(v["username"], "o'brien");
-        assert_eq!(v["entry"], entry.sort_key());
-        assert_eq!(v["at"], "2025-11-03 12:20:00");
+        }
     }
 
     #[test]
-    fn user_merge_has_one_bind_and_filters_applied_entries() {
+    fn user_links_carry_email_username_entries_and_times() {
+        let a = user(1_762_172_400_000, "o'brien@example.com");
+        let b = user(1_762_172_401_000, "o'brien@example.com");
+        let mut out = Vec::new();
+        push_links(&user_links(&[&b, &a]), |o| {
+            out.push(serde_json::from_str::<serde_json::Value>(o).unwrap())
+        });
+        let v = serde_json::Value::Array(out);
+        assert_eq!(v.as_array().map(Vec::len), Some(2));
+        assert_eq!(v[0]["user_email"], "o'brien@example.com");
+        assert_eq!(v[0]["username"], "o'brien");
+        assert_eq!(v[0]["entry"], a.id.sort_key());
+        assert!(v[0].get("prev").is_none());
+        assert_eq!(v[1]["prev"], a.id.sort_key());
+        assert_eq!(v[0]["last"], b.id.sort_key());
+        assert!(v[1].get("last").is_none());
+        assert_eq!(v[0]["created"], "2025-11-03 12:20:00");
+        assert_eq!(v[0]["at"], "2025-11-03 12:20:01");
+        for link in v.as_array().unwrap() {
+            let strings = 2 * "o'brien@example.com".len();
+            assert!(link.to_string().len() + 4 <= LINK_FIXED_BYTES + strings);
+        }
+    }
+
+    #[test]
+    fn user_merge_has_one_bind_and_selects_the_unapplied_suffix() {
         let sql = merge_sql("\"USER\"");
         assert_eq!(sql.matches('?').count(), 1);
-        assert!(sql.contains("SUBSTR(g.username_o, 42)"));
-        assert!(sql.contains("cur.last_entry_id >= e.entry"));
+        assert!(sql.contains("e.entry > COALESCE(cur.last_entry_id, '')"));
+        assert!(!sql.contains("GROUP BY") && !sql.contains("MAX("));
+        assert!(sql.contains(&format!("f.value:at::VARCHAR, '{TS_FORMAT}')")));
     }
 }

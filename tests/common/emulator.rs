@@ -293,6 +293,12 @@ impl Emulator {
         self.control("DELETE", "faults", None);
     }
 
+    /// Sets account-level parameters the emulator honours (`TIMESTAMP_INPUT_FORMAT`, `TIMEZONE`), e.g.
+    /// `json!({"TIMESTAMP_INPUT_FORMAT": "DD/MM/YYYY HH24:MI:SS"})`; `"AUTO"` or null resets one.
+    pub fn set_parameters(&self, params: Value) {
+        self.control("POST", "parameters", Some(params));
+    }
+
     /// Every JWT presented so far and the current token stop working.
     pub fn expire_credentials(&self) {
         self.control("POST", "expire", Some(json!({})));

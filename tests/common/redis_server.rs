@@ -1,6 +1,7 @@
-//! Starts and stops `redis-server` 8 for tests.
+//! Starts and stops the server (Redis 8, or Valkey 9 with `WB_SERVER=valkey`) for tests.
 //!
-//! The binary comes from `scripts/redis8` (built once and cached) or `REDIS_SERVER`; the module from
+//! The binary comes from `REDIS_SERVER`, else from `scripts/redis8` or, with `WB_SERVER=valkey`,
+//! `scripts/valkey9` (each built once and cached); the module from
 //! `WB_MODULE` or the target directory the test binary was built in. Readiness is a `PING` polled
 //! against a deadline; shutdown is by PID (SIGTERM, then SIGKILL after a deadline). When the test
 //! thread panics, the server log is printed so the failure can be read.
@@ -13,25 +14,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Path of a Redis 8 `redis-server`.
+/// Path of the server binary: a Redis 8 `redis-server`, or Valkey 9's `valkey-server`.
 pub fn redis_server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(p) = std::env::var("REDIS_SERVER") {
             return PathBuf::from(p);
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis8");
+        let name = match std::env::var("WB_SERVER").as_deref() {
+            Ok("valkey") => "scripts/valkey9",
+            _ => "scripts/redis8",
+        };
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
         let out = Command::new("bash")
             .arg(&script)
             .stderr(Stdio::inherit())
             .output()
-            .expect("scripts/redis8 runs");
-        assert!(out.status.success(), "scripts/redis8 failed");
+            .unwrap_or_else(|e| panic!("{name} runs: {e}"));
+        assert!(out.status.success(), "{name} failed");
         let text = String::from_utf8_lossy(&out.stdout);
         PathBuf::from(
             text.lines()
                 .last()
-                .expect("scripts/redis8 prints a path")
+                .unwrap_or_else(|| panic!("{name} prints a path"))
                 .trim(),
         )
     })
