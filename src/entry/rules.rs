@@ -8,6 +8,7 @@ use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
+use super::json::Leaf;
 use super::{EntryId, Rules};
 
 /// Which logic a batch key selects.
@@ -260,26 +261,41 @@ pub fn query_row_count(value: Option<&Value>) -> RowCount {
     };
     let parsed = match value {
         None | Some(Value::Null) => return RowCount::Absent,
+        Some(Value::String(s)) => return row_count_text(s),
         Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().and_then(from_f64)),
-        Some(Value::String(s)) => {
-            let t = s.trim();
-            if t.is_empty() {
-                return RowCount::Absent;
-            }
-            t.parse::<i64>().ok().or_else(|| {
-                t.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite())
-                    .and_then(from_f64)
-            })
-        }
         Some(_) => None,
     };
     match (parsed, value) {
         (Some(n), _) => RowCount::Count(n),
-        (None, Some(Value::String(s))) => RowCount::Invalid(shown(s)),
         (None, Some(v)) => RowCount::Invalid(shown(&v.to_string())),
         (None, None) => RowCount::Absent,
+    }
+}
+
+/// [`query_row_count`] of a member as the decoder reads it.
+pub fn query_row_count_of(value: Option<&Leaf<'_>>) -> RowCount {
+    match value {
+        None | Some(Leaf::Null) => RowCount::Absent,
+        Some(Leaf::Text(s)) => row_count_text(s),
+        Some(Leaf::Other(v)) => query_row_count(Some(v)),
+    }
+}
+
+/// A `query_row_count` sent as a string.
+fn row_count_text(s: &str) -> RowCount {
+    let t = s.trim();
+    if t.is_empty() {
+        return RowCount::Absent;
+    }
+    let parsed = t.parse::<i64>().ok().or_else(|| {
+        t.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(|f| (f.fract() == 0.0 && f.abs() < 9.0e18).then_some(f as i64))
+    });
+    match parsed {
+        Some(n) => RowCount::Count(n),
+        None => RowCount::Invalid(shown(s)),
     }
 }
 
