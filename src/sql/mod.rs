@@ -198,8 +198,8 @@ pub fn links_json(entries: &[Decoded]) -> (Vec<String>, Vec<String>) {
     let mut users = UserChunk::default();
     for decoded in entries {
         match decoded {
-            Decoded::Tracked(b) if !b.events.is_empty() => tracked.push((b.id, &b.events)),
-            Decoded::CreateUser(u) => users.push(u),
+            Decoded::Tracked(b) if !b.events.is_empty() => tracked.add((b.id, &b.events)),
+            Decoded::CreateUser(u) => users.add(u),
             _ => {}
         }
     }
@@ -221,9 +221,16 @@ fn json_len(s: &str) -> usize {
 /// The entries of one statement of one target, and an upper bound of their links' JSON size.
 trait Chunk<'a>: Default {
     type Item: Copy;
-    /// The bound if `item` joined.
-    fn bound_with(&self, item: Self::Item) -> usize;
-    fn push(&mut self, item: Self::Item);
+    /// What joining `item` changes, worked out once for both the size check and the join.
+    type Joined;
+    /// What `item` would change, and the bound if it joined.
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize);
+    /// Joins `item` with what [`Chunk::join`] worked out for it against this very chunk.
+    fn push(&mut self, item: Self::Item, joined: (Self::Joined, usize));
+    fn add(&mut self, item: Self::Item) {
+        let joined = self.join(item);
+        self.push(item, joined);
+    }
     fn id(item: Self::Item) -> EntryId;
     /// Records (events or users) of an item.
     fn rows(item: Self::Item) -> usize;
@@ -318,13 +325,13 @@ impl<'a> TrackedChunk<'a> {
 
 impl<'a> Chunk<'a> for TrackedChunk<'a> {
     type Item = (EntryId, &'a [Event]);
+    type Joined = Vec<(fold::RowKey<'a>, RowBound)>;
 
-    fn bound_with(&self, item: Self::Item) -> usize {
-        self.touched(item).1
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
+        self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item) {
-        let (touched, total) = self.touched(item);
+    fn push(&mut self, item: Self::Item, (touched, total): (Self::Joined, usize)) {
         self.rows.extend(touched);
         self.bound = total;
         self.entries.push(item);
@@ -388,13 +395,13 @@ impl<'a> UserChunk<'a> {
 
 impl<'a> Chunk<'a> for UserChunk<'a> {
     type Item = &'a CreateUser;
+    type Joined = (usize, usize);
 
-    fn bound_with(&self, item: Self::Item) -> usize {
-        self.touched(item).1
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
+        self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item) {
-        let (user, total) = self.touched(item);
+    fn push(&mut self, item: Self::Item, (user, total): (Self::Joined, usize)) {
         self.users.insert(item.email.as_str(), user);
         self.bound = total;
         self.entries.push(item);
@@ -440,13 +447,13 @@ impl<'a, C: Chunk<'a>> Builder<'a, C> {
     }
 
     fn push(&mut self, item: C::Item) {
+        let mut joined = self.chunk.join(item);
         // `[`, `]` and the links' bound.
-        if !self.entries.is_empty()
-            && self.sql.len() + 2 + self.chunk.bound_with(item) > self.max_bytes
-        {
+        if !self.entries.is_empty() && self.sql.len() + 2 + joined.1 > self.max_bytes {
             self.flush();
+            joined = self.chunk.join(item);
         }
-        self.chunk.push(item);
+        self.chunk.push(item, joined);
         self.entries.push(C::id(item));
         self.rows += C::rows(item);
     }
