@@ -76,8 +76,8 @@ pub fn type_name(value: &Value) -> &'static str {
 pub enum Leaf<'a> {
     Null,
     Text(Cow<'a, str>),
-    /// A boolean, a number, a list or an object.
-    Other(Value),
+    /// A boolean, a number, a list or an object (rare: boxed, so the usual leaf stays small).
+    Other(Box<Value>),
 }
 
 impl<'a> Leaf<'a> {
@@ -102,7 +102,7 @@ impl<'a> Leaf<'a> {
         match value {
             Value::Null => Leaf::Null,
             Value::String(s) => Leaf::Text(Cow::Borrowed(s)),
-            other => Leaf::Other(other.clone()),
+            other => Leaf::Other(Box::new(other.clone())),
         }
     }
 }
@@ -325,14 +325,14 @@ impl<'de> Shape<'de> for Leaf<'de> {
     fn scalar(_: &'static str, value: Value) -> Leaf<'de> {
         match value {
             Value::Null => Leaf::Null,
-            other => Leaf::Other(other),
+            other => Leaf::Other(Box::new(other)),
         }
     }
     fn list<A: SeqAccess<'de>>(seq: A) -> Result<Leaf<'de>, A::Error> {
-        Value::deserialize(SeqAccessDeserializer::new(seq)).map(Leaf::Other)
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| Leaf::Other(Box::new(v)))
     }
     fn object<A: MapAccess<'de>>(map: A) -> Result<Leaf<'de>, A::Error> {
-        Value::deserialize(MapAccessDeserializer::new(map)).map(Leaf::Other)
+        Value::deserialize(MapAccessDeserializer::new(map)).map(|v| Leaf::Other(Box::new(v)))
     }
 }
 
