@@ -362,12 +362,11 @@ fn decode_top(
             if root_closed {
                 return Err(DecodeError::TruncatedRecord);
             }
-            let records = [Item::Object(obj)];
             Ok(Decoded::Tracked(records_batch(
                 id,
                 Shape::SingleRecord,
                 None,
-                &records,
+                vec![Item::Object(obj)],
                 repair,
                 rules,
             )))
@@ -397,7 +396,7 @@ fn decode_top(
                 id,
                 Shape::RecordList,
                 None,
-                &items,
+                items,
                 repair,
                 rules,
             )))
@@ -412,7 +411,7 @@ fn decode_top(
 
 fn batch(
     id: EntryId,
-    obj: Obj<'_>,
+    mut obj: Obj<'_>,
     repair: Option<Repair>,
     rules: &Rules,
 ) -> Result<TrackedBatch, DecodeError> {
@@ -425,7 +424,7 @@ fn batch(
         key: rules::shown(raw_key),
         why,
     })?;
-    let records = match &obj.records {
+    let records = match obj.records.take() {
         None => return Err(DecodeError::MissingRecords),
         Some(Records::List(items)) => items,
         Some(Records::NotList(found)) => return Err(DecodeError::RecordsNotAList(found)),
@@ -444,21 +443,25 @@ fn records_batch(
     id: EntryId,
     shape: Shape,
     key: Option<BatchKey>,
-    records: &[Item<'_>],
+    records: Vec<Item<'_>>,
     repair: Option<Repair>,
     rules: &Rules,
 ) -> TrackedBatch {
-    let first_record_id = records.iter().find_map(Item::id).and_then(Leaf::text);
+    let first_record_id = match key {
+        Some(_) => None,
+        None => records.iter().find_map(Item::id).and_then(Leaf::text),
+    };
     let name_source = key
         .as_ref()
-        .map(|k| k.id.clone())
-        .or(first_record_id)
+        .map(|k| k.id.as_str())
+        .or(first_record_id.as_deref())
         .unwrap_or_default();
+    let count = records.len();
     let mut batch = TrackedBatch {
         id,
         shape,
-        username: rules::username(&name_source, rules.username_split_hyphen),
-        partition: rules::partition_of(&name_source),
+        username: rules::username(name_source, rules.username_split_hyphen),
+        partition: rules::partition_of(name_source),
         key,
         events: Vec::with_capacity(records.len()),
         rejected: Vec::new(),
@@ -467,7 +470,7 @@ fn records_batch(
         repair,
     };
     let mut gate = FreshnessGate::new(rules, id);
-    for (index, record) in records.iter().enumerate() {
+    for (index, record) in records.into_iter().enumerate() {
         record_into(&mut batch, &mut gate, index, record, rules);
     }
     if batch
@@ -476,7 +479,7 @@ fn records_batch(
         .is_some_and(|r| r.dropped_partial_record)
     {
         batch.rejected.push(Rejected {
-            index: records.len(),
+            index: count,
             record_id: None,
             reason: RejectReason::CutOff,
         });
@@ -488,7 +491,7 @@ fn record_into(
     batch: &mut TrackedBatch,
     gate: &mut FreshnessGate<'_>,
     index: usize,
-    record: &Item<'_>,
+    record: Item<'_>,
     rules: &Rules,
 ) {
     let reject = |batch: &mut TrackedBatch, record_id: Option<String>, reason| {
@@ -498,15 +501,16 @@ fn record_into(
             reason,
         })
     };
-    let obj = match record {
+    let mut obj = match record {
         Item::Object(obj) => obj,
         Item::NotObject(found) => {
             reject(batch, None, RejectReason::NotAnObject(found));
             return;
         }
     };
-    let field = |name: Name| obj.get(name).and_then(Leaf::text);
-    let Some(tracked_id) = field(Name::Id).filter(|s| !s.trim().is_empty()) else {
+    // Each member is read once: taken, so a string the payload's escapes made owned is moved.
+    let field = |obj: &mut Obj<'_>, name: Name| obj.take(name).and_then(Leaf::into_text);
+    let Some(tracked_id) = field(&mut obj, Name::Id).filter(|s| !s.trim().is_empty()) else {
         reject(batch, None, RejectReason::MissingId);
         return;
     };
@@ -569,9 +573,9 @@ fn record_into(
         }
     };
 
-    let title = field(Name::TrackTitle);
-    let url = field(Name::TrackUrl);
-    let given_track_id = field(Name::TrackId).filter(|s| !s.trim().is_empty());
+    let title = field(&mut obj, Name::TrackTitle);
+    let url = field(&mut obj, Name::TrackUrl);
+    let given_track_id = field(&mut obj, Name::TrackId).filter(|s| !s.trim().is_empty());
     let (track_id, track_id_generated) = match given_track_id {
         Some(t) => (t, false),
         None if rules.hash_null_track_id => (
@@ -599,7 +603,7 @@ fn record_into(
         _ => rules::username(&tracked_id, rules.username_split_hyphen),
     };
     let page_name =
-        field(Name::PageName).or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
+        field(&mut obj, Name::PageName).or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
     let track_type = match obj.get(Name::TrackType) {
         Some(Leaf::Text(t)) => Some(rules::track_type(t, rules.preserve_track_type_case)),
         other => other

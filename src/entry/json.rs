@@ -90,6 +90,15 @@ impl<'a> Leaf<'a> {
         }
     }
 
+    /// [`Leaf::text`], moving a string the payload's escapes already made owned.
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Leaf::Null => None,
+            Leaf::Text(s) => Some(s.into_owned()),
+            Leaf::Other(v) => Some(v.to_string()),
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Leaf::Null => "null",
@@ -118,6 +127,11 @@ impl<'a> Obj<'a> {
     /// The member, when the object has it (`Some(Leaf::Null)` for an explicit null).
     pub fn get(&self, name: Name) -> Option<&Leaf<'a>> {
         self.leaves.get(name as usize).and_then(Option::as_ref)
+    }
+
+    /// Moves the member out (the object then no longer has it).
+    pub fn take(&mut self, name: Name) -> Option<Leaf<'a>> {
+        self.leaves.get_mut(name as usize).and_then(Option::take)
     }
 
     /// Whether the object has the member, whatever its value.
