@@ -648,6 +648,34 @@ fn reading_the_bytes_decides_as_reading_a_value_does() {
             }
         }
     }
+    // Mutations of each payload, from a fixed seed: bytes dropped, replaced or inserted, the
+    // inserted ones mostly JSON's own punctuation and escapes.
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % n.max(1) as u64).unwrap_or_default()
+    };
+    let alphabet = b"\"\\{}[],:0-e.u\x01tnfx \n";
+    let originals = payloads.clone();
+    for payload in &originals {
+        for _ in 0..200 {
+            let mut bytes = payload.clone().into_bytes();
+            for _ in 0..1 + next(3) {
+                let at = next(bytes.len() + 1);
+                let b = alphabet[next(alphabet.len())];
+                match next(3) {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 if at < bytes.len() => bytes[at] = b,
+                    _ => bytes.insert(at, b),
+                }
+            }
+            payloads.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
     let lenient = Rules {
         lenient_json_repair: true,
         auto_quote_lastplus: true,
@@ -655,7 +683,20 @@ fn reading_the_bytes_decides_as_reading_a_value_does() {
         ..Rules::default()
     };
     let mut compared = 0;
-    for payload in &payloads {
+    for (n, payload) in payloads.iter().enumerate() {
+        if n >= originals.len() {
+            // A mutation: compared whole, not cut at every byte.
+            let fields = value(payload);
+            for rules in [&Rules::default(), &lenient] {
+                assert_eq!(
+                    decode(ID, &fields, rules),
+                    by_value(&fields, rules),
+                    "{payload:?}"
+                );
+                compared += 1;
+            }
+            continue;
+        }
         let cuts = (0..=payload.len()).filter(|&i| payload.is_char_boundary(i));
         for cut in cuts {
             let fields = value(payload.get(..cut).unwrap_or_default());
