@@ -5,9 +5,9 @@
 //! Runs on a generated stream that looks like production traffic: visits, saves, deletes and
 //! create-users, one to three records per entry, repeated rows so the fold has work. Each stage is
 //! timed with the thread's CPU clock over the whole stream, several rounds, and reported as µs per
-//! record (median, best). `decode (Value)` is the generic reader (a `serde_json::Value` tree, then
-//! the shapes), kept callable as the reference the typed decoder must agree with; the run checks
-//! that both give the same result for every entry before it times them.
+//! record (median, best). `decode + rules (Value)` is the generic reader (a `serde_json::Value`
+//! tree, then the shapes), kept callable as the reference the typed decoder must agree with; the
+//! run checks that both give the same result for every entry before it times them.
 //!
 //!   scripts/bench decode [--entries N] [--rounds N] [--batch N] [--typed-only]
 //!
