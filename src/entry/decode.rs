@@ -17,7 +17,10 @@
 use chrono::NaiveDateTime;
 use serde_json::{Map, Value};
 
-use super::fields::{self, FieldError};
+use std::borrow::Cow;
+
+use super::fields::{self, FieldError, Payload};
+use super::json::{Item, Leaf, Name, Obj, Records, Top};
 use super::repair::Repair;
 use super::rules::{
     self, Action, ActionError, BatchKey, EmailError, Freshness, FreshnessGate, KeyError, KeyKind,
@@ -271,6 +274,9 @@ impl DecodeError {
 }
 
 /// Decodes one stream entry. Never panics, whatever the bytes.
+///
+/// The payload is read straight into the members the rules need ([`super::json`]), its strings
+/// borrowed from `fields`; a payload that needed a repair is read from its repaired text.
 pub fn decode(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Decoded {
     if fields
         .iter()
@@ -278,38 +284,65 @@ pub fn decode(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Deco
     {
         return Decoded::Restored { id };
     }
-    let selected = match fields::select(fields, rules) {
-        Ok(s) => s,
-        Err(e) => {
-            return Decoded::Undecodable {
-                id,
-                reason: e.into(),
-            }
+    let result = match fields::select_payload(fields, rules) {
+        Ok((Payload::Read { text, doc }, repair)) => {
+            decode_top(id, doc, repair, rules, &|| keys_of(text))
         }
+        Ok((Payload::Repaired(text), repair)) => match serde_json::from_str::<Top>(&text) {
+            Ok(doc) => decode_top(id, doc, repair, rules, &|| keys_of(&text)),
+            // `select_payload` read this very text already.
+            Err(e) => Err(DecodeError::Field(FieldError::InvalidJson {
+                field: "value".into(),
+                detail: e.to_string(),
+                hint: String::new(),
+            })),
+        },
+        Err(e) => Err(e.into()),
     };
-    match decode_document(id, selected.doc, selected.repair, rules) {
-        Ok(d) => d,
-        Err(reason) => Decoded::Undecodable { id, reason },
-    }
+    result.unwrap_or_else(|reason| Decoded::Undecodable { id, reason })
 }
 
-/// Decodes an already-parsed payload (also used by legacy import and tests).
+/// Decodes an already-parsed payload (the same rules as [`decode`], read from a `Value`).
 pub fn decode_document(
     id: EntryId,
     doc: Value,
     repair: Option<Repair>,
     rules: &Rules,
 ) -> Result<Decoded, DecodeError> {
+    let keys = || match &doc {
+        Value::Object(obj) => key_list(obj),
+        _ => String::new(),
+    };
+    decode_top(id, Top::from_value(&doc), repair, rules, &keys)
+}
+
+/// The member names of an object payload, for the reason of one that is no known shape. Only that
+/// reason needs them, so they are read again from the text then.
+fn keys_of(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(obj)) => key_list(&obj),
+        _ => String::new(),
+    }
+}
+
+/// The shapes, tried in order on a payload; `keys` lists an object's members for a reason.
+fn decode_top(
+    id: EntryId,
+    doc: Top<'_>,
+    repair: Option<Repair>,
+    rules: &Rules,
+    keys: &dyn Fn() -> String,
+) -> Result<Decoded, DecodeError> {
     let root_closed = repair.as_ref().is_some_and(|r| r.closed_root_object);
     match doc {
-        Value::Object(obj) => {
-            if obj.contains_key("key") || obj.contains_key("records") {
-                return batch(id, &obj, repair, rules).map(Decoded::Tracked);
+        Top::Object(obj) => {
+            if obj.has(Name::Key) || obj.records.is_some() {
+                return batch(id, obj, repair, rules).map(Decoded::Tracked);
             }
-            if let Some(email) = obj.get("user_email") {
+            if let Some(email) = obj.get(Name::UserEmail) {
                 let email = match email {
-                    Value::String(s) => s.trim().to_string(),
-                    other => return Err(DecodeError::EmailNotText(type_name(other))),
+                    Leaf::Text(s) => s.trim().to_string(),
+                    other => return Err(DecodeError::EmailNotText(other.type_name())),
                 };
                 let username = rules::email_username(&email).map_err(DecodeError::BadEmail)?;
                 return Ok(Decoded::CreateUser(CreateUser {
@@ -319,17 +352,12 @@ pub fn decode_document(
                     repair,
                 }));
             }
-            if let Some(diag) = obj.get("diag") {
-                let diag = match diag {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
+            if let Some(diag) = obj.get(Name::Diag) {
+                let diag = diag.text().unwrap_or_else(|| "null".to_string());
                 return Ok(Decoded::Diagnostic { id, diag });
             }
-            if !obj.contains_key("id") {
-                return Err(DecodeError::NotARecord {
-                    keys: key_list(&obj),
-                });
+            if !obj.has(Name::Id) {
+                return Err(DecodeError::NotARecord { keys: keys() });
             }
             if !rules.enable_fallback_single_record {
                 return Err(DecodeError::FallbackDisabled {
@@ -340,17 +368,16 @@ pub fn decode_document(
             if root_closed {
                 return Err(DecodeError::TruncatedRecord);
             }
-            let records = [Value::Object(obj)];
             Ok(Decoded::Tracked(records_batch(
                 id,
                 Shape::SingleRecord,
                 None,
-                &records,
+                vec![Item::Object(obj)],
                 repair,
                 rules,
             )))
         }
-        Value::Array(items) => {
+        Top::List(items) => {
             if !rules.enable_fallback_record_list {
                 return Err(DecodeError::FallbackDisabled {
                     what: "a list of records without a batch key",
@@ -361,51 +388,52 @@ pub fn decode_document(
             if items.is_empty() && !cut_off {
                 return Err(DecodeError::EmptyList);
             }
-            if let Some((index, other)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
-                return Err(DecodeError::ListNotRecords {
-                    index,
-                    found: type_name(other),
-                });
+            let not_object = items.iter().enumerate().find_map(|(index, v)| match v {
+                Item::NotObject(found) => Some((index, *found)),
+                Item::Object(_) => None,
+            });
+            if let Some((index, found)) = not_object {
+                return Err(DecodeError::ListNotRecords { index, found });
             }
-            if !cut_off && !items.iter().any(|v| v.get("id").is_some()) {
+            if !cut_off && !items.iter().any(|v| v.id().is_some()) {
                 return Err(DecodeError::NoRecordInList);
             }
             Ok(Decoded::Tracked(records_batch(
                 id,
                 Shape::RecordList,
                 None,
-                &items,
+                items,
                 repair,
                 rules,
             )))
         }
-        // `fields::select` only returns objects and lists.
-        other => Err(DecodeError::Field(FieldError::NotADocument {
+        // `fields::select_payload` only returns objects and lists.
+        Top::Scalar(found) => Err(DecodeError::Field(FieldError::NotADocument {
             field: "value".into(),
-            found: type_name(&other),
+            found,
         })),
     }
 }
 
 fn batch(
     id: EntryId,
-    obj: &Map<String, Value>,
+    mut obj: Obj<'_>,
     repair: Option<Repair>,
     rules: &Rules,
 ) -> Result<TrackedBatch, DecodeError> {
-    let raw_key = match obj.get("key") {
+    let raw_key = match obj.get(Name::Key) {
         None => return Err(DecodeError::MissingKey),
-        Some(Value::String(s)) => s,
-        Some(other) => return Err(DecodeError::KeyNotText(type_name(other))),
+        Some(Leaf::Text(s)) => s,
+        Some(other) => return Err(DecodeError::KeyNotText(other.type_name())),
     };
     let key = rules::parse_key(raw_key, &rules.key_prefix).map_err(|why| DecodeError::BadKey {
         key: rules::shown(raw_key),
         why,
     })?;
-    let records = match obj.get("records") {
+    let records = match obj.records.take() {
         None => return Err(DecodeError::MissingRecords),
-        Some(Value::Array(items)) => items,
-        Some(other) => return Err(DecodeError::RecordsNotAList(type_name(other))),
+        Some(Records::List(items)) => items,
+        Some(Records::NotList(found)) => return Err(DecodeError::RecordsNotAList(found)),
     };
     Ok(records_batch(
         id,
@@ -421,21 +449,25 @@ fn records_batch(
     id: EntryId,
     shape: Shape,
     key: Option<BatchKey>,
-    records: &[Value],
+    records: Vec<Item<'_>>,
     repair: Option<Repair>,
     rules: &Rules,
 ) -> TrackedBatch {
-    let first_record_id = records.iter().find_map(|r| r.get("id")).and_then(text);
+    let first_record_id = match key {
+        Some(_) => None,
+        None => records.iter().find_map(Item::id).and_then(Leaf::text),
+    };
     let name_source = key
         .as_ref()
-        .map(|k| k.id.clone())
-        .or(first_record_id)
+        .map(|k| k.id.as_str())
+        .or(first_record_id.as_deref())
         .unwrap_or_default();
+    let count = records.len();
     let mut batch = TrackedBatch {
         id,
         shape,
-        username: rules::username(&name_source, rules.username_split_hyphen),
-        partition: rules::partition_of(&name_source),
+        username: rules::username(name_source, rules.username_split_hyphen),
+        partition: rules::partition_of(name_source),
         key,
         events: Vec::with_capacity(records.len()),
         rejected: Vec::new(),
@@ -444,7 +476,7 @@ fn records_batch(
         repair,
     };
     let mut gate = FreshnessGate::new(rules, id);
-    for (index, record) in records.iter().enumerate() {
+    for (index, record) in records.into_iter().enumerate() {
         record_into(&mut batch, &mut gate, index, record, rules);
     }
     if batch
@@ -453,7 +485,7 @@ fn records_batch(
         .is_some_and(|r| r.dropped_partial_record)
     {
         batch.rejected.push(Rejected {
-            index: records.len(),
+            index: count,
             record_id: None,
             reason: RejectReason::CutOff,
         });
@@ -465,7 +497,7 @@ fn record_into(
     batch: &mut TrackedBatch,
     gate: &mut FreshnessGate<'_>,
     index: usize,
-    record: &Value,
+    record: Item<'_>,
     rules: &Rules,
 ) {
     let reject = |batch: &mut TrackedBatch, record_id: Option<String>, reason| {
@@ -475,17 +507,25 @@ fn record_into(
             reason,
         })
     };
-    let Value::Object(obj) = record else {
-        reject(batch, None, RejectReason::NotAnObject(type_name(record)));
-        return;
+    let mut obj = match record {
+        Item::Object(obj) => obj,
+        Item::NotObject(found) => {
+            reject(batch, None, RejectReason::NotAnObject(found));
+            return;
+        }
     };
-    let field = |name: &str| obj.get(name).and_then(text);
-    let Some(tracked_id) = field("id").filter(|s| !s.trim().is_empty()) else {
+    // Each member is read once: taken, so a string the payload's escapes made owned is moved.
+    let field = |obj: &mut Obj<'_>, name: Name| obj.take(name).and_then(Leaf::into_text);
+    let Some(tracked_id) = field(&mut obj, Name::Id).filter(|s| !s.trim().is_empty()) else {
         reject(batch, None, RejectReason::MissingId);
         return;
     };
     let kind = batch.key.as_ref().map(|k| k.kind);
-    let action = match rules::action(field("action").as_deref(), kind) {
+    let action_text = match obj.get(Name::Action) {
+        Some(Leaf::Text(s)) => Some(Cow::Borrowed(s.as_ref())),
+        other => other.and_then(Leaf::text).map(Cow::Owned),
+    };
+    let action = match rules::action(action_text.as_deref(), kind) {
         Ok(a) => a,
         Err(ActionError::Unknown(a)) => {
             reject(batch, Some(tracked_id), RejectReason::UnknownAction(a));
@@ -500,12 +540,12 @@ fn record_into(
             return;
         }
     };
-    let lastplus = match obj.get("lastplus") {
-        None | Some(Value::Null) => {
+    let lastplus = match obj.get(Name::Lastplus) {
+        None | Some(Leaf::Null) => {
             reject(batch, Some(tracked_id), RejectReason::MissingLastplus);
             return;
         }
-        Some(Value::String(s)) => match rules::parse_lastplus(s) {
+        Some(Leaf::Text(s)) => match rules::parse_lastplus(s) {
             Some(t) => t,
             None => {
                 reject(
@@ -516,7 +556,7 @@ fn record_into(
                 return;
             }
         },
-        Some(other) => {
+        Some(Leaf::Other(other)) => {
             let shown = rules::shown(&other.to_string());
             reject(batch, Some(tracked_id), RejectReason::BadLastplus(shown));
             return;
@@ -539,9 +579,9 @@ fn record_into(
         }
     };
 
-    let title = field("track_title");
-    let url = field("track_url");
-    let given_track_id = field("track_id").filter(|s| !s.trim().is_empty());
+    let title = field(&mut obj, Name::TrackTitle);
+    let url = field(&mut obj, Name::TrackUrl);
+    let given_track_id = field(&mut obj, Name::TrackId).filter(|s| !s.trim().is_empty());
     let (track_id, track_id_generated) = match given_track_id {
         Some(t) => (t, false),
         None if rules.hash_null_track_id => (
@@ -554,7 +594,7 @@ fn record_into(
         ),
         None => (String::new(), false),
     };
-    let query_row_count = match rules::query_row_count(obj.get("query_row_count")) {
+    let query_row_count = match rules::query_row_count_of(obj.get(Name::QueryRowCount)) {
         RowCount::Absent => None,
         RowCount::Count(n) => Some(n),
         RowCount::Invalid(value) => {
@@ -568,9 +608,14 @@ fn record_into(
         Some(_) if !rules.username_use_record_id => batch.username.clone(),
         _ => rules::username(&tracked_id, rules.username_split_hyphen),
     };
-    let page_name = field("page_name").or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
-    let track_type =
-        field("track_type").map(|t| rules::track_type(&t, rules.preserve_track_type_case));
+    let page_name =
+        field(&mut obj, Name::PageName).or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
+    let track_type = match obj.get(Name::TrackType) {
+        Some(Leaf::Text(t)) => Some(rules::track_type(t, rules.preserve_track_type_case)),
+        other => other
+            .and_then(Leaf::text)
+            .map(|t| rules::track_type(&t, rules.preserve_track_type_case)),
+    };
     batch.events.push(Event {
         index,
         action,
@@ -586,27 +631,6 @@ fn record_into(
         url,
         stale_override,
     });
-}
-
-/// A record field as text: strings as they are, numbers and booleans in JSON form, objects and
-/// lists as compact JSON; null is absent.
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn key_list(obj: &Map<String, Value>) -> String {

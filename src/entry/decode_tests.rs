@@ -600,3 +600,116 @@ fn numbers_as_ids_are_text() {
         ("42", "7")
     );
 }
+
+/// The decoder reading from the entry's bytes decides every payload as reading it through a
+/// `serde_json::Value` does: hostile shapes, every prefix of them (truncations, with and without
+/// the repairs), duplicate members, escapes, numbers in every position.
+#[test]
+fn reading_the_bytes_decides_as_reading_a_value_does() {
+    let by_value =
+        |fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules| match fields::select(fields, rules) {
+            Ok(s) => decode_document(ID, s.doc, s.repair, rules)
+                .unwrap_or_else(|reason| Decoded::Undecodable { id: ID, reason }),
+            Err(e) => Decoded::Undecodable {
+                id: ID,
+                reason: e.into(),
+            },
+        };
+    let mut payloads: Vec<String> = vec![
+        batch(
+            "saved",
+            &[
+                rec(r#""action":"d","track_title":"a \"q\" \u00e9","query_row_count":"25""#),
+                rec(r#""action":"S","id":"bob-2","query_row_count":2.0,"track_type":"report""#),
+                rec(r#""action":7,"page_name":null,"track_url":{"b":[1,2],"a":true}"#),
+                r#"{"id":{"x":1},"lastplus":20251103}"#.to_string(),
+                r#"[1]"#.to_string(),
+                "null".to_string(),
+            ],
+        ),
+        format!(r#"[{},{{"no_id":1}},{}]"#, rec(""), rec(r#""track_id":"""#)),
+        r#"{"key":"userdata-events:a/visited","key":"userdata-events:b/saved","records":[]}"#
+            .to_string(),
+        r#"{"records":[],"key":5}"#.to_string(),
+        r#"{"user_email":"  Al\u0069ce@example.com ","diag":1}"#.to_string(),
+        r#"{"diag":{"z":1,"a":[null,1.5e3]}}"#.to_string(),
+        r#"{"b":1,"a":2,"c":{"id":1},"d":4,"e":5,"f":6,"g":7,"h":8,"i":9}"#.to_string(),
+        format!(r#"{{"id":"alice-1","lastplus":{FRESH}}}"#),
+        format!(
+            r#"{{"key":"userdata-events:alice-1/visited","records":[{{"id":"alice-1","lastplus":{FRESH},"x":1e400}}]}}"#
+        ),
+        r#"{"id":-0.0,"lastplus":"2025-11-03 12:19:60Z"}"#.to_string(),
+    ];
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/decode");
+    if let Ok(dir) = std::fs::read_dir(seeds) {
+        for file in dir.flatten() {
+            if let Ok(bytes) = std::fs::read(file.path()) {
+                payloads.push(String::from_utf8_lossy(bytes.get(2..).unwrap_or_default()).into());
+            }
+        }
+    }
+    // Mutations of each payload, from a fixed seed: bytes dropped, replaced or inserted, the
+    // inserted ones mostly JSON's own punctuation and escapes.
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % n.max(1) as u64).unwrap_or_default()
+    };
+    let alphabet = b"\"\\{}[],:0-e.u\x01tnfx \n";
+    let originals = payloads.clone();
+    for payload in &originals {
+        for _ in 0..200 {
+            let mut bytes = payload.clone().into_bytes();
+            for _ in 0..1 + next(3) {
+                let at = next(bytes.len() + 1);
+                let b = alphabet[next(alphabet.len())];
+                match next(3) {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 if at < bytes.len() => bytes[at] = b,
+                    _ => bytes.insert(at, b),
+                }
+            }
+            payloads.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    let lenient = Rules {
+        lenient_json_repair: true,
+        auto_quote_lastplus: true,
+        hash_null_track_id: true,
+        ..Rules::default()
+    };
+    let mut compared = 0;
+    for (n, payload) in payloads.iter().enumerate() {
+        if n >= originals.len() {
+            // A mutation: compared whole, not cut at every byte.
+            let fields = value(payload);
+            for rules in [&Rules::default(), &lenient] {
+                assert_eq!(
+                    decode(ID, &fields, rules),
+                    by_value(&fields, rules),
+                    "{payload:?}"
+                );
+                compared += 1;
+            }
+            continue;
+        }
+        let cuts = (0..=payload.len()).filter(|&i| payload.is_char_boundary(i));
+        for cut in cuts {
+            let fields = value(payload.get(..cut).unwrap_or_default());
+            for rules in [&Rules::default(), &lenient] {
+                assert_eq!(
+                    decode(ID, &fields, rules),
+                    by_value(&fields, rules),
+                    "{:?}",
+                    payload.get(..cut)
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 2_000, "{compared}");
+}

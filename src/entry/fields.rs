@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use super::json::{type_name, Skipped, Top};
 use super::repair::{close_truncated, quote_bare_lastplus, Repair, RepairRefused};
 use super::Rules;
 
@@ -64,13 +65,48 @@ pub fn candidates(rules: &Rules) -> Vec<&str> {
 /// Picks the payload: the first candidate field (in order) that yields a JSON object or list.
 /// When none does, the error is the first candidate's (the field the producer most likely meant).
 pub fn select(fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Result<Selected, FieldError> {
+    first_candidate(fields, rules, |name, raw| read_document(name, raw, rules))
+}
+
+/// A payload as the decoder reads it: straight from the entry's bytes, or, when a repair was
+/// needed, the repaired text to read it from (valid JSON, an object or a list).
+// Held on the stack for one entry; boxing the document would allocate for every entry.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Payload<'a> {
+    Read { text: &'a str, doc: Top<'a> },
+    Repaired(String),
+}
+
+/// [`select`] for the decoder: the same choice, the same reasons, the payload read into the
+/// members it needs ([`Top`]) with its strings borrowed from `fields`.
+pub fn select_payload<'a>(
+    fields: &'a [(Vec<u8>, Vec<u8>)],
+    rules: &Rules,
+) -> Result<(Payload<'a>, Option<Repair>), FieldError> {
+    first_candidate(fields, rules, |name, raw| {
+        read_as::<Top>(name, raw, rules, Top::scalar).map(|(read, repair)| {
+            let payload = match read {
+                Read::Parsed { text, doc } => Payload::Read { text, doc },
+                Read::Repaired(text) => Payload::Repaired(text),
+            };
+            (payload, repair)
+        })
+    })
+}
+
+fn first_candidate<'a, T>(
+    fields: &'a [(Vec<u8>, Vec<u8>)],
+    rules: &Rules,
+    mut read: impl FnMut(&str, &'a [u8]) -> Result<T, FieldError>,
+) -> Result<T, FieldError> {
     let names = candidates(rules);
     let mut first_error: Option<FieldError> = None;
     for name in &names {
         let Some((_, raw)) = fields.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) else {
             continue;
         };
-        match read_document(name, raw, rules) {
+        match read(name, raw) {
             Ok(sel) => return Ok(sel),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -100,13 +136,61 @@ fn present_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
 
 /// Parses one field's bytes, applying the enabled repairs when the text is not JSON as it stands.
 pub fn read_document(field: &str, raw: &[u8], rules: &Rules) -> Result<Selected, FieldError> {
+    let scalar = |doc: &Value| match doc {
+        Value::Object(_) | Value::Array(_) => None,
+        other => Some(type_name(other)),
+    };
+    let (doc, repair) = match read_as::<Value>(field, raw, rules, scalar)? {
+        (Read::Parsed { doc, .. }, repair) => (doc, repair),
+        (Read::Repaired(text), repair) => {
+            let doc =
+                serde_json::from_str::<Value>(&text).map_err(|e| FieldError::InvalidJson {
+                    field: field.to_string(),
+                    detail: e.to_string(),
+                    hint: String::new(),
+                })?;
+            (doc, repair)
+        }
+    };
+    Ok(Selected {
+        field: field.to_string(),
+        doc,
+        repair,
+    })
+}
+
+/// A field's document as `T`, or the repaired text it is read from.
+enum Read<'a, T> {
+    Parsed { text: &'a str, doc: T },
+    Repaired(String),
+}
+
+/// Reads one field's bytes as `T`, applying the enabled repairs when the text is not JSON as it
+/// stands. `scalar` names the type of a document that is neither an object nor a list. A repaired
+/// text is checked here (read and dropped, [`Skipped`]: the same checks as any `T`), and returned
+/// for the caller to read, since `T` may borrow from it.
+fn read_as<'a, T: serde::Deserialize<'a>>(
+    field: &str,
+    raw: &'a [u8],
+    rules: &Rules,
+    scalar: impl Fn(&T) -> Option<&'static str>,
+) -> Result<(Read<'a, T>, Option<Repair>), FieldError> {
     let text = std::str::from_utf8(raw).map_err(|e| FieldError::NotUtf8 {
         field: field.to_string(),
         offset: e.valid_up_to(),
     })?;
-    let first_error = match serde_json::from_str::<Value>(text) {
-        Ok(doc) => return document(field, doc, None),
+    let first_error = match serde_json::from_str::<T>(text) {
+        Ok(doc) => {
+            return match scalar(&doc) {
+                None => Ok((Read::Parsed { text, doc }, None)),
+                Some(found) => Err(not_a_document(field, found)),
+            }
+        }
         Err(e) => e,
+    };
+    let repaired = |text: String, repair: Repair, found: &'static str| match found {
+        "an object" | "a list" => Ok((Read::Repaired(text), Some(repair))),
+        found => Err(not_a_document(field, found)),
     };
 
     let mut repair = Repair::default();
@@ -114,10 +198,10 @@ pub fn read_document(field: &str, raw: &[u8], rules: &Rules) -> Result<Selected,
     if rules.auto_quote_lastplus {
         if let Some((quoted, n)) = quote_bare_lastplus(&current) {
             repair.quoted_lastplus = n;
-            current = std::borrow::Cow::Owned(quoted);
-            if let Ok(doc) = serde_json::from_str::<Value>(&current) {
-                return document(field, doc, Some(repair));
+            if let Ok(Skipped(found)) = serde_json::from_str::<Skipped>(&quoted) {
+                return repaired(quoted, repair, found);
             }
+            current = std::borrow::Cow::Owned(quoted);
         }
     }
     let eof = first_error.is_eof();
@@ -151,8 +235,8 @@ pub fn read_document(field: &str, raw: &[u8], rules: &Rules) -> Result<Selected,
     repair.removed_bytes = truncation.removed_bytes;
     repair.dropped_partial_record = truncation.dropped_partial_record;
     repair.closed_root_object = truncation.closed_root_object;
-    match serde_json::from_str::<Value>(&closed) {
-        Ok(doc) => document(field, doc, Some(repair)),
+    match serde_json::from_str::<Skipped>(&closed) {
+        Ok(Skipped(found)) => repaired(closed, repair, found),
         Err(_) => Err(FieldError::InvalidJson {
             field: field.to_string(),
             detail: first_error.to_string(),
@@ -161,24 +245,11 @@ pub fn read_document(field: &str, raw: &[u8], rules: &Rules) -> Result<Selected,
     }
 }
 
-fn document(field: &str, doc: Value, repair: Option<Repair>) -> Result<Selected, FieldError> {
-    let found = match &doc {
-        Value::Object(_) | Value::Array(_) => {
-            return Ok(Selected {
-                field: field.to_string(),
-                doc,
-                repair,
-            })
-        }
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-    };
-    Err(FieldError::NotADocument {
+fn not_a_document(field: &str, found: &'static str) -> FieldError {
+    FieldError::NotADocument {
         field: field.to_string(),
         found,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::rules::TsText;
+
 /// A stream entry ID: milliseconds of Redis's clock when the entry was added, and a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EntryId {
@@ -55,7 +57,20 @@ impl EntryId {
     /// Fixed-width text whose order is stream order: `"<ms:020>-<seq:020>"` (41 characters).
     /// This is the form stored in `last_entry_id`.
     pub fn sort_key(&self) -> String {
-        format!("{:020}-{:020}", self.ms, self.seq)
+        self.sort_text().as_str().to_string()
+    }
+
+    /// [`sort_key`](Self::sort_key) without a heap allocation, for the batch JSON.
+    pub fn sort_text(&self) -> SortText {
+        let mut out = [b'0'; 41];
+        out[20] = b'-';
+        for (end, mut n) in [(20, self.ms), (41, self.seq)] {
+            for d in out[end - 20..end].iter_mut().rev() {
+                *d = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        SortText(out)
     }
 
     /// Reads back a [`sort_key`](Self::sort_key).
@@ -74,11 +89,32 @@ impl EntryId {
 
     /// The entry's time as UTC `YYYY-MM-DD HH:MM:SS` (what the tables' `*_dts` columns hold).
     pub fn utc_text(&self) -> String {
+        self.utc_ts().as_str().to_string()
+    }
+
+    /// [`utc_text`](Self::utc_text) without a heap allocation, for the batch JSON.
+    pub fn utc_ts(&self) -> TsText {
         let ms = i64::try_from(self.ms).unwrap_or(i64::MAX);
         match chrono::DateTime::from_timestamp_millis(ms) {
-            Some(t) => super::rules::ts_text(&t.naive_utc()),
-            None => "9999-12-31 23:59:59".to_string(),
+            Some(t) => TsText::new(&t.naive_utc()),
+            None => TsText::Digits(*b"9999-12-31 23:59:59"),
         }
+    }
+}
+
+/// An entry's [`sort_key`](EntryId::sort_key) on the stack: 41 ASCII digits and a hyphen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortText([u8; 41]);
+
+impl SortText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for SortText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -158,5 +194,20 @@ mod tests {
         let id = EntryId::new(1_762_172_400_999, 0);
         assert_eq!(id.unix_seconds(), 1_762_172_400);
         assert_eq!(id.utc_text(), "2025-11-03 12:20:00");
+    }
+
+    #[test]
+    fn sort_text_is_the_padded_form() {
+        for id in [
+            EntryId::new(0, 0),
+            EntryId::new(1_762_172_400_000, 7),
+            EntryId::new(u64::MAX, u64::MAX),
+        ] {
+            assert_eq!(
+                id.sort_text().as_str(),
+                format!("{:020}-{:020}", id.ms, id.seq)
+            );
+        }
+        assert_eq!(EntryId::new(u64::MAX, 0).utc_text(), "9999-12-31 23:59:59");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`id`]: entry IDs and their sortable text, the basis of effectively-once writes.
 //! - [`fields`]: which field holds the payload (`value`, then `FALLBACK_JSON_FIELDS`).
 //! - [`repair`]: `AUTO_QUOTE_LASTPLUS` and `LENIENT_JSON_REPAIR`.
+//! - [`json`]: the payload read into only the members the decoder needs, its strings borrowed.
 //! - [`decode`](mod@decode): the payload shapes (create-user, batch, diagnostic, fallbacks) and records.
 //! - [`rules`]: keys, usernames, track-id hashing, track types, timestamps, actions, freshness.
 //! - [`legacy`]: the stream fields for a legacy string key being imported.
@@ -16,6 +17,7 @@
 pub mod decode;
 pub mod fields;
 pub mod id;
+pub mod json;
 pub mod legacy;
 pub mod repair;
 pub mod rules;

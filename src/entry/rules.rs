@@ -4,10 +4,11 @@
 //! They are the behaviour users of the Python sidecar depend on, so each is kept separate, named after
 //! the setting that governs it and pinned by its own tests. [`super::decode`] composes them.
 
-use chrono::NaiveDateTime;
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
+use super::json::Leaf;
 use super::{EntryId, Rules};
 
 /// Which logic a batch key selects.
@@ -150,7 +151,9 @@ pub fn track_type(raw: &str, preserve_case: bool) -> String {
 }
 
 /// Parses `lastplus`: UTC `YYYY-MM-DD HH:MM:SS` (a `T` separator and a trailing `Z` are accepted).
-/// Returns the normalised text, or `None` when it is not such a time.
+/// Returns the time, or `None` when it is not such a time. The shape is checked byte by byte and
+/// the numbers are read from its digits, without a format parser: this runs once per record. A
+/// second of `60` is a leap second, as the general `%S` parser reads it.
 pub fn parse_lastplus(raw: &str) -> Option<NaiveDateTime> {
     let text = raw.trim();
     let text = text.strip_suffix('Z').unwrap_or(text);
@@ -165,24 +168,74 @@ pub fn parse_lastplus(raw: &str) -> Option<NaiveDateTime> {
     if !shape_ok {
         return None;
     }
-    let normal = format!("{} {}", text.get(..10)?, text.get(11..)?);
-    NaiveDateTime::parse_from_str(&normal, "%Y-%m-%d %H:%M:%S").ok()
+    let num = |from: usize, to: usize| -> u32 {
+        b.get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .fold(0, |n, d| n * 10 + u32::from(d - b'0'))
+    };
+    let year = i32::try_from(num(0, 4)).ok()?;
+    let date = NaiveDate::from_ymd_opt(year, num(5, 7), num(8, 10))?;
+    let (hour, minute, second) = (num(11, 13), num(14, 16), num(17, 19));
+    let time = match second {
+        60 => NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000)?,
+        _ => NaiveTime::from_hms_opt(hour, minute, second)?,
+    };
+    Some(date.and_time(time))
 }
 
-/// The text form of a timestamp written to Snowflake: `YYYY-MM-DD HH:MM:SS`, no fraction (what the
-/// statements convert with `TO_TIMESTAMP_NTZ(x, 'YYYY-MM-DD HH24:MI:SS')`). Written field by field:
-/// it runs for every time of every statement, and `format` parses its pattern on each call.
+/// The text form of a timestamp written to Snowflake.
 pub fn ts_text(t: &NaiveDateTime) -> String {
-    use chrono::{Datelike, Timelike};
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    TsText::new(t).as_str().to_string()
+}
+
+/// A timestamp as `YYYY-MM-DD HH:MM:SS` ([`ts_text`]) without a heap allocation or the general
+/// formatter: the batch JSON carries up to four per link. Years outside 0–9999 (never a parsed
+/// `lastplus`, only an entry ID far in the future) take the general formatter, which signs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TsText {
+    Digits([u8; 19]),
+    Other(String),
+}
+
+impl TsText {
+    pub fn new(t: &NaiveDateTime) -> TsText {
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return TsText::Other(t.format("%Y-%m-%d %H:%M:%S").to_string());
+        }
+        // A leap second is held as second 59 plus a second of nanoseconds; it reads `60`.
+        let second = t.second() + t.nanosecond() / 1_000_000_000;
+        let mut out = *b"0000-00-00 00:00:00";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                if let Some(d) = out.get_mut(i) {
+                    *d = b'0' + (n % 10) as u8;
+                }
+                n /= 10;
+            }
+        };
+        put(0, 4, year.unsigned_abs());
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, second);
+        TsText::Digits(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            TsText::Digits(d) => std::str::from_utf8(d).unwrap_or_default(),
+            TsText::Other(s) => s,
+        }
+    }
+}
+
+impl serde::Serialize for TsText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// What a `query_row_count` value turned into.
@@ -208,26 +261,41 @@ pub fn query_row_count(value: Option<&Value>) -> RowCount {
     };
     let parsed = match value {
         None | Some(Value::Null) => return RowCount::Absent,
+        Some(Value::String(s)) => return row_count_text(s),
         Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().and_then(from_f64)),
-        Some(Value::String(s)) => {
-            let t = s.trim();
-            if t.is_empty() {
-                return RowCount::Absent;
-            }
-            t.parse::<i64>().ok().or_else(|| {
-                t.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite())
-                    .and_then(from_f64)
-            })
-        }
         Some(_) => None,
     };
     match (parsed, value) {
         (Some(n), _) => RowCount::Count(n),
-        (None, Some(Value::String(s))) => RowCount::Invalid(shown(s)),
         (None, Some(v)) => RowCount::Invalid(shown(&v.to_string())),
         (None, None) => RowCount::Absent,
+    }
+}
+
+/// [`query_row_count`] of a member as the decoder reads it.
+pub fn query_row_count_of(value: Option<&Leaf<'_>>) -> RowCount {
+    match value {
+        None | Some(Leaf::Null) => RowCount::Absent,
+        Some(Leaf::Text(s)) => row_count_text(s),
+        Some(Leaf::Other(v)) => query_row_count(Some(v)),
+    }
+}
+
+/// A `query_row_count` sent as a string.
+fn row_count_text(s: &str) -> RowCount {
+    let t = s.trim();
+    if t.is_empty() {
+        return RowCount::Absent;
+    }
+    let parsed = t.parse::<i64>().ok().or_else(|| {
+        t.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(|f| (f.fract() == 0.0 && f.abs() < 9.0e18).then_some(f as i64))
+    });
+    match parsed {
+        Some(n) => RowCount::Count(n),
+        None => RowCount::Invalid(shown(s)),
     }
 }
 
@@ -667,5 +735,82 @@ mod tests {
     fn shown_values_are_one_short_line() {
         assert_eq!(shown("a\nb"), "'a\\nb'");
         assert_eq!(shown(&"x".repeat(100)).chars().count(), 83);
+    }
+
+    /// The general parser the digit reader replaces, kept as its reference.
+    fn parse_lastplus_with_chrono(raw: &str) -> Option<NaiveDateTime> {
+        let text = raw.trim();
+        let text = text.strip_suffix('Z').unwrap_or(text);
+        let b = text.as_bytes();
+        let shape_ok = b.len() == 19
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                4 | 7 => c == b'-',
+                10 => c == b' ' || c == b'T',
+                13 | 16 => c == b':',
+                _ => c.is_ascii_digit(),
+            });
+        if !shape_ok {
+            return None;
+        }
+        let normal = format!("{} {}", text.get(..10)?, text.get(11..)?);
+        NaiveDateTime::parse_from_str(&normal, "%Y-%m-%d %H:%M:%S").ok()
+    }
+
+    #[test]
+    fn lastplus_digits_read_as_the_general_parser_reads_them() {
+        let mut checked = 0;
+        for date in [
+            "2025-11-01",
+            "2024-02-29",
+            "2025-02-29",
+            "1900-02-29",
+            "2000-02-29",
+            "0000-01-01",
+            "9999-12-31",
+            "2025-00-10",
+            "2025-04-31",
+            "2025-12-00",
+        ] {
+            for time in [
+                "00:00:00", "23:59:59", "23:59:60", "10:20:60", "24:00:00", "10:60:00", "10:20:61",
+                "99:99:99",
+            ] {
+                for sep in [" ", "T"] {
+                    let text = format!("{date}{sep}{time}");
+                    let ours = parse_lastplus(&text);
+                    if text.bytes().all(|c| c.is_ascii()) {
+                        assert_eq!(ours, parse_lastplus_with_chrono(&text), "{text}");
+                    }
+                    if let Some(t) = ours {
+                        assert_eq!(ts_text(&t), t.format("%Y-%m-%d %H:%M:%S").to_string());
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            checked,
+            5 * 4 * 2,
+            "five valid dates, four valid times, two separators"
+        );
+        assert_eq!(ts_text(&t("2025-11-01 10:20:60")), "2025-11-01 10:20:60");
+    }
+
+    #[test]
+    fn timestamps_outside_four_digit_years_keep_the_general_form() {
+        for ms in [
+            0_i64,
+            253_402_300_799_000,
+            253_402_300_800_000,
+            -62_167_219_201_000,
+        ] {
+            let t = chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.naive_utc())
+                .unwrap_or_default();
+            assert_eq!(
+                TsText::new(&t).as_str(),
+                t.format("%Y-%m-%d %H:%M:%S").to_string()
+            );
+        }
     }
 }

@@ -175,8 +175,13 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                     // between the last delivered entry and the next one (Redis counts every entry ever added).
                     // Redis may not know the counter (after deletions); the previous read's value then
                     // stands in for it, since only this claimer reads through the group.
+                    // A group that was never delivered anything has read nothing, even where Redis
+                    // cannot give the counter (created on a stream already trimmed).
                     let before = stream::group_info(ctx, &stream_name, &group)
-                        .and_then(|g| g.entries_read)
+                        .and_then(|g| {
+                            g.entries_read
+                                .or_else(|| (g.last_delivered_id == "0-0").then_some(0))
+                        })
                         .or(last_entries_read);
                     let entries =
                         stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;

@@ -206,30 +206,28 @@ pub fn links_json(entries: &[Decoded]) -> (Vec<String>, Vec<String>) {
     (tracked.objects(), users.objects())
 }
 
-/// Escaped JSON length of a string, quotes included, as an upper bound.
+/// Escaped JSON length of a string, quotes included, as an upper bound: a quote or a backslash
+/// takes two bytes, a control character six (written without branches, so it runs wide).
 fn json_len(s: &str) -> usize {
-    2 + s
+    let extra: usize = s
         .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
+        .map(|b| usize::from(b == b'"' || b == b'\\') + 5 * usize::from(b < 0x20))
+        .sum();
+    2 + s.len() + extra
 }
 
 /// The entries of one statement of one target, and an upper bound of their links' JSON size.
 trait Chunk<'a>: Default {
     type Item: Copy;
-    /// What joining `item` would change, computed once.
-    type Change;
-    /// The change `item` would make, and the bound after it.
-    fn prepare(&self, item: Self::Item) -> (Self::Change, usize);
-    fn push(&mut self, item: Self::Item, change: Self::Change, bound: usize);
-    /// Prepares and pushes.
+    /// What joining `item` changes, worked out once for both the size check and the join.
+    type Joined;
+    /// What `item` would change, and the bound if it joined.
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize);
+    /// Joins `item` with what [`Chunk::join`] worked out for it against this very chunk.
+    fn push(&mut self, item: Self::Item, joined: (Self::Joined, usize));
     fn add(&mut self, item: Self::Item) {
-        let (change, bound) = self.prepare(item);
-        self.push(item, change, bound);
+        let joined = self.join(item);
+        self.push(item, joined);
     }
     fn id(item: Self::Item) -> EntryId;
     /// Records (events or users) of an item.
@@ -294,23 +292,28 @@ impl<'a> TrackedChunk<'a> {
     fn touched(
         &self,
         (id, events): (EntryId, &'a [Event]),
-    ) -> (Vec<(fold::RowKey<'a>, RowBound)>, usize) {
-        let mut touched: Vec<(fold::RowKey<'a>, RowBound)> = Vec::new();
+    ) -> (Vec<(fold::RowKey<'a>, usize, RowBound)>, usize) {
+        // Each touched row with its bound's bytes before and the bound after; a row is looked up once.
+        let mut touched: Vec<(fold::RowKey<'a>, usize, RowBound)> =
+            Vec::with_capacity(events.len());
         for e in events {
             let key = (e.tracked_id.as_str(), e.track_id.as_str());
-            let i = match touched.iter().position(|(k, _)| *k == key) {
+            let i = match touched.iter().position(|(k, ..)| *k == key) {
                 Some(i) => i,
                 None => {
-                    touched.push((key, self.rows.get(&key).copied().unwrap_or_default()));
+                    let before = self.rows.get(&key).copied();
+                    let bytes = before.as_ref().map_or(0, RowBound::bytes);
+                    touched.push((key, bytes, before.unwrap_or_default()));
                     touched.len() - 1
                 }
             };
-            touched[i].1.add(id, e);
+            if let Some((.., b)) = touched.get_mut(i) {
+                b.add(id, e);
+            }
         }
         let mut total = self.bound;
-        for (key, b) in &touched {
-            total -= self.rows.get(key).map_or(0, RowBound::bytes);
-            total += b.bytes();
+        for (_, before, b) in &touched {
+            total = total - before + b.bytes();
         }
         (touched, total)
     }
@@ -330,15 +333,16 @@ impl<'a> TrackedChunk<'a> {
 
 impl<'a> Chunk<'a> for TrackedChunk<'a> {
     type Item = (EntryId, &'a [Event]);
-    type Change = Vec<(fold::RowKey<'a>, RowBound)>;
+    type Joined = Vec<(fold::RowKey<'a>, usize, RowBound)>;
 
-    fn prepare(&self, item: Self::Item) -> (Self::Change, usize) {
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
         self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item, touched: Self::Change, bound: usize) {
-        self.rows.extend(touched);
-        self.bound = bound;
+    fn push(&mut self, item: Self::Item, (touched, total): (Self::Joined, usize)) {
+        self.rows
+            .extend(touched.into_iter().map(|(k, _, b)| (k, b)));
+        self.bound = total;
         self.entries.push(item);
     }
 
@@ -400,15 +404,15 @@ impl<'a> UserChunk<'a> {
 
 impl<'a> Chunk<'a> for UserChunk<'a> {
     type Item = &'a CreateUser;
-    type Change = (usize, usize);
+    type Joined = (usize, usize);
 
-    fn prepare(&self, item: Self::Item) -> (Self::Change, usize) {
+    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
         self.touched(item)
     }
 
-    fn push(&mut self, item: Self::Item, user: Self::Change, bound: usize) {
+    fn push(&mut self, item: Self::Item, (user, total): (Self::Joined, usize)) {
         self.users.insert(item.email.as_str(), user);
-        self.bound = bound;
+        self.bound = total;
         self.entries.push(item);
     }
 
@@ -452,13 +456,13 @@ impl<'a, C: Chunk<'a>> Builder<'a, C> {
     }
 
     fn push(&mut self, item: C::Item) {
-        let (mut change, mut bound) = self.chunk.prepare(item);
+        let mut joined = self.chunk.join(item);
         // `[`, `]` and the links' bound.
-        if !self.entries.is_empty() && self.sql.len() + 2 + bound > self.max_bytes {
+        if !self.entries.is_empty() && self.sql.len() + 2 + joined.1 > self.max_bytes {
             self.flush();
-            (change, bound) = self.chunk.prepare(item);
+            joined = self.chunk.join(item);
         }
-        self.chunk.push(item, change, bound);
+        self.chunk.push(item, joined);
         self.entries.push(C::id(item));
         self.rows += C::rows(item);
     }
@@ -544,6 +548,19 @@ mod tests {
         assert_eq!(planned[1].target, Target::User);
         assert_eq!(planned[1].entries, [EntryId::new(2, 0)]);
         assert!(planned[1].statement.sql.starts_with("MERGE INTO \"USER\""));
+    }
+
+    #[test]
+    fn json_len_is_the_escaped_length() {
+        for text in ["", "plain", "a\"b\\c", "\u{1}\n\u{1f}", "ünï €"] {
+            let escaped = serde_json::to_string(text).unwrap_or_default();
+            if text.bytes().any(|b| b < 0x20) {
+                // A bound: `\n` takes two bytes, `\u001f` six; both count six.
+                assert!(json_len(text) >= escaped.len(), "{text:?}");
+            } else {
+                assert_eq!(json_len(text), escaped.len(), "{text:?}");
+            }
+        }
     }
 
     #[test]

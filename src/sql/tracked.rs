@@ -44,9 +44,10 @@ use serde::Serialize;
 
 use super::fold::{Effect, Kind, Link, RowKey};
 use super::LINKS_SOURCE;
-use crate::entry::rules::ts_text;
+use crate::entry::id::SortText;
+use crate::entry::rules::TsText;
 
-/// The format of every timestamp the statements convert (the text [`ts_text`] writes).
+/// The format of every timestamp the statements convert (the text [`crate::entry::rules::ts_text`] writes).
 pub const TS_FORMAT: &str = "YYYY-MM-DD HH24:MI:SS";
 
 /// Bytes of a link's JSON besides its strings (names, entry IDs, times, numbers, punctuation),
@@ -68,21 +69,21 @@ pub enum Position {
 struct LinkJson<'a> {
     tracked_id: &'a str,
     track_id: &'a str,
-    entry: &'a str,
+    entry: SortText,
     #[serde(skip_serializing_if = "Option::is_none")]
-    prev: Option<String>,
+    prev: Option<SortText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last: Option<&'a str>,
-    at: &'a str,
+    last: Option<SortText>,
+    at: &'a TsText,
     #[serde(skip_serializing_if = "Option::is_none")]
     k: Option<&'static str>,
     visits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    v: Option<String>,
+    v: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    s: Option<String>,
+    s: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    d: Option<String>,
+    d: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     saved: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,34 +100,29 @@ struct LinkJson<'a> {
     url: Option<&'a str>,
 }
 
-/// Hands each of a row's links, as a JSON object, to `emit`.
+/// Hands each of a row's links, as a JSON object, to `emit`. The objects are written into one
+/// buffer reused for the row, and their times and entry IDs are formatted on the stack: a link
+/// costs no heap allocation of its own.
 pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str)) {
     let Some(first) = links.first() else {
         return;
     };
-    let last = first.last.sort_key();
-    let at = first.last.utc_text();
+    let at = first.last.utc_ts();
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
     for l in links {
         let e: &Effect = &l.effect;
-        let own;
-        let entry = if l.entry == l.last {
-            &last
-        } else {
-            own = l.entry.sort_key();
-            &own
-        };
         let j = LinkJson {
             tracked_id: key.0,
             track_id: key.1,
-            entry,
-            prev: l.prev.map(|p| p.sort_key()),
-            last: (l.last != l.entry).then_some(last.as_str()),
+            entry: l.entry.sort_text(),
+            prev: l.prev.map(|p| p.sort_text()),
+            last: (l.last != l.entry).then(|| l.last.sort_text()),
             at: &at,
             k: (l.kind != Kind::Both).then(|| l.kind.code()),
             visits: e.visits,
-            v: e.visited.as_ref().map(ts_text),
-            s: e.saved_at.as_ref().map(ts_text),
-            d: e.deleted_at.as_ref().map(ts_text),
+            v: e.visited.as_ref().map(TsText::new),
+            s: e.saved_at.as_ref().map(TsText::new),
+            d: e.deleted_at.as_ref().map(TsText::new),
             saved: e.saved.map(u8::from),
             username: e.username,
             page_name: e.page_name,
@@ -135,9 +131,12 @@ pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str
             track_type: e.track_type,
             url: e.url,
         };
-        // Serialising plain strings and numbers cannot fail.
-        if let Ok(text) = serde_json::to_string(&j) {
-            emit(&text);
+        buf.clear();
+        // Serialising plain strings and numbers into memory cannot fail, and yields UTF-8.
+        if serde_json::to_writer(&mut buf, &j).is_ok() {
+            if let Ok(text) = std::str::from_utf8(&buf) {
+                emit(text);
+            }
         }
     }
 }

@@ -13,18 +13,20 @@ use serde::Serialize;
 use super::fold::UserLink;
 use super::tracked::TS_FORMAT;
 use super::LINKS_SOURCE;
+use crate::entry::id::SortText;
+use crate::entry::rules::TsText;
 
 #[derive(Debug, Serialize)]
 struct UserJson<'a> {
     user_email: &'a str,
     username: &'a str,
-    entry: String,
+    entry: SortText,
     #[serde(skip_serializing_if = "Option::is_none")]
-    prev: Option<String>,
+    prev: Option<SortText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last: Option<String>,
-    created: String,
-    at: String,
+    last: Option<SortText>,
+    created: TsText,
+    at: TsText,
 }
 
 /// Bytes of a user link's JSON besides its two strings, as an upper bound; a unit test pins it.
@@ -32,18 +34,22 @@ pub const LINK_FIXED_BYTES: usize = 260;
 
 /// Hands each user link, as a JSON object, to `emit` (`prev` and `last` left out as in TRACKED).
 pub fn push_links(links: &[UserLink<'_>], mut emit: impl FnMut(&str)) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
     for l in links {
         let j = UserJson {
             user_email: l.email,
             username: l.username,
-            entry: l.entry.sort_key(),
-            prev: l.prev.map(|p| p.sort_key()),
-            last: (l.last != l.entry).then(|| l.last.sort_key()),
-            created: l.entry.utc_text(),
-            at: l.last.utc_text(),
+            entry: l.entry.sort_text(),
+            prev: l.prev.map(|p| p.sort_text()),
+            last: (l.last != l.entry).then(|| l.last.sort_text()),
+            created: l.entry.utc_ts(),
+            at: l.last.utc_ts(),
         };
-        if let Ok(text) = serde_json::to_string(&j) {
-            emit(&text);
+        buf.clear();
+        if serde_json::to_writer(&mut buf, &j).is_ok() {
+            if let Ok(text) = std::str::from_utf8(&buf) {
+                emit(text);
+            }
         }
     }
 }
