@@ -358,8 +358,14 @@ pub fn start() -> Result<(), String> {
     c.degraded.store(false, Ordering::Relaxed);
     c.recover.store(false, Ordering::Relaxed);
     c.failing_until_ms.store(0, Ordering::Relaxed);
-    c.set_state(State::Starting);
     let s = crate::settings::current();
+    // Without Snowflake settings the writer will not run: say so from the first moment, not only
+    // once the claimer thread has looked.
+    c.set_state(if !dry_run(&s) && !s.snowflake_configured() {
+        State::Unconfigured
+    } else {
+        State::Starting
+    });
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
     let (senders, handles) = worker::spawn(workers)?;
     let claimer = claim::spawn(senders)?;
