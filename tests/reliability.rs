@@ -331,32 +331,8 @@ fn shutdown_with_batches_in_flight_exits_within_the_grace_and_writes_once_after_
             .env("SHUTDOWN_GRACE_MS", &grace_ms.to_string())
             .env("BATCH_MAX_ENTRIES", "20"),
     );
-    let mut con = server.connection();
     // Every statement takes 8 s: far longer than the grace period.
-    emu.fault(json!({"next": 100000, "slow_ms": 8000}));
-    for seq in 0..200 {
-        let _: String = q(
-            &mut con,
-            &["XADD", "userdata-stream", "*", "value", &generated(seq)],
-        );
-    }
-    wait_status(
-        &server,
-        "batches in flight",
-        Duration::from_secs(30),
-        |st| int(st, "statements") > 0 && int(st, "in_flight") > 0,
-    );
-    let started = Instant::now();
-    let _ = redis::cmd("SHUTDOWN").query::<redis::Value>(&mut con);
-    let deadline = started + Duration::from_secs(30);
-    while server.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not exit after SHUTDOWN"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = started.elapsed();
+    let took = shutdown_with_slow_statements(&emu, &mut server, 8_000, 200);
     eprintln!(
         "MEASURED SHUTDOWN with batches in flight: exited in {} ms (grace {grace_ms} ms)",
         took.as_millis()
@@ -870,21 +846,34 @@ fn shutdown_waits_at_most_five_seconds_whatever_the_grace_setting_says() {
             .env("SHUTDOWN_GRACE_MS", "600000")
             .env("BATCH_MAX_ENTRIES", "20"),
     );
-    let mut con = server.connection();
     // Statements take 20 s: a grace of 10 minutes would hold Redis until they finish.
-    emu.fault(json!({"next": 100000, "slow_ms": 20000}));
-    for seq in 0..100 {
+    let took = shutdown_with_slow_statements(&emu, &mut server, 20_000, 100);
+    eprintln!(
+        "MEASURED SHUTDOWN with 20 s statements and SHUTDOWN_GRACE_MS=600000: exited in {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(9), "SHUTDOWN took {took:?}");
+}
+
+/// Makes every statement take `slow_ms`, adds `entries` entries, waits until batches are in flight,
+/// sends `SHUTDOWN` and returns how long the server took to exit.
+fn shutdown_with_slow_statements(
+    emu: &Emulator,
+    server: &mut RedisServer,
+    slow_ms: u64,
+    entries: u64,
+) -> Duration {
+    let mut con = server.connection();
+    emu.fault(json!({"next": 100000, "slow_ms": slow_ms}));
+    for seq in 0..entries {
         let _: String = q(
             &mut con,
             &["XADD", "userdata-stream", "*", "value", &generated(seq)],
         );
     }
-    wait_status(
-        &server,
-        "batches in flight",
-        Duration::from_secs(30),
-        |st| int(st, "statements") > 0 && int(st, "in_flight") > 0,
-    );
+    wait_status(server, "batches in flight", Duration::from_secs(30), |st| {
+        int(st, "statements") > 0 && int(st, "in_flight") > 0
+    });
     let started = Instant::now();
     let _ = redis::cmd("SHUTDOWN").query::<redis::Value>(&mut con);
     let deadline = started + Duration::from_secs(30);
@@ -895,10 +884,5 @@ fn shutdown_waits_at_most_five_seconds_whatever_the_grace_setting_says() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let took = started.elapsed();
-    eprintln!(
-        "MEASURED SHUTDOWN with 20 s statements and SHUTDOWN_GRACE_MS=600000: exited in {} ms",
-        took.as_millis()
-    );
-    assert!(took < Duration::from_secs(9), "SHUTDOWN took {took:?}");
+    started.elapsed()
 }
