@@ -31,8 +31,11 @@ use super::error::{ErrorClass, SnowflakeError};
 use super::retry::{sleep_before, Backoff};
 use crate::statement::{Bind, Statement};
 
-/// Largest response body read (a result partition is far smaller).
-const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest successful response body read (a result partition is far smaller); a larger one is
+/// refused, never read whole into memory.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest error response body read: Snowflake's error objects are a few hundred bytes.
+pub const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Planned statements whose request is remembered (a few batches per worker).
@@ -491,7 +494,7 @@ impl Client {
         match response {
             Ok(resp) => {
                 let status = resp.status();
-                let text = read_body(resp)?;
+                let text = read_body(resp.into_reader(), MAX_BODY_BYTES)?;
                 let json = serde_json::from_str(&text).map_err(|e| {
                     SnowflakeError::retryable(format!(
                         "unreadable response from {} (HTTP {status}): {e}",
@@ -501,7 +504,8 @@ impl Client {
                 Ok((status, json))
             }
             Err(ureq::Error::Status(status, resp)) => {
-                let text = read_body(resp).unwrap_or_default();
+                // An error body past its cap (or cut short) is classified by the status alone.
+                let text = read_body(resp.into_reader(), MAX_ERROR_BODY_BYTES).unwrap_or_default();
                 Err(SnowflakeError::from_response(status, &text))
             }
             Err(ureq::Error::Transport(t)) => Err(SnowflakeError::transport(
@@ -605,14 +609,22 @@ fn bindings(binds: &[Bind]) -> Value {
     Value::Object(map)
 }
 
-fn read_body(resp: ureq::Response) -> Result<String, SnowflakeError> {
+/// Reads a response body of at most `cap` bytes. A longer one is refused (permanent: the same
+/// request would get the same answer) after reading one byte past the cap, never buffered whole.
+fn read_body(reader: impl Read, cap: u64) -> Result<String, SnowflakeError> {
     let mut buf = Vec::new();
-    resp.into_reader()
-        .take(MAX_BODY_BYTES)
+    reader
+        .take(cap.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| {
             SnowflakeError::retryable(format!("connection lost while reading the response: {e}"))
         })?;
+    if buf.len() as u64 > cap {
+        return Err(SnowflakeError::new(
+            ErrorClass::Permanent,
+            format!("response body larger than {} KiB refused", cap / 1024),
+        ));
+    }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
@@ -724,6 +736,21 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_past_its_cap_is_refused_after_one_byte_more() {
+        let small = read_body(std::io::repeat(b'a').take(1000), 1000).unwrap();
+        assert_eq!(small.len(), 1000);
+        // An endless body: without the cap this never returns.
+        let e = read_body(std::io::repeat(b'a'), MAX_ERROR_BODY_BYTES).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert!(e.message.contains("larger than 64 KiB"), "{e}");
+        let e = read_body(
+            std::io::repeat(b'a').take(MAX_BODY_BYTES + 1),
+            MAX_BODY_BYTES,
+        );
+        assert_eq!(e.unwrap_err().class, ErrorClass::Permanent);
+    }
 
     #[test]
     fn client_is_shareable_between_threads() {
