@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
+use zeroize::Zeroize;
 
 use super::auth::{Authenticator, Bearer};
-use super::config::ClientConfig;
+use super::config::{AuthConfig, ClientConfig};
 use super::error::{ErrorClass, SnowflakeError};
 use super::retry::{sleep_before, Backoff};
 use crate::statement::{Bind, Statement};
@@ -125,14 +126,24 @@ impl Default for Request {
 impl Client {
     /// Builds the client and loads its credentials (reads and decrypts the key, or reads the
     /// token). No request is sent: use [`Client::ping`] or [`Client::connect`] for that.
-    pub fn new(cfg: ClientConfig) -> Result<Client, SnowflakeError> {
+    ///
+    /// The key's passphrase is needed only to decrypt the key: it is taken out of the
+    /// configuration and its bytes overwritten here, whether the key loads or not, so the client
+    /// (which lives as long as the writer) never holds it.
+    pub fn new(mut cfg: ClientConfig) -> Result<Client, SnowflakeError> {
+        let auth = Authenticator::from_config(&cfg.auth, &cfg.account, &cfg.user);
+        if let AuthConfig::KeyPair { passphrase, .. } = &mut cfg.auth {
+            if let Some(mut secret) = passphrase.take() {
+                secret.zeroize();
+            }
+        }
+        let auth = auth?;
         let base = cfg.base_url.trim_end_matches('/').to_string();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(SnowflakeError::config(format!(
                 "SNOWFLAKE_URL must start with https:// or http://, got '{base}'"
             )));
         }
-        let auth = Authenticator::from_config(&cfg.auth, &cfg.account, &cfg.user)?;
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(cfg.connect_timeout)
             .user_agent(&cfg.user_agent)
@@ -750,6 +761,36 @@ mod tests {
             MAX_BODY_BYTES,
         );
         assert_eq!(e.unwrap_err().class, ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn the_key_passphrase_is_dropped_once_the_key_is_decoded() {
+        use std::io::Write;
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
+            .unwrap();
+        let cfg = |pass: &str| {
+            ClientConfig::new(
+                "http://127.0.0.1:9",
+                "acct",
+                "writer",
+                AuthConfig::KeyPair {
+                    private_key_path: key.path().to_path_buf(),
+                    passphrase: Some(pass.to_string()),
+                },
+            )
+        };
+        let client = Client::new(cfg("test-passphrase")).unwrap();
+        assert!(matches!(
+            &client.config().auth,
+            AuthConfig::KeyPair {
+                passphrase: None,
+                ..
+            }
+        ));
+        // A wrong passphrase is refused without being shown.
+        let e = Client::new(cfg("hunter2-guess")).err().unwrap();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]
