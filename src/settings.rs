@@ -30,8 +30,12 @@ pub enum Kind {
     Name,
     /// A Snowflake identifier, optionally qualified (`DB.SCHEMA.TABLE`); see [`validate_identifier`].
     Identifier,
-    /// An `http://` or `https://` base URL, or empty for the account's default.
+    /// An `http://` or `https://` base URL without `user:password@`, or empty for the account's
+    /// default.
     Url,
+    /// A Snowflake account identifier in one of the forms of [`crate::snowflake::config::AccountForms`],
+    /// or empty.
+    Account,
     /// A comma-separated list; empty means none.
     List,
     /// Free text (may be empty).
@@ -91,7 +95,8 @@ impl Spec {
                 "a Snowflake identifier (letters, digits, _ and $, not starting with a digit; optionally DB.SCHEMA.NAME)"
                     .into()
             }
-            Kind::Url => "an http:// or https:// URL, or empty".into(),
+            Kind::Url => "an http:// or https:// URL without user:password@, or empty".into(),
+            Kind::Account => "a Snowflake account identifier (letters, digits, '_' and '-', e.g. myorg-myaccount, xy12345.us-east-1, myorg-myaccount.privatelink), or empty".into(),
             Kind::List => "a comma-separated list".into(),
             Kind::Text => "any text".into(),
         }
@@ -208,7 +213,7 @@ settings! {
         "Cap of the exponential backoff between retries of a failing batch.";
 
     // --- Snowflake -----------------------------------------------------------------------------------
-    SnowflakeAccount = "SNOWFLAKE_ACCOUNT", "", Kind::Text, Restart, Snowflake,
+    SnowflakeAccount = "SNOWFLAKE_ACCOUNT", "", Kind::Account, Restart, Snowflake,
         "Account identifier, e.g. myorg-myaccount.";
     SnowflakeUser = "SNOWFLAKE_USER", "", Kind::Text, Restart, Snowflake,
         "User name.";
@@ -342,6 +347,15 @@ pub struct InvalidValue {
     pub accepted: String,
 }
 
+/// When `url` carries `user:password@` in its authority: the URL with that part replaced, for an
+/// error that names the problem without the secret.
+fn url_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    Some(format!("{scheme}://<user:password removed>{}", &rest[at..]))
+}
+
 /// Checks `raw` against the setting's kind.
 pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
     let spec = key.spec();
@@ -377,6 +391,14 @@ pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
             }
         }
         Kind::Identifier => validate_identifier(trimmed)
+            .map(|_| Value::Str(trimmed.to_string()))
+            .map_err(|_| bad()),
+        Kind::Url if url_userinfo(trimmed).is_some() => Err(InvalidValue {
+            // The value is never shown: what precedes the `@` is a credential.
+            shown: url_userinfo(trimmed).unwrap_or_default(),
+            ..bad()
+        }),
+        Kind::Account => crate::snowflake::config::validate_account(trimmed)
             .map(|_| Value::Str(trimmed.to_string()))
             .map_err(|_| bad()),
         Kind::Url => {
@@ -587,6 +609,65 @@ mod tests {
             Spec::config_name("NEWER_RECORD_TIME_LIMIT_SECONDS"),
             "newer-record-time-limit-seconds"
         );
+    }
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_showing_them() {
+        for raw in [
+            "https://svc:hunter2@myorg-acct.snowflakecomputing.com",
+            "http://hunter2@127.0.0.1:8080/api",
+        ] {
+            let e = parse(Key::SnowflakeUrl, raw).unwrap_err();
+            let line = e.to_string();
+            assert!(!line.contains("hunter2"), "{line}");
+            assert!(line.contains("without user:password@"), "{line}");
+            assert!(line.contains("<user:password removed>@"), "{line}");
+        }
+        // An `@` after the host (in a path or query) is no credential.
+        assert!(parse(Key::SnowflakeUrl, "http://127.0.0.1:8080/a@b").is_ok());
+        assert!(parse(
+            Key::SnowflakeUrl,
+            "https://myorg-acct.snowflakecomputing.com"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_account_outside_snowflakes_forms_is_refused() {
+        for good in [
+            "",
+            "xy12345",
+            "myorg-my_account",
+            "myorg.myaccount",
+            "xy12345.us-east-2.aws",
+            "xy12345.us-east-1.privatelink",
+            "myorg-myaccount.privatelink",
+            "myorg-myaccount-abcd1234.global",
+            "xy12345.cn-north-1.aws",
+            "ACME-TEST",
+        ] {
+            assert!(parse(Key::SnowflakeAccount, good).is_ok(), "{good}");
+        }
+        for bad in [
+            "myorg-acct.snowflakecomputing.com",
+            "https://myorg-acct",
+            "acct/../../x",
+            "acct@evil.example",
+            "acct:443",
+            "acct name",
+            "-acct",
+            "acct-",
+            "acct..us-east-1",
+            "acct.",
+            ".acct",
+            "acct.us-east-1.oracle",
+            "my-org.account",
+            "acct\u{0}",
+            "äcct",
+        ] {
+            let e = parse(Key::SnowflakeAccount, bad).unwrap_err();
+            assert!(e.to_string().contains("account identifier"), "{bad}: {e}");
+        }
     }
 
     #[test]

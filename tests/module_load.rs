@@ -238,6 +238,7 @@ fn other_value(key: Key) -> String {
         Kind::Name => format!("{}-x", spec.default),
         Kind::Identifier => "OTHER_TABLE".into(),
         Kind::Url => "http://127.0.0.1:1".into(),
+        Kind::Account => "otherorg-otheraccount".into(),
         Kind::List => "a,b".into(),
         Kind::Text => "some text".into(),
     }

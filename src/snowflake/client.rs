@@ -24,15 +24,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
+use zeroize::Zeroize;
 
 use super::auth::{Authenticator, Bearer};
-use super::config::ClientConfig;
+use super::config::{AuthConfig, ClientConfig};
 use super::error::{ErrorClass, SnowflakeError};
 use super::retry::{sleep_before, Backoff};
 use crate::statement::{Bind, Statement};
 
-/// Largest response body read (a result partition is far smaller).
-const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest successful response body read (a result partition is far smaller); a larger one is
+/// refused, never read whole into memory.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest error response body read: Snowflake's error objects are a few hundred bytes.
+pub const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Planned statements whose request is remembered (a few batches per worker).
@@ -122,14 +126,24 @@ impl Default for Request {
 impl Client {
     /// Builds the client and loads its credentials (reads and decrypts the key, or reads the
     /// token). No request is sent: use [`Client::ping`] or [`Client::connect`] for that.
-    pub fn new(cfg: ClientConfig) -> Result<Client, SnowflakeError> {
+    ///
+    /// The key's passphrase is needed only to decrypt the key: it is taken out of the
+    /// configuration and its bytes overwritten here, whether the key loads or not, so the client
+    /// (which lives as long as the writer) never holds it.
+    pub fn new(mut cfg: ClientConfig) -> Result<Client, SnowflakeError> {
+        let auth = Authenticator::from_config(&cfg.auth, &cfg.account, &cfg.user);
+        if let AuthConfig::KeyPair { passphrase, .. } = &mut cfg.auth {
+            if let Some(mut secret) = passphrase.take() {
+                secret.zeroize();
+            }
+        }
+        let auth = auth?;
         let base = cfg.base_url.trim_end_matches('/').to_string();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(SnowflakeError::config(format!(
                 "SNOWFLAKE_URL must start with https:// or http://, got '{base}'"
             )));
         }
-        let auth = Authenticator::from_config(&cfg.auth, &cfg.account, &cfg.user)?;
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(cfg.connect_timeout)
             .user_agent(&cfg.user_agent)
@@ -491,7 +505,7 @@ impl Client {
         match response {
             Ok(resp) => {
                 let status = resp.status();
-                let text = read_body(resp)?;
+                let text = read_body(resp.into_reader(), MAX_BODY_BYTES)?;
                 let json = serde_json::from_str(&text).map_err(|e| {
                     SnowflakeError::retryable(format!(
                         "unreadable response from {} (HTTP {status}): {e}",
@@ -501,7 +515,8 @@ impl Client {
                 Ok((status, json))
             }
             Err(ureq::Error::Status(status, resp)) => {
-                let text = read_body(resp).unwrap_or_default();
+                // An error body past its cap (or cut short) is classified by the status alone.
+                let text = read_body(resp.into_reader(), MAX_ERROR_BODY_BYTES).unwrap_or_default();
                 Err(SnowflakeError::from_response(status, &text))
             }
             Err(ureq::Error::Transport(t)) => Err(SnowflakeError::transport(
@@ -605,14 +620,22 @@ fn bindings(binds: &[Bind]) -> Value {
     Value::Object(map)
 }
 
-fn read_body(resp: ureq::Response) -> Result<String, SnowflakeError> {
+/// Reads a response body of at most `cap` bytes. A longer one is refused (permanent: the same
+/// request would get the same answer) after reading one byte past the cap, never buffered whole.
+fn read_body(reader: impl Read, cap: u64) -> Result<String, SnowflakeError> {
     let mut buf = Vec::new();
-    resp.into_reader()
-        .take(MAX_BODY_BYTES)
+    reader
+        .take(cap.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| {
             SnowflakeError::retryable(format!("connection lost while reading the response: {e}"))
         })?;
+    if buf.len() as u64 > cap {
+        return Err(SnowflakeError::new(
+            ErrorClass::Permanent,
+            format!("response body larger than {} KiB refused", cap / 1024),
+        ));
+    }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
@@ -724,6 +747,51 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_past_its_cap_is_refused_after_one_byte_more() {
+        let small = read_body(std::io::repeat(b'a').take(1000), 1000).unwrap();
+        assert_eq!(small.len(), 1000);
+        // An endless body: without the cap this never returns.
+        let e = read_body(std::io::repeat(b'a'), MAX_ERROR_BODY_BYTES).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert!(e.message.contains("larger than 64 KiB"), "{e}");
+        let e = read_body(
+            std::io::repeat(b'a').take(MAX_BODY_BYTES + 1),
+            MAX_BODY_BYTES,
+        );
+        assert_eq!(e.unwrap_err().class, ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn the_key_passphrase_is_dropped_once_the_key_is_decoded() {
+        use std::io::Write;
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
+            .unwrap();
+        let cfg = |pass: &str| {
+            ClientConfig::new(
+                "http://127.0.0.1:9",
+                "acct",
+                "writer",
+                AuthConfig::KeyPair {
+                    private_key_path: key.path().to_path_buf(),
+                    passphrase: Some(pass.to_string()),
+                },
+            )
+        };
+        let client = Client::new(cfg("test-passphrase")).unwrap();
+        assert!(matches!(
+            &client.config().auth,
+            AuthConfig::KeyPair {
+                passphrase: None,
+                ..
+            }
+        ));
+        // A wrong passphrase is refused without being shown.
+        let e = Client::new(cfg("hunter2-guess")).err().unwrap();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn client_is_shareable_between_threads() {

@@ -296,6 +296,61 @@ impl AccountForms {
     }
 }
 
+/// Whether `identifier` is empty or in one of Snowflake's forms (see [`AccountForms`]): an account
+/// (`[A-Za-z0-9][A-Za-z0-9_-]*`, no trailing `-`, at most 255 characters), then either the SQL
+/// form's `.accountname` or suffixes in order — a region (`us-east-1`: letters, digits, hyphens,
+/// at least one hyphen) with an optional cloud (`aws`, `azure`, `gcp`), then an optional
+/// `privatelink` — or `global`. Anything else (a host name, a URL, a port, a path, `@`, spaces) is
+/// refused: the identifier becomes a host name and the JWT's account.
+pub fn validate_account(identifier: &str) -> Result<(), String> {
+    if identifier.is_empty() {
+        return Ok(());
+    }
+    let name = |s: &str, hyphen: bool| {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 255
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1] != b'-'
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || (hyphen && *c == b'-'))
+    };
+    let account = identifier.split('.').next().unwrap_or_default();
+    if !name(account, true) {
+        return Err(format!("'{account}' is not an account name"));
+    }
+    let rest: Vec<String> = identifier
+        .split('.')
+        .skip(1)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let region = |s: &str| {
+        s.contains('-')
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && !s.ends_with('-')
+    };
+    let ok = match rest.as_slice() {
+        [] => true,
+        ["global"] | ["privatelink"] => true,
+        // `orgname.accountname`: an organization name has no hyphen, an account name neither.
+        [acct] if !is_suffix(acct) => !account.contains('-') && name(acct, false),
+        [r] | [r, "privatelink"] => region(r),
+        [r, cloud] | [r, cloud, "privatelink"] => {
+            region(r) && matches!(*cloud, "aws" | "azure" | "gcp")
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{identifier}' is not in one of Snowflake's account forms"
+        ))
+    }
+}
+
 /// Whether what follows the first `.` is a suffix of the account (region, cloud, `privatelink`,
 /// `global`) rather than the account name of an `orgname.accountname` form. Region ids always carry
 /// a hyphen (`us-east-1`, `east-us-2`, `us-central1`); account names never do.

@@ -192,12 +192,20 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Messages end up in one-line logs and Redis error replies: no line breaks.
+/// Characters of a message kept: Snowflake's error texts can quote the values of a statement
+/// (`Timestamp '<value>' is not recognized`), and the message reaches the log and `WB.STATUS`
+/// `last_error`; the code and SQL state, kept apart, say what went wrong.
+pub const MESSAGE_CHARS: usize = 200;
+
+/// `s` on one line: whitespace runs become one space, other control characters are escaped
+/// (`\u{0}`), and at most [`MESSAGE_CHARS`] characters are kept (`…` marks the cut).
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if joined.chars().count() > 500 {
-        joined.chars().take(500).collect::<String>() + "…"
-    } else {
-        joined
+    let cut = joined.char_indices().nth(MESSAGE_CHARS).map(|(i, _)| i);
+    let kept = crate::logging::escaped(&joined[..cut.unwrap_or(joined.len())]);
+    match cut {
+        Some(_) => kept + "…",
+        None => kept,
     }
 }
 
@@ -232,6 +240,35 @@ impl From<super::config::ConfigError> for SnowflakeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_that_quotes_data_is_cut_and_its_control_characters_escaped() {
+        let value = "x".repeat(5000);
+        let body = serde_json::json!({
+            "code": "100035",
+            "sqlState": "22007",
+            "message": format!("Timestamp 'a\u{0}b\u{1b}[31m{value}' is not recognized"),
+        })
+        .to_string();
+        let e = SnowflakeError::from_response(422, &body);
+        assert_eq!(e.code.as_deref(), Some("100035"));
+        assert_eq!(e.sql_state.as_deref(), Some("22007"));
+        assert!(e.message.ends_with('…'), "{}", e.message);
+        assert!(e.message.chars().count() <= MESSAGE_CHARS * 6 + 1);
+        assert!(
+            !e.message.contains(&"x".repeat(MESSAGE_CHARS)),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+        assert!(
+            e.message.starts_with("Timestamp 'a\\u{0}b\\u{1b}[31m"),
+            "{}",
+            e.message
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("code 100035") && shown.contains("SQL state 22007"));
+    }
 
     #[test]
     fn sql_compilation_error_is_permanent_with_its_code() {
