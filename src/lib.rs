@@ -97,7 +97,7 @@ redis_module! {
     // ACL categories: the operator's commands are in @admin and @dangerous, so `-@admin` keeps an
     // application user (XADD, WB.WRITE, WB.STATUS) away from WB.DLQ PURGE, WB.PAUSE and the like.
     commands: [
-        ["wb.status", commands::wb_status, "readonly", 0, 0, 0, ""],
+        ["wb.status", commands::wb_status, "readonly allow-loading", 0, 0, 0, ""],
         ["wb.pause", commands::wb_pause, "admin", 0, 0, 0, "admin dangerous"],
         ["wb.resume", commands::wb_resume, "admin", 0, 0, 0, "admin dangerous"],
         ["wb.flush", commands::wb_flush, "readonly", 0, 0, 0, ""],

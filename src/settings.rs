@@ -237,11 +237,11 @@ settings! {
         "Table of tracked items.";
     SnowflakeUserTable = "SNOWFLAKE_USER_TABLE", "USER", Kind::Identifier, Restart, Snowflake,
         "Table of users.";
-    SnowflakeAutoReconnect = "SNOWFLAKE_AUTO_RECONNECT", "1", Kind::Bool, Live, Snowflake,
+    SnowflakeAutoReconnect = "SNOWFLAKE_AUTO_RECONNECT", "1", Kind::Bool, Restart, Snowflake,
         "Re-authenticate and retry when the token or JWT has expired.";
     SnowflakePingIntervalSeconds = "SNOWFLAKE_PING_INTERVAL_SECONDS", "300", int(0, DAY), Live, Snowflake,
         "Keep-alive round trip interval; 0 turns it off.";
-    SnowflakeRequestTimeoutSeconds = "SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "120", int(1, DAY), Live, Snowflake,
+    SnowflakeRequestTimeoutSeconds = "SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "120", int(1, DAY), Restart, Snowflake,
         "How long one statement may take, including polling (also its timeout in Snowflake); past it the statement is retried under the same requestId, which waits for it rather than running it twice.";
     ConfigMaxAttempts = "CONFIG_MAX_ATTEMPTS", "12", int(1, 1_000_000), Live, Snowflake,
         "Start-up connection attempts before the state shows the failure (the writer keeps retrying with backoff).";

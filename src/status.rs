@@ -33,7 +33,8 @@ pub struct Metrics {
     pub dropped_invalid: AtomicU64,
     /// Statements Snowflake rejected permanently.
     pub failed: AtomicU64,
-    /// Retried round trips (throttling, outages, timeouts).
+    /// Retries: round trips the Snowflake client repeats itself (throttling, outages, timeouts,
+    /// renewed credentials) plus batches the pipeline sends again after the client gave up.
     pub retries: AtomicU64,
     /// Committed batches (round trips that wrote data).
     pub batches: AtomicU64,
@@ -176,7 +177,18 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     let mut out: Vec<(String, Figure)> = Vec::new();
     let mut put = |k: &str, v: Figure| out.push((k.to_string(), v));
     let s = settings::current();
-    put("state", crate::pipeline::state().into());
+    // While Redis loads its AOF/RDB the main thread holds the lock the claimer waits for, so the
+    // claimer cannot record `loading` itself: the server's own flag says it.
+    let loading = home.as_ref().is_some_and(|ctx| {
+        stream::flags(ctx)
+            & (raw::REDISMODULE_CTX_FLAGS_LOADING | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING)
+            != 0
+    });
+    let state = match crate::pipeline::state() {
+        "starting" | "running" | "retrying" if loading => "loading",
+        s => s,
+    };
+    put("state", state.into());
     if let Some(ctx) = home.as_ref() {
         put("role", role(ctx).into());
     }

@@ -1162,3 +1162,93 @@ fn an_id_regression_arising_at_run_time_is_reported_on_the_next_interval_until_r
         |st| st["id_regression"].is_empty(),
     );
 }
+
+#[test]
+fn wb_status_says_loading_while_the_server_loads_a_large_aof() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(
+        wired(&emu)
+            .conf("appendonly yes")
+            .conf("aof-use-rdb-preamble no"),
+    );
+    let mut con = server.connection();
+    con.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let _: String = q(&mut con, &["DEBUG", "POPULATE", "2000000", "pad", "32"]);
+    let _: String = q(&mut con, &["BGREWRITEAOF"]);
+    server.wait_for("the AOF rewrite", Duration::from_secs(120), || {
+        let info: String = q(&mut con, &["INFO", "persistence"]);
+        (info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0"))
+            .then_some(())
+    });
+    drop(con);
+    server.stop();
+
+    server.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen_loading = false;
+    let mut states = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not finish loading; states seen {states:?}"
+        );
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)) else {
+            continue;
+        };
+        let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        if let Ok(st) = redis::cmd("WB.STATUS").query::<BTreeMap<String, redis::Value>>(&mut c) {
+            if let Some(redis::Value::BulkString(s)) = st.get("state") {
+                let s = String::from_utf8_lossy(s).to_string();
+                seen_loading |= s == "loading";
+                if states.last() != Some(&s) {
+                    states.push(s);
+                }
+            }
+        }
+        if let Ok(reply) = redis::cmd("PING").query::<String>(&mut c) {
+            if reply == "PONG" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        seen_loading,
+        "WB.STATUS never said loading while the AOF loaded; states seen {states:?}"
+    );
+    wait_status(
+        &server,
+        "the writer running after loading",
+        Duration::from_secs(30),
+        |st| st["state"] == "running",
+    );
+}
+
+#[test]
+fn retries_counts_the_round_trips_the_snowflake_client_repeats_itself() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu));
+    let mut con = server.connection();
+    con.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    xadd(&mut con, &visit("retried0-x", "t"));
+    let ok: String = q(&mut con, &["WB.FLUSH", "30000"]);
+    assert_eq!(ok, "OK");
+    let before = st_int(&status(&mut con), "retries");
+    // Two 503s the client rides out by itself: the batch commits on its first send.
+    emu.fault(json!({"next": 2, "status": 503}));
+    xadd(&mut con, &visit("retried1-x", "t"));
+    let ok: String = q(&mut con, &["WB.FLUSH", "30000"]);
+    assert_eq!(ok, "OK");
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "retries") - before, 2, "{st:?}");
+    assert_eq!(
+        emu.scalar("SELECT visited_count FROM TRACKED WHERE tracked_id = 'retried1-x'")
+            .as_deref(),
+        Some("1")
+    );
+}

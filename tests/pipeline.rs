@@ -160,14 +160,22 @@ fn one_users_saves_and_deletes_apply_in_stream_order_across_workers() {
             .env("BATCH_MAX_ENTRIES", "7"),
     );
     let mut con = server.connection();
+    // The first statements commit slowly: a later batch of the same row committed beside them on
+    // another worker would move the row's last_entry_id past them, and the MERGE would drop their
+    // events. The final `saved` alone cannot see that (the last action wins either way); the exact
+    // visit counts can.
+    emu.fault(json!({"next": 4, "delay_ms": 1500}));
     let ts = now();
-    // Each user toggles one item many times; the last action decides `saved`.
+    // Each user toggles one item many times and visits it each round; the last action decides
+    // `saved`, every visit counts.
     let mut last: BTreeMap<String, &str> = BTreeMap::new();
-    for round in 0..15 {
+    let rounds = 15;
+    for round in 0..rounds {
         for u in 0..20 {
             let user = format!("order{u}-x");
             let action = if (round + u) % 3 == 0 { "d" } else { "s" };
             xadd(&mut con, &saved(&user, "item", action, &ts));
+            xadd(&mut con, &visited(&user, "item", &ts));
             last.insert(user, action);
         }
     }
@@ -175,10 +183,20 @@ fn one_users_saves_and_deletes_apply_in_stream_order_across_workers() {
     for (user, action) in last {
         let v = count(
             &emu,
-            &format!("SELECT saved FROM TRACKED WHERE tracked_id = '{user}'"),
+            &format!("SELECT saved FROM TRACKED WHERE tracked_id = '{user}' AND track_id = 'item'"),
         );
-        assert_eq!(v, i64::from(action == "s"), "{user}");
+        assert_eq!(v, i64::from(action == "s"), "{user}: saved");
+        let n = count(
+            &emu,
+            &format!(
+                "SELECT visited_count FROM TRACKED WHERE tracked_id = '{user}' AND track_id = 'item'"
+            ),
+        );
+        assert_eq!(n, rounds, "{user}: every visit counted once, in order");
     }
+    assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 20);
+    let st = status(&mut con);
+    assert_eq!(st["dead_lettered"], "0", "{st:?}");
 }
 
 #[test]
@@ -230,13 +248,20 @@ fn an_undecodable_entry_is_dead_lettered_and_the_entries_after_it_are_written() 
 #[test]
 fn snowflake_down_then_back_writes_everything_and_marks_nothing_stale() {
     let emu = Emulator::start();
-    // A short freshness window, so an outage longer than it would turn records stale if freshness
+    // A short freshness window and a small in-flight cap: most entries are claimed only after the
+    // outage, seconds past the window after their XADD, so they would be marked stale if freshness
     // were measured at processing time instead of at the entry's ID time.
-    let server = RedisServer::start(wired(&emu).env("NEWER_RECORD_TIME_LIMIT_SECONDS", "2"));
+    let cap = 5;
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("NEWER_RECORD_TIME_LIMIT_SECONDS", "2")
+            .env("MAX_IN_FLIGHT", &cap.to_string()),
+    );
     let mut con = server.connection();
     emu.fault(json!({"next": 100000, "status": 503}));
     let ts = now();
-    for i in 0..50 {
+    let n = 200;
+    for i in 0..n {
         xadd(&mut con, &visited(&format!("outage{i}-u"), "t", &ts));
     }
     server.wait_for(
@@ -244,17 +269,23 @@ fn snowflake_down_then_back_writes_everything_and_marks_nothing_stale() {
         Duration::from_secs(30),
         || (status(&mut con)["state"] == "retrying").then_some(()),
     );
-    std::thread::sleep(Duration::from_secs(3)); // the outage outlasts the freshness window
+    std::thread::sleep(Duration::from_secs(4)); // the outage outlasts the freshness window
     let st = status(&mut con);
     assert_eq!(count(&emu, "SELECT COUNT(*) FROM TRACKED"), 0);
     assert!(st["last_error"].contains("503"), "{st:?}");
+    let read: i64 = st["entries_read"].parse().expect("entries_read");
+    assert!(
+        read <= cap,
+        "only the in-flight cap may be claimed during the outage: {st:?}"
+    );
     let pong: String = q(&mut con, &["PING"]);
     assert_eq!(pong, "PONG");
     emu.clear_faults();
     flush(&mut con, 60_000);
-    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), 50);
+    assert_eq!(count(&emu, "SELECT SUM(visited_count) FROM TRACKED"), n);
     let st = status(&mut con);
     assert_eq!(st.get("skipped").map(String::as_str), Some("0"), "{st:?}");
+    assert_eq!(st["entries_read"], n.to_string(), "{st:?}");
     assert_eq!(st["state"], "running");
 }
 

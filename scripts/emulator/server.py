@@ -573,6 +573,7 @@ class Emulator:
                 "cancels": 0,
                 "auth_failures": 0,
                 "faults_applied": 0,
+                "answers_lost": 0,
                 "bytes_received": 0,
                 "executions_by_request_id": {},
                 "last_request": None,
@@ -937,6 +938,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise
             status, body = self.api(method, path, query, user, fault)
             if fault and fault.get("after_execute") and self.fail_now(fault):
+                em.count("answers_lost")
                 return
             self.send_json(status, body)
         except ApiError as e:

@@ -444,6 +444,7 @@ impl Client {
                 Err(e) if e.class == ErrorClass::Reauth && self.cfg.auto_reconnect && !renewed => {
                     renewed = true;
                     self.auth.renew(&bearer);
+                    count_retry();
                 }
                 Err(mut e) if e.class == ErrorClass::Reauth => {
                     e.message = format!("{} ({})", e.message, self.auth.hint());
@@ -462,6 +463,7 @@ impl Client {
                         }
                         return Err(e);
                     }
+                    count_retry();
                 }
                 Err(e) => return Err(e),
             }
@@ -742,6 +744,14 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
             .filter_map(|(_, v)| v.as_deref()?.parse::<u64>().ok())
             .sum(),
     )
+}
+
+/// One round trip the client itself repeats (throttling, an outage, a timeout, renewed credentials)
+/// counts in `retries` of `WB.STATUS`, beside the batches the pipeline retries.
+fn count_retry() {
+    crate::status::METRICS
+        .retries
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -178,6 +178,13 @@ impl RedisServer {
 
     /// Starts the process on this server's port and directory and waits until it answers PING.
     pub fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready(Duration::from_secs(20));
+    }
+
+    /// Starts the process without waiting for it (it may still be loading its AOF/RDB); polling
+    /// `PING` until it answers `PONG` is the caller's.
+    pub fn spawn(&mut self) {
         self.write_conf();
         let mut cmd = Command::new(redis_server_bin());
         cmd.arg(self.conf_path())
@@ -187,7 +194,6 @@ impl RedisServer {
         cmd.envs(&self.opts.env);
         let child = cmd.spawn().expect("redis-server starts");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(20));
     }
 
     pub fn pid(&self) -> Option<u32> {
