@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::emulator::Emulator;
-use common::redis_server::{q, status, RedisServer};
+use common::redis_server::{q, status, Options, RedisServer};
 use common::wired;
 use serde_json::json;
 
@@ -62,15 +62,18 @@ fn dlq_len(con: &mut redis::Connection) -> i64 {
     q(con, &["XLEN", "userdata-stream:dlq"])
 }
 
+/// Four workers, short batches, no freshness rule: entries of one row can meet on several workers.
+fn four_workers(emu: &Emulator) -> Options {
+    wired(emu)
+        .env("WORKERS", "4")
+        .env("BATCH_LINGER_MS", "20")
+        .env("SKIP_FRESHNESS", "1")
+}
+
 #[test]
 fn entries_whose_key_names_another_user_keep_exact_counts_over_four_workers() {
     let emu = Emulator::start();
-    let server = RedisServer::start(
-        wired(&emu)
-            .env("WORKERS", "4")
-            .env("BATCH_LINGER_MS", "20")
-            .env("SKIP_FRESHNESS", "1"),
-    );
+    let server = RedisServer::start(four_workers(&emu));
     let mut con = server.connection();
     // A statement carrying the first visit of each row commits slowly: whatever overtakes it on
     // another worker would make its row's last_entry_id pass it, and the MERGE would drop it.
@@ -112,12 +115,7 @@ fn entries_whose_key_names_another_user_keep_exact_counts_over_four_workers() {
 #[test]
 fn an_error_hitting_every_statement_alike_blocks_dead_letters_nothing_and_clears_by_itself() {
     let emu = Emulator::start();
-    let server = RedisServer::start(
-        wired(&emu)
-            .env("WORKERS", "4")
-            .env("BATCH_LINGER_MS", "20")
-            .env("SKIP_FRESHNESS", "1"),
-    );
+    let server = RedisServer::start(four_workers(&emu));
     let mut con = server.connection();
     // What an account-wide TIMESTAMP_INPUT_FORMAT does to statements relying on it: every one is
     // refused with a data exception, whatever its data.

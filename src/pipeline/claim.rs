@@ -111,13 +111,16 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             c.wait_wake(Duration::from_millis(200));
             continue;
         }
-        let dry = dry_run(&snap);
-        if !dry && !snap.snowflake_configured() {
+        if super::unconfigured(&snap) {
             c.set_state(State::Unconfigured);
             c.wait_wake(Duration::from_secs(1));
             continue;
         }
-        c.set_state(if dry { State::DryRun } else { State::Running });
+        c.set_state(if dry_run(&snap) {
+            State::DryRun
+        } else {
+            State::Running
+        });
 
         let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
         // A thread died holding claimed entries: claim nothing new until every entry still in the

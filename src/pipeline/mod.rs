@@ -323,6 +323,11 @@ pub fn dry_run(s: &Snapshot) -> bool {
     s.bool(Key::DryRun) || (!s.snowflake_configured() && s.bool(Key::AllowNoSnowflake))
 }
 
+/// Whether the writer has nothing to write to: no Snowflake settings and no dry run.
+pub fn unconfigured(s: &Snapshot) -> bool {
+    !dry_run(s) && !s.snowflake_configured()
+}
+
 /// The consumer group read through: the configured one, or in dry run a separate `<group>:dry-run`
 /// group, so the live group's position is untouched and switching to live loses nothing.
 pub fn group_name(s: &Snapshot) -> String {
@@ -361,7 +366,7 @@ pub fn start() -> Result<(), String> {
     let s = crate::settings::current();
     // Without Snowflake settings the writer will not run: say so from the first moment, not only
     // once the claimer thread has looked.
-    c.set_state(if !dry_run(&s) && !s.snowflake_configured() {
+    c.set_state(if unconfigured(&s) {
         State::Unconfigured
     } else {
         State::Starting
