@@ -124,8 +124,10 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
         let settled = crate::ffi::guard("batch", || process(&raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
-                // From here the acknowledgement queue holds them.
+                // From here the acknowledgement queue holds them. Their bytes are released first,
+                // so whoever sees them settled (WB.FLUSH) never sees them still held.
                 holding.0 = 0;
+                drop(held_bytes);
                 ack::queue(&stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
                 c.notify_settled();
