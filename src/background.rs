@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use redis_module::{BlockedClient, Context, RedisError, RedisResult, RedisValue};
 
-use crate::ffi;
-use crate::pipeline::{self, gil::Gil};
+use crate::host::ffi;
+use crate::host::gil::Gil;
+use crate::pipeline;
 
 /// Background commands running at once, at most.
 pub const MAX_RUNNING: usize = 16;
@@ -89,7 +90,7 @@ pub fn run(
     exclusive: bool,
     work: impl FnOnce(&Gil) -> RedisResult + Send + 'static,
 ) -> RedisResult {
-    if !crate::commands::can_block(ctx) {
+    if !crate::host::ffi::can_block(ctx) {
         return Err(err(format!(
             "ERR {name} waits for background work and cannot run inside MULTI or a script"
         )));
@@ -119,7 +120,7 @@ pub fn run(
     let Some(gil) = Gil::new() else {
         return Err(err(format!("ERR {name}: could not create a context")));
     };
-    let client = ctx.block_client();
+    let client = ffi::block(ctx);
     if let Err(back) = tx.send((gil, client)) {
         // The thread is gone (it cannot be: it waits for this). Answer here; the context is handed
         // to the next MODULE UNLOAD rather than freed under a lock this thread already holds.

@@ -1,5 +1,5 @@
 //! The `WB.*` commands. Each handler parses its arguments strictly (a missing, extra or mistyped
-//! argument is an error reply) and runs inside [`crate::ffi::guard`], so a bug is an error reply, never
+//! argument is an error reply) and runs inside [`crate::host::ffi::guard`], so a bug is an error reply, never
 //! a crashed server. Work that waits (a Snowflake round trip, a flush) runs on a thread while the
 //! caller is blocked with Redis's blocking-client API; Redis keeps serving everyone else.
 
@@ -12,11 +12,13 @@ use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValu
 
 use crate::background;
 use crate::entry::EntryId;
-use crate::ffi;
-use crate::pipeline::{self, gil::Gil, sink};
+use crate::host::ffi;
+use crate::host::ffi::can_block;
+use crate::host::gil::Gil;
+use crate::host::stream;
+use crate::pipeline::{self, sink};
 use crate::settings::{self, Key};
 use crate::status::{self, Figure};
-use crate::stream;
 
 /// Runs a command body behind the panic guard and replies from inside it (see [`ffi::command`]).
 fn guarded(ctx: &Context, name: &str, body: impl FnOnce() -> RedisResult) -> RedisResult {
@@ -40,15 +42,6 @@ fn map(pairs: Vec<(String, RedisValue)>) -> RedisValue {
         .map(|(k, v)| (RedisValueKey::String(k), v))
         .collect();
     RedisValue::OrderedMap(m)
-}
-
-/// Refuses to block where Redis cannot (MULTI, scripts, clients that deny blocking).
-pub fn can_block(ctx: &Context) -> bool {
-    let f = stream::flags(ctx);
-    f & (raw::REDISMODULE_CTX_FLAGS_MULTI
-        | raw::REDISMODULE_CTX_FLAGS_LUA
-        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
-        == 0
 }
 
 /// An argument as quoted in an error reply: escaped and cut short, never echoed whole.

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use parking_lot::Mutex;
 
-use crate::stream::RawEntry;
+use crate::host::stream::RawEntry;
 
 static ENABLED: LazyLock<bool> =
     LazyLock::new(|| std::env::var("WB_TEST_FAULTS").is_ok_and(|v| v == "1"));

@@ -10,10 +10,10 @@ use redis_module::RedisValue;
 
 use crate::entry::legacy;
 use crate::entry::Rules;
-use crate::logging;
-use crate::pipeline::gil::Gil;
+use crate::host::gil::Gil;
+use crate::host::logging;
+use crate::host::stream::{self, bytes};
 use crate::settings::{Key, Snapshot};
-use crate::stream::{self, bytes};
 
 /// The set of legacy keys already imported.
 pub const IMPORTED_SET: &str = "_wb_imported";

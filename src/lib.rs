@@ -20,40 +20,35 @@
 //!
 //! This file is registration only.
 
-pub mod alloc;
 pub mod background;
 pub mod commands;
-pub mod config;
 pub mod docs;
 pub mod entry;
-pub mod events;
 pub mod faults;
-pub mod ffi;
+pub mod host;
 pub mod import;
-pub mod info;
-pub mod logging;
 pub mod migrate;
 pub mod pipeline;
 pub mod restore;
-pub mod server;
 pub mod settings;
 pub mod snowflake;
 pub mod sql;
 pub mod statement;
 pub mod status;
-pub mod stream;
 pub mod write;
 
+use host::{config, events, ffi, info, logging, notify, server, stream};
 use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 7] = [
+    let steps: [(&str, Step); 8] = [
         ("server detection", server::detect),
         ("settings", config::register),
         ("stream context", stream::init),
+        ("listener", |_| host::listen(&pipeline::events::Events)),
         ("INFO section", info::register),
-        ("stream notifications", pipeline::notify::register),
+        ("stream notifications", notify::register),
         ("server events", events::register),
         ("pipeline", |_| pipeline::start()),
     ];
@@ -90,7 +85,7 @@ fn deinit(_ctx: &Context) -> Status {
 redis_module! {
     name: "writebehind",
     version: 1,
-    allocator: (crate::alloc::ModuleAlloc, crate::alloc::ModuleAlloc),
+    allocator: (crate::host::alloc::ModuleAlloc, crate::host::alloc::ModuleAlloc),
     data_types: [],
     init: init,
     deinit: deinit,

@@ -19,12 +19,13 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::entry::RESTORED_FIELD;
-use crate::logging;
-use crate::pipeline::{self, gil::Gil, sink};
+use crate::host::gil::Gil;
+use crate::host::logging;
+use crate::host::stream;
+use crate::pipeline::{self, sink};
 use crate::settings::{Key, Snapshot};
 use crate::sql::Tables;
 use crate::statement::{Bind, Statement};
-use crate::stream;
 
 /// What a restore run should do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //!
 //! Each row names a setting once: its seed (environment) name, aliases, default, type and whether it
 //! may change while the server runs. Everything else derives from this table: the module configs
-//! `writebehind.<name>` registered in [`crate::config`], the environment defaults, validation errors,
+//! `writebehind.<name>` registered in [`crate::host::config`], the environment defaults, validation errors,
 //! `docs/configuration.md` and the tests. Adding a setting is one row here.
 //!
 //! Values are kept as an immutable [`Snapshot`] behind an `Arc`; a `CONFIG SET` builds a new snapshot

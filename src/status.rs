@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use parking_lot::Mutex;
-use redis_module::{raw, Context};
 
 use crate::entry::Tally;
+pub use crate::host::server::{maxmemory_policy, role};
+use crate::host::stream;
+pub use crate::host::Figure;
 use crate::settings::{self, Key};
-use crate::stream;
 
 /// How many recent batch latencies the percentiles are computed over.
 const LATENCY_WINDOW: usize = 1024;
@@ -109,57 +110,6 @@ impl Metrics {
     }
 }
 
-/// One figure of the report.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Figure {
-    Int(i64),
-    Text(String),
-}
-
-impl From<i64> for Figure {
-    fn from(n: i64) -> Figure {
-        Figure::Int(n)
-    }
-}
-impl From<u64> for Figure {
-    fn from(n: u64) -> Figure {
-        Figure::Int(i64::try_from(n).unwrap_or(i64::MAX))
-    }
-}
-impl From<&str> for Figure {
-    fn from(s: &str) -> Figure {
-        Figure::Text(s.to_string())
-    }
-}
-impl From<String> for Figure {
-    fn from(s: String) -> Figure {
-        Figure::Text(s)
-    }
-}
-
-/// Whether this server is a primary or a replica, from the context flags.
-pub fn role(ctx: &Context) -> &'static str {
-    let flags = match unsafe { raw::RedisModule_GetContextFlags } {
-        Some(f) => (unsafe { f(ctx.ctx) }) as u32,
-        None => 0,
-    };
-    if flags & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
-        "replica"
-    } else {
-        "primary"
-    }
-}
-
-/// The server's `maxmemory-policy`.
-pub fn maxmemory_policy(ctx: &Context) -> String {
-    match stream::call_read(ctx, "CONFIG", &[b"GET", b"maxmemory-policy"]) {
-        Ok(redis_module::RedisValue::Array(kv)) => {
-            kv.get(1).and_then(stream::text).unwrap_or_default()
-        }
-        _ => String::new(),
-    }
-}
-
 /// A warning when the policy can evict the stream (any `allkeys-*` policy: eviction deletes the
 /// queue itself, with every entry not yet written).
 pub fn eviction_warning(policy: &str) -> Option<String> {
@@ -179,11 +129,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     let s = settings::current();
     // While Redis loads its AOF/RDB the main thread holds the lock the claimer waits for, so the
     // claimer cannot record `loading` itself: the server's own flag says it.
-    let loading = home.as_ref().is_some_and(|ctx| {
-        stream::flags(ctx)
-            & (raw::REDISMODULE_CTX_FLAGS_LOADING | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING)
-            != 0
-    });
+    let loading = home.as_ref().is_some_and(crate::host::server::loading);
     let state = match crate::pipeline::state() {
         "starting" | "running" | "retrying" if loading => "loading",
         s => s,
@@ -193,7 +139,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         put("role", role(ctx).into());
     }
     put("version", env!("CARGO_PKG_VERSION").into());
-    put("server", crate::server::current().describe().into());
+    put("server", crate::host::server::current().describe().into());
     put(
         "threads_alive",
         (crate::pipeline::threads_alive() as u64).into(),

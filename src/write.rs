@@ -18,13 +18,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_module::{
-    raw, CallOptionsBuilder, CallResult, Context, RedisError, RedisResult, RedisString, RedisValue,
-};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::commands::can_block;
 use crate::entry::{self, Decoded, EntryId, Rules};
-use crate::logging;
+use crate::host::ffi::can_block;
+use crate::host::logging;
 use crate::pipeline::{self, sink, waiters};
 use crate::settings::{self, Key};
 use crate::sql::{direct, Tables};
@@ -49,33 +47,8 @@ fn refusal(decoded: &Decoded) -> Option<String> {
     }
 }
 
-/// Adds the entry on the caller's context (so it is part of the caller's MULTI or script), in
-/// `REDIS_DB`, refusing when Redis is out of memory.
-fn xadd(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result<String, String> {
-    let db = settings::current().int(Key::RedisDb) as i32;
-    let previous = unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)) };
-    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
-        unsafe { select(ctx.ctx, db) };
-    }
-    let opts = CallOptionsBuilder::new()
-        .replicate()
-        .verify_oom()
-        .errors_as_replies()
-        .build();
-    let args: [&[u8]; 4] = [stream_name.as_bytes(), b"*", b"value", payload];
-    let res: CallResult = ctx.call_ext("XADD", &opts, &args[..]);
-    if let (Some(select), Some(prev)) = (unsafe { raw::RedisModule_SelectDb }, previous) {
-        unsafe { select(ctx.ctx, prev) };
-    }
-    match res {
-        Ok(reply) => crate::stream::text(&crate::stream::value(&reply))
-            .ok_or_else(|| "XADD gave no entry ID".to_string()),
-        Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
-    }
-}
-
 pub fn wb_write(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    crate::ffi::command(ctx, "WB.WRITE", || write(ctx, &args))
+    crate::host::ffi::command(ctx, "WB.WRITE", || write(ctx, &args))
 }
 
 fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
@@ -119,9 +92,9 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
         )));
     }
     let stream_name = s.str(Key::RedisStream).to_string();
-    match xadd(ctx, &stream_name, payload.as_slice()) {
+    match crate::host::stream::add_as_caller(ctx, &stream_name, payload.as_slice()) {
         Ok(id) if sync => {
-            let blocked = ctx.block_client();
+            let blocked = crate::host::ffi::block(ctx);
             waiters::register(&stream_name, &id, Instant::now() + timeout, blocked);
             pipeline::control().wake();
             Ok(RedisValue::NoReply)

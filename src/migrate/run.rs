@@ -17,7 +17,7 @@ use super::stage::{self, Stage};
 use super::summary::{DumpSummary, Summary};
 use super::MigrateError;
 use crate::entry::{self, legacy, Decoded, EntryId, Rules};
-use crate::logging;
+use crate::host::logging;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig};
 use crate::sql::{self, Tables, Target};

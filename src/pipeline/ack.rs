@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis_module::Context;
 
-use crate::logging;
+use crate::host::logging;
+use crate::host::stream::{self, RawEntry};
 use crate::status::METRICS;
-use crate::stream::{self, RawEntry};
 
 /// What to do with one settled entry.
 #[derive(Debug, Clone)]

@@ -11,17 +11,17 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::host::server::Phase as Server;
 use crossbeam_channel::Sender;
-use redis_module::raw;
 
-use super::gil::Gil;
 use super::worker::Work;
 use super::{control, dry_run, group_name, State};
 use crate::entry::{self, EntryId, Rules};
-use crate::logging;
+use crate::host::gil::Gil;
+use crate::host::logging;
+use crate::host::stream::{self, RawEntry};
 use crate::settings::{self, Key};
 use crate::status::METRICS;
-use crate::stream::{self, RawEntry};
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
@@ -30,28 +30,8 @@ pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     super::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
 }
 
-/// What the server allows right now.
-enum Server {
-    Loading,
-    Replica,
-    Primary,
-}
-
 fn server(gil: &Gil) -> Server {
-    gil.with(|ctx| {
-        let f = stream::flags(ctx);
-        if f & (raw::REDISMODULE_CTX_FLAGS_LOADING
-            | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING
-            | raw::REDISMODULE_CTX_FLAGS_SERVER_STARTUP)
-            != 0
-        {
-            Server::Loading
-        } else if f & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
-            Server::Replica
-        } else {
-            Server::Primary
-        }
-    })
+    gil.with(crate::host::server::phase)
 }
 
 fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
@@ -157,7 +137,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
-        let xadds_before = super::notify::XADDS.load(Ordering::Relaxed);
+        let xadds_before = super::control().xadds.load(Ordering::Relaxed);
         let lock_started = std::time::Instant::now();
         let read = gil.with(|ctx| {
             let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
@@ -264,7 +244,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         );
         // While the application is writing, Redis comes first: the claim holds the lock at most about
         // a quarter of the time, and the backlog waits (it drains at full speed once writes pause).
-        if super::notify::XADDS.load(Ordering::Relaxed) != xadds_before {
+        if super::control().xadds.load(Ordering::Relaxed) != xadds_before {
             std::thread::sleep((held * 3).min(Duration::from_millis(20)));
         }
     }
@@ -351,7 +331,7 @@ fn dispatch(
         let id = EntryId::parse(&raw.id).unwrap_or_default();
         // The decoder never panics by design; if it ever does, the entry is dead-lettered with the
         // reason rather than claimed again and again.
-        let decoded = crate::ffi::guard(&format!("decoding entry {}", raw.id), || {
+        let decoded = crate::host::ffi::guard(&format!("decoding entry {}", raw.id), || {
             crate::faults::in_decoder(&raw);
             entry::decode(id, &raw.fields, rules)
         })

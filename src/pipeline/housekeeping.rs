@@ -11,15 +11,15 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::gil::Gil;
 use super::{control, dry_run, sink, State};
 use crate::entry::EntryId;
-use crate::logging;
+use crate::host::gil::Gil;
+use crate::host::logging;
+use crate::host::stream;
 use crate::settings::{self, Key};
 use crate::sql::Tables;
 use crate::statement::Statement;
 use crate::status::{self, METRICS};
-use crate::stream;
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;

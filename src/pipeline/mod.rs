@@ -16,9 +16,8 @@
 
 pub mod ack;
 pub mod claim;
-pub mod gil;
+pub mod events;
 pub mod housekeeping;
-pub mod notify;
 pub mod sink;
 pub mod triage;
 pub mod waiters;
@@ -109,6 +108,9 @@ pub struct Control {
     /// Set when claimed entries may have been lost from module memory (a thread died holding them):
     /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
     pub recover: AtomicBool,
+    /// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is
+    /// busy taking writes.
+    pub xadds: std::sync::atomic::AtomicU64,
 }
 
 static CONTROL: OnceLock<Arc<Control>> = OnceLock::new();
@@ -130,6 +132,7 @@ pub fn control() -> &'static Arc<Control> {
             restarts: std::sync::atomic::AtomicU64::new(0),
             failing_until_ms: std::sync::atomic::AtomicU64::new(0),
             recover: AtomicBool::new(false),
+            xadds: std::sync::atomic::AtomicU64::new(0),
         })
     })
 }
@@ -193,7 +196,7 @@ pub fn spawn_thread(
                     libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
                 }
             }
-            crate::ffi::guard(&label, body);
+            crate::host::ffi::guard(&label, body);
             c.alive.fetch_sub(1, Ordering::SeqCst);
         })
         .map_err(|e| {
@@ -224,7 +227,7 @@ pub fn spawn_supervised(
         let mut in_a_row: u32 = 0;
         loop {
             let started = Instant::now();
-            if crate::ffi::guard(&label, &mut body).is_some() {
+            if crate::host::ffi::guard(&label, &mut body).is_some() {
                 break;
             }
             if c.stopping() {
@@ -244,7 +247,7 @@ pub fn spawn_supervised(
                 let until = now_ms() + (wait + HEALTHY_RUN).as_millis() as u64;
                 c.failing_until_ms.fetch_max(until, Ordering::Relaxed);
             }
-            crate::logging::warning(&format!(
+            crate::host::logging::warning(&format!(
                 "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
                 wait.as_millis()
             ));
@@ -405,7 +408,7 @@ pub fn shutdown(grace: Duration) {
     while c.committing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         c.wait_settled(Duration::from_millis(10));
     }
-    if let Some(ctx) = crate::stream::home() {
+    if let Some(ctx) = crate::host::stream::home() {
         ack::drain(&ctx);
     }
     c.set_state(State::Stopped);
@@ -441,6 +444,6 @@ pub fn unload() -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
-    gil::free_retired();
+    crate::host::gil::free_retired();
     Ok(())
 }

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use super::triage::TRIAGE;
 use crate::entry::Decoded;
-use crate::logging;
+use crate::host::logging;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
 use crate::sql::{self, Planned, Tables};

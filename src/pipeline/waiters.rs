@@ -31,7 +31,7 @@ pub fn count() -> usize {
 }
 
 fn reply(client: BlockedClient, r: RedisResult) {
-    crate::ffi::reply_blocked("WB.WRITE SYNC", client, r);
+    crate::host::ffi::reply_blocked("WB.WRITE SYNC", client, r);
 }
 
 pub fn register(stream: &str, id: &str, deadline: Instant, client: BlockedClient) {

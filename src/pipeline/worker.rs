@@ -16,15 +16,15 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use super::ack::{self, Settle};
-use super::gil::Gil;
 use super::sink::{self, SinkError};
 use super::triage::{Verdict, TRIAGE};
 use super::{control, State};
 use crate::entry::Decoded;
-use crate::logging;
+use crate::host::gil::Gil;
+use crate::host::logging;
+use crate::host::stream::RawEntry;
 use crate::settings::{self, Key};
 use crate::status::METRICS;
-use crate::stream::RawEntry;
 
 /// One claimed entry on its way to Snowflake.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
             continue;
         }
         c.committing.fetch_add(1, Ordering::Relaxed);
-        let settled = crate::ffi::guard("batch", || process(&raws, &decoded)).flatten();
+        let settled = crate::host::ffi::guard("batch", || process(&raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
                 // From here the acknowledgement queue holds them. Their bytes are released first,

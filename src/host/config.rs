@@ -10,7 +10,7 @@
 //! aliases), falling back to the table default; that is how the sidecar's Kubernetes env list keeps
 //! working unchanged.
 //!
-//! Aliases take one of two forms, chosen from the detected server ([`crate::server`]): Redis 8 takes
+//! Aliases take one of two forms, chosen from the detected server ([`crate::host::server`]): Redis 8 takes
 //! `name|alias` in one registration; Valkey and Redis 7 refuse it, so there every name is a config of
 //! its own bound to the same setting (reads and writes through either name see one value, and
 //! `CONFIG GET writebehind.*` lists both). While the configs load, a value given in redis.conf or
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use redis_module::{raw, Context};
 
-use crate::logging;
+use crate::host::logging;
 use crate::settings::{self, Change, Group, Key, Origin, Spec};
 
 /// The string last handed to Redis by the getter of each key; Redis copies it, the module owns it.
@@ -66,7 +66,7 @@ extern "C" fn get_config(
     _name: *const c_char,
     privdata: *mut c_void,
 ) -> *mut raw::RedisModuleString {
-    crate::ffi::guard("config get", || {
+    crate::host::ffi::guard("config get", || {
         let Some(key) = key_of(privdata) else {
             return std::ptr::null_mut();
         };
@@ -96,7 +96,7 @@ extern "C" fn set_config(
     privdata: *mut c_void,
     err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    let result = crate::ffi::guard("config set", || {
+    let result = crate::host::ffi::guard("config set", || {
         let key = key_of(privdata).ok_or_else(|| "unknown setting".to_string())?;
         let text = string_of(val);
         let value = settings::parse(key, &text).map_err(|e| e.to_string())?;
@@ -143,7 +143,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             "this Redis has no module configuration API (Redis 7.0 or later is needed)".into(),
         );
     };
-    let joined = crate::server::current().joined_aliases();
+    let joined = crate::host::server::current().joined_aliases();
     let mut defaults = Vec::with_capacity(Key::ALL.len());
     for (index, &key) in Key::ALL.iter().enumerate() {
         let spec = key.spec();

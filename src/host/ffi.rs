@@ -11,10 +11,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use redis_module::{
-    BlockedClient, Context, RedisError, RedisResult, RedisValue, ThreadSafeContext,
+    raw, BlockedClient, Context, RedisError, RedisResult, RedisValue, ThreadSafeContext,
 };
 
-use crate::logging;
+use crate::host::logging;
 
 /// Runs `body`; on a panic logs `where_` and the panic message and returns `None`.
 pub fn guard<T>(where_: &str, body: impl FnOnce() -> T) -> Option<T> {
@@ -105,6 +105,20 @@ pub fn reply_blocked(name: &str, client: BlockedClient, result: RedisResult) {
     let _ = guard(&format!("{name} reply"), move || {
         ThreadSafeContext::with_blocked_client(client).reply(safe_reply(result));
     });
+}
+
+/// Refuses to block where Redis cannot (MULTI, scripts, clients that deny blocking).
+pub fn can_block(ctx: &Context) -> bool {
+    let f = super::stream::flags(ctx);
+    f & (raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
+        == 0
+}
+
+/// Blocks the calling client until a background thread replies with [`reply_blocked`].
+pub fn block(ctx: &Context) -> BlockedClient {
+    ctx.block_client()
 }
 
 #[cfg(test)]

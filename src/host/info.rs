@@ -1,13 +1,12 @@
-//! The `INFO writebehind` section: the figures of [`crate::status::report`], one field each.
+//! The `INFO writebehind` section: the figures the [`Listener`](super::Listener) reports, one field
+//! each (the same figures `WB.STATUS` shows).
 
 use std::ffi::{c_int, CString};
 
 use redis_module::raw;
 
-use crate::status::{self, Figure};
-
 extern "C" fn info_callback(ictx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
-    crate::ffi::guard("INFO", || {
+    crate::host::ffi::guard("INFO", || {
         let apis = unsafe {
             (
                 raw::RedisModule_InfoAddSection,
@@ -19,7 +18,10 @@ extern "C" fn info_callback(ictx: *mut raw::RedisModuleInfoCtx, for_crash_report
             return;
         };
         unsafe { add_section(ictx, std::ptr::null_mut()) };
-        for (name, figure) in status::report(for_crash_report == 0) {
+        let Some(listener) = super::listener() else {
+            return;
+        };
+        for (name, figure) in listener.report(for_crash_report == 0) {
             let Ok(field) = CString::new(name) else {
                 continue;
             };
@@ -39,6 +41,34 @@ extern "C" fn info_callback(ictx: *mut raw::RedisModuleInfoCtx, for_crash_report
             }
         }
     });
+}
+
+/// One figure of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figure {
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Figure {
+    fn from(n: i64) -> Figure {
+        Figure::Int(n)
+    }
+}
+impl From<u64> for Figure {
+    fn from(n: u64) -> Figure {
+        Figure::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+impl From<&str> for Figure {
+    fn from(s: &str) -> Figure {
+        Figure::Text(s.to_string())
+    }
+}
+impl From<String> for Figure {
+    fn from(s: String) -> Figure {
+        Figure::Text(s)
+    }
 }
 
 /// Registers the section (at load).

@@ -2,12 +2,12 @@
 //!
 //! One binary runs on Redis OSS 8 and on Valkey 9. They share the module API the module uses, with
 //! one difference that matters at load: Redis 8 takes a config and its aliases as one registration
-//! (`name|alias`, `UNPREFIXED`), Valkey (and Redis 7) refuse that form, so [`crate::config`] asks
+//! (`name|alias`, `UNPREFIXED`), Valkey (and Redis 7) refuse that form, so [`crate::host::config`] asks
 //! [`Server::joined_aliases`] which form to use. `WB.STATUS` shows the detected server.
 
 use std::sync::OnceLock;
 
-use redis_module::{Context, RedisValue};
+use redis_module::{raw, Context, RedisValue};
 
 /// The server family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,61 @@ pub fn current() -> Server {
         family: Family::Redis,
         version: (8, 0, 0),
     })
+}
+
+/// What the server allows right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading its data (or starting up): the stream is not there yet.
+    Loading,
+    Replica,
+    Primary,
+}
+
+/// The server's phase, from the context flags.
+pub fn phase(ctx: &Context) -> Phase {
+    let f = super::stream::flags(ctx);
+    if f & (raw::REDISMODULE_CTX_FLAGS_LOADING
+        | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING
+        | raw::REDISMODULE_CTX_FLAGS_SERVER_STARTUP)
+        != 0
+    {
+        Phase::Loading
+    } else if f & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+        Phase::Replica
+    } else {
+        Phase::Primary
+    }
+}
+
+/// Whether the server is loading its AOF/RDB (start-up excluded).
+pub fn loading(ctx: &Context) -> bool {
+    super::stream::flags(ctx)
+        & (raw::REDISMODULE_CTX_FLAGS_LOADING | raw::REDISMODULE_CTX_FLAGS_ASYNC_LOADING)
+        != 0
+}
+
+/// Whether this server is a primary or a replica, from the context flags.
+pub fn role(ctx: &Context) -> &'static str {
+    let flags = match unsafe { raw::RedisModule_GetContextFlags } {
+        Some(f) => (unsafe { f(ctx.ctx) }) as u32,
+        None => 0,
+    };
+    if flags & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+        "replica"
+    } else {
+        "primary"
+    }
+}
+
+/// The server's `maxmemory-policy`.
+pub fn maxmemory_policy(ctx: &Context) -> String {
+    match super::stream::call_read(ctx, "CONFIG", &[b"GET", b"maxmemory-policy"]) {
+        Ok(redis_module::RedisValue::Array(kv)) => {
+            kv.get(1).and_then(super::stream::text).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]

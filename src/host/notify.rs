@@ -1,19 +1,12 @@
-//! The stream notification: wakes the claimer when the application adds to the stream.
+//! The stream notification: tells the [`Listener`](super::Listener) that the application added to a
+//! stream, so the pipeline reading it wakes its claimer.
 //!
-//! This runs inside the application's `XADD`, on Redis's main thread: it compares the key with the
-//! configured stream and signals a channel that holds at most one wake-up. No Redis call, no
-//! allocation beyond the comparison, nothing that could slow the write.
-
-use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicU64, Ordering};
+//! This runs inside the application's `XADD`, on Redis's main thread: it hands over the key's name,
+//! and the listener compares it with its streams and signals a channel that holds at most one
+//! wake-up. No Redis call, no allocation, nothing that could slow the write.
 
 use redis_module::{raw, Context};
-
-use crate::settings::{self, Key};
-
-/// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is busy
-/// taking writes.
-pub static XADDS: AtomicU64 = AtomicU64::new(0);
+use std::ffi::{c_char, c_int};
 
 extern "C" fn on_stream_event(
     _ctx: *mut raw::RedisModuleCtx,
@@ -21,7 +14,7 @@ extern "C" fn on_stream_event(
     event: *const c_char,
     key: *mut raw::RedisModuleString,
 ) -> c_int {
-    crate::ffi::guard("stream notification", || {
+    crate::host::ffi::guard("stream notification", || {
         if event.is_null() || key.is_null() {
             return;
         }
@@ -38,9 +31,8 @@ extern "C" fn on_stream_event(
             return;
         }
         let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
-        if name == settings::current().str(Key::RedisStream).as_bytes() {
-            XADDS.fetch_add(1, Ordering::Relaxed);
-            crate::pipeline::control().wake();
+        if let Some(listener) = super::listener() {
+            listener.xadd(name);
         }
     });
     raw::REDISMODULE_OK as c_int

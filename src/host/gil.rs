@@ -19,7 +19,7 @@ impl Gil {
     /// A context for this thread (needs the module to be loaded).
     pub fn new() -> Option<Gil> {
         let get_detached = unsafe { raw::RedisModule_GetDetachedThreadSafeContext }?;
-        let home = crate::stream::home()?;
+        let home = crate::host::stream::home()?;
         let ctx = unsafe { get_detached(home.ctx) };
         if ctx.is_null() {
             return None;
@@ -92,7 +92,7 @@ impl Drop for Gil {
     fn drop(&mut self) {
         // While stopping (MODULE UNLOAD, SHUTDOWN) the main thread may hold the lock waiting for this
         // thread to end: hand the context over instead of waiting for the lock.
-        if crate::pipeline::control().stopping() {
+        if super::listener().is_some_and(|l| l.stopping()) {
             RETIRED.lock().push(self.ctx as usize);
             return;
         }

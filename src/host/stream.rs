@@ -435,7 +435,7 @@ pub fn dead_letter(
     let id = add(ctx, &dlq_name(stream), &fields)?;
     // The copy is written: a failed acknowledgement must not make the caller write it again.
     if let Err(e) = ack(ctx, stream, group, &[entry.id.as_str()]) {
-        crate::logging::warning(&format!("XACK of dead-lettered {} failed: {e}", entry.id));
+        crate::host::logging::warning(&format!("XACK of dead-lettered {} failed: {e}", entry.id));
     }
     Ok(id)
 }
@@ -485,5 +485,29 @@ pub fn flags(ctx: &Context) -> u32 {
     match unsafe { raw::RedisModule_GetContextFlags } {
         Some(f) => (unsafe { f(ctx.ctx) }) as u32,
         None => 0,
+    }
+}
+
+/// Adds the entry on the caller's context (so it is part of the caller's MULTI or script), in
+/// `REDIS_DB`, refusing when Redis is out of memory.
+pub fn add_as_caller(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result<String, String> {
+    let db = settings::current().int(Key::RedisDb) as i32;
+    let previous = unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)) };
+    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
+        unsafe { select(ctx.ctx, db) };
+    }
+    let opts = CallOptionsBuilder::new()
+        .replicate()
+        .verify_oom()
+        .errors_as_replies()
+        .build();
+    let args: [&[u8]; 4] = [stream_name.as_bytes(), b"*", b"value", payload];
+    let res: CallResult = ctx.call_ext("XADD", &opts, &args[..]);
+    if let (Some(select), Some(prev)) = (unsafe { raw::RedisModule_SelectDb }, previous) {
+        unsafe { select(ctx.ctx, prev) };
+    }
+    match res {
+        Ok(reply) => text(&value(&reply)).ok_or_else(|| "XADD gave no entry ID".to_string()),
+        Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
     }
 }

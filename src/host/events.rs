@@ -1,0 +1,142 @@
+//! Server events the module follows, decoded into [`ServerEvent`] values for the
+//! [`Listener`](super::Listener): loading finished and role changes (the pipeline wakes its claimer,
+//! which re-reads the role itself), shutdown (stop claiming, give in-flight batches a bounded time to
+//! commit), and a key's or a database's end.
+//!
+//! A key's end: when a key is deleted (`DEL`, `UNLINK`, an expiry, an eviction under an `allkeys-*`
+//! policy, an overwrite) or its database is flushed (`FLUSHDB`, `FLUSHALL`), Redis tells the module
+//! just before the data goes, so the pipeline whose stream it is can still count what was never
+//! written (see `pipeline::events`).
+
+use std::ffi::c_void;
+
+use redis_module::{raw, Context};
+
+use crate::host::logging;
+
+const EVENT_FLUSHDB: u64 = 2;
+const EVENT_KEY: u64 = 17;
+const SUBEVENT_FLUSHDB_START: u64 = 0;
+
+/// `RedisModuleFlushInfoV1`.
+#[repr(C)]
+struct FlushInfo {
+    version: u64,
+    sync: i32,
+    dbnum: i32,
+}
+
+/// `RedisModuleKeyInfoV1`.
+#[repr(C)]
+struct KeyInfo {
+    version: u64,
+    key: *mut raw::RedisModuleKey,
+}
+
+/// A server event, as the host decodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEvent<'a> {
+    /// `SHUTDOWN`: the final save is done.
+    Shutdown,
+    /// Loading started or finished, or the role changed: the pipeline looks again.
+    Changed,
+    /// A key is about to go: deleted, expired, evicted or overwritten (`how`).
+    KeyGone {
+        key: &'a [u8],
+        db: i64,
+        how: &'static str,
+    },
+    /// A database is about to be flushed (`db` is -1 for `FLUSHALL`).
+    Flushed { db: i64 },
+}
+
+extern "C" fn on_event(
+    _ctx: *mut raw::RedisModuleCtx,
+    eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
+    crate::host::ffi::guard("server event", || {
+        let Some(listener) = super::listener() else {
+            return;
+        };
+        if eid.id == raw::REDISMODULE_EVENT_SHUTDOWN {
+            listener.server_event(ServerEvent::Shutdown);
+        } else if eid.id == EVENT_KEY {
+            if let Some((key, db)) = key_gone(data.cast::<KeyInfo>()) {
+                let how = match sub {
+                    1 => "expired",
+                    2 => "evicted (maxmemory-policy)",
+                    3 => "overwritten",
+                    _ => "deleted",
+                };
+                listener.server_event(ServerEvent::KeyGone { key, db, how });
+            }
+        } else if eid.id == EVENT_FLUSHDB {
+            if sub == SUBEVENT_FLUSHDB_START && !data.is_null() {
+                let db = unsafe { (*data.cast::<FlushInfo>()).dbnum };
+                listener.server_event(ServerEvent::Flushed { db: i64::from(db) });
+            }
+        } else {
+            listener.server_event(ServerEvent::Changed);
+        }
+    });
+}
+
+/// The name and database of the key about to go.
+fn key_gone<'a>(info: *mut KeyInfo) -> Option<(&'a [u8], i64)> {
+    if info.is_null() {
+        return None;
+    }
+    let key = unsafe { (*info).key };
+    let (Some(name_of), Some(db_of), Some(ptr_len)) = (unsafe {
+        (
+            raw::RedisModule_GetKeyNameFromModuleKey,
+            raw::RedisModule_GetDbIdFromModuleKey,
+            raw::RedisModule_StringPtrLen,
+        )
+    }) else {
+        return None;
+    };
+    if key.is_null() {
+        return None;
+    }
+    let name = unsafe { name_of(key) };
+    if name.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = unsafe { ptr_len(name, &mut len) };
+    if p.is_null() {
+        return None;
+    }
+    let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    Some((name, i64::from(unsafe { db_of(key) })))
+}
+
+/// Subscribes to the events (at load).
+pub fn register(ctx: &Context) -> Result<(), String> {
+    let Some(subscribe) = (unsafe { raw::RedisModule_SubscribeToServerEvent }) else {
+        return Err("this Redis has no server events".into());
+    };
+    for id in [
+        raw::REDISMODULE_EVENT_LOADING,
+        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+        raw::REDISMODULE_EVENT_SHUTDOWN,
+    ] {
+        let event = raw::RedisModuleEvent { id, dataver: 1 };
+        if unsafe { subscribe(ctx.ctx, event, Some(on_event)) } != raw::REDISMODULE_OK as i32 {
+            return Err(format!("could not subscribe to server event {id}"));
+        }
+    }
+    // The stream's end: optional (a server without these events still runs the writer).
+    for id in [EVENT_KEY, EVENT_FLUSHDB] {
+        let event = raw::RedisModuleEvent { id, dataver: 1 };
+        if unsafe { subscribe(ctx.ctx, event, Some(on_event)) } != raw::REDISMODULE_OK as i32 {
+            logging::warning(&format!(
+                "server event {id} is not available: a deleted stream's unwritten entries are not counted"
+            ));
+        }
+    }
+    Ok(())
+}

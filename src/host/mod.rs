@@ -1,0 +1,58 @@
+//! The host: every call into the server's module API, and nothing else.
+//!
+//! Redis 8 and Valkey 9 differ here and only here. The layers above (the pipeline, the commands)
+//! call down into these files; the server calls *up* only through one [`Listener`], which the
+//! pipeline registers at load — so no file of the host imports from a layer above it.
+//!
+//! - [`gil`]: the server lock taken from a background thread, as a guard value.
+//! - [`stream`]: every command the module runs on a stream (`XREADGROUP`, `XACK`, `XADD`, ...).
+//! - [`notify`]: the keyspace notification of an `XADD`, passed on as [`Listener::xadd`].
+//! - [`events`]: server events (loading, role change, shutdown, a key deleted, a flush), decoded
+//!   into [`ServerEvent`] values.
+//! - [`config`]: the module configs, derived from the settings table.
+//! - [`info`]: the `INFO writebehind` section.
+//! - [`ffi`]: the panic guard and safe replies at the boundary.
+//! - [`logging`]: the server log. [`alloc`]: the server's allocator. [`server`]: which server this is.
+
+pub mod alloc;
+pub mod config;
+pub mod events;
+pub mod ffi;
+pub mod gil;
+pub mod info;
+pub mod logging;
+pub mod notify;
+pub mod server;
+pub mod stream;
+
+use std::sync::OnceLock;
+
+pub use events::ServerEvent;
+pub use info::Figure;
+
+/// What the host tells the layers above. Implemented by the pipelines' registry and registered once
+/// at load ([`listen`]); until then the host answers as if nothing listened.
+pub trait Listener: Sync {
+    /// An `XADD` to `key` (main thread, inside the application's write: keep it short).
+    fn xadd(&self, key: &[u8]);
+    /// A server event the module follows (main thread).
+    fn server_event(&self, event: ServerEvent<'_>);
+    /// The figures of `INFO writebehind`; `live` is false while the server writes a crash report.
+    fn report(&self, live: bool) -> Vec<(String, Figure)>;
+    /// Whether the module is stopping (`SHUTDOWN`, `MODULE UNLOAD`): the main thread may hold the
+    /// lock while it waits for background threads, which must then not wait for that lock.
+    fn stopping(&self) -> bool;
+}
+
+static LISTENER: OnceLock<&'static dyn Listener> = OnceLock::new();
+
+/// Registers the listener (at load). A module loaded again in the same process keeps the first one:
+/// it is the same value.
+pub fn listen(listener: &'static dyn Listener) -> Result<(), String> {
+    let _ = LISTENER.set(listener);
+    Ok(())
+}
+
+fn listener() -> Option<&'static dyn Listener> {
+    LISTENER.get().copied()
+}

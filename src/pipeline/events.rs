@@ -1,0 +1,107 @@
+//! What the pipeline does when the host speaks: an `XADD` to its stream wakes the claimer, a server
+//! event wakes it, stops it, or counts what a deleted stream took with it; `INFO` asks for the report.
+//! Registered with the host at load as its [`Listener`].
+//!
+//! The stream's end: when the stream key is deleted (`DEL`, `UNLINK`, an expiry, an eviction under an
+//! `allkeys-*` policy, an overwrite) or its database is flushed (`FLUSHDB`, `FLUSHALL`), Redis tells
+//! the module just before the data goes. The entries that were added but never written — not yet
+//! delivered to the group, or pending and not held by the module — are counted in `lost_deleted` and
+//! logged as a `LOST` warning. The writer then carries on with the stream the application creates
+//! next (the claimer re-creates its group at ID 0). Entries the module holds are still written.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis_module::Context;
+
+use crate::host::{logging, stream, Figure, Listener, ServerEvent};
+use crate::settings::{self, Key};
+use crate::status::METRICS;
+
+/// The pipeline as the host's listener.
+pub struct Events;
+
+impl Listener for Events {
+    fn xadd(&self, key: &[u8]) {
+        if key == settings::current().str(Key::RedisStream).as_bytes() {
+            let c = super::control();
+            c.xadds.fetch_add(1, Ordering::Relaxed);
+            c.wake();
+        }
+    }
+
+    fn server_event(&self, event: ServerEvent<'_>) {
+        match event {
+            ServerEvent::Shutdown => {
+                let grace = Duration::from_millis(settings::current().uint(Key::ShutdownGraceMs));
+                super::shutdown(grace);
+            }
+            ServerEvent::KeyGone { key, db, how } => {
+                let s = settings::current();
+                if key == s.str(Key::RedisStream).as_bytes() && db == s.int(Key::RedisDb) {
+                    stream_ends(how);
+                }
+            }
+            ServerEvent::Flushed { db } => {
+                if db == -1 || db == settings::current().int(Key::RedisDb) {
+                    stream_ends("flushed (FLUSHDB/FLUSHALL)");
+                }
+            }
+            ServerEvent::Changed => super::control().wake(),
+        }
+    }
+
+    fn report(&self, live: bool) -> Vec<(String, Figure)> {
+        crate::status::report(live)
+    }
+
+    fn stopping(&self) -> bool {
+        super::control().stopping()
+    }
+}
+
+/// The stream is about to go (main thread, data still there): count and report what was never
+/// written.
+fn stream_ends(how: &str) {
+    // The loss is judged on a replica by its primary: a replica writes nothing anyway.
+    let Some(ctx) = stream::home() else { return };
+    if stream::is_replica(&ctx) {
+        return;
+    }
+    let s = settings::current();
+    let stream_name = s.str(Key::RedisStream).to_string();
+    let group = super::group_name(&s);
+    let held = METRICS.in_flight.load(Ordering::Relaxed) as i64;
+    let lost = never_written(&ctx, &stream_name, &group, held);
+    super::control().wake();
+    if lost == 0 {
+        logging::info(&format!(
+            "stream {stream_name} was {how}; every entry in it had been written"
+        ));
+        return;
+    }
+    METRICS.lost_deleted.fetch_add(lost, Ordering::Relaxed);
+    logging::warning(&format!(
+        "LOST {lost} entries of {stream_name} were never written to Snowflake: the stream was {how} \
+         before they were (counted in lost_deleted); the writer carries on with the stream the \
+         application creates next"
+    ));
+}
+
+/// Entries of the stream that the group has not delivered yet, plus pending ones the module does not
+/// hold (`held` = entries in flight in the module).
+pub fn never_written(ctx: &Context, stream_name: &str, group: &str, held: i64) -> u64 {
+    let Some(info) = stream::group_info(ctx, stream_name, group) else {
+        // No group yet: nothing was ever read.
+        return stream::length(ctx, stream_name).max(0) as u64;
+    };
+    let undelivered = info.lag.unwrap_or_else(|| {
+        // Redis cannot tell the lag after deletions inside the stream: entries ever added minus
+        // those read, or at worst the whole length.
+        match (stream::entries_added(ctx, stream_name), info.entries_read) {
+            (Some(added), Some(read)) => added - read,
+            _ => stream::length(ctx, stream_name),
+        }
+    });
+    (undelivered.max(0) + (info.pending - held).max(0)) as u64
+}
