@@ -19,23 +19,16 @@
 //! Redis: no panic crosses it, the Redis log, Redis's allocator).
 //!
 //! This file is registration only.
-
-pub mod background;
 pub mod commands;
 pub mod docs;
 pub mod entry;
-pub mod faults;
 pub mod host;
-pub mod import;
 pub mod migrate;
 pub mod pipeline;
-pub mod restore;
 pub mod settings;
 pub mod snowflake;
 pub mod sql;
 pub mod statement;
-pub mod status;
-pub mod write;
 
 use host::{config, events, ffi, info, logging, notify, server, stream};
 use redis_module::{redis_module, Context, RedisString, Status};
@@ -92,14 +85,14 @@ redis_module! {
     // ACL categories: the operator's commands are in @admin and @dangerous, so `-@admin` keeps an
     // application user (XADD, WB.WRITE, WB.STATUS) away from WB.DLQ PURGE, WB.PAUSE and the like.
     commands: [
-        ["wb.status", commands::wb_status, "readonly allow-loading", 0, 0, 0, ""],
-        ["wb.pause", commands::wb_pause, "admin", 0, 0, 0, "admin dangerous"],
-        ["wb.resume", commands::wb_resume, "admin", 0, 0, 0, "admin dangerous"],
-        ["wb.flush", commands::wb_flush, "readonly", 0, 0, 0, ""],
-        ["wb.ping", commands::wb_ping, "readonly", 0, 0, 0, ""],
-        ["wb.dlq", commands::wb_dlq, "write", 0, 0, 0, "admin dangerous"],
-        ["wb.restore", commands::wb_restore, "write", 0, 0, 0, "admin dangerous"],
-        ["wb.import", commands::wb_import, "write", 0, 0, 0, "admin dangerous"],
-        ["wb.write", write::wb_write, "write", 0, 0, 0, "write stream"],
+        ["wb.status", commands::status::command, "readonly allow-loading", 0, 0, 0, ""],
+        ["wb.pause", commands::pause::pause, "admin", 0, 0, 0, "admin dangerous"],
+        ["wb.resume", commands::pause::resume, "admin", 0, 0, 0, "admin dangerous"],
+        ["wb.flush", commands::flush::command, "readonly", 0, 0, 0, ""],
+        ["wb.ping", commands::ping::command, "readonly", 0, 0, 0, ""],
+        ["wb.dlq", commands::dlq::command, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.restore", commands::restore::command, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.import", commands::import::command, "write", 0, 0, 0, "admin dangerous"],
+        ["wb.write", commands::write::command, "write", 0, 0, 0, "write stream"],
     ],
 }

@@ -20,8 +20,8 @@ use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
+use crate::pipeline::status::METRICS;
 use crate::settings::{self, Key};
-use crate::status::METRICS;
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
@@ -312,7 +312,7 @@ fn dispatch(
     }
     let mut unsent = Unsent(entries.len() as u64);
     for raw in entries {
-        crate::faults::in_claimer(&raw);
+        crate::pipeline::faults::in_claimer(&raw);
         if log_raw {
             let fields: Vec<String> = raw
                 .fields
@@ -332,7 +332,7 @@ fn dispatch(
         // The decoder never panics by design; if it ever does, the entry is dead-lettered with the
         // reason rather than claimed again and again.
         let decoded = crate::host::ffi::guard(&format!("decoding entry {}", raw.id), || {
-            crate::faults::in_decoder(&raw);
+            crate::pipeline::faults::in_decoder(&raw);
             entry::decode(id, &raw.fields, rules)
         })
         .unwrap_or(entry::Decoded::Undecodable {
@@ -402,10 +402,10 @@ fn startup_tasks(gil: &Gil) {
         if !snap.snowflake_configured() {
             logging::info("restore on empty skipped: Snowflake is not configured");
         } else {
-            let mut req = crate::restore::Request::from_settings(&snap);
+            let mut req = crate::pipeline::restore::Request::from_settings(&snap);
             let attempts = snap.uint(Key::ConfigMaxAttempts).max(1);
             for attempt in 1..=attempts {
-                match crate::restore::run(&req, gil, &snap) {
+                match crate::pipeline::restore::run(&req, gil, &snap) {
                     Ok(sum) => {
                         if let Some(why) = sum.skipped {
                             logging::info(&format!("restore on empty skipped: {why}"));
@@ -430,7 +430,7 @@ fn startup_tasks(gil: &Gil) {
     }
     let patterns = snap.list(Key::ExtraBridgeKeys);
     if !patterns.is_empty() {
-        if let Err(e) = crate::import::run(patterns, false, gil, &snap) {
+        if let Err(e) = crate::pipeline::import::run(patterns, false, gil, &snap) {
             logging::warning(&format!(
                 "legacy import failed: {e} (WB.IMPORT runs it again)"
             ));

@@ -15,8 +15,8 @@ use std::time::Duration;
 use redis_module::Context;
 
 use crate::host::{logging, stream, Figure, Listener, ServerEvent};
+use crate::pipeline::status::METRICS;
 use crate::settings::{self, Key};
-use crate::status::METRICS;
 
 /// The pipeline as the host's listener.
 pub struct Events;
@@ -52,7 +52,7 @@ impl Listener for Events {
     }
 
     fn report(&self, live: bool) -> Vec<(String, Figure)> {
-        crate::status::report(live)
+        crate::pipeline::status::report(live)
     }
 
     fn stopping(&self) -> bool {

@@ -16,10 +16,10 @@ use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream;
+use crate::pipeline::status::{self, METRICS};
 use crate::settings::{self, Key};
 use crate::sql::Tables;
 use crate::statement::Statement;
-use crate::status::{self, METRICS};
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;

@@ -15,10 +15,15 @@
 //! entry leaves the group's pending list only once its outcome is settled in Snowflake.
 
 pub mod ack;
+pub mod background;
 pub mod claim;
 pub mod events;
+pub mod faults;
 pub mod housekeeping;
+pub mod import;
+pub mod restore;
 pub mod sink;
+pub mod status;
 pub mod triage;
 pub mod waiters;
 pub mod worker;
@@ -31,8 +36,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use crate::pipeline::status::METRICS;
 use crate::settings::{Key, Snapshot};
-use crate::status::METRICS;
 
 /// What the pipeline is doing, for `WB.STATUS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +256,8 @@ pub fn spawn_supervised(
                 "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
                 wait.as_millis()
             ));
-            crate::status::METRICS.set_error(&format!("thread {label} died and was restarted"));
+            crate::pipeline::status::METRICS
+                .set_error(&format!("thread {label} died and was restarted"));
             let until = Instant::now() + wait;
             while Instant::now() < until && !c.stopping() {
                 std::thread::sleep(Duration::from_millis(20));

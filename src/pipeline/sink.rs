@@ -24,11 +24,11 @@ use parking_lot::Mutex;
 use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::host::logging;
+use crate::pipeline::status::METRICS;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
 use crate::statement::{Bind, Statement};
-use crate::status::METRICS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {

@@ -23,8 +23,8 @@ use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::RawEntry;
+use crate::pipeline::status::METRICS;
 use crate::settings::{self, Key};
-use crate::status::METRICS;
 
 /// One claimed entry on its way to Snowflake.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
         while let Some(w) = next.take() {
             holding.0 += 1;
             held_bytes.0 += w.bytes as u64;
-            crate::faults::in_worker(&w.raw.id);
+            crate::pipeline::faults::in_worker(&w.raw.id);
             bytes += w.bytes;
             raws.push(w.raw);
             decoded.push(w.decoded);

@@ -749,7 +749,7 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
 /// One round trip the client itself repeats (throttling, an outage, a timeout, renewed credentials)
 /// counts in `retries` of `WB.STATUS`, beside the batches the pipeline retries.
 fn count_retry() {
-    crate::status::METRICS
+    crate::pipeline::status::METRICS
         .retries
         .fetch_add(1, Ordering::Relaxed);
 }

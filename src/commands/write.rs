@@ -15,7 +15,7 @@
 //! The non-blocking form works inside MULTI/EXEC and scripts; `SYNC` and failover need a client that
 //! may block and are refused there with a clear error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
@@ -26,9 +26,6 @@ use crate::host::logging;
 use crate::pipeline::{self, sink, waiters};
 use crate::settings::{self, Key};
 use crate::sql::{direct, Tables};
-
-/// Entries written directly to Snowflake because Redis was out of memory.
-pub static FAILOVERS: AtomicU64 = AtomicU64::new(0);
 
 fn err(msg: impl Into<String>) -> RedisError {
     RedisError::String(msg.into())
@@ -47,35 +44,57 @@ fn refusal(decoded: &Decoded) -> Option<String> {
     }
 }
 
-pub fn wb_write(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    crate::host::ffi::command(ctx, "WB.WRITE", || write(ctx, &args))
+/// Waits for a `SYNC` write this long unless told.
+const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args<'a> {
+    /// The JSON payload, as given.
+    pub payload: &'a [u8],
+    /// With `SYNC`: how long the caller waits for the commit.
+    pub sync: Option<Duration>,
 }
 
-fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    let payload = args.get(1).ok_or(RedisError::WrongArity)?;
-    let (sync, timeout) = match args.len() {
-        2 => (false, Duration::ZERO),
-        3 | 4 => {
-            if !args[2].to_string_lossy().eq_ignore_ascii_case("SYNC") {
-                return Err(err(format!(
-                    "ERR unknown WB.WRITE option '{}': use SYNC [timeout-ms]",
-                    crate::entry::rules::shown(&args[2].to_string_lossy())
-                )));
+impl<'a> Args<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> Result<Args<'a>, RedisError> {
+        let payload = *args.get(1).ok_or(RedisError::WrongArity)?;
+        let sync = match args.len() {
+            2 => None,
+            3 | 4 => {
+                let option = String::from_utf8_lossy(args[2]);
+                if !option.eq_ignore_ascii_case("SYNC") {
+                    return Err(err(format!(
+                        "ERR unknown WB.WRITE option '{}': use SYNC [timeout-ms]",
+                        crate::entry::rules::shown(&option)
+                    )));
+                }
+                let timeout = match args.get(3) {
+                    Some(a) => {
+                        Duration::from_millis(String::from_utf8_lossy(a).parse::<u64>().map_err(
+                            |_| err("ERR timeout-ms must be a non-negative whole number"),
+                        )?)
+                    }
+                    None => DEFAULT_SYNC_TIMEOUT,
+                };
+                Some(timeout)
             }
-            let ms = match args.get(3) {
-                Some(a) => a
-                    .to_string_lossy()
-                    .parse::<u64>()
-                    .map_err(|_| err("ERR timeout-ms must be a non-negative whole number"))?,
-                None => 5_000,
-            };
-            (true, Duration::from_millis(ms))
-        }
-        _ => return Err(RedisError::WrongArity),
-    };
+            _ => return Err(RedisError::WrongArity),
+        };
+        Ok(Args { payload, sync })
+    }
+}
+
+pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    super::handle(ctx, "WB.WRITE", &args, |args| run(ctx, Args::parse(args)?))
+}
+
+pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
+    let Args { payload, sync } = args;
+    let timeout = sync.unwrap_or_default();
+    let sync = sync.is_some();
     let s = settings::current();
     let now = EntryId::new(chrono::Utc::now().timestamp_millis().max(0) as u64, 0);
-    let fields = vec![(b"value".to_vec(), payload.as_slice().to_vec())];
+    let fields = vec![(b"value".to_vec(), payload.to_vec())];
     let decoded = entry::decode(now, &fields, &Rules::from_settings(&s));
     if let Some(why) = refusal(&decoded) {
         return Err(err(format!("ERR invalid payload: {why}")));
@@ -92,7 +111,7 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
         )));
     }
     let stream_name = s.str(Key::RedisStream).to_string();
-    match crate::host::stream::add_as_caller(ctx, &stream_name, payload.as_slice()) {
+    match crate::host::stream::add_as_caller(ctx, &stream_name, payload) {
         Ok(id) if sync => {
             let blocked = crate::host::ffi::block(ctx);
             waiters::register(&stream_name, &id, Instant::now() + timeout, blocked);
@@ -109,7 +128,9 @@ fn write(ctx: &Context, args: &[RedisString]) -> RedisResult {
                     "{e} (failover to Snowflake is on, but Snowflake is not configured)"
                 )));
             }
-            crate::background::run(ctx, "WB.WRITE failover", false, move |_| failover(&decoded))
+            crate::pipeline::background::run(ctx, "WB.WRITE failover", false, move |_| {
+                failover(&decoded)
+            })
         }
         Err(e) => Err(err(e)),
     }
@@ -130,7 +151,9 @@ fn failover(decoded: &Decoded) -> RedisResult {
             ))
         })?;
     }
-    FAILOVERS.fetch_add(1, Ordering::Relaxed);
+    crate::pipeline::status::METRICS
+        .failovers
+        .fetch_add(1, Ordering::Relaxed);
     logging::warning(&format!(
         "FAILOVER Redis is out of memory: entry for '{}' written directly to Snowflake ({} statements)",
         decoded.partition_key(),
@@ -158,5 +181,53 @@ pub fn execute_direct(
             Err(e) if e.is_retryable() && tries < DIRECT_TRIES => continue,
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{refusal, words};
+    use super::*;
+
+    #[test]
+    fn write_is_asynchronous_unless_sync() {
+        assert_eq!(
+            Args::parse(&words(&["WB.WRITE", "{}"])).ok(),
+            Some(Args {
+                payload: b"{}",
+                sync: None
+            })
+        );
+        assert_eq!(
+            Args::parse(&words(&["WB.WRITE", "{}", "sync"])).ok(),
+            Some(Args {
+                payload: b"{}",
+                sync: Some(DEFAULT_SYNC_TIMEOUT)
+            })
+        );
+        assert_eq!(
+            Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "20"])).ok(),
+            Some(Args {
+                payload: b"{}",
+                sync: Some(Duration::from_millis(20))
+            })
+        );
+    }
+
+    #[test]
+    fn write_refuses_unknown_options_and_bad_timeouts() {
+        assert_eq!(refusal(Args::parse(&words(&["WB.WRITE"]))), "Wrong Arity");
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "1", "2"]))),
+            "Wrong Arity"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE", "{}", "ASYNC"]))),
+            "ERR unknown WB.WRITE option ''ASYNC'': use SYNC [timeout-ms]"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "soon"]))),
+            "ERR timeout-ms must be a non-negative whole number"
+        );
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub lost_deleted: AtomicU64,
     /// Dead-letter copies that could not be written (and are retried; the entry stays pending).
     pub dead_letter_errors: AtomicU64,
+    /// Entries `WB.WRITE` wrote directly to Snowflake because Redis was out of memory.
+    pub failovers: AtomicU64,
     pub tally: Mutex<Tally>,
     pub last_error: Mutex<String>,
     /// Snowflake's code while every statement fails alike (`-` when it gave none); empty otherwise.
@@ -153,7 +155,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     );
     put(
         "background_commands",
-        (crate::background::running() as u64).into(),
+        (crate::pipeline::background::running() as u64).into(),
     );
     put(
         "sync_writers_waiting",
@@ -209,7 +211,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("lost_trimmed", get(&m.lost_trimmed).into());
     put("lost_deleted", get(&m.lost_deleted).into());
     put("dead_letter_errors", get(&m.dead_letter_errors).into());
-    put("failovers", get(&crate::write::FAILOVERS).into());
+    put("failovers", get(&m.failovers).into());
     {
         let t = m.tally.lock();
         put("records_written", t.records_written.into());

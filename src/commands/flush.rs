@@ -1,0 +1,123 @@
+//! `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time is committed, or
+//! `-TIMEOUT <n> entries still pending`.
+
+use std::time::{Duration, Instant};
+
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use super::{err, handle, whole};
+use crate::entry::EntryId;
+use crate::host::{ffi, stream};
+use crate::pipeline::{self, background};
+use crate::settings::{self, Key};
+
+/// How long `WB.FLUSH` waits without a timeout argument.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    pub timeout: Duration,
+}
+
+impl Args {
+    pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
+        if args.len() > 2 {
+            return Err(RedisError::WrongArity);
+        }
+        let timeout = match args.get(1) {
+            Some(a) => Duration::from_millis(whole(a, "timeout-ms")?),
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(Args { timeout })
+    }
+}
+
+pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    handle(ctx, "WB.FLUSH", &args, |args| run(ctx, Args::parse(args)?))
+}
+
+pub fn run(ctx: &Context, args: Args) -> RedisResult {
+    if !ffi::can_block(ctx) {
+        return Err(err(
+            "ERR WB.FLUSH waits for Snowflake and cannot run inside MULTI or a script",
+        ));
+    }
+    let s = settings::current();
+    let stream_name = s.str(Key::RedisStream).to_string();
+    let group = pipeline::group_name(&s);
+    let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
+    let target =
+        EntryId::parse(&stream::last_generated_id(&home, &stream_name)).unwrap_or_default();
+    if target == EntryId::default() {
+        return Ok(RedisValue::SimpleStringStatic("OK"));
+    }
+    let timeout = args.timeout;
+    background::run(ctx, "WB.FLUSH", false, move |gil| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match gil.with(|c| flushed(c, &stream_name, &group, target)) {
+                Ok(true) => return Ok(RedisValue::SimpleStringStatic("OK")),
+                _ if pipeline::control().stopping() => {
+                    return Err(err("ERR WB.FLUSH ended: the writer is stopping"));
+                }
+                Err(left) if Instant::now() >= deadline => {
+                    return Err(err(format!("TIMEOUT {left} entries still pending")));
+                }
+                _ => {}
+            }
+            pipeline::control().wake();
+            pipeline::control().wait_settled(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Whether every entry up to `target` has been delivered to the group and settled; if not, how many
+/// entries are still to go.
+fn flushed(ctx: &Context, stream_name: &str, group: &str, target: EntryId) -> Result<bool, i64> {
+    let Some(info) = stream::group_info(ctx, stream_name, group) else {
+        return Err(stream::length(ctx, stream_name));
+    };
+    let delivered = EntryId::parse(&info.last_delivered_id).unwrap_or_default();
+    let lowest_pending =
+        stream::lowest_pending(ctx, stream_name, group).and_then(|id| EntryId::parse(&id).ok());
+    let done = delivered >= target && lowest_pending.is_none_or(|p| p > target);
+    if done {
+        Ok(true)
+    } else {
+        Err(info.pending + info.lag.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{refusal, words};
+    use super::*;
+
+    #[test]
+    fn flush_waits_thirty_seconds_unless_told() {
+        assert_eq!(
+            Args::parse(&words(&["WB.FLUSH"])).ok(),
+            Some(Args {
+                timeout: DEFAULT_TIMEOUT
+            })
+        );
+        assert_eq!(
+            Args::parse(&words(&["WB.FLUSH", "250"])).ok(),
+            Some(Args {
+                timeout: Duration::from_millis(250)
+            })
+        );
+    }
+
+    #[test]
+    fn flush_refuses_a_bad_timeout_and_extra_arguments() {
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.FLUSH", "-1"]))),
+            "ERR timeout-ms must be a non-negative whole number"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.FLUSH", "1", "2"]))),
+            "Wrong Arity"
+        );
+    }
+}

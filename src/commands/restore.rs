@@ -1,0 +1,126 @@
+//! `WB.RESTORE [FORCE] [DAYS n] [USER name]`: seeds the stream from Snowflake now (the work is
+//! [`pipeline::restore`](crate::pipeline::restore)).
+
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text, whole};
+use crate::pipeline::{background, restore};
+use crate::settings::{self, Key};
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    /// Restore even into a stream that is not empty.
+    pub force: bool,
+    /// How many days back; `RESTORE_DAYS` when not given.
+    pub days: Option<u64>,
+    /// One user's rows only.
+    pub user: Option<String>,
+}
+
+impl Args {
+    pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
+        let mut parsed = Args::default();
+        let mut i = 1;
+        while i < args.len() {
+            match text(args[i])?.to_ascii_uppercase().as_str() {
+                "FORCE" => parsed.force = true,
+                "DAYS" => {
+                    i += 1;
+                    let n = whole(args.get(i).ok_or(RedisError::WrongArity)?, "DAYS")?;
+                    if !(1..=3650).contains(&n) {
+                        return Err(err("ERR DAYS must be from 1 to 3650"));
+                    }
+                    parsed.days = Some(n);
+                }
+                "USER" => {
+                    i += 1;
+                    parsed.user =
+                        Some(text(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
+                }
+                other => {
+                    return Err(err(format!(
+                        "ERR unknown WB.RESTORE option {}: use FORCE, DAYS n or USER name",
+                        shown(other)
+                    )))
+                }
+            }
+            i += 1;
+        }
+        Ok(parsed)
+    }
+}
+
+pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    handle(ctx, "WB.RESTORE", &args, |args| {
+        run(ctx, Args::parse(args)?)
+    })
+}
+
+pub fn run(ctx: &Context, args: Args) -> RedisResult {
+    let s = settings::current();
+    let req = restore::Request {
+        force: args.force,
+        days: args.days.unwrap_or_else(|| s.uint(Key::RestoreDays)),
+        user: args.user,
+    };
+    refuse_inside_multi(ctx, "WB.RESTORE")?;
+    refuse_on_replica(ctx, "WB.RESTORE")?;
+    if !s.snowflake_configured() {
+        return Err(err(
+            "ERR Snowflake is not configured: nothing to restore from",
+        ));
+    }
+    background::run(ctx, "WB.RESTORE", true, move |gil| {
+        match restore::run(&req, gil, &s) {
+            Ok(sum) => match sum.skipped {
+                Some(why) => Err(err(format!(
+                    "ERR restore skipped: {why} (WB.RESTORE FORCE restores anyway)"
+                ))),
+                None => Ok(map(vec![
+                    ("rows".into(), RedisValue::Integer(sum.rows as i64)),
+                    ("entries".into(), RedisValue::Integer(sum.entries as i64)),
+                    ("records".into(), RedisValue::Integer(sum.records as i64)),
+                ])),
+            },
+            Err(e) => Err(err(format!("ERR restore failed: {e}"))),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{refusal, words};
+    use super::*;
+
+    #[test]
+    fn restore_options_in_any_order_and_case() {
+        assert_eq!(
+            Args::parse(&words(&["WB.RESTORE"])).ok(),
+            Some(Args::default())
+        );
+        assert_eq!(
+            Args::parse(&words(&["WB.RESTORE", "user", "ann", "force", "DAYS", "7"])).ok(),
+            Some(Args {
+                force: true,
+                days: Some(7),
+                user: Some("ann".into())
+            })
+        );
+    }
+
+    #[test]
+    fn restore_refuses_days_out_of_range_and_unknown_options() {
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.RESTORE", "DAYS", "0"]))),
+            "ERR DAYS must be from 1 to 3650"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.RESTORE", "DAYS"]))),
+            "Wrong Arity"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.RESTORE", "ALL"]))),
+            "ERR unknown WB.RESTORE option 'ALL': use FORCE, DAYS n or USER name"
+        );
+    }
+}
