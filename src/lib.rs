@@ -19,6 +19,7 @@
 //! Redis: no panic crosses it, the Redis log, Redis's allocator).
 //!
 //! This file is registration only.
+pub mod account;
 pub mod commands;
 pub mod docs;
 pub mod entry;
@@ -29,6 +30,7 @@ pub mod settings;
 pub mod snowflake;
 pub mod sql;
 pub mod statement;
+pub mod text;
 
 use host::{config, events, ffi, info, logging, notify, server, stream};
 use redis_module::{redis_module, Context, RedisString, Status};

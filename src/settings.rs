@@ -33,7 +33,7 @@ pub enum Kind {
     /// An `http://` or `https://` base URL without `user:password@`, or empty for the account's
     /// default.
     Url,
-    /// A Snowflake account identifier in one of the forms of [`crate::snowflake::config::AccountForms`],
+    /// A Snowflake account identifier in one of the forms of [`crate::account::AccountForms`],
     /// or empty.
     Account,
     /// A comma-separated list; empty means none.
@@ -398,7 +398,7 @@ pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
             shown: url_userinfo(trimmed).unwrap_or_default(),
             ..bad()
         }),
-        Kind::Account => crate::snowflake::config::validate_account(trimmed)
+        Kind::Account => crate::account::validate_account(trimmed)
             .map(|_| Value::Str(trimmed.to_string()))
             .map_err(|_| bad()),
         Kind::Url => {

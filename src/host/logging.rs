@@ -11,6 +11,7 @@ use std::ffi::CString;
 use redis_module::raw;
 
 use crate::settings::{self, Key};
+pub use crate::text::escaped;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -42,23 +43,6 @@ impl Level {
 /// Whether lines of `level` are written now.
 pub fn enabled(level: Level) -> bool {
     level >= Level::from_setting(settings::current().str(Key::LogLevel))
-}
-
-/// `message` with every control character escaped (`\n`, `\r`, `\0`, `\u{1b}`, ...).
-pub fn escaped(message: &str) -> String {
-    if !message.chars().any(char::is_control) {
-        return message.to_string();
-    }
-    message
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 pub fn log(level: Level, message: &str) {

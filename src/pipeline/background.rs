@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use redis_module::{BlockedClient, Context, RedisError, RedisResult, RedisValue};
 
+use super::control::{self, control};
 use crate::host::ffi;
 use crate::host::gil::Gil;
-use crate::pipeline;
 
 /// Background commands running at once, at most.
 pub const MAX_RUNNING: usize = 16;
@@ -95,12 +95,12 @@ pub fn run(
             "ERR {name} waits for background work and cannot run inside MULTI or a script"
         )));
     }
-    if pipeline::control().stopping() {
+    if control().stopping() {
         return Err(err(format!("ERR {name} refused: the writer is stopping")));
     }
     let slot = take_slot(name, exclusive)?;
     let (tx, rx) = crossbeam_channel::bounded::<(Gil, BlockedClient)>(1);
-    let spawned = pipeline::spawn_thread(name, move || {
+    let spawned = control::spawn_thread(name, move || {
         // The sender is dropped without sending when the command could not block its caller.
         let Ok((gil, client)) = rx.recv() else {
             return;

@@ -14,20 +14,20 @@ use std::time::Duration;
 use crate::host::server::Phase as Server;
 use crossbeam_channel::Sender;
 
+use super::control::{control, dry_run, group_name, State};
 use super::worker::Work;
-use super::{control, dry_run, group_name, State};
 use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::status::METRICS;
+use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key};
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
     // Restarted after a panic: start-up tasks are not run again.
     let mut started = false;
-    super::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
+    super::control::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
 }
 
 fn server(gil: &Gil) -> Server {
@@ -80,7 +80,8 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             }
             // A new context must be made under the lock (it creates a Redis client).
             if let Some(task_gil) = gil.with(|_| Gil::new()) {
-                if let Err(e) = super::spawn_thread("wb-startup", move || startup_tasks(&task_gil))
+                if let Err(e) =
+                    super::control::spawn_thread("wb-startup", move || startup_tasks(&task_gil))
                 {
                     logging::warning(&format!("start-up restore and import not run: {e}"));
                 }
@@ -91,7 +92,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             c.wait_wake(Duration::from_millis(200));
             continue;
         }
-        if super::unconfigured(&snap) {
+        if super::control::unconfigured(&snap) {
             c.set_state(State::Unconfigured);
             c.wait_wake(Duration::from_secs(1));
             continue;
@@ -122,12 +123,12 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         }
         // Bounded by bytes as well: the module's memory counts against maxmemory.
         let held_bytes = METRICS.in_flight_bytes.load(Ordering::Relaxed);
-        if in_flight >= cap || held_bytes >= super::MAX_IN_FLIGHT_BYTES {
+        if in_flight >= cap || held_bytes >= super::control::MAX_IN_FLIGHT_BYTES {
             c.wait_settled(Duration::from_millis(100));
             continue;
         }
         // One read copies whole entries: after large ones, read fewer at a time.
-        let by_bytes = (super::CLAIM_CHUNK_BYTES / avg_entry_bytes.max(1)).max(1);
+        let by_bytes = (super::control::CLAIM_CHUNK_BYTES / avg_entry_bytes.max(1)).max(1);
         let count = snap
             .uint(Key::ClaimChunk)
             .min(cap - in_flight)
@@ -307,7 +308,7 @@ fn dispatch(
     struct Unsent(u64);
     impl Drop for Unsent {
         fn drop(&mut self) {
-            super::settle_lost(self.0);
+            super::control::settle_lost(self.0);
         }
     }
     let mut unsent = Unsent(entries.len() as u64);
@@ -378,7 +379,7 @@ fn dispatch(
         if workers.get(index).is_some_and(|tx| tx.send(work).is_ok()) {
             unsent.0 -= 1;
         } else {
-            super::release_bytes(bytes as u64);
+            super::control::release_bytes(bytes as u64);
             logging::warning("a worker has stopped; the entry stays pending and is claimed again");
         }
         if matches!(route, Route::Spanning(_)) && !drained(unsent.0) {

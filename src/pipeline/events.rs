@@ -15,7 +15,7 @@ use std::time::Duration;
 use redis_module::Context;
 
 use crate::host::{logging, stream, Figure, Listener, ServerEvent};
-use crate::pipeline::status::METRICS;
+use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key};
 
 /// The pipeline as the host's listener.
@@ -70,7 +70,7 @@ fn stream_ends(how: &str) {
     }
     let s = settings::current();
     let stream_name = s.str(Key::RedisStream).to_string();
-    let group = super::group_name(&s);
+    let group = super::control::group_name(&s);
     let held = METRICS.in_flight.load(Ordering::Relaxed) as i64;
     let lost = never_written(&ctx, &stream_name, &group, held);
     super::control().wake();

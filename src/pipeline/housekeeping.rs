@@ -11,19 +11,21 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{control, dry_run, sink, State};
+use super::control::{control, dry_run, State};
+use super::sink;
 use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream;
-use crate::pipeline::status::{self, METRICS};
+use crate::pipeline::metrics::METRICS;
+use crate::pipeline::status;
 use crate::settings::{self, Key};
 use crate::sql::Tables;
 use crate::statement::Statement;
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;
-    super::spawn_supervised("wb-housekeeping", move || run(&gil))
+    super::control::spawn_supervised("wb-housekeeping", move || run(&gil))
 }
 
 fn run(gil: &Gil) {

@@ -18,11 +18,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::control::dry_run;
+use super::sink;
 use crate::entry::RESTORED_FIELD;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream;
-use crate::pipeline::{self, sink};
 use crate::settings::{Key, Snapshot};
 use crate::sql::Tables;
 use crate::statement::{Bind, Statement};
@@ -244,7 +245,7 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
         .iter()
         .map(|e| e.matches("\"action\"").count())
         .sum();
-    let dry = pipeline::dry_run(s);
+    let dry = dry_run(s);
     let sample = s.uint(Key::RestoreLogSample) as usize;
     for (i, e) in entries.iter().enumerate().take(sample) {
         logging::info(&format!("RESTORE sample {}: {} bytes", i + 1, e.len()));

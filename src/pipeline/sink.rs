@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::host::logging;
-use crate::pipeline::status::METRICS;
+use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
@@ -290,14 +290,16 @@ pub fn client() -> Result<Arc<Client>, SnowflakeError> {
     }
     let cfg = ClientConfig::from_settings(&settings::current())
         .map_err(|e| SnowflakeError::config(e.to_string()))?;
-    let c = Arc::new(Client::new(cfg)?);
+    let c = Arc::new(Client::new(cfg)?.counting_retries(|| {
+        METRICS.retries.fetch_add(1, Ordering::Relaxed);
+    }));
     *slot = Some(Arc::clone(&c));
     Ok(c)
 }
 
 /// The sink the settings ask for now.
 pub fn current() -> Result<Box<dyn Sink>, SinkError> {
-    if crate::pipeline::dry_run(&settings::current()) {
+    if crate::pipeline::control::dry_run(&settings::current()) {
         return Ok(Box::new(DryRunSink));
     }
     Ok(Box::new(SnowflakeSink {

@@ -4,113 +4,13 @@
 //! a short mutex); the report reads them on the main thread. Both outputs derive from [`report`], so an
 //! exporter scraping INFO and an operator typing `WB.STATUS` always see the same figures.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
 
-use parking_lot::Mutex;
-
-use crate::entry::Tally;
+use super::metrics::METRICS;
 pub use crate::host::server::{maxmemory_policy, role};
 use crate::host::stream;
 pub use crate::host::Figure;
 use crate::settings::{self, Key};
-
-/// How many recent batch latencies the percentiles are computed over.
-const LATENCY_WINDOW: usize = 1024;
-
-/// Counters of the data path.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Entries claimed from the stream (a re-delivery counts again).
-    pub entries_read: AtomicU64,
-    /// Entries acknowledged after their outcome was settled.
-    pub entries_acked: AtomicU64,
-    /// Entries whose SQL Snowflake committed.
-    pub entries_committed: AtomicU64,
-    /// Undecodable or permanently rejected entries copied to the dead-letter stream.
-    pub dead_lettered: AtomicU64,
-    /// Undecodable entries acknowledged without a copy (`ACK_INVALID_JSON=1`).
-    pub dropped_invalid: AtomicU64,
-    /// Statements Snowflake rejected permanently.
-    pub failed: AtomicU64,
-    /// Retries: round trips the Snowflake client repeats itself (throttling, outages, timeouts,
-    /// renewed credentials) plus batches the pipeline sends again after the client gave up.
-    pub retries: AtomicU64,
-    /// Committed batches (round trips that wrote data).
-    pub batches: AtomicU64,
-    /// SQL statements sent.
-    pub statements: AtomicU64,
-    /// Claimed entries not yet acknowledged.
-    pub in_flight: AtomicU64,
-    /// Bytes of the claimed entries workers hold (their size in the stream).
-    pub in_flight_bytes: AtomicU64,
-    /// Wall-clock ms of the last successful commit (0 = never).
-    pub last_success_ms: AtomicU64,
-    /// Entries found trimmed away from the stream before they were written.
-    pub lost_trimmed: AtomicU64,
-    /// Entries never written because the stream itself was deleted, flushed, evicted or replaced.
-    pub lost_deleted: AtomicU64,
-    /// Dead-letter copies that could not be written (and are retried; the entry stays pending).
-    pub dead_letter_errors: AtomicU64,
-    /// Entries `WB.WRITE` wrote directly to Snowflake because Redis was out of memory.
-    pub failovers: AtomicU64,
-    pub tally: Mutex<Tally>,
-    pub last_error: Mutex<String>,
-    /// Snowflake's code while every statement fails alike (`-` when it gave none); empty otherwise.
-    pub blocked_code: Mutex<String>,
-    /// Set when the stream's IDs are below ones already applied in Snowflake (see housekeeping).
-    pub id_regression: Mutex<String>,
-    latencies: Mutex<VecDeque<u64>>,
-}
-
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
-
-impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn record_latency(&self, ms: u64) {
-        let mut l = self.latencies.lock();
-        if l.len() == LATENCY_WINDOW {
-            l.pop_front();
-        }
-        l.push_back(ms);
-    }
-
-    /// The p-th percentile (0..=100) of recent batch latencies, in ms.
-    pub fn latency_percentile(&self, p: usize) -> u64 {
-        let mut v: Vec<u64> = self.latencies.lock().iter().copied().collect();
-        if v.is_empty() {
-            return 0;
-        }
-        v.sort_unstable();
-        let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
-        v[rank - 1]
-    }
-
-    /// Enters (`Some(code)`) or leaves (`None`) the blocked state shown by `WB.STATUS`.
-    pub fn set_blocked(&self, code: Option<&str>) {
-        let mut b = self.blocked_code.lock();
-        match code {
-            Some(c) => c.clone_into(&mut b),
-            None if !b.is_empty() => b.clear(),
-            None => {}
-        }
-    }
-
-    pub fn is_blocked(&self) -> bool {
-        !self.blocked_code.lock().is_empty()
-    }
-
-    pub fn set_error(&self, message: &str) {
-        *self.last_error.lock() = format!(
-            "{} {message}",
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        );
-    }
-}
 
 /// A warning when the policy can evict the stream (any `allkeys-*` policy: eviction deletes the
 /// queue itself, with every entry not yet written).
@@ -132,7 +32,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     // While Redis loads its AOF/RDB the main thread holds the lock the claimer waits for, so the
     // claimer cannot record `loading` itself: the server's own flag says it.
     let loading = home.as_ref().is_some_and(crate::host::server::loading);
-    let state = match crate::pipeline::state() {
+    let state = match crate::pipeline::control::state() {
         "starting" | "running" | "retrying" if loading => "loading",
         s => s,
     };
@@ -144,7 +44,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("server", crate::host::server::current().describe().into());
     put(
         "threads_alive",
-        (crate::pipeline::threads_alive() as u64).into(),
+        (crate::pipeline::control::threads_alive() as u64).into(),
     );
     put(
         "thread_restarts",
@@ -162,10 +62,13 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         (crate::pipeline::waiters::count() as u64).into(),
     );
     put("stream", s.str(Key::RedisStream).into());
-    put("group", crate::pipeline::group_name(&s).into());
+    put("group", crate::pipeline::control::group_name(&s).into());
     put("consumer", s.str(Key::Consumer).into());
     put("db", s.int(Key::RedisDb).into());
-    put("dry_run", u64::from(crate::pipeline::dry_run(&s)).into());
+    put(
+        "dry_run",
+        u64::from(crate::pipeline::control::dry_run(&s)).into(),
+    );
     put(
         "snowflake",
         if s.snowflake_configured() {
@@ -175,10 +78,13 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         }
         .into(),
     );
-    put("snowflake_session", crate::pipeline::session_state().into());
+    put(
+        "snowflake_session",
+        crate::pipeline::control::session_state().into(),
+    );
     if let Some(ctx) = home.as_ref() {
         let stream_name = s.str(Key::RedisStream);
-        let info = stream::group_info(ctx, stream_name, &crate::pipeline::group_name(&s))
+        let info = stream::group_info(ctx, stream_name, &crate::pipeline::control::group_name(&s))
             .unwrap_or_default();
         put("stream_length", stream::length(ctx, stream_name).into());
         put("pending", info.pending.into());

@@ -91,7 +91,7 @@ pub fn expire() {
 
 /// The deadline thread: answers timed-out callers within about 10 ms of their deadline.
 pub fn spawn() -> Result<JoinHandle<()>, String> {
-    super::spawn_supervised("wb-deadlines", || {
+    super::control::spawn_supervised("wb-deadlines", || {
         let c = super::control();
         while !c.stopping() {
             let idle = WAITERS.lock().is_empty();

@@ -16,14 +16,14 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use super::ack::{self, Settle};
+use super::control::{control, State};
 use super::sink::{self, SinkError};
 use super::triage::{Verdict, TRIAGE};
-use super::{control, State};
 use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::RawEntry;
-use crate::pipeline::status::METRICS;
+use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key};
 
 /// One claimed entry on its way to Snowflake.
@@ -51,7 +51,9 @@ pub fn spawn(n: usize) -> Result<Pool, String> {
     for index in 0..n {
         let (tx, rx) = unbounded();
         let gil = Gil::new().ok_or("could not create a worker context")?;
-        let h = super::spawn_supervised(&format!("wb-worker-{index}"), move || run(&rx, &gil))?;
+        let h = super::control::spawn_supervised(&format!("wb-worker-{index}"), move || {
+            run(&rx, &gil)
+        })?;
         senders.push(tx);
         handles.push(h);
     }
@@ -70,7 +72,7 @@ struct Holding(u64);
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        super::settle_lost(self.0);
+        super::control::settle_lost(self.0);
     }
 }
 
@@ -79,7 +81,7 @@ struct HeldBytes(u64);
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        super::release_bytes(self.0);
+        super::control::release_bytes(self.0);
     }
 }
 
@@ -151,7 +153,7 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
     let outcome = commit_all(decoded)?;
     let snap = settings::current();
-    let dry = super::dry_run(&snap);
+    let dry = super::control::dry_run(&snap);
     let mut settles = Vec::with_capacity(raws.len());
     let mut tally = METRICS.tally.lock();
     let mut committed = 0u64;

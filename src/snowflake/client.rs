@@ -88,6 +88,8 @@ pub struct Client {
     round_trips: AtomicU64,
     /// The request of each planned statement submitted recently (see [`Client::execute_idempotent`]).
     planned: Mutex<VecDeque<(Uuid, Request)>>,
+    /// Told of each round trip the client repeats itself (see [`Client::counting_retries`]).
+    on_retry: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The request a statement is sent as: its `requestId`, and whether that id may have reached
@@ -159,7 +161,24 @@ impl Client {
             auth,
             round_trips: AtomicU64::new(0),
             planned: Mutex::new(VecDeque::new()),
+            on_retry: None,
         })
+    }
+
+    /// Tells `count` of each round trip the client itself repeats (throttling, an outage, a
+    /// timeout, renewed credentials): the pipeline counts them in `retries` of `WB.STATUS`, beside
+    /// the batches it retries.
+    pub fn counting_retries(self, count: impl Fn() + Send + Sync + 'static) -> Client {
+        Client {
+            on_retry: Some(Box::new(count)),
+            ..self
+        }
+    }
+
+    fn count_retry(&self) {
+        if let Some(count) = &self.on_retry {
+            count();
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -444,7 +463,7 @@ impl Client {
                 Err(e) if e.class == ErrorClass::Reauth && self.cfg.auto_reconnect && !renewed => {
                     renewed = true;
                     self.auth.renew(&bearer);
-                    count_retry();
+                    self.count_retry();
                 }
                 Err(mut e) if e.class == ErrorClass::Reauth => {
                     e.message = format!("{} ({})", e.message, self.auth.hint());
@@ -463,7 +482,7 @@ impl Client {
                         }
                         return Err(e);
                     }
-                    count_retry();
+                    self.count_retry();
                 }
                 Err(e) => return Err(e),
             }
@@ -744,14 +763,6 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
             .filter_map(|(_, v)| v.as_deref()?.parse::<u64>().ok())
             .sum(),
     )
-}
-
-/// One round trip the client itself repeats (throttling, an outage, a timeout, renewed credentials)
-/// counts in `retries` of `WB.STATUS`, beside the batches the pipeline retries.
-fn count_retry() {
-    crate::pipeline::status::METRICS
-        .retries
-        .fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

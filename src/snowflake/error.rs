@@ -202,7 +202,7 @@ pub const MESSAGE_CHARS: usize = 200;
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     let cut = joined.char_indices().nth(MESSAGE_CHARS).map(|(i, _)| i);
-    let kept = crate::host::logging::escaped(&joined[..cut.unwrap_or(joined.len())]);
+    let kept = crate::text::escaped(&joined[..cut.unwrap_or(joined.len())]);
     match cut {
         Some(_) => kept + "…",
         None => kept,

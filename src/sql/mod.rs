@@ -27,15 +27,7 @@ use crate::entry::{CreateUser, Decoded, EntryId, Event};
 use crate::settings::{Key, Snapshot};
 use crate::statement::{Bind, Statement};
 
-/// Where both MERGEs read their source rows: the bind, a JSON array of chunks of links
-/// ([`LinkArray`]), expanded twice with `LATERAL FLATTEN`.
-///
-/// Why chunks: an engine may materialise the flattened input beside every element it yields (the
-/// `THIS` column of `FLATTEN`); fakesnow's DuckDB does, which makes one flat array cost
-/// elements × bytes — 600 ms for 2,000 links where chunks of 32 take 50 ms. Nested, each level
-/// yields few rows of a small input. Snowflake runs both forms alike.
-pub const LINKS_SOURCE: &str = "FROM (SELECT PARSE_JSON(?) AS j) b, \
-LATERAL FLATTEN(input => b.j) c, LATERAL FLATTEN(input => c.value) f";
+pub use tracked::LINKS_SOURCE;
 
 /// Links per chunk of a [`LinkArray`].
 pub const CHUNK_LINKS: usize = 32;

@@ -12,7 +12,7 @@
 //! suffix of the row's entries in the batch, carrying the suffix's whole effect — visits to add, the
 //! latest time of each kind, the final save state, the last value of each attribute — and the
 //! entries around it (`prev`, `entry`, `last`). They travel in one `TEXT` bind, a JSON array of
-//! chunks of links expanded by two `LATERAL FLATTEN`s ([`super::LINKS_SOURCE`]). Then:
+//! chunks of links expanded by two `LATERAL FLATTEN`s ([`LINKS_SOURCE`]). Then:
 //!
 //! 1. The links are joined to the current rows (`LEFT JOIN`, the first of two passes over TRACKED)
 //!    and a link is kept only where `prev <= last_entry_id < entry` — the one suffix the row has not
@@ -43,9 +43,18 @@
 use serde::Serialize;
 
 use super::fold::{Effect, Kind, Link, RowKey};
-use super::LINKS_SOURCE;
 use crate::entry::id::SortText;
 use crate::entry::rules::TsText;
+
+/// Where both MERGEs read their source rows: the bind, a JSON array of chunks of links
+/// ([`LinkArray`](super::LinkArray)), expanded twice with `LATERAL FLATTEN`.
+///
+/// Why chunks: an engine may materialise the flattened input beside every element it yields (the
+/// `THIS` column of `FLATTEN`); fakesnow's DuckDB does, which makes one flat array cost
+/// elements × bytes — 600 ms for 2,000 links where chunks of 32 take 50 ms. Nested, each level
+/// yields few rows of a small input. Snowflake runs both forms alike.
+pub const LINKS_SOURCE: &str = "FROM (SELECT PARSE_JSON(?) AS j) b, \
+LATERAL FLATTEN(input => b.j) c, LATERAL FLATTEN(input => c.value) f";
 
 /// The format of every timestamp the statements convert (the text [`crate::entry::rules::ts_text`] writes).
 pub const TS_FORMAT: &str = "YYYY-MM-DD HH24:MI:SS";

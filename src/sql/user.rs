@@ -11,8 +11,7 @@
 use serde::Serialize;
 
 use super::fold::UserLink;
-use super::tracked::TS_FORMAT;
-use super::LINKS_SOURCE;
+use super::tracked::{LINKS_SOURCE, TS_FORMAT};
 use crate::entry::id::SortText;
 use crate::entry::rules::TsText;
 

@@ -1,0 +1,335 @@
+//! The pipeline's shared control: its state word, the stop/pause/degraded flags, the wake-up and
+//! settled signals, and its counted threads (started behind the panic guard, restarted after a
+//! panic). Every pipeline thread and command reads it; it reads nothing of theirs.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use super::metrics::METRICS;
+use crate::settings::{Key, Snapshot};
+
+/// What the pipeline is doing, for `WB.STATUS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Starting = 0,
+    Loading,
+    Replica,
+    Unconfigured,
+    Paused,
+    Running,
+    DryRun,
+    Retrying,
+    Stopping,
+    Stopped,
+}
+
+impl State {
+    fn word(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Loading => "loading",
+            State::Replica => "replica",
+            State::Unconfigured => "unconfigured",
+            State::Paused => "paused",
+            State::Running => "running",
+            State::DryRun => "dry-run",
+            State::Retrying => "retrying",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(n: u8) -> State {
+        const ALL: [State; 10] = [
+            State::Starting,
+            State::Loading,
+            State::Replica,
+            State::Unconfigured,
+            State::Paused,
+            State::Running,
+            State::DryRun,
+            State::Retrying,
+            State::Stopping,
+            State::Stopped,
+        ];
+        ALL.get(n as usize).copied().unwrap_or(State::Stopped)
+    }
+}
+
+/// Control shared by the pipeline's threads and the commands.
+pub struct Control {
+    state: AtomicU8,
+    /// Set by SHUTDOWN and MODULE UNLOAD: stop claiming, finish or abandon in-flight work.
+    pub stop: AtomicBool,
+    pub paused: AtomicBool,
+    /// Set by a retryable failure, cleared by the next success: the Snowflake session is down.
+    pub degraded: AtomicBool,
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    /// Signalled whenever entries are acknowledged (in-flight space frees up).
+    pub settled: (Mutex<()>, Condvar),
+    /// Batches between "commit started" and "acknowledgements queued".
+    pub committing: std::sync::atomic::AtomicUsize,
+    pub(super) threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Pipeline threads that have not returned yet.
+    pub(super) alive: std::sync::atomic::AtomicUsize,
+    /// Restarts of pipeline threads after a panic, since load.
+    pub restarts: std::sync::atomic::AtomicU64,
+    /// Until when (wall-clock ms) a supervised thread counts as failing: its restarts keep dying
+    /// (see [`spawn_supervised`]).
+    pub failing_until_ms: std::sync::atomic::AtomicU64,
+    /// Set when claimed entries may have been lost from module memory (a thread died holding them):
+    /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
+    pub recover: AtomicBool,
+    /// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is
+    /// busy taking writes.
+    pub xadds: std::sync::atomic::AtomicU64,
+}
+
+static CONTROL: OnceLock<Arc<Control>> = OnceLock::new();
+
+pub fn control() -> &'static Arc<Control> {
+    CONTROL.get_or_init(|| {
+        let (wake_tx, wake_rx) = bounded(1);
+        Arc::new(Control {
+            state: AtomicU8::new(State::Starting as u8),
+            stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            degraded: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
+            settled: (Mutex::new(()), Condvar::new()),
+            committing: std::sync::atomic::AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+            alive: std::sync::atomic::AtomicUsize::new(0),
+            restarts: std::sync::atomic::AtomicU64::new(0),
+            failing_until_ms: std::sync::atomic::AtomicU64::new(0),
+            recover: AtomicBool::new(false),
+            xadds: std::sync::atomic::AtomicU64::new(0),
+        })
+    })
+}
+
+impl Control {
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Wakes the claimer (never blocks: one pending wake-up is enough).
+    pub fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// Waits for a wake-up or `timeout`.
+    pub fn wait_wake(&self, timeout: Duration) {
+        let _ = self.wake_rx.recv_timeout(timeout);
+    }
+
+    /// Tells waiters that in-flight entries were settled.
+    pub fn notify_settled(&self) {
+        let _g = self.settled.0.lock();
+        self.settled.1.notify_all();
+    }
+
+    /// Waits until notified or `timeout`.
+    pub fn wait_settled(&self, timeout: Duration) {
+        let mut g = self.settled.0.lock();
+        self.settled.1.wait_for(&mut g, timeout);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts a pipeline thread: its body runs behind the panic guard, and its exit is counted so
+/// `MODULE UNLOAD` can tell when every thread has returned.
+pub fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    let c = Arc::clone(control());
+    c.alive.fetch_add(1, Ordering::SeqCst);
+    let label = name.to_string();
+    let nice = crate::settings::current()
+        .int(Key::BackgroundNice)
+        .clamp(0, 19) as libc::c_int;
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // Lower this thread's priority (Linux nice values are per thread); never raise it.
+            if nice > 0 {
+                unsafe {
+                    let tid = libc::gettid();
+                    let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
+                }
+            }
+            crate::host::ffi::guard(&label, body);
+            c.alive.fetch_sub(1, Ordering::SeqCst);
+        })
+        .map_err(|e| {
+            control().alive.fetch_sub(1, Ordering::SeqCst);
+            format!("could not start the {name} thread: {e}")
+        })
+}
+
+/// A supervised thread that panics this many times in a row, each within [`HEALTHY_RUN`] of its
+/// start, is reported as failing (`WB.STATUS` state `failed`); it keeps being restarted.
+const FAILING_AFTER: u32 = 5;
+/// A run this long without a panic resets the thread's backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// The longest wait before a restart.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Starts a pipeline thread that is restarted when its body panics: the panic is logged, the thread
+/// waits (100 ms, doubling to 30 s; reset after a minute without a panic) and runs `body` again, and
+/// any claimed entries it may have held are taken over again by the claimer. A body that returns
+/// ends the thread.
+pub fn spawn_supervised(
+    name: &str,
+    mut body: impl FnMut() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    let label = name.to_string();
+    spawn_thread(name, move || {
+        let c = control();
+        let mut in_a_row: u32 = 0;
+        loop {
+            let started = Instant::now();
+            if crate::host::ffi::guard(&label, &mut body).is_some() {
+                break;
+            }
+            if c.stopping() {
+                break;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                in_a_row = 0;
+            }
+            in_a_row += 1;
+            c.restarts.fetch_add(1, Ordering::Relaxed);
+            c.recover.store(true, Ordering::Relaxed);
+            let wait = Duration::from_millis(100)
+                .saturating_mul(1 << in_a_row.saturating_sub(1).min(10))
+                .min(MAX_RESTART_BACKOFF);
+            if in_a_row >= FAILING_AFTER {
+                // Failing until the restarted body has run a healthy while without dying.
+                let until = now_ms() + (wait + HEALTHY_RUN).as_millis() as u64;
+                c.failing_until_ms.fetch_max(until, Ordering::Relaxed);
+            }
+            crate::host::logging::warning(&format!(
+                "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
+                wait.as_millis()
+            ));
+            METRICS.set_error(&format!("thread {label} died and was restarted"));
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !c.stopping() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if c.stopping() {
+                break;
+            }
+        }
+    })
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
+/// module's memory counts against `maxmemory`, so it stays small under any backlog.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// About how many bytes one claim reads under the lock.
+pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Gives back `bytes` of claimed entries the module no longer holds.
+pub fn release_bytes(bytes: u64) {
+    let _ = METRICS
+        .in_flight_bytes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(bytes))
+        });
+}
+
+/// Forgets `n` claimed entries that will not be settled by this process (a worker stopped or died
+/// holding them): they leave the in-flight count, stay pending in the group, and the claimer takes
+/// them over again once nothing else is in flight.
+pub fn settle_lost(n: u64) {
+    if n == 0 {
+        return;
+    }
+    let c = control();
+    let _ = METRICS
+        .in_flight
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    if !c.stopping() {
+        c.recover.store(true, Ordering::Relaxed);
+    }
+    c.notify_settled();
+}
+
+/// Pipeline threads running now (for `WB.STATUS`).
+pub fn threads_alive() -> usize {
+    control().alive.load(Ordering::SeqCst)
+}
+
+/// The state word for `WB.STATUS`.
+pub fn state() -> &'static str {
+    let c = control();
+    if c.failing_until_ms.load(Ordering::Relaxed) > now_ms()
+        && !matches!(c.state(), State::Stopping | State::Stopped)
+    {
+        return "failed";
+    }
+    match c.state() {
+        State::Running if METRICS.is_blocked() => "blocked",
+        State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
+        s => s.word(),
+    }
+}
+
+/// Whether SQL is only logged: `DRY_RUN=1`, or Snowflake incomplete with `ALLOW_NO_SNOWFLAKE=1`.
+pub fn dry_run(s: &Snapshot) -> bool {
+    s.bool(Key::DryRun) || (!s.snowflake_configured() && s.bool(Key::AllowNoSnowflake))
+}
+
+/// Whether the writer has nothing to write to: no Snowflake settings and no dry run.
+pub fn unconfigured(s: &Snapshot) -> bool {
+    !dry_run(s) && !s.snowflake_configured()
+}
+
+/// The consumer group read through: the configured one, or in dry run a separate `<group>:dry-run`
+/// group, so the live group's position is untouched and switching to live loses nothing.
+pub fn group_name(s: &Snapshot) -> String {
+    if dry_run(s) {
+        format!("{}:dry-run", s.str(Key::Group))
+    } else {
+        s.str(Key::Group).to_string()
+    }
+}
+
+/// The Snowflake session in one word.
+pub fn session_state() -> &'static str {
+    let c = control();
+    if dry_run(&crate::settings::current()) {
+        "dry-run"
+    } else if c.degraded.load(Ordering::Relaxed) {
+        "failing"
+    } else if METRICS.last_success_ms.load(Ordering::Relaxed) > 0 {
+        "ok"
+    } else {
+        "idle"
+    }
+}
