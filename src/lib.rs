@@ -32,6 +32,7 @@ pub mod ffi;
 pub mod import;
 pub mod info;
 pub mod logging;
+pub mod mapping;
 pub mod migrate;
 pub mod pipeline;
 pub mod restore;
