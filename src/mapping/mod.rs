@@ -4,9 +4,14 @@
 //! - [`file`]: the mappings file, validated at load.
 //! - [`op`]: rgsync's `#` field: what a change asks for (replicate or not, delete, acknowledge).
 //! - [`column`]: column types as Snowflake describes them, and each hash value converted to one.
+//! - [`change`]: one captured change, as the mapping's capture stream keeps it.
+//! - [`plan`]: a batch of changes converted, coalesced per row, into MERGE statements
+//!   ([`crate::sql::mapping`]).
 
+pub mod change;
 pub mod column;
 pub mod file;
 pub mod op;
+pub mod plan;
 
 pub use file::{FieldColumn, FileError, Mapping, Mappings};
