@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::emulator::Emulator;
-use common::redis_server::{q, status, Options, RedisServer};
+use common::redis_server::{q, q_err, status, Options, RedisServer};
 use serde_json::{json, Value};
 
 const CORPUS: &str = include_str!("hostile/corpus.json");
@@ -654,6 +654,73 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
     );
     let st = status(&mut con);
     assert_eq!(st_int(&st, "background_commands"), 0, "{st:?}");
+    assert!(server.is_running());
+}
+
+#[test]
+fn a_background_command_whose_thread_cannot_start_gets_a_clear_error_and_the_server_stays_responsive(
+) {
+    let mut server = RedisServer::start(
+        Options::default()
+            .env("WB_TEST_FAULTS", "1")
+            .env("WB_TEST_SPAWN_REFUSED", "WB.FLUSH,WB.IMPORT"),
+    );
+    let mut con = server.connection();
+    con.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let pid = server.pid().expect("pid");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
+    let before_status = status(&mut con);
+    let before = threads();
+    let mut slowest = Duration::ZERO;
+    // More refused starts than the executor has places: a place leaked by a refusal would turn
+    // the later ones into "already waiting" refusals.
+    for i in 0..40 {
+        let (cmd, args): (&str, &[&str]) = if i % 2 == 0 {
+            ("WB.FLUSH", &["WB.FLUSH", "100"])
+        } else {
+            ("WB.IMPORT", &["WB.IMPORT", "MATCH", "legacy:*"])
+        };
+        let e = q_err(&mut con, args);
+        assert!(
+            e.starts_with(&format!("BUSY: could not start the {cmd} thread:"))
+                && e.ends_with(&format!("{cmd} refused, retry later")),
+            "{cmd}: {e}"
+        );
+        let t = std::time::Instant::now();
+        let pong: String = q(&mut con, &["PING"]);
+        assert_eq!(pong, "PONG");
+        slowest = slowest.max(t.elapsed());
+    }
+    // Another background command still starts its thread and answers.
+    let ping = raw_cmd(&mut con, &[b"WB.PING"]);
+    assert!(ping.is_err(), "WB.PING without Snowflake: {ping:?}");
+    let st = server.wait_for(
+        "threads back to their baseline",
+        Duration::from_secs(10),
+        || {
+            let st = status(&mut server.connection());
+            (threads() == before
+                && st_int(&st, "threads_alive") == st_int(&before_status, "threads_alive")
+                && st_int(&st, "background_commands") == 0)
+                .then_some(st)
+        },
+    );
+    eprintln!(
+        "MEASURED 40 refused thread starts: threads {before} -> {}, threads_alive {}, slowest PING {} ms",
+        threads(),
+        st_int(&st, "threads_alive"),
+        slowest.as_millis()
+    );
+    assert!(
+        slowest < Duration::from_millis(200),
+        "PING took {slowest:?}"
+    );
     assert!(server.is_running());
 }
 
