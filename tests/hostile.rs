@@ -590,7 +590,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             "+wb.write",
         ],
     );
-    // Without Snowflake nothing is ever written: every WB.FLUSH waits for its whole timeout.
+    // Without Snowflake nothing is ever written: every WB.FLUSH and WB.WRITE ... SYNC that is let
+    // wait waits for its whole timeout.
     let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
     let pid = server.pid().expect("pid");
     let threads = || {
@@ -599,17 +600,43 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             .unwrap_or(0)
     };
     let before = threads();
-    let callers = 300;
+    let bulk = |parts: &[&str]| {
+        let mut out = format!("*{}\r\n", parts.len());
+        for p in parts {
+            out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+        }
+        out
+    };
+    let auth = bulk(&["AUTH", "app", "app-pass"]);
+    let flush = bulk(&["WB.FLUSH", "5000"]);
+    // 1,000 WB.FLUSH callers (16 may wait) and 1,050 WB.WRITE ... SYNC callers (1,000 may wait),
+    // interleaved, each on its own connection.
+    let (flushers, writers) = (1000, 1050);
     let mut socks = Vec::new();
-    for _ in 0..callers {
+    let sending = std::time::Instant::now();
+    for i in 0..flushers.max(writers) {
         use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        s.write_all(
-            b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$8\r\napp-pass\r\n*2\r\n$8\r\nWB.FLUSH\r\n$4\r\n3000\r\n",
-        )
-        .expect("send");
-        socks.push(s);
+        for (kind, n) in [("flush", flushers), ("write", writers)] {
+            if i >= n {
+                continue;
+            }
+            let cmd = if kind == "flush" {
+                flush.clone()
+            } else {
+                let now = ts(chrono::Utc::now());
+                let v = json!({"key": format!("userdata-events:storm{i}-x/visited"), "records": [{"id": format!("storm{i}-x"),
+                    "track_id": "t", "lastplus": now, "action": "v"}]});
+                bulk(&["WB.WRITE", &v.to_string(), "SYNC", "5000"])
+            };
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+            s.write_all(format!("{auth}{cmd}").as_bytes())
+                .expect("send");
+            socks.push((kind, s));
+        }
     }
+    // Every caller is in before the first wait ends (5 s), so exactly the capacity waits.
+    let sent_in = sending.elapsed();
+    assert!(sent_in < Duration::from_secs(4), "sending took {sent_in:?}");
     let mut most = before;
     let mut slowest = Duration::ZERO;
     let until = std::time::Instant::now() + Duration::from_millis(1500);
@@ -620,9 +647,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
         slowest = slowest.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut busy = 0;
-    let mut waited = 0;
-    for mut s in socks {
+    let mut tally: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (kind, mut s) in socks {
         use std::io::Read;
         s.set_read_timeout(Some(Duration::from_secs(15)))
             .expect("timeout");
@@ -634,19 +660,25 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             got.extend_from_slice(&buf[..n]);
         }
         let text = String::from_utf8_lossy(&got);
-        if text.contains("-BUSY") {
-            busy += 1;
-        } else if text.contains("-TIMEOUT") {
-            waited += 1;
+        let outcome = if text.contains("-BUSY ") && text.contains("retry") {
+            "busy"
+        } else if text.contains("-TIMEOUT ") {
+            "waited"
         } else {
-            panic!("unexpected reply {text:?}");
-        }
+            panic!("unexpected reply to {kind}: {text:?}");
+        };
+        *tally.entry((kind, outcome)).or_default() += 1;
+        most = most.max(threads());
     }
+    let count = |k: (&str, &str)| tally.get(&k).copied().unwrap_or(0);
     eprintln!(
-        "MEASURED {callers} concurrent WB.FLUSH: {waited} waited, {busy} refused BUSY; threads {before} -> at most {most}; slowest PING {} ms",
+        "MEASURED {flushers} concurrent WB.FLUSH + {writers} concurrent WB.WRITE SYNC, sent in {} ms: {tally:?}; threads {before} -> at most {most}; slowest PING {} ms",
+        sent_in.as_millis(),
         slowest.as_millis()
     );
-    assert!(busy >= callers - 16, "{busy} refused");
+    assert!(count(("flush", "busy")) >= flushers - 16, "{tally:?}");
+    assert_eq!(count(("write", "waited")), 1000, "{tally:?}");
+    assert_eq!(count(("write", "busy")), writers - 1000, "{tally:?}");
     assert!(most <= before + 16, "threads grew from {before} to {most}");
     assert!(
         slowest < Duration::from_millis(200),
@@ -654,6 +686,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
     );
     let st = status(&mut con);
     assert_eq!(st_int(&st, "background_commands"), 0, "{st:?}");
+    // Only the writes that were let wait added an entry.
+    assert_eq!(q::<i64>(&mut con, &["XLEN", "userdata-stream"]), 1001);
     assert!(server.is_running());
 }
 
