@@ -1054,6 +1054,45 @@ fn a_stream_swapped_moved_or_renamed_away_counts_every_entry_it_never_wrote_and_
 }
 
 #[test]
+fn a_stream_evicted_under_an_allkeys_policy_counts_every_entry_it_never_wrote() {
+    let mut server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    // Without Snowflake nothing is written: every entry of the stream is unwritten when it goes.
+    for i in 0..25 {
+        xadd(&mut con, &visit(&format!("evicted{i}-x"), "t"));
+    }
+    let info: String = q(&mut con, &["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let _: String = q(
+        &mut con,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    let limit = (used + 4 * 1024 * 1024).to_string();
+    let _: String = q(&mut con, &["CONFIG", "SET", "maxmemory", &limit]);
+    // Newer keys fill the memory until the least recently used one, the stream, is evicted.
+    let filler = "f".repeat(64 * 1024);
+    let mut written = 0;
+    while q::<i64>(&mut con, &["EXISTS", "userdata-stream"]) == 1 {
+        assert!(written < 5_000, "the stream was never evicted");
+        let _: String = q(&mut con, &["SET", &format!("filler:{written}"), &filler]);
+        written += 1;
+    }
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "lost_deleted"), 25, "{st:?}");
+    assert!(
+        server
+            .log()
+            .contains("LOST 25 entries of userdata-stream were never written to Snowflake: the stream was evicted"),
+        "no LOST warning for the eviction"
+    );
+    assert!(server.is_running());
+}
+
+#[test]
 fn an_evicting_maxmemory_policy_is_warned_about_at_start_and_in_status() {
     let server = RedisServer::start(Options::default().conf("maxmemory-policy allkeys-lru"));
     let mut con = server.connection();
