@@ -8,6 +8,11 @@
 //! delivered to the group, or pending and not held by the module — are counted in `lost_deleted` and
 //! logged as a `LOST` warning. The writer then carries on with the stream the application creates
 //! next (the claimer re-creates its group at ID 0). Entries the module holds are still written.
+//!
+//! A stream moved away is the same loss: `RENAME` or `MOVE` of the stream key deletes it under its
+//! name (the key event above), and `SWAPDB` of the stream's database puts another database's content
+//! under the name — the old stream, now in the other database, is judged there just after the swap,
+//! and the writer carries on with whatever stream the swap brought in.
 
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
@@ -21,6 +26,7 @@ use crate::status::METRICS;
 use crate::stream;
 
 const EVENT_FLUSHDB: u64 = 2;
+const EVENT_SWAPDB: u64 = 11;
 const EVENT_KEY: u64 = 17;
 const SUBEVENT_FLUSHDB_START: u64 = 0;
 
@@ -30,6 +36,14 @@ struct FlushInfo {
     version: u64,
     sync: i32,
     dbnum: i32,
+}
+
+/// `RedisModuleSwapDbInfoV1`.
+#[repr(C)]
+struct SwapDbInfo {
+    version: u64,
+    dbnum_first: i32,
+    dbnum_second: i32,
 }
 
 /// `RedisModuleKeyInfoV1`.
@@ -56,8 +70,13 @@ extern "C" fn on_event(
                 let db = unsafe { (*data.cast::<FlushInfo>()).dbnum };
                 let ours = settings::current().int(Key::RedisDb);
                 if db == -1 || i64::from(db) == ours {
-                    stream_ends("flushed (FLUSHDB/FLUSHALL)");
+                    stream_ends("flushed (FLUSHDB/FLUSHALL)", None);
                 }
+            }
+        } else if eid.id == EVENT_SWAPDB {
+            if !data.is_null() {
+                let info = unsafe { &*data.cast::<SwapDbInfo>() };
+                on_swapdb(info.dbnum_first, info.dbnum_second);
             }
         } else {
             crate::pipeline::control().wake();
@@ -104,12 +123,32 @@ fn on_key_gone(info: *mut KeyInfo, sub: u64) {
         3 => "overwritten",
         _ => "deleted",
     };
-    stream_ends(how);
+    stream_ends(how, None);
 }
 
-/// The stream is about to go (main thread, data still there): count and report what was never
-/// written.
-fn stream_ends(how: &str) {
+/// After `SWAPDB a b`: when one of them is the stream's database, the stream that was under the
+/// name now lives in the other one.
+fn on_swapdb(first: i32, second: i32) {
+    let ours = settings::current().int(Key::RedisDb);
+    let old_home = if i64::from(first) == ours {
+        second
+    } else if i64::from(second) == ours {
+        first
+    } else {
+        return;
+    };
+    if i64::from(old_home) == ours {
+        return;
+    }
+    stream_ends(
+        &format!("swapped away (SWAPDB: it is now in database {old_home})"),
+        Some(old_home),
+    );
+}
+
+/// The stream is about to go (main thread, data still there), or has just moved to database `moved_to`:
+/// count and report what was never written.
+fn stream_ends(how: &str, moved_to: Option<i32>) {
     // The loss is judged on a replica by its primary: a replica writes nothing anyway.
     let Some(ctx) = stream::home() else { return };
     if stream::is_replica(&ctx) {
@@ -119,7 +158,18 @@ fn stream_ends(how: &str) {
     let stream_name = s.str(Key::RedisStream).to_string();
     let group = crate::pipeline::group_name(&s);
     let held = METRICS.in_flight.load(Ordering::Relaxed) as i64;
-    let lost = never_written(&ctx, &stream_name, &group, held);
+    let lost = match moved_to {
+        None => never_written(&ctx, &stream_name, &group, held),
+        Some(db) => match unsafe { raw::RedisModule_SelectDb } {
+            Some(select) => unsafe {
+                select(ctx.ctx, db);
+                let lost = never_written(&ctx, &stream_name, &group, held);
+                select(ctx.ctx, s.int(Key::RedisDb) as i32);
+                lost
+            },
+            None => 0,
+        },
+    };
     crate::pipeline::control().wake();
     if lost == 0 {
         logging::info(&format!(
@@ -169,7 +219,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         }
     }
     // The stream's end: optional (a server without these events still runs the writer).
-    for id in [EVENT_KEY, EVENT_FLUSHDB] {
+    for id in [EVENT_KEY, EVENT_FLUSHDB, EVENT_SWAPDB] {
         let event = raw::RedisModuleEvent { id, dataver: 1 };
         if unsafe { subscribe(ctx.ctx, event, Some(on_event)) } != raw::REDISMODULE_OK as i32 {
             logging::warning(&format!(
