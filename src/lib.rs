@@ -24,6 +24,7 @@ pub mod commands;
 pub mod docs;
 pub mod entry;
 pub mod host;
+pub mod mapping;
 pub mod migrate;
 pub mod pipeline;
 pub mod settings;

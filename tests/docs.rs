@@ -120,3 +120,44 @@ fn module_configs_named_in_the_docs_exist() {
         }
     }
 }
+
+/// Every kind of DDL statement `wb-migrate` runs (`CREATE ... TABLE`, `DROP TABLE`, ...) is named in the
+/// migration guide's grants, with the grant that allows it.
+#[test]
+fn the_migration_guide_grants_cover_every_ddl_statement_wb_migrate_runs() {
+    let guide = repo_file("docs/migration.md");
+    let grants = &guide[guide
+        .find("**Grants for `wb-migrate`.**")
+        .expect("the migration guide has a grants paragraph for wb-migrate")..];
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(repo_path("src/migrate")).expect("src/migrate") {
+        let source = std::fs::read_to_string(entry.expect("entry").path()).expect("source");
+        for verb in ["\"CREATE ", "\"DROP ", "\"ALTER ", "\"TRUNCATE "] {
+            for (at, _) in source.match_indices(verb) {
+                let text = &source[at + 1..];
+                let Some(end) = text.find(" TABLE") else {
+                    continue;
+                };
+                let kind = text[..end + " TABLE".len()].to_string();
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+    }
+    assert!(
+        kinds.iter().any(|k| k.starts_with("CREATE"))
+            && kinds.iter().any(|k| k.starts_with("DROP")),
+        "wb-migrate's staging table statements were not found: {kinds:?}"
+    );
+    for kind in &kinds {
+        assert!(
+            grants.contains(kind.as_str()),
+            "docs/migration.md's grants for wb-migrate do not mention {kind}"
+        );
+    }
+    if kinds.iter().any(|k| k.starts_with("CREATE")) {
+        assert!(grants.contains("GRANT CREATE TABLE ON SCHEMA"));
+        assert!(grants.contains("GRANT USAGE ON SCHEMA"));
+    }
+}

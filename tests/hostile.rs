@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::emulator::Emulator;
-use common::redis_server::{q, status, Options, RedisServer};
+use common::redis_server::{q, q_err, status, Options, RedisServer};
 use serde_json::{json, Value};
 
 const CORPUS: &str = include_str!("hostile/corpus.json");
@@ -590,7 +590,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             "+wb.write",
         ],
     );
-    // Without Snowflake nothing is ever written: every WB.FLUSH waits for its whole timeout.
+    // Without Snowflake nothing is ever written: every WB.FLUSH and WB.WRITE ... SYNC that is let
+    // wait waits for its whole timeout.
     let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
     let pid = server.pid().expect("pid");
     let threads = || {
@@ -599,17 +600,43 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             .unwrap_or(0)
     };
     let before = threads();
-    let callers = 300;
+    let bulk = |parts: &[&str]| {
+        let mut out = format!("*{}\r\n", parts.len());
+        for p in parts {
+            out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+        }
+        out
+    };
+    let auth = bulk(&["AUTH", "app", "app-pass"]);
+    let flush = bulk(&["WB.FLUSH", "5000"]);
+    // 1,000 WB.FLUSH callers (16 may wait) and 1,050 WB.WRITE ... SYNC callers (1,000 may wait),
+    // interleaved, each on its own connection.
+    let (flushers, writers) = (1000, 1050);
     let mut socks = Vec::new();
-    for _ in 0..callers {
+    let sending = std::time::Instant::now();
+    for i in 0..flushers.max(writers) {
         use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-        s.write_all(
-            b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$8\r\napp-pass\r\n*2\r\n$8\r\nWB.FLUSH\r\n$4\r\n3000\r\n",
-        )
-        .expect("send");
-        socks.push(s);
+        for (kind, n) in [("flush", flushers), ("write", writers)] {
+            if i >= n {
+                continue;
+            }
+            let cmd = if kind == "flush" {
+                flush.clone()
+            } else {
+                let now = ts(chrono::Utc::now());
+                let v = json!({"key": format!("userdata-events:storm{i}-x/visited"), "records": [{"id": format!("storm{i}-x"),
+                    "track_id": "t", "lastplus": now, "action": "v"}]});
+                bulk(&["WB.WRITE", &v.to_string(), "SYNC", "5000"])
+            };
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+            s.write_all(format!("{auth}{cmd}").as_bytes())
+                .expect("send");
+            socks.push((kind, s));
+        }
     }
+    // Every caller is in before the first wait ends (5 s), so exactly the capacity waits.
+    let sent_in = sending.elapsed();
+    assert!(sent_in < Duration::from_secs(4), "sending took {sent_in:?}");
     let mut most = before;
     let mut slowest = Duration::ZERO;
     let until = std::time::Instant::now() + Duration::from_millis(1500);
@@ -620,9 +647,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
         slowest = slowest.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut busy = 0;
-    let mut waited = 0;
-    for mut s in socks {
+    let mut tally: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (kind, mut s) in socks {
         use std::io::Read;
         s.set_read_timeout(Some(Duration::from_secs(15)))
             .expect("timeout");
@@ -634,19 +660,25 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
             got.extend_from_slice(&buf[..n]);
         }
         let text = String::from_utf8_lossy(&got);
-        if text.contains("-BUSY") {
-            busy += 1;
-        } else if text.contains("-TIMEOUT") {
-            waited += 1;
+        let outcome = if text.contains("-BUSY ") && text.contains("retry") {
+            "busy"
+        } else if text.contains("-TIMEOUT ") {
+            "waited"
         } else {
-            panic!("unexpected reply {text:?}");
-        }
+            panic!("unexpected reply to {kind}: {text:?}");
+        };
+        *tally.entry((kind, outcome)).or_default() += 1;
+        most = most.max(threads());
     }
+    let count = |k: (&str, &str)| tally.get(&k).copied().unwrap_or(0);
     eprintln!(
-        "MEASURED {callers} concurrent WB.FLUSH: {waited} waited, {busy} refused BUSY; threads {before} -> at most {most}; slowest PING {} ms",
+        "MEASURED {flushers} concurrent WB.FLUSH + {writers} concurrent WB.WRITE SYNC, sent in {} ms: {tally:?}; threads {before} -> at most {most}; slowest PING {} ms",
+        sent_in.as_millis(),
         slowest.as_millis()
     );
-    assert!(busy >= callers - 16, "{busy} refused");
+    assert!(count(("flush", "busy")) >= flushers - 16, "{tally:?}");
+    assert_eq!(count(("write", "waited")), 1000, "{tally:?}");
+    assert_eq!(count(("write", "busy")), writers - 1000, "{tally:?}");
     assert!(most <= before + 16, "threads grew from {before} to {most}");
     assert!(
         slowest < Duration::from_millis(200),
@@ -654,6 +686,75 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
     );
     let st = status(&mut con);
     assert_eq!(st_int(&st, "background_commands"), 0, "{st:?}");
+    // Only the writes that were let wait added an entry.
+    assert_eq!(q::<i64>(&mut con, &["XLEN", "userdata-stream"]), 1001);
+    assert!(server.is_running());
+}
+
+#[test]
+fn a_background_command_whose_thread_cannot_start_gets_a_clear_error_and_the_server_stays_responsive(
+) {
+    let mut server = RedisServer::start(
+        Options::default()
+            .env("WB_TEST_FAULTS", "1")
+            .env("WB_TEST_SPAWN_REFUSED", "WB.FLUSH,WB.IMPORT"),
+    );
+    let mut con = server.connection();
+    con.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let pid = server.pid().expect("pid");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
+    let before_status = status(&mut con);
+    let before = threads();
+    let mut slowest = Duration::ZERO;
+    // More refused starts than the executor has places: a place leaked by a refusal would turn
+    // the later ones into "already waiting" refusals.
+    for i in 0..40 {
+        let (cmd, args): (&str, &[&str]) = if i % 2 == 0 {
+            ("WB.FLUSH", &["WB.FLUSH", "100"])
+        } else {
+            ("WB.IMPORT", &["WB.IMPORT", "MATCH", "legacy:*"])
+        };
+        let e = q_err(&mut con, args);
+        assert!(
+            e.starts_with(&format!("BUSY: could not start the {cmd} thread:"))
+                && e.ends_with(&format!("{cmd} refused, retry later")),
+            "{cmd}: {e}"
+        );
+        let t = std::time::Instant::now();
+        let pong: String = q(&mut con, &["PING"]);
+        assert_eq!(pong, "PONG");
+        slowest = slowest.max(t.elapsed());
+    }
+    // Another background command still starts its thread and answers.
+    let ping = raw_cmd(&mut con, &[b"WB.PING"]);
+    assert!(ping.is_err(), "WB.PING without Snowflake: {ping:?}");
+    let st = server.wait_for(
+        "threads back to their baseline",
+        Duration::from_secs(10),
+        || {
+            let st = status(&mut server.connection());
+            (threads() == before
+                && st_int(&st, "threads_alive") == st_int(&before_status, "threads_alive")
+                && st_int(&st, "background_commands") == 0)
+                .then_some(st)
+        },
+    );
+    eprintln!(
+        "MEASURED 40 refused thread starts: threads {before} -> {}, threads_alive {}, slowest PING {} ms",
+        threads(),
+        st_int(&st, "threads_alive"),
+        slowest.as_millis()
+    );
+    assert!(
+        slowest < Duration::from_millis(200),
+        "PING took {slowest:?}"
+    );
     assert!(server.is_running());
 }
 
@@ -860,6 +961,135 @@ fn a_stream_deleted_or_flushed_under_load_counts_every_entry_it_never_wrote() {
         visits(&emu, "load2") == 100,
         "the writer carried on with the new stream"
     );
+}
+
+#[test]
+fn a_stream_swapped_moved_or_renamed_away_counts_every_entry_it_never_wrote_and_the_writer_carries_on(
+) {
+    let emu = Emulator::start();
+    // At most 30 entries in flight: with slow statements, some entries are held and some not yet
+    // delivered when the stream goes.
+    let mut server = RedisServer::start(
+        wired(&emu)
+            .env("BATCH_MAX_ENTRIES", "10")
+            .env("MAX_IN_FLIGHT", "30"),
+    );
+    let mut con = server.connection();
+    wait_status(&server, "running", Duration::from_secs(20), |st| {
+        st["state"] == "running"
+    });
+    // Paused: nothing is written, so every entry added before the stream goes away is lost.
+    let mut lost = 0;
+    for (n, away) in [
+        (20, vec!["SWAPDB", "0", "1"]),
+        (7, vec!["MOVE", "userdata-stream", "2"]),
+        (5, vec!["RENAME", "userdata-stream", "renamed-away"]),
+    ] {
+        let _: String = q(&mut con, &["WB.PAUSE"]);
+        for i in 0..n {
+            xadd(&mut con, &visit(&format!("{}{i}-x", away[0]), "t"));
+        }
+        let _: redis::Value = q(&mut con, &away);
+        lost += n;
+        let st = status(&mut con);
+        assert_eq!(st_int(&st, "lost_deleted"), lost, "after {away:?}: {st:?}");
+        assert!(
+            server.log().contains(&format!("LOST {n} entries")),
+            "no LOST warning after {away:?}"
+        );
+        assert_eq!(q::<i64>(&mut con, &["EXISTS", "userdata-stream"]), 0);
+        let _: String = q(&mut con, &["WB.RESUME"]);
+    }
+    assert!(server.log().contains("swapped away (SWAPDB"));
+
+    // Under load, with slow statements (entries in flight when it goes), the database is swapped
+    // with one that holds another stream under the name: the writer carries on with that one.
+    // Written + counted lost accounts for every entry added to the stream that went away.
+    let mut other = server.connection();
+    let _: String = q(&mut other, &["SELECT", "3"]);
+    for i in 0..40 {
+        xadd(&mut other, &visit(&format!("other{i}-x"), "t"));
+    }
+    emu.fault(json!({"next": 20, "slow_ms": 300}));
+    for i in 0..100 {
+        xadd(&mut con, &visit(&format!("load{i}-x"), "t"));
+    }
+    wait_status(
+        &server,
+        "entries in flight",
+        Duration::from_secs(20),
+        |st| st_int(st, "in_flight") > 0,
+    );
+    let _: String = q(&mut con, &["SWAPDB", "0", "3"]);
+    for i in 0..50 {
+        xadd(&mut con, &visit(&format!("after{i}-x"), "t"));
+    }
+    con.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    let st = wait_status(
+        &server,
+        "nothing in flight",
+        Duration::from_secs(30),
+        |st| st_int(st, "in_flight") == 0,
+    );
+    let written = visits(&emu, "load");
+    let lost_under_load = st_int(&st, "lost_deleted") - lost;
+    eprintln!(
+        "MEASURED swapped database under load: 100 added, {written} written, {lost_under_load} counted lost"
+    );
+    assert_eq!(written + lost_under_load, 100, "{st:?}");
+    assert!(
+        lost_under_load > 0,
+        "nothing was lost: the test did not swap under load"
+    );
+    assert_eq!(
+        visits(&emu, "other"),
+        40,
+        "the swapped-in stream is written"
+    );
+    assert_eq!(visits(&emu, "after"), 50, "entries added after the swap");
+    assert!(server.is_running());
+}
+
+#[test]
+fn a_stream_evicted_under_an_allkeys_policy_counts_every_entry_it_never_wrote() {
+    let mut server = RedisServer::start(Options::default());
+    let mut con = server.connection();
+    // Without Snowflake nothing is written: every entry of the stream is unwritten when it goes.
+    for i in 0..25 {
+        xadd(&mut con, &visit(&format!("evicted{i}-x"), "t"));
+    }
+    let info: String = q(&mut con, &["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let _: String = q(
+        &mut con,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    let limit = (used + 4 * 1024 * 1024).to_string();
+    let _: String = q(&mut con, &["CONFIG", "SET", "maxmemory", &limit]);
+    // Newer keys fill the memory until the least recently used one, the stream, is evicted.
+    let filler = "f".repeat(64 * 1024);
+    let mut written = 0;
+    while q::<i64>(&mut con, &["EXISTS", "userdata-stream"]) == 1 {
+        assert!(written < 5_000, "the stream was never evicted");
+        let _: String = q(&mut con, &["SET", &format!("filler:{written}"), &filler]);
+        written += 1;
+    }
+    let st = status(&mut con);
+    assert_eq!(st_int(&st, "lost_deleted"), 25, "{st:?}");
+    assert!(
+        server
+            .log()
+            .contains("LOST 25 entries of userdata-stream were never written to Snowflake: the stream was evicted"),
+        "no LOST warning for the eviction"
+    );
+    assert!(server.is_running());
 }
 
 #[test]

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "account",
             "docs",
             "entry",
+            "mapping",
             "settings",
             "snowflake",
             "sql",

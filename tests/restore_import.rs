@@ -146,6 +146,63 @@ fn restore_honours_its_switches() {
 }
 
 #[test]
+fn a_restore_of_many_rows_reads_them_partition_by_partition_and_holds_a_bounded_amount() {
+    let emu = Emulator::start_with(common::emulator::Options {
+        partition_rows: 250,
+        ..Default::default()
+    });
+    let recent = days_ago(1);
+    let rows: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                "('u{:03}-x', 't{i:05}', 'u{:03}', 'page{}', 1, 'title {i} with some words in it', 'QUERY', '/tracks/{i}', 1, '{recent}', 0, NULL, '00000000000000000001-00000000000000000000')",
+                i / 100,
+                i / 100,
+                i % 7
+            )
+        })
+        .collect();
+    emu.sql(&format!(
+        "INSERT INTO TRACKED (tracked_id, track_id, username, page_name, query_row_count, track_title, track_type, track_url, visited_count, visited_dts, saved, saved_dts, last_entry_id) VALUES {}",
+        rows.join(", ")
+    ));
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("RESTORE_ON_EMPTY", "0")
+            .env("RESTORE_LIMIT_TOTAL", "100000")
+            .env("RESTORE_BATCH_SIZE", "5"),
+    );
+    let mut con = server.connection();
+    con.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let got: BTreeMap<String, i64> = q(&mut con, &["WB.RESTORE", "FORCE"]);
+    assert_eq!((got["rows"], got["records"]), (3000, 3000), "{got:?}");
+    let added = entries(&mut con);
+    assert_eq!(added.len() as i64, got["entries"]);
+    let total: usize = added.iter().map(|(_, f)| f["value"].len()).sum();
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RESTORE done: 3000 rows"))
+        .unwrap_or_else(|| panic!("no RESTORE done line in {log}"));
+    let figure = |after: &str, before: &str| -> usize {
+        let rest = &line[line.find(after).expect(after) + after.len()..];
+        rest[..rest.find(before).expect(before)]
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let partitions = figure("read in ", " partitions");
+    let held = figure("at most ", " bytes");
+    eprintln!("MEASURED restore of 3000 rows: {total} bytes added, {partitions} partitions, at most {held} bytes held");
+    assert_eq!(partitions, 12, "{line}");
+    assert!(
+        held > 0 && held * 5 < total,
+        "held {held} of {total} bytes at once: the restore is not streamed ({line})"
+    );
+}
+
+#[test]
 fn legacy_string_keys_are_imported_once_and_written() {
     let emu = Emulator::start();
     let mut server = RedisServer::start(

@@ -6,7 +6,7 @@
 //! A key's end: when a key is deleted (`DEL`, `UNLINK`, an expiry, an eviction under an `allkeys-*`
 //! policy, an overwrite) or its database is flushed (`FLUSHDB`, `FLUSHALL`), Redis tells the module
 //! just before the data goes, so the pipeline whose stream it is can still count what was never
-//! written (see `pipeline::events`).
+//! written (see `pipeline::events`). A database swapped (`SWAPDB`) is told just after the swap.
 
 use std::ffi::c_void;
 
@@ -15,6 +15,7 @@ use redis_module::{raw, Context};
 use crate::host::logging;
 
 const EVENT_FLUSHDB: u64 = 2;
+const EVENT_SWAPDB: u64 = 11;
 const EVENT_KEY: u64 = 17;
 const SUBEVENT_FLUSHDB_START: u64 = 0;
 
@@ -24,6 +25,14 @@ struct FlushInfo {
     version: u64,
     sync: i32,
     dbnum: i32,
+}
+
+/// `RedisModuleSwapDbInfoV1`.
+#[repr(C)]
+struct SwapDbInfo {
+    version: u64,
+    dbnum_first: i32,
+    dbnum_second: i32,
 }
 
 /// `RedisModuleKeyInfoV1`.
@@ -48,6 +57,8 @@ pub enum ServerEvent<'a> {
     },
     /// A database is about to be flushed (`db` is -1 for `FLUSHALL`).
     Flushed { db: i64 },
+    /// Two databases were just swapped (`SWAPDB first second`).
+    Swapped { first: i64, second: i64 },
 }
 
 extern "C" fn on_event(
@@ -76,6 +87,14 @@ extern "C" fn on_event(
             if sub == SUBEVENT_FLUSHDB_START && !data.is_null() {
                 let db = unsafe { (*data.cast::<FlushInfo>()).dbnum };
                 listener.server_event(ServerEvent::Flushed { db: i64::from(db) });
+            }
+        } else if eid.id == EVENT_SWAPDB {
+            if !data.is_null() {
+                let info = unsafe { &*data.cast::<SwapDbInfo>() };
+                listener.server_event(ServerEvent::Swapped {
+                    first: i64::from(info.dbnum_first),
+                    second: i64::from(info.dbnum_second),
+                });
             }
         } else {
             listener.server_event(ServerEvent::Changed);
@@ -130,7 +149,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         }
     }
     // The stream's end: optional (a server without these events still runs the writer).
-    for id in [EVENT_KEY, EVENT_FLUSHDB] {
+    for id in [EVENT_KEY, EVENT_FLUSHDB, EVENT_SWAPDB] {
         let event = raw::RedisModuleEvent { id, dataver: 1 };
         if unsafe { subscribe(ctx.ctx, event, Some(on_event)) } != raw::REDISMODULE_OK as i32 {
             logging::warning(&format!(

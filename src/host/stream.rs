@@ -511,3 +511,12 @@ pub fn add_as_caller(ctx: &Context, stream_name: &str, payload: &[u8]) -> Result
         Err(e) => Err(e.to_utf8_string().unwrap_or_else(|| "XADD failed".into())),
     }
 }
+/// Runs `body` with database `db` selected on `ctx`, then selects `back`; `None` when the server
+/// cannot select a database.
+pub fn in_db<T>(ctx: &Context, db: i32, back: i32, body: impl FnOnce(&Context) -> T) -> Option<T> {
+    let select = unsafe { raw::RedisModule_SelectDb }?;
+    unsafe { select(ctx.ctx, db) };
+    let out = body(ctx);
+    unsafe { select(ctx.ctx, back) };
+    Some(out)
+}

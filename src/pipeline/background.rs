@@ -115,7 +115,8 @@ pub fn run(
         ffi::reply_blocked(name, client, reply);
     });
     if let Err(e) = spawned {
-        return Err(err(format!("BUSY {name} could not start a thread: {e}")));
+        // Only the unrun closure (the slot, a channel end) was dropped: nothing holds a context yet.
+        return Err(err(format!("BUSY {e}; {name} refused, retry later")));
     }
     let Some(gil) = Gil::new() else {
         return Err(err(format!("ERR {name}: could not create a context")));

@@ -164,24 +164,30 @@ pub fn spawn_thread(
     let nice = crate::settings::current()
         .int(Key::BackgroundNice)
         .clamp(0, 19) as libc::c_int;
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            // Lower this thread's priority (Linux nice values are per thread); never raise it.
-            if nice > 0 {
-                unsafe {
-                    let tid = libc::gettid();
-                    let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
-                }
+    let builder = std::thread::Builder::new().name(name.to_string());
+    let body = move || {
+        // Lower this thread's priority (Linux nice values are per thread); never raise it.
+        if nice > 0 {
+            unsafe {
+                let tid = libc::gettid();
+                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
             }
-            crate::host::ffi::guard(&label, body);
-            c.alive.fetch_sub(1, Ordering::SeqCst);
-        })
-        .map_err(|e| {
-            control().alive.fetch_sub(1, Ordering::SeqCst);
-            format!("could not start the {name} thread: {e}")
-        })
+        }
+        crate::host::ffi::guard(&label, body);
+        c.alive.fetch_sub(1, Ordering::SeqCst);
+    };
+    let spawned = if super::faults::spawn_refused(name) {
+        // As the system refusing: the body is dropped here, on the caller's thread, unrun.
+        drop(body);
+        Err(std::io::Error::other("refused by WB_TEST_SPAWN_REFUSED"))
+    } else {
+        builder.spawn(body)
+    };
+    spawned.map_err(|e| {
+        control().alive.fetch_sub(1, Ordering::SeqCst);
+        format!("could not start the {name} thread: {e}")
+    })
 }
 
 /// A supervised thread that panics this many times in a row, each within [`HEALTHY_RUN`] of its

@@ -8,6 +8,11 @@
 //! delivered to the group, or pending and not held by the module — are counted in `lost_deleted` and
 //! logged as a `LOST` warning. The writer then carries on with the stream the application creates
 //! next (the claimer re-creates its group at ID 0). Entries the module holds are still written.
+//!
+//! A stream moved away is the same loss: `RENAME` or `MOVE` of the stream key deletes it under its
+//! name (the key event above), and `SWAPDB` of the stream's database puts another database's content
+//! under the name — the old stream, now in the other database, is judged there just after the swap,
+//! and the writer carries on with whatever stream the swap brought in.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,14 +44,15 @@ impl Listener for Events {
             ServerEvent::KeyGone { key, db, how } => {
                 let s = settings::current();
                 if key == s.str(Key::RedisStream).as_bytes() && db == s.int(Key::RedisDb) {
-                    stream_ends(how);
+                    stream_ends(how, None);
                 }
             }
             ServerEvent::Flushed { db } => {
                 if db == -1 || db == settings::current().int(Key::RedisDb) {
-                    stream_ends("flushed (FLUSHDB/FLUSHALL)");
+                    stream_ends("flushed (FLUSHDB/FLUSHALL)", None);
                 }
             }
+            ServerEvent::Swapped { first, second } => on_swapdb(first, second),
             ServerEvent::Changed => super::control().wake(),
         }
     }
@@ -60,9 +66,29 @@ impl Listener for Events {
     }
 }
 
-/// The stream is about to go (main thread, data still there): count and report what was never
-/// written.
-fn stream_ends(how: &str) {
+/// After `SWAPDB a b`: when one of them is the stream's database, the stream that was under the
+/// name now lives in the other one.
+fn on_swapdb(first: i64, second: i64) {
+    let ours = settings::current().int(Key::RedisDb);
+    let old_home = if first == ours {
+        second
+    } else if second == ours {
+        first
+    } else {
+        return;
+    };
+    if old_home == ours {
+        return;
+    }
+    stream_ends(
+        &format!("swapped away (SWAPDB: it is now in database {old_home})"),
+        Some(old_home as i32),
+    );
+}
+
+/// The stream is about to go (main thread, data still there), or has just moved to database `moved_to`:
+/// count and report what was never written.
+fn stream_ends(how: &str, moved_to: Option<i32>) {
     // The loss is judged on a replica by its primary: a replica writes nothing anyway.
     let Some(ctx) = stream::home() else { return };
     if stream::is_replica(&ctx) {
@@ -72,7 +98,13 @@ fn stream_ends(how: &str) {
     let stream_name = s.str(Key::RedisStream).to_string();
     let group = super::control::group_name(&s);
     let held = METRICS.in_flight.load(Ordering::Relaxed) as i64;
-    let lost = never_written(&ctx, &stream_name, &group, held);
+    let lost = match moved_to {
+        None => never_written(&ctx, &stream_name, &group, held),
+        Some(db) => stream::in_db(&ctx, db, s.int(Key::RedisDb) as i32, |ctx| {
+            never_written(ctx, &stream_name, &group, held)
+        })
+        .unwrap_or(0),
+    };
     super::control().wake();
     if lost == 0 {
         logging::info(&format!(

@@ -5,6 +5,10 @@
 //! place, so the tests can prove that a dying thread is caught, logged, restarted and loses nothing:
 //! `decoder` (while decoding that entry), `claimer` (once, after claiming it), `claimer-always`
 //! (every time it is claimed), `worker` (once, in the worker holding it, outside a batch).
+//!
+//! `WB_TEST_SPAWN_REFUSED=<thread name>[,<thread name>...]` (with `WB_TEST_FAULTS=1`) makes starting a
+//! thread of that name fail as if the system refused it (e.g. `WB.FLUSH`), so the tests can prove
+//! that a refused thread leaves the server responsive and nothing counted behind.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -15,6 +19,23 @@ use crate::host::stream::RawEntry;
 
 static ENABLED: LazyLock<bool> =
     LazyLock::new(|| std::env::var("WB_TEST_FAULTS").is_ok_and(|v| v == "1"));
+
+static SPAWN_REFUSED: LazyLock<Vec<String>> = LazyLock::new(|| {
+    if !*ENABLED {
+        return Vec::new();
+    }
+    std::env::var("WB_TEST_SPAWN_REFUSED")
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+});
+
+/// Whether starting a thread called `name` is to fail.
+pub fn spawn_refused(name: &str) -> bool {
+    SPAWN_REFUSED.iter().any(|n| n == name)
+}
 
 /// Entry IDs that already made their one-time panic.
 static FIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);

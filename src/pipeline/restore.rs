@@ -114,85 +114,246 @@ pub fn query(tables: &Tables, req: &Request, limit: u64) -> Statement {
     Statement::new(sql, binds)
 }
 
-fn rows_of(result: &crate::snowflake::QueryResult) -> Vec<Row> {
-    let num = |v: Option<&str>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    (0..result.rows.len())
-        .map(|i| {
-            let get = |name: &str| result.get(i, name).map(String::from);
-            Row {
-                tracked_id: get("TRACKED_ID").unwrap_or_default(),
-                track_id: get("TRACK_ID").unwrap_or_default(),
-                page_name: get("PAGE_NAME"),
-                query_row_count: get("QUERY_ROW_COUNT"),
-                title: get("TRACK_TITLE"),
-                track_type: get("TRACK_TYPE"),
-                url: get("TRACK_URL"),
-                visited_count: num(result.get(i, "VISITED_COUNT")) as i64,
-                visited_at: get("VISITED_AT"),
-                saved: num(result.get(i, "SAVED")) >= 1.0,
-                saved_at: get("SAVED_AT"),
-                user_email: get("USER_EMAIL"),
-            }
-        })
-        .collect()
+/// Reads one partition's rows, by the column names of the first partition.
+fn rows_of(columns: &[String], rows: Vec<Vec<Option<String>>>) -> impl Iterator<Item = Row> + '_ {
+    let col = |name: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(name));
+    let at = [
+        "TRACKED_ID",
+        "TRACK_ID",
+        "PAGE_NAME",
+        "QUERY_ROW_COUNT",
+        "TRACK_TITLE",
+        "TRACK_TYPE",
+        "TRACK_URL",
+        "VISITED_COUNT",
+        "VISITED_AT",
+        "SAVED",
+        "SAVED_AT",
+        "USER_EMAIL",
+    ]
+    .map(col);
+    let num = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    rows.into_iter().map(move |mut row| {
+        let mut get = |i: usize| at[i].and_then(|c| row.get_mut(c)).and_then(Option::take);
+        Row {
+            tracked_id: get(0).unwrap_or_default(),
+            track_id: get(1).unwrap_or_default(),
+            page_name: get(2),
+            query_row_count: get(3),
+            title: get(4),
+            track_type: get(5),
+            url: get(6),
+            visited_count: num(get(7)) as i64,
+            visited_at: get(8),
+            saved: num(get(9)) >= 1.0,
+            saved_at: get(10),
+            user_email: get(11),
+        }
+    })
 }
 
-/// Turns rows into stream entries (the `value` JSON of each), grouped by user and kind, in the fixed
-/// order of the query.
-fn entries_of(rows: &[Row], s: &Snapshot) -> Vec<String> {
-    let prefix = s.str(Key::KeyPrefix);
-    let batch = s.uint(Key::RestoreBatchSize).max(1) as usize;
-    let append_page = s.bool(Key::KeyAppendPage);
-    let mut groups: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut emails: BTreeMap<String, String> = BTreeMap::new();
-    for r in rows {
-        if let Some(e) = &r.user_email {
-            emails.insert(r.tracked_id.clone(), e.clone());
+/// Entries added per lock hold, at most.
+const CHUNK: usize = 50;
+/// Bytes of entries added per lock hold, at most (one entry larger than this goes alone).
+const CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes of records held while they are grouped into entries, at most: beyond it, the partial
+/// groups become (smaller) entries at once.
+pub const MAX_GROUPED_BYTES: usize = 4 * 1024 * 1024;
+
+/// The bounds of what a restore holds between reading rows and adding entries.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    chunk: usize,
+    chunk_bytes: usize,
+    grouped_bytes: usize,
+}
+
+const BOUNDS: Bounds = Bounds {
+    chunk: CHUNK,
+    chunk_bytes: CHUNK_BYTES,
+    grouped_bytes: MAX_GROUPED_BYTES,
+};
+
+/// Turns rows, streamed in the query's order (user, item), into stream entries (the `value` JSON of
+/// each) and hands them over in chunks, holding a bounded amount whatever the number of rows: a
+/// user's records are grouped by kind (and page) only until the user changes, a group becomes an
+/// entry as soon as it has `RESTORE_BATCH_SIZE` records, all groups become entries when they hold
+/// more than `grouped_bytes`, and the entries are handed to `write` in chunks of at most `chunk`
+/// entries or `chunk_bytes` bytes. The order is fixed for given rows, so a resumed run can skip what
+/// an interrupted one added. A user's `user_email` entry comes before that user's records.
+struct Builder<W: FnMut(&[String]) -> Result<(), String>> {
+    prefix: String,
+    batch: usize,
+    append_page: bool,
+    visited: bool,
+    saved: bool,
+    bounds: Bounds,
+    /// The user whose records are being grouped.
+    user: Option<String>,
+    /// Records by entry key, with their size.
+    groups: BTreeMap<String, (Vec<Value>, usize)>,
+    grouped_bytes: usize,
+    /// Entries to skip (added by an interrupted run).
+    skip: usize,
+    chunk: Vec<String>,
+    chunk_bytes: usize,
+    /// The most bytes held at once (grouped records + the chunk being filled).
+    peak_bytes: usize,
+    entries: usize,
+    records: usize,
+    write: W,
+}
+
+impl<W: FnMut(&[String]) -> Result<(), String>> Builder<W> {
+    fn new(s: &Snapshot, bounds: Bounds, skip: usize, write: W) -> Self {
+        Builder {
+            prefix: s.str(Key::KeyPrefix).to_string(),
+            batch: s.uint(Key::RestoreBatchSize).max(1) as usize,
+            append_page: s.bool(Key::KeyAppendPage),
+            visited: s.bool(Key::RestoreIncludeVisited),
+            saved: s.bool(Key::RestoreIncludeSaved),
+            bounds,
+            user: None,
+            groups: BTreeMap::new(),
+            grouped_bytes: 0,
+            skip,
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            peak_bytes: 0,
+            entries: 0,
+            records: 0,
+            write,
+        }
+    }
+
+    fn note_peak(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.grouped_bytes + self.chunk_bytes);
+    }
+
+    fn push(&mut self, r: Row) -> Result<(), String> {
+        if self.user.as_deref() != Some(r.tracked_id.as_str()) {
+            self.flush_groups()?;
+            self.user = Some(r.tracked_id.clone());
+            if let Some(e) = &r.user_email {
+                self.emit(json!({"user_email": e}).to_string(), 0)?;
+            }
         }
         let record = |action: &str, at: &Option<String>| {
             json!({"id": r.tracked_id, "page_name": r.page_name, "query_row_count": r.query_row_count,
                 "track_id": r.track_id, "track_title": r.title, "track_type": r.track_type,
                 "track_url": r.url, "lastplus": at, "action": action})
         };
-        if s.bool(Key::RestoreIncludeVisited) && r.visited_count > 0 && r.visited_at.is_some() {
-            let mut key = format!("{prefix}:{}/visited", r.tracked_id);
-            if append_page {
+        if self.visited && r.visited_count > 0 && r.visited_at.is_some() {
+            let mut key = format!("{}:{}/visited", self.prefix, r.tracked_id);
+            if self.append_page {
                 if let Some(p) = r.page_name.as_deref().filter(|p| !p.is_empty()) {
                     key.push('/');
                     key.push_str(p);
                 }
             }
-            groups
-                .entry(key)
-                .or_default()
-                .push(record("v", &r.visited_at));
+            self.group(key, record("v", &r.visited_at))?;
         }
-        if s.bool(Key::RestoreIncludeSaved) && r.saved && r.saved_at.is_some() {
-            let key = format!("{prefix}:{}/saved", r.tracked_id);
-            groups
-                .entry(key)
-                .or_default()
-                .push(record("s", &r.saved_at));
+        if self.saved && r.saved && r.saved_at.is_some() {
+            let key = format!("{}:{}/saved", self.prefix, r.tracked_id);
+            self.group(key, record("s", &r.saved_at))?;
         }
+        if self.grouped_bytes > self.bounds.grouped_bytes {
+            self.flush_groups()?;
+        }
+        Ok(())
     }
-    let mut out: Vec<String> = emails
-        .values()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .map(|e| json!({"user_email": e}).to_string())
-        .collect();
-    for (key, records) in groups {
-        for chunk in records.chunks(batch) {
-            out.push(json!({"key": key, "records": chunk}).to_string());
+
+    fn group(&mut self, key: String, record: Value) -> Result<(), String> {
+        let size = record.to_string().len();
+        self.grouped_bytes += size;
+        let (records, bytes) = self.groups.entry(key.clone()).or_default();
+        records.push(record);
+        *bytes += size;
+        let full = records.len() >= self.batch;
+        self.note_peak();
+        if full {
+            if let Some(group) = self.groups.remove(&key) {
+                self.emit_group(&key, group)?;
+            }
         }
+        Ok(())
     }
+
+    fn emit_group(
+        &mut self,
+        key: &str,
+        (records, bytes): (Vec<Value>, usize),
+    ) -> Result<(), String> {
+        let n = records.len();
+        let entry = json!({"key": key, "records": records}).to_string();
+        // The records are now held by the entry instead.
+        self.grouped_bytes = self.grouped_bytes.saturating_sub(bytes);
+        self.emit(entry, n)
+    }
+
+    /// Every group becomes entries, in key order.
+    fn flush_groups(&mut self) -> Result<(), String> {
+        for (key, group) in std::mem::take(&mut self.groups) {
+            self.emit_group(&key, group)?;
+        }
+        self.grouped_bytes = 0;
+        Ok(())
+    }
+
+    fn emit(&mut self, entry: String, records: usize) -> Result<(), String> {
+        self.entries += 1;
+        self.records += records;
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(());
+        }
+        if !self.chunk.is_empty() && self.chunk_bytes + entry.len() > self.bounds.chunk_bytes {
+            self.write_chunk()?;
+        }
+        self.chunk_bytes += entry.len();
+        self.chunk.push(entry);
+        self.note_peak();
+        if self.chunk.len() >= self.bounds.chunk {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self) -> Result<(), String> {
+        if !self.chunk.is_empty() {
+            (self.write)(&self.chunk)?;
+            self.chunk.clear();
+            self.chunk_bytes = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.flush_groups()?;
+        self.write_chunk()
+    }
+}
+
+/// Turns rows into stream entries (the `value` JSON of each), grouped by user and kind, in the fixed
+/// order of the query.
+#[cfg(test)]
+fn entries_of(rows: &[Row], s: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut b = Builder::new(s, BOUNDS, 0, |chunk: &[String]| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    });
+    for r in rows {
+        b.push(r.clone()).expect("no write fails");
+    }
+    b.finish().expect("no write fails");
+    drop(b);
     out
 }
 
-/// Entries added per lock hold.
-const CHUNK: usize = 50;
-
-/// Runs a restore (on a background thread: it waits for Snowflake).
+/// Runs a restore (on a background thread: it waits for Snowflake). The result is read one
+/// partition at a time and the entries are added as they are made, so what the restore holds is
+/// bounded (see [`Builder`]) however many rows qualify.
 pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
     let stream_name = s.str(Key::RedisStream).to_string();
     let marker = s.str(Key::RestoreMarkKey).to_string();
@@ -225,51 +386,20 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
     }
     let tables = Tables::from_settings(s)?;
     let client = sink::client().map_err(|e| e.to_string())?;
-    let result = client
-        .execute(&query(&tables, req, s.uint(Key::RestoreLimitTotal)))
-        .map_err(|e| e.to_string())?;
-    let rows = rows_of(&result);
     let min_rows = s.uint(Key::RestoreMinRowsTrigger) as usize;
-    if whole && !req.force && min_rows > 0 && rows.len() < min_rows {
-        return Ok(Summary {
-            rows: rows.len(),
-            skipped: Some(format!(
-                "{} rows qualify, fewer than RESTORE_MIN_ROWS_TRIGGER={min_rows}",
-                rows.len()
-            )),
-            ..Summary::default()
-        });
-    }
-    let entries = entries_of(&rows, s);
-    let records = entries
-        .iter()
-        .map(|e| e.matches("\"action\"").count())
-        .sum();
     let dry = dry_run(s);
     let sample = s.uint(Key::RestoreLogSample) as usize;
-    for (i, e) in entries.iter().enumerate().take(sample) {
-        logging::info(&format!("RESTORE sample {}: {} bytes", i + 1, e.len()));
-    }
-    let start = if whole {
-        resume_from.unwrap_or(0).min(entries.len())
-    } else {
-        0
-    };
-    if dry {
-        logging::info(&format!(
-            "RESTORE DRY_RUN: {} rows would become {} entries (not added)",
-            rows.len(),
-            entries.len()
-        ));
-        return Ok(Summary {
-            rows: rows.len(),
-            entries: entries.len(),
-            records,
-            skipped: None,
-        });
-    }
+    let start = if whole { resume_from.unwrap_or(0) } else { 0 };
     let mut added = start;
-    for chunk in entries[start..].chunks(CHUNK) {
+    let mut sampled = 0;
+    let write = |chunk: &[String]| -> Result<(), String> {
+        for e in chunk.iter().take(sample.saturating_sub(sampled)) {
+            sampled += 1;
+            logging::info(&format!("RESTORE sample {sampled}: {} bytes", e.len()));
+        }
+        if dry {
+            return Ok(());
+        }
         gil.with(|ctx| -> Result<(), String> {
             for e in chunk {
                 stream::add(
@@ -284,21 +414,68 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
                 stream::call_write(ctx, "SET", &[marker.as_bytes(), progress.as_bytes()])?;
             }
             Ok(())
-        })?;
+        })
+    };
+    let mut builder = Builder::new(s, BOUNDS, start, write);
+    let mut rows = 0usize;
+    let mut partitions = 0usize;
+    let mut too_few: Option<usize> = None;
+    let mut each = |part: crate::snowflake::Partition<'_>| -> Result<(), String> {
+        if partitions == 0 {
+            let total = part.total_rows.map_or(part.rows.len(), |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
+            if whole && !req.force && min_rows > 0 && total < min_rows {
+                too_few = Some(total);
+                return Err("too few rows".into());
+            }
+        }
+        partitions += 1;
+        for row in rows_of(part.columns, part.rows) {
+            rows += 1;
+            builder.push(row)?;
+        }
+        Ok(())
+    };
+    let read = client.execute_each(
+        &query(&tables, req, s.uint(Key::RestoreLimitTotal)),
+        &mut each,
+    );
+    if let Some(total) = too_few {
+        return Ok(Summary {
+            rows: total,
+            skipped: Some(format!(
+                "{total} rows qualify, fewer than RESTORE_MIN_ROWS_TRIGGER={min_rows}"
+            )),
+            ..Summary::default()
+        });
+    }
+    read.map_err(|e| e.to_string())?;
+    builder.finish()?;
+    let (entries, records, peak) = (builder.entries, builder.records, builder.peak_bytes);
+    drop(builder);
+    if dry {
+        logging::info(&format!(
+            "RESTORE DRY_RUN: {rows} rows would become {entries} entries (not added)"
+        ));
+        return Ok(Summary {
+            rows,
+            entries,
+            records,
+            skipped: None,
+        });
     }
     if whole {
         let done = format!(
             "done {} {}",
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
-            entries.len()
+            entries
         );
         gil.with(|ctx| stream::call_write(ctx, "SET", &[marker.as_bytes(), done.as_bytes()]))?;
     }
     logging::info(&format!(
-        "RESTORE done: {} rows, {} entries ({} records){}",
-        rows.len(),
-        entries.len(),
-        records,
+        "RESTORE done: {rows} rows, {entries} entries ({records} records){}; read in {partitions} partitions, \
+         at most {peak} bytes of entries held at once",
         if start > 0 {
             format!(", resumed after {start}")
         } else {
@@ -306,8 +483,8 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
         }
     ));
     Ok(Summary {
-        rows: rows.len(),
-        entries: entries.len() - start,
+        rows,
+        entries: entries.saturating_sub(start),
         records,
         skipped: None,
     })
@@ -409,5 +586,107 @@ mod tests {
         assert!(st.binds.is_empty());
         assert!(st.sql.contains(&format!("DATEADD(day, -{MAX_DAYS}, ")));
         assert!(st.sql.ends_with(&format!(" LIMIT {}", i64::MAX)));
+    }
+
+    /// Records per key, in order, whatever the entries they were split into.
+    fn records_by_key(entries: &[String]) -> BTreeMap<String, Vec<Value>> {
+        let mut by_key: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for e in entries {
+            let v: Value = serde_json::from_str(e).expect("json");
+            if let Some(k) = v["key"].as_str() {
+                let records = v["records"].as_array().expect("records").clone();
+                by_key.entry(k.to_string()).or_default().extend(records);
+            }
+        }
+        by_key
+    }
+
+    #[test]
+    fn a_restore_of_many_rows_holds_a_bounded_amount_and_writes_in_bounded_chunks() {
+        let s = Snapshot::defaults().with(Key::RestoreBatchSize, V::Int(100));
+        // 20,000 rows: 40 users with 500 items each, on many pages (many groups per user).
+        let rows: Vec<Row> = (0..20_000)
+            .map(|i| {
+                let page = format!("page{}", i % 37);
+                row(
+                    &format!("u{:03}-x", i / 500),
+                    &format!("t{i:05}"),
+                    1,
+                    i % 3 == 0,
+                    &page,
+                )
+            })
+            .collect();
+        let unbounded = entries_of(&rows, &s);
+        let total: usize = unbounded.iter().map(String::len).sum();
+        let bounds = Bounds {
+            chunk: 7,
+            chunk_bytes: 16 * 1024,
+            grouped_bytes: 32 * 1024,
+        };
+        let mut written: Vec<String> = Vec::new();
+        let mut biggest_chunk = (0, 0);
+        let mut b = Builder::new(&s, bounds, 0, |chunk: &[String]| {
+            let bytes: usize = chunk.iter().map(String::len).sum();
+            biggest_chunk = (biggest_chunk.0.max(chunk.len()), biggest_chunk.1.max(bytes));
+            written.extend_from_slice(chunk);
+            Ok(())
+        });
+        for r in rows {
+            b.push(r).expect("push");
+        }
+        b.finish().expect("finish");
+        let (peak, entries, records) = (b.peak_bytes, b.entries, b.records);
+        drop(b);
+        let largest_entry = written.iter().map(String::len).max().unwrap_or(0);
+        let bound = bounds.grouped_bytes + bounds.chunk_bytes + 2 * largest_entry;
+        eprintln!(
+            "MEASURED restore of 20000 rows: {total} bytes of entries, at most {peak} held (bound {bound}); {} entries",
+            written.len()
+        );
+        assert!(
+            peak > 0 && peak <= bound,
+            "held {peak} bytes, bound {bound}"
+        );
+        assert!(
+            peak * 20 < total,
+            "held {peak} of {total} bytes: not streamed"
+        );
+        assert!(biggest_chunk.0 <= 7, "{biggest_chunk:?}");
+        assert!(
+            biggest_chunk.1 <= bounds.chunk_bytes + largest_entry,
+            "{biggest_chunk:?}"
+        );
+        // Nothing lost or reordered: every key has the same records in the same order, each entry
+        // holds at most RESTORE_BATCH_SIZE records, and each user's e-mail comes first.
+        assert_eq!(records_by_key(&written), records_by_key(&unbounded));
+        assert_eq!(entries, written.len());
+        assert_eq!(records, 20_000 + 20_000usize.div_ceil(3));
+        for e in &written {
+            let v: Value = serde_json::from_str(e).expect("json");
+            assert!(v["records"].as_array().map_or(0, Vec::len) <= 100);
+        }
+        assert!(written[0].contains("u000-x@example.com"));
+    }
+
+    #[test]
+    fn a_resumed_restore_skips_exactly_the_entries_an_interrupted_one_added() {
+        let s = Snapshot::defaults().with(Key::RestoreBatchSize, V::Int(3));
+        let rows: Vec<Row> = (0..50)
+            .map(|i| row(&format!("u{}-x", i / 10), &format!("t{i:02}"), 1, true, "p"))
+            .collect();
+        let all = entries_of(&rows, &s);
+        let mut rest = Vec::new();
+        let mut b = Builder::new(&s, BOUNDS, 9, |chunk: &[String]| {
+            rest.extend_from_slice(chunk);
+            Ok(())
+        });
+        for r in rows {
+            b.push(r).expect("push");
+        }
+        b.finish().expect("finish");
+        assert_eq!(b.entries, all.len());
+        drop(b);
+        assert_eq!(rest, all[9..]);
     }
 }

@@ -58,6 +58,17 @@ pub struct QueryResult {
     pub statement_handles: Vec<String>,
 }
 
+/// One result partition handed to [`Client::execute_each`]: its rows, and the column names and
+/// the statement's total row count (`resultSetMetaData.numRows`) as the first partition gave them.
+pub struct Partition<'a> {
+    pub columns: &'a [String],
+    pub rows: Vec<Vec<Option<String>>>,
+    pub total_rows: Option<u64>,
+}
+
+/// Called with each partition in order; an error stops the reading (and becomes a permanent error).
+pub type EachPartition<'a> = &'a mut dyn FnMut(Partition<'_>) -> Result<(), String>;
+
 impl QueryResult {
     /// The value in `row` of the column named `name` (case-insensitive).
     pub fn get(&self, row: usize, name: &str) -> Option<&str> {
@@ -235,7 +246,22 @@ impl Client {
         if !statement.binds.is_empty() {
             body.insert("bindings".into(), bindings(&statement.binds));
         }
-        self.run(Value::Object(body), request)
+        self.run(Value::Object(body), request, None)
+    }
+
+    /// Runs a read whose result may be larger than memory should hold: each partition is handed to
+    /// `each` as soon as it is read and dropped after, so at most one partition is held at a time
+    /// (each at most [`MAX_BODY_BYTES`]). The returned result carries no rows.
+    pub fn execute_each(
+        &self,
+        statement: &Statement,
+        each: EachPartition<'_>,
+    ) -> Result<QueryResult, SnowflakeError> {
+        let mut body = self.body(&statement.sql);
+        if !statement.binds.is_empty() {
+            body.insert("bindings".into(), bindings(&statement.binds));
+        }
+        self.run(Value::Object(body), &mut Request::default(), Some(each))
     }
 
     /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
@@ -258,14 +284,14 @@ impl Client {
             "parameters".into(),
             json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
         );
-        self.run(Value::Object(body), &mut Request::default())
+        self.run(Value::Object(body), &mut Request::default(), None)
     }
 
     /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
     pub fn fetch_result(&self, handle: &str) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let url = self.handle_url(handle)?;
-        self.wait(handle, &url, deadline)
+        self.wait(handle, &url, deadline, None)
     }
 
     /// One round trip now: the session context and how long it took.
@@ -343,7 +369,12 @@ impl Client {
     }
 
     /// Submits a statement and returns its complete result.
-    fn run(&self, body: Value, request: &mut Request) -> Result<QueryResult, SnowflakeError> {
+    fn run(
+        &self,
+        body: Value,
+        request: &mut Request,
+        each: Option<EachPartition<'_>>,
+    ) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let text = body.to_string();
         let (status, reply) = self.with_retries(deadline, |_, bearer| {
@@ -353,11 +384,11 @@ impl Client {
             answer
         })?;
         match status {
-            200 => self.complete(reply, deadline),
+            200 => self.complete(reply, deadline, each),
             202 => {
                 let handle = handle_of(&reply)?;
                 let url = self.status_url(&reply, &handle)?;
-                let result = self.wait(&handle, &url, deadline);
+                let result = self.wait(&handle, &url, deadline, each);
                 request.after(&result);
                 result
             }
@@ -372,6 +403,7 @@ impl Client {
         handle: &str,
         url: &str,
         deadline: Instant,
+        mut each: Option<EachPartition<'_>>,
     ) -> Result<QueryResult, SnowflakeError> {
         let mut pause = Backoff::new(POLL_FIRST, self.cfg.poll_max_interval);
         let mut first = true;
@@ -384,7 +416,7 @@ impl Client {
                 self.call("GET", url, None, bearer, deadline)
             });
             match polled {
-                Ok((200, reply)) => return self.complete(reply, deadline),
+                Ok((200, reply)) => return self.complete(reply, deadline, each.take()),
                 Ok((202, _)) => continue,
                 Ok((other, _)) => return Err(unexpected_status(other)),
                 Err(e) if e.is_retryable() && Instant::now() >= deadline => {
@@ -420,13 +452,33 @@ impl Client {
         .map(|_| ())
     }
 
-    /// Turns a finished statement's reply into a result, fetching partitions 1.. as needed.
-    fn complete(&self, reply: Value, deadline: Instant) -> Result<QueryResult, SnowflakeError> {
+    /// Turns a finished statement's reply into a result, fetching partitions 1.. as needed: into
+    /// the result, or, with `each`, handed over one at a time and not kept.
+    fn complete(
+        &self,
+        reply: Value,
+        deadline: Instant,
+        mut each: Option<EachPartition<'_>>,
+    ) -> Result<QueryResult, SnowflakeError> {
         let mut result = parse_result(&reply)?;
+        let total_rows = reply
+            .pointer("/resultSetMetaData/numRows")
+            .and_then(Value::as_u64);
         let partitions = reply
             .pointer("/resultSetMetaData/partitionInfo")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
+        let refused = |e: String| SnowflakeError::new(ErrorClass::Permanent, e);
+        if let Some(each) = each.as_deref_mut() {
+            let rows = std::mem::take(&mut result.rows);
+            each(Partition {
+                columns: &result.columns,
+                rows,
+                total_rows,
+            })
+            .map_err(refused)?;
+        }
+        drop(reply);
         if partitions > 1 {
             let base = self.handle_url(&result.statement_handle)?;
             for partition in 1..partitions {
@@ -437,7 +489,17 @@ impl Client {
                 if status != 200 {
                     return Err(unexpected_status(status));
                 }
-                result.rows.extend(rows_of(&part));
+                let rows = rows_of(&part);
+                drop(part);
+                match each.as_deref_mut() {
+                    Some(each) => each(Partition {
+                        columns: &result.columns,
+                        rows,
+                        total_rows,
+                    })
+                    .map_err(refused)?,
+                    None => result.rows.extend(rows),
+                }
             }
         }
         Ok(result)

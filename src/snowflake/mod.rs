@@ -17,6 +17,6 @@ pub mod config;
 pub mod error;
 pub mod retry;
 
-pub use client::{timestamp_ntz, Client, QueryResult, SessionContext};
+pub use client::{timestamp_ntz, Client, EachPartition, Partition, QueryResult, SessionContext};
 pub use config::{AccountForms, AuthConfig, ClientConfig, ConfigError, TokenSource, TokenType};
 pub use error::{ErrorClass, SnowflakeError};

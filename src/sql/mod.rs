@@ -14,10 +14,13 @@
 //! - [`tracked`]: the TRACKED `MERGE` and its link JSON.
 //! - [`user`]: the USER `MERGE`.
 //! - [`ident`]: table names.
+//! - [`mapping`]: the MERGE of a hash mapping.
 
 pub mod direct;
 pub mod fold;
 pub mod ident;
+pub mod mapping;
+pub mod mapping_plan;
 pub mod tracked;
 pub mod user;
 

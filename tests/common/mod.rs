@@ -2,6 +2,7 @@
 //! 127.0.0.1 port and a temporary directory, stopped by PID. A failing test prints the server log.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod emulator;
 pub mod redis_server;
 

@@ -78,6 +78,8 @@ pub struct Options {
     pub conf: Vec<String>,
     /// Environment of the server process (on top of a cleaned environment).
     pub env: BTreeMap<String, String>,
+    /// The port to listen on; a free one when `None`.
+    pub port: Option<u16>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             module_config: Vec::new(),
             conf: Vec::new(),
             env: BTreeMap::new(),
+            port: None,
         }
     }
 }
@@ -102,6 +105,10 @@ impl Options {
     }
     pub fn conf(mut self, line: &str) -> Self {
         self.conf.push(line.into());
+        self
+    }
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
     pub fn without_module(mut self) -> Self {
@@ -138,7 +145,7 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port: opts.port.unwrap_or_else(free_port),
             dir,
             opts,
             child: None,

@@ -1,0 +1,220 @@
+//! A real Redis Cluster (or Valkey cluster) on 127.0.0.1 for tests: `--cluster-enabled` servers with
+//! the module, joined by the server's own `redis-cli --cluster create`.
+//!
+//! Ports are picked at or below 55535, since each node also listens on its port + 10000 (the cluster
+//! bus). Readiness is polled with deadlines: every node says `cluster_state:ok` and knows every other.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::redis_server::{q, redis_server_bin, Options, RedisServer};
+
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// The command-line client next to the server binary (`redis-cli` or `valkey-cli`).
+pub fn cli_bin() -> PathBuf {
+    let server = redis_server_bin();
+    let name = server
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("redis-server")
+        .replace("-server", "-cli");
+    server.with_file_name(name)
+}
+
+/// `n` ports, each free together with its cluster bus port, all at or below 55535.
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut next = 20_000 + (seed.wrapping_mul(2_654_435_761) % 35_000) as u16;
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        next = if next >= 55_535 { 20_000 } else { next + 1 };
+        if bindable(next) && bindable(next + 10_000) {
+            ports.push(next);
+        }
+    }
+    ports
+}
+
+impl Cluster {
+    /// Starts `primaries` primaries with `replicas` replicas each and forms the cluster.
+    pub fn start(primaries: usize, replicas: usize, opts: Options) -> Cluster {
+        let count = primaries * (1 + replicas);
+        let nodes: Vec<RedisServer> = cluster_ports(count)
+            .into_iter()
+            .map(|port| {
+                RedisServer::start(
+                    opts.clone()
+                        .port(port)
+                        .conf("cluster-enabled yes")
+                        .conf("cluster-config-file nodes.conf")
+                        .conf("cluster-node-timeout 2000")
+                        .conf("cluster-replica-validity-factor 0"),
+                )
+            })
+            .collect();
+        let cluster = Cluster { nodes };
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port)),
+        );
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = Command::new(cli_bin())
+            .args(&args)
+            .output()
+            .expect("cli runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("[OK] All 16384 slots covered"),
+            "cluster create failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_formed(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and the same number of known nodes.
+    pub fn wait_formed(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let states: Vec<String> = self
+                .running()
+                .map(|n| {
+                    let mut c = n.connection();
+                    q::<String>(&mut c, &["CLUSTER", "INFO"])
+                })
+                .collect();
+            let ok = states.iter().all(|s| s.contains("cluster_state:ok"));
+            let known: Vec<&str> = states
+                .iter()
+                .filter_map(|s| s.lines().find(|l| l.starts_with("cluster_known_nodes:")))
+                .collect();
+            if ok && known.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form in time:\n{}",
+                states.join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills node `i` with SIGKILL and waits until a replica serves its slots and the cluster is ok.
+    pub fn kill_primary(&mut self, i: usize, within: Duration) {
+        let port = self.nodes[i].port as i64;
+        self.nodes[i].kill9();
+        let deadline = Instant::now() + within;
+        while self.serves_any(port) {
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from port {port} in time"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_formed(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// Whether a running node still sees the node on `port` serving slots.
+    fn serves_any(&self, port: i64) -> bool {
+        self.running().any(|n| {
+            let slots: redis::Value = q(&mut n.connection(), &["CLUSTER", "SLOTS"]);
+            let redis::Value::Array(ranges) = slots else {
+                return false;
+            };
+            ranges.iter().any(|r| match r {
+                redis::Value::Array(parts) => matches!(
+                    parts.get(2),
+                    Some(redis::Value::Array(p)) if p.get(1) == Some(&redis::Value::Int(port))
+                ),
+                _ => false,
+            })
+        })
+    }
+
+    /// The nodes still running.
+    pub fn running(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.pid().is_some())
+    }
+
+    /// The slot of `key` (asked of a node, so it is the server's own hashing).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let node = self.running().next().expect("a running node");
+        q(&mut node.connection(), &["CLUSTER", "KEYSLOT", key])
+    }
+
+    /// Index of the node serving `slot` as a primary, as the running nodes see it.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let node = self.running().next().expect("a running node");
+        let slots: redis::Value = q(&mut node.connection(), &["CLUSTER", "SLOTS"]);
+        let redis::Value::Array(ranges) = slots else {
+            panic!("CLUSTER SLOTS: {slots:?}")
+        };
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let int = |v: &redis::Value| match v {
+                redis::Value::Int(n) => *n,
+                _ => -1,
+            };
+            if parts.len() < 3 || !(int(&parts[0])..=int(&parts[1])).contains(&(slot as i64)) {
+                continue;
+            }
+            let redis::Value::Array(primary) = &parts[2] else {
+                continue;
+            };
+            let port = primary.get(1).map(int).unwrap_or(-1);
+            return self
+                .nodes
+                .iter()
+                .position(|n| n.port as i64 == port)
+                .unwrap_or_else(|| panic!("slot {slot} served by unknown port {port}"));
+        }
+        panic!("slot {slot} is not served")
+    }
+
+    /// A connection to the node serving `key`.
+    pub fn connection_for(&self, key: &str) -> redis::Connection {
+        self.nodes[self.owner_of(self.slot_of(key))].connection()
+    }
+
+    /// Indexes of the running nodes that are primaries.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].pid().is_some() && {
+                    let info: String = q(&mut self.nodes[i].connection(), &["INFO", "replication"]);
+                    info.contains("role:master")
+                }
+            })
+            .collect()
+    }
+
+    /// `redis-cli --cluster check` against a running node: its output, and whether it found no problem.
+    pub fn check(&self) -> (String, bool) {
+        let node = self.running().next().expect("a running node");
+        let out = Command::new(cli_bin())
+            .args(["--cluster", "check", &format!("127.0.0.1:{}", node.port)])
+            .output()
+            .expect("cli runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let clean = out.status.success()
+            && text.contains("[OK] All 16384 slots covered")
+            && !text.contains("[ERR]")
+            && !text.contains("[WARNING]");
+        (text, clean)
+    }
+}
