@@ -1,9 +1,10 @@
-//! redis-writebehind: a Redis 8 module that makes a Redis stream a write-behind cache for Snowflake.
+//! redis-writebehind: a Redis 8 / Valkey 9 module that makes a Redis stream a write-behind cache for
+//! Snowflake.
 //!
 //! # Layout
 //! The data path, from the application's `XADD` to the `XACK`, one line per module:
 //!
-//! - [`pipeline::notify`]: the stream notification wakes the pipeline; nothing else runs on the XADD.
+//! - [`host::notify`]: the `XADD` notification wakes the pipeline; nothing else runs on the XADD.
 //! - [`pipeline::claim`]: claims entries through the consumer group, bounded, pending ones first.
 //! - [`entry`]: decodes an entry's fields and applies the seed's rules (pure, no Redis, no network).
 //! - [`sql`]: turns a batch of decoded entries into bound, idempotent MERGE statements (pure).
@@ -11,12 +12,19 @@
 //!   client that sends them.
 //! - [`pipeline::ack`]: `XACK` (or dead-letter) only after Snowflake committed.
 //!
-//! Other ways in: [`write`] (`WB.WRITE`: validated, optionally synchronous writes), [`restore`] (Snowflake back into an empty stream) and [`import`] (legacy string keys).
+//! Four layers, bottom to top; a file imports only from its own layer or below (`tests/layers.rs`
+//! checks it, and that no files import each other in a circle; `docs/architecture.md` draws it):
 //!
-//! Around it: [`settings`] (the one table of settings) and [`config`] (its module configs), [`stream`]
-//! (every Redis call on the stream), [`commands`], [`status`] and [`info`] (what operators see),
-//! [`events`] (loading, role changes, shutdown), and [`ffi`], [`logging`], [`alloc`] (the boundary with
-//! Redis: no panic crosses it, the Redis log, Redis's allocator).
+//! - **core** — pure or network-only, never the server's API: [`entry`], [`sql`] (every statement
+//!   text), [`snowflake`], [`settings`] (the one table of settings), [`mapping`] (hash mappings),
+//!   [`statement`], [`account`], [`text`], [`docs`].
+//! - **host** — [`host`]: every call into the server's module API (lock, stream commands,
+//!   notifications, server events, module configs, INFO, panic guard, log, allocator). It calls up
+//!   only through the one [`host::Listener`] the pipeline registers.
+//! - **pipeline** — [`pipeline`]: the threads from claim to acknowledgement, their control and
+//!   counters, the report, restore and import, the bounded executor for waiting commands; and
+//!   [`migrate`], the offline migration tool's library.
+//! - **commands** — [`commands`]: one file per `WB.*` command, each a pure `Args::parse` and a `run`.
 //!
 //! This file is registration only.
 pub mod account;

@@ -2,17 +2,17 @@
 //!
 //! - an `Args` value with a pure `Args::parse` over the arguments as bytes — unit-tested without a
 //!   server: a missing, extra or mistyped argument is an error reply, quoted safely;
-//! - a `run` that does the work, inside [`ffi::command`](crate::host::ffi::command), so a bug is an
+//! - a `run` that does the work, inside [`crate::host::ffi::command`], so a bug is an
 //!   error reply, never a crashed server;
-//! - the handler `command` that [`lib.rs`](crate) registers.
+//! - the handler `command` that `lib.rs` registers.
 //!
 //! Work that waits (a Snowflake round trip, a flush, a restore) runs on the one bounded executor,
-//! [`background`](crate::pipeline::background), while the caller is blocked with Redis's
+//! [`crate::pipeline::background`], while the caller is blocked with Redis's
 //! blocking-client API; Redis keeps serving everyone else.
 //!
 //! - [`status`]: `WB.STATUS`; [`pause`]: `WB.PAUSE` and `WB.RESUME`; [`flush`]: `WB.FLUSH`;
 //!   [`ping`]: `WB.PING`; [`dlq`]: `WB.DLQ LIST | REPLAY | PURGE`; [`restore`]: `WB.RESTORE`;
-//!   [`import`]: `WB.IMPORT`; [`write`]: `WB.WRITE`.
+//!   [`import`]: `WB.IMPORT`; [`write`](mod@write): `WB.WRITE`.
 
 pub mod dlq;
 pub mod flush;

@@ -1,6 +1,7 @@
 //! The write-behind pipeline: notify → claim → batch → commit → acknowledge.
 //!
-//! - [`notify`]: the stream notification only wakes the claimer; nothing else runs on the XADD path.
+//! - [`events`]: what the host tells the pipeline — an `XADD` to its stream wakes the claimer (nothing
+//!   else runs on the XADD path), a server event wakes, stops or counts a deleted stream's loss.
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
 //!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
@@ -10,6 +11,13 @@
 //! - [`triage`]: whether a data error is one entry's own (dead-letter it) or every statement's
 //!   (blocked, nothing dead-lettered).
 //! - [`ack`]: only after the commit, `XACK` (and dead-letter copies) under the lock, replicated.
+//!
+//!
+//! Beside the data path: [`control`](mod@control) (state, flags, wake-ups and the counted threads every other file
+//! uses), [`metrics`] (the counters) and [`status`] (the report `WB.STATUS` and `INFO` show),
+//! [`housekeeping`] (periodic checks), [`waiters`] (`WB.WRITE SYNC` callers), [`restore`] and
+//! [`import`] (the other ways entries come in), [`background`] (the bounded executor for commands
+//! that wait) and [`faults`] (test-only fault injection). This file starts and stops it all.
 //!
 //! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and an
 //! entry leaves the group's pending list only once its outcome is settled in Snowflake.

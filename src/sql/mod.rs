@@ -14,7 +14,9 @@
 //! - [`tracked`]: the TRACKED `MERGE` and its link JSON.
 //! - [`user`]: the USER `MERGE`.
 //! - [`ident`]: table names.
-//! - [`mapping`]: the MERGE of a hash mapping.
+//! - [`mapping`]: the MERGE of a hash mapping; [`mapping_plan`]: a batch of a mapping's captured
+//!   changes converted and coalesced per row into it.
+//! - [`direct`]: the one-entry statements of a `WB.WRITE` failover.
 
 pub mod direct;
 pub mod fold;
