@@ -10,12 +10,13 @@ use std::fmt::Write;
 use crate::settings::{Change, Group, Spec, SECRET_ENV, TABLE};
 
 /// The groups in the order the reference shows them.
-const ORDER: [Group; 7] = [
+const ORDER: [Group; 8] = [
     Group::Stream,
     Group::Rules,
     Group::Pipeline,
     Group::Snowflake,
     Group::Restore,
+    Group::Mappings,
     Group::Logging,
     Group::Ignored,
 ];
@@ -46,6 +47,11 @@ fn describe(group: Group) -> (&'static str, &'static str) {
             "Restore and legacy import",
             "Seeding an empty stream from Snowflake (at start-up and by `WB.RESTORE`), and copying legacy \
              string keys into the stream (at start-up and by `WB.IMPORT`).",
+        ),
+        Group::Mappings => (
+            "Hash mappings",
+            "Hashes under a key prefix written to a Snowflake table, the RedisGears rgsync role: see \
+             [mappings.md](mappings.md).",
         ),
         Group::Logging => (
             "Logging and diagnostics",

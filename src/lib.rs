@@ -46,13 +46,19 @@ use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 8] = [
+    let steps: [(&str, Step); 9] = [
         ("server detection", server::detect),
         ("settings", config::register),
         ("stream context", stream::init),
         ("listener", |_| host::listen(&pipeline::events::Events)),
         ("INFO section", info::register),
         ("stream notifications", notify::register),
+        ("mappings", |ctx| {
+            let path = settings::current()
+                .str(settings::Key::MappingsFile)
+                .to_string();
+            pipeline::capture::load(ctx, &path)
+        }),
         ("server events", events::register),
         ("pipeline", |_| pipeline::start()),
     ];

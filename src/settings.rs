@@ -59,6 +59,7 @@ pub enum Group {
     Pipeline,
     Snowflake,
     Restore,
+    Mappings,
     Logging,
     /// Accepted for compatibility with the sidecar's environment and ignored inside Redis.
     Ignored,
@@ -153,6 +154,9 @@ settings! {
         "Patterns of legacy string keys (one batch JSON each) copied into the stream at start-up and by WB.IMPORT.";
     StreamFailoverToSnowflake = "STREAM_FAILOVER_TO_SNOWFLAKE", "0", Kind::Bool, Live, Pipeline,
         "When Redis cannot take an entry (e.g. maxmemory), WB.WRITE writes it straight to Snowflake and logs FAILOVER.";
+
+    MappingsFile = "MAPPINGS_FILE", "", Kind::Text, Restart, Mappings,
+        "YAML file of hash mappings (hashes under a key prefix written to a table; see docs/mappings.md); empty: none. A bad file stops the module from loading, with the file, line and reason.";
 
     // --- rules -------------------------------------------------------------------------------------
     AckInvalidJson = "ACK_INVALID_JSON", "0", Kind::Bool, Live, Rules,

@@ -7,6 +7,8 @@
 //! - [`gil`]: the server lock taken from a background thread, as a guard value.
 //! - [`stream`]: every command the module runs on a stream (`XREADGROUP`, `XACK`, `XADD`, ...).
 //! - [`notify`]: the keyspace notification of an `XADD`, passed on as [`Listener::xadd`].
+//! - [`keyspace`]: notifications of every other key class, for hash mappings ([`Listener::key_event`]),
+//!   with work scheduled to run inside the command.
 //! - [`events`]: server events (loading, role change, shutdown, a key deleted, a flush), decoded
 //!   into [`ServerEvent`] values.
 //! - [`config`]: the module configs, derived from the settings table.
@@ -20,6 +22,7 @@ pub mod events;
 pub mod ffi;
 pub mod gil;
 pub mod info;
+pub mod keyspace;
 pub mod logging;
 pub mod notify;
 pub mod server;
@@ -35,6 +38,9 @@ pub use info::Figure;
 pub trait Listener: Sync {
     /// An `XADD` to `key` (main thread, inside the application's write: keep it short).
     fn xadd(&self, key: &[u8]);
+    /// A command touched `key` (main thread, inside the command; only while mappings are configured).
+    /// Work that writes goes through `after`, never here.
+    fn key_event(&self, _event: &[u8], _key: &[u8], _after: &keyspace::After<'_>) {}
     /// A server event the module follows (main thread).
     fn server_event(&self, event: ServerEvent<'_>);
     /// The figures of `INFO writebehind`; `live` is false while the server writes a crash report.

@@ -49,6 +49,16 @@ impl Mapping {
             .filter(|id| !id.is_empty())
     }
 
+    /// The stream the mapping's changes are captured into: `writebehind:<name>`.
+    pub fn capture_stream(&self) -> String {
+        format!("writebehind:{}", self.name)
+    }
+
+    /// Where changes that cannot be written go, with the reason: `writebehind:<name>:dlq`.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("writebehind:{}:dlq", self.name)
+    }
+
     /// The column a hash field goes to, if mapped.
     pub fn column_of(&self, field: &[u8]) -> Option<usize> {
         self.columns

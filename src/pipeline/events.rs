@@ -35,6 +35,10 @@ impl Listener for Events {
         }
     }
 
+    fn key_event(&self, event: &[u8], key: &[u8], after: &crate::host::keyspace::After<'_>) {
+        super::capture::on_key_event(event, key, after);
+    }
+
     fn server_event(&self, event: ServerEvent<'_>) {
         match event {
             ServerEvent::Shutdown => {

@@ -24,6 +24,7 @@
 
 pub mod ack;
 pub mod background;
+pub mod capture;
 pub mod claim;
 pub mod control;
 pub mod events;

@@ -1,0 +1,101 @@
+//! Keyspace notifications of every key class, for hash mappings: the host tells the
+//! [`Listener`](super::Listener) which key a command touched, and lets it schedule work that runs
+//! right after the notification, still inside the command.
+//!
+//! Subscribed only when mappings are configured ([`register`]). The callback runs inside the
+//! application's command on the main thread: it hands the key over and does nothing else. Writing
+//! from a notification is unsafe, so the listener's work goes through a post-notification job
+//! ([`After::run`]), which the server runs once the notification is done, atomically with the
+//! command: its writes reach the AOF and the replicas inside the command's own `MULTI`/`EXEC`.
+//!
+//! The module's own writes to mapped keys (removing the `#` field, deleting a key for `-`/`~`, a
+//! write-through rename) are made inside [`quiet`], where notifications are not passed on, so they
+//! are never captured a second time.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int};
+
+use redis_module::{raw, Context};
+
+thread_local! {
+    /// Set while the module writes mapped keys itself (main thread only).
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `body` without passing on the notifications its writes cause.
+pub fn quiet<T>(body: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            QUIET.with(|q| q.set(self.0));
+        }
+    }
+    let _reset = Reset(QUIET.with(|q| q.replace(true)));
+    body()
+}
+
+/// Schedules work to run right after the current notification, inside the same command.
+pub struct After<'a> {
+    ctx: &'a Context,
+}
+
+impl After<'_> {
+    /// Runs `job` after the notification, behind the panic guard.
+    pub fn run(&self, what: &'static str, job: impl FnOnce(&Context) + 'static) -> bool {
+        let status = self.ctx.add_post_notification_job(move |ctx| {
+            super::ffi::guard(what, || job(ctx));
+        });
+        status == redis_module::Status::Ok
+    }
+}
+
+extern "C" fn on_key_event(
+    ctx: *mut raw::RedisModuleCtx,
+    _type: c_int,
+    event: *const c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    super::ffi::guard("key notification", || {
+        if event.is_null() || key.is_null() || ctx.is_null() || QUIET.with(Cell::get) {
+            return;
+        }
+        let Some(listener) = super::listener() else {
+            return;
+        };
+        let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
+            return;
+        };
+        let mut len = 0usize;
+        let p = unsafe { ptr_len(key, &mut len) };
+        if p.is_null() {
+            return;
+        }
+        let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+        let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes();
+        let ctx = Context::new(ctx);
+        listener.key_event(event, name, &After { ctx: &ctx });
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Subscribes to the events of every key class except streams (which [`super::notify`] follows):
+/// any command that can change, replace or remove a hash.
+pub fn register(ctx: &Context) -> Result<(), String> {
+    let classes = raw::REDISMODULE_NOTIFY_GENERIC
+        | raw::REDISMODULE_NOTIFY_STRING
+        | raw::REDISMODULE_NOTIFY_LIST
+        | raw::REDISMODULE_NOTIFY_SET
+        | raw::REDISMODULE_NOTIFY_HASH
+        | raw::REDISMODULE_NOTIFY_ZSET
+        | raw::REDISMODULE_NOTIFY_EXPIRED
+        | raw::REDISMODULE_NOTIFY_EVICTED;
+    match unsafe { raw::RedisModule_SubscribeToKeyspaceEvents } {
+        Some(sub)
+            if unsafe { sub(ctx.ctx, classes, Some(on_key_event)) }
+                == raw::REDISMODULE_OK as c_int =>
+        {
+            Ok(())
+        }
+        _ => Err("could not subscribe to key notifications".into()),
+    }
+}

@@ -1,0 +1,328 @@
+//! Hash mappings: changes to mapped hashes captured inside the command, rgsync's `#` field,
+//! acknowledgements and write-through keys — against a real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::{q, Options, RedisServer};
+
+const PERSONS_AND_CARS: &str = "\
+mappings:
+  - name: persons
+    key_prefix: \"person:\"
+    table: PERSONS
+    key_column: PERSON_ID
+    columns: {first_name: FIRST_NAME, last_name: LAST_NAME, age: AGE}
+  - name: cars
+    key_prefix: \"car:\"
+    table: CARS
+    key_column: CAR_ID
+    columns: {license: LICENSE, color: COLOR}
+";
+
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A server with `PERSONS_AND_CARS` (Snowflake not configured: only the capture runs).
+fn server_with(opts: Options) -> (RedisServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mappings.yaml");
+    std::fs::write(&path, PERSONS_AND_CARS).expect("write mappings");
+    let server = RedisServer::start(opts.config("mappings-file", path.to_str().unwrap()));
+    (server, dir)
+}
+
+fn bytes(v: &redis::Value) -> Vec<u8> {
+    match v {
+        redis::Value::BulkString(b) => b.clone(),
+        redis::Value::SimpleString(s) => s.clone().into_bytes(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// Every entry of a stream, as (id, fields).
+fn entries(con: &mut redis::Connection, stream: &[u8]) -> Vec<(String, Fields)> {
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    let redis::Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|e| {
+            let redis::Value::Array(parts) = e else {
+                panic!("{e:?}")
+            };
+            let id = String::from_utf8(bytes(&parts[0])).unwrap();
+            let redis::Value::Array(fv) = &parts[1] else {
+                panic!("{e:?}")
+            };
+            let fields = fv.chunks(2).map(|p| (bytes(&p[0]), bytes(&p[1]))).collect();
+            (id, fields)
+        })
+        .collect()
+}
+
+/// The capture entries of a mapping, as readable text: `key op [ack] field=value...`.
+fn captured(con: &mut redis::Connection, mapping: &str) -> Vec<String> {
+    entries(con, format!("writebehind:{mapping}").as_bytes())
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .iter()
+                .map(|(f, v)| match f.as_slice() {
+                    b"key" | b"op" => String::from_utf8_lossy(v).into_owned(),
+                    _ => format!("{}={}", String::from_utf8_lossy(f), v.escape_ascii()),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn hgetall(con: &mut redis::Connection, key: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = q(con, &["HGETALL", key]);
+    v.sort();
+    v
+}
+
+#[test]
+fn every_command_that_changes_a_mapped_hash_is_captured_as_the_hash_it_left() {
+    let (server, _dir) = server_with(Options::default());
+    let mut con = server.connection();
+    let _: i64 = q(
+        &mut con,
+        &[
+            "HSET",
+            "person:1",
+            "first_name",
+            "James",
+            "age",
+            "42",
+            "nick",
+            "jb",
+        ],
+    );
+    let _: i64 = q(&mut con, &["HDEL", "person:1", "age"]);
+    let _: i64 = q(&mut con, &["HINCRBY", "person:1", "age", "7"]);
+    let _: i64 = q(&mut con, &["HSET", "person:2", "first_name", "Ann"]);
+    let _: String = q(&mut con, &["RENAME", "person:2", "person:3"]);
+    let _: String = q(&mut con, &["SET", "person:3", "now a string"]);
+    let _: i64 = q(&mut con, &["DEL", "person:1"]);
+    // Not mapped: nothing captured.
+    let _: i64 = q(&mut con, &["HSET", "boat:1", "name", "x"]);
+    let _: i64 = q(
+        &mut con,
+        &["HSET", "car:9", "license", "AB-1", "color", "red"],
+    );
+    // A transaction is one change per key: its final state.
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg("car:9")
+        .arg("color")
+        .arg("blue")
+        .cmd("HSET")
+        .arg("car:9")
+        .arg("color")
+        .arg("green")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        captured(&mut con, "persons"),
+        [
+            "person:1 upsert f:first_name=James f:age=42",
+            "person:1 upsert f:first_name=James",
+            "person:1 upsert f:first_name=James f:age=7",
+            "person:2 upsert f:first_name=Ann",
+            "person:2 delete",
+            "person:3 upsert f:first_name=Ann",
+            "person:3 delete",
+            "person:1 delete",
+        ]
+    );
+    assert_eq!(
+        captured(&mut con, "cars"),
+        [
+            "car:9 upsert f:license=AB-1 f:color=red",
+            "car:9 upsert f:license=AB-1 f:color=green"
+        ]
+    );
+
+    // An expiring hash is captured when it goes.
+    let _: i64 = q(&mut con, &["HSET", "car:10", "license", "X"]);
+    let _: i64 = q(&mut con, &["PEXPIRE", "car:10", "50"]);
+    server.wait_for("the expiry captured", Duration::from_secs(10), || {
+        captured(&mut con, "cars")
+            .last()
+            .filter(|c| *c == "car:10 delete")
+            .cloned()
+    });
+}
+
+#[test]
+fn the_control_field_works_as_rgsync_documents_it() {
+    let (server, _dir) = server_with(Options::default());
+    let mut con = server.connection();
+    // '+': written to Redis only; acknowledged at once; '#' removed.
+    let _: i64 = q(
+        &mut con,
+        &[
+            "HSET",
+            "person:007",
+            "first_name",
+            "James",
+            "last_name",
+            "Bond",
+            "age",
+            "42",
+            "#",
+            "+6ce0c902",
+        ],
+    );
+    assert_eq!(
+        hgetall(&mut con, "person:007"),
+        [
+            ("age".into(), "42".into()),
+            ("first_name".into(), "James".into()),
+            ("last_name".into(), "Bond".into())
+        ]
+    );
+    let ack = entries(&mut con, b"{person:007}6ce0c902");
+    assert_eq!(ack.len(), 1);
+    assert_eq!(ack[0].1, vec![(b"status".to_vec(), b"done".to_vec())]);
+    let ttl: i64 = q(&mut con, &["TTL", "{person:007}6ce0c902"]);
+    assert!((3500..=3600).contains(&ttl), "{ttl}");
+    // '=' with an id: replicated, the id travels with the change.
+    let _: i64 = q(&mut con, &["HSET", "person:007", "age", "43", "#", "=u-2"]);
+    // '-': deleted in Redis only.
+    let _: i64 = q(&mut con, &["HSET", "person:008", "first_name", "X"]);
+    let _: i64 = q(&mut con, &["HSET", "person:008", "#", "-"]);
+    let exists: i64 = q(&mut con, &["EXISTS", "person:008"]);
+    assert_eq!(exists, 0);
+    // '~': deleted in Redis and in the table.
+    let _: i64 = q(&mut con, &["HSET", "person:007", "#", "~u-3"]);
+    let exists: i64 = q(&mut con, &["EXISTS", "person:007"]);
+    assert_eq!(exists, 0);
+    assert_eq!(
+        captured(&mut con, "persons"),
+        [
+            "person:007 upsert ack=u-2 f:first_name=James f:last_name=Bond f:age=43",
+            "person:008 upsert f:first_name=X",
+            "person:007 delete ack=u-3",
+        ]
+    );
+    // An unreadable '#' is removed and the change dead-lettered with the reason and the hash.
+    let _: i64 = q(&mut con, &["HSET", "person:9", "age", "1", "#", "?\r\n"]);
+    assert_eq!(hgetall(&mut con, "person:9"), [("age".into(), "1".into())]);
+    let dead = entries(&mut con, b"writebehind:persons:dlq");
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]
+        .1
+        .iter()
+        .find(|(f, _)| f == b"reason")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert!(reason.unwrap().contains("must start with"));
+    assert_eq!(captured(&mut con, "persons").len(), 3);
+    let st = common::redis_server::status(&mut con);
+    assert_eq!(
+        st.get("mapping.persons.captured").map(String::as_str),
+        Some("3"),
+        "{st:?}"
+    );
+    assert_eq!(
+        st.get("mapping.persons.refused").map(String::as_str),
+        Some("1"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn keys_and_values_are_captured_byte_for_byte() {
+    let (server, _dir) = server_with(Options::default());
+    let mut con = server.connection();
+    let key: &[u8] = b"person:\x00\r\n\xff";
+    let value: &[u8] = b"a\x00b\r\nc\xfe";
+    let _: i64 = redis::cmd("HSET")
+        .arg(key)
+        .arg("first_name")
+        .arg(value)
+        .query(&mut con)
+        .unwrap();
+    let e = entries(&mut con, b"writebehind:persons");
+    assert_eq!(
+        e[0].1,
+        vec![
+            (b"key".to_vec(), key.to_vec()),
+            (b"op".to_vec(), b"upsert".to_vec()),
+            (b"f:first_name".to_vec(), value.to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn a_replica_gets_the_primarys_captures_and_adds_none_of_its_own() {
+    let (primary, _d1) = server_with(Options::default());
+    let (replica, _d2) = server_with(Options::default());
+    let mut pcon = primary.connection();
+    let mut rcon = replica.connection();
+    let _: String = q(
+        &mut rcon,
+        &["REPLICAOF", "127.0.0.1", &primary.port.to_string()],
+    );
+    replica.wait_for("the replica in sync", Duration::from_secs(20), || {
+        let info: String = q(&mut rcon, &["INFO", "replication"]);
+        info.contains("master_link_status:up").then_some(())
+    });
+    for i in 0..20 {
+        let _: i64 = q(
+            &mut pcon,
+            &["HSET", &format!("person:{i}"), "age", &i.to_string()],
+        );
+    }
+    let _: i64 = q(&mut pcon, &["HSET", "person:1", "#", "~"]);
+    let acked: i64 = q(&mut pcon, &["WAIT", "1", "5000"]);
+    assert_eq!(acked, 1);
+    assert_eq!(captured(&mut pcon, "persons").len(), 21);
+    assert_eq!(
+        captured(&mut rcon, "persons"),
+        captured(&mut pcon, "persons")
+    );
+    let exists: i64 = q(&mut rcon, &["EXISTS", "person:1"]);
+    assert_eq!(exists, 0);
+}
+
+#[test]
+fn a_bad_mappings_file_stops_the_module_with_the_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(
+        &path,
+        PERSONS_AND_CARS.replace("table: CARS", "table: CARS; DROP"),
+    )
+    .unwrap();
+    let server = RedisServer::start(Options::default().without_module());
+    let mut con = server.connection();
+    let path = path.to_str().unwrap();
+    let err = redis::cmd("MODULE")
+        .arg("LOADEX")
+        .arg(common::redis_server::module_path().to_str().unwrap())
+        .arg("CONFIG")
+        .arg("writebehind.mappings-file")
+        .arg(path)
+        .query::<redis::Value>(&mut con)
+        .expect_err("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("error loading"),
+        "{err}"
+    );
+    let needle =
+        format!("{path}:7: mappings[1]: table 'CARS; DROP' is not a valid Snowflake identifier");
+    server.wait_for("the reason in the log", Duration::from_secs(5), || {
+        server.log().contains(&needle).then_some(())
+    });
+}
