@@ -5,7 +5,7 @@
 //! Subscribed only when mappings are configured ([`register`]). The callback runs inside the
 //! application's command on the main thread: it hands the key over and does nothing else. Writing
 //! from a notification is unsafe, so the listener's work goes through a post-notification job
-//! ([`After::run`]), which the server runs once the notification is done, atomically with the
+//! ([`super::After::run`]), which the server runs once the notification is done, atomically with the
 //! command: its writes reach the AOF and the replicas inside the command's own `MULTI`/`EXEC`.
 //!
 //! The module's own writes to mapped keys (removing the `#` field, deleting a key for `-`/`~`, a
@@ -34,21 +34,6 @@ pub fn quiet<T>(body: impl FnOnce() -> T) -> T {
     body()
 }
 
-/// Schedules work to run right after the current notification, inside the same command.
-pub struct After<'a> {
-    ctx: &'a Context,
-}
-
-impl After<'_> {
-    /// Runs `job` after the notification, behind the panic guard.
-    pub fn run(&self, what: &'static str, job: impl FnOnce(&Context) + 'static) -> bool {
-        let status = self.ctx.add_post_notification_job(move |ctx| {
-            super::ffi::guard(what, || job(ctx));
-        });
-        status == redis_module::Status::Ok
-    }
-}
-
 extern "C" fn on_key_event(
     ctx: *mut raw::RedisModuleCtx,
     _type: c_int,
@@ -73,7 +58,7 @@ extern "C" fn on_key_event(
         let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
         let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes();
         let ctx = Context::new(ctx);
-        listener.key_event(event, name, &After { ctx: &ctx });
+        listener.key_event(event, name, &super::After { ctx: &ctx });
     });
     raw::REDISMODULE_OK as c_int
 }

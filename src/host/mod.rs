@@ -8,7 +8,7 @@
 //! - [`stream`]: every command the module runs on a stream (`XREADGROUP`, `XACK`, `XADD`, ...).
 //! - [`notify`]: the keyspace notification of an `XADD`, passed on as [`Listener::xadd`].
 //! - [`keyspace`]: notifications of every other key class, for hash mappings ([`Listener::key_event`]),
-//!   with work scheduled to run inside the command.
+//!   with work scheduled to run inside the command ([`After`]).
 //! - [`events`]: server events (loading, role change, shutdown, a key deleted, a flush), decoded
 //!   into [`ServerEvent`] values.
 //! - [`config`]: the module configs, derived from the settings table.
@@ -40,7 +40,7 @@ pub trait Listener: Sync {
     fn xadd(&self, key: &[u8]);
     /// A command touched `key` (main thread, inside the command; only while mappings are configured).
     /// Work that writes goes through `after`, never here.
-    fn key_event(&self, _event: &[u8], _key: &[u8], _after: &keyspace::After<'_>) {}
+    fn key_event(&self, _event: &[u8], _key: &[u8], _after: &After<'_>) {}
     /// A server event the module follows (main thread).
     fn server_event(&self, event: ServerEvent<'_>);
     /// The figures of `INFO writebehind`; `live` is false while the server writes a crash report.
@@ -48,6 +48,25 @@ pub trait Listener: Sync {
     /// Whether the module is stopping (`SHUTDOWN`, `MODULE UNLOAD`): the main thread may hold the
     /// lock while it waits for background threads, which must then not wait for that lock.
     fn stopping(&self) -> bool;
+}
+
+/// Schedules work to run right after the current notification, inside the same command.
+pub struct After<'a> {
+    ctx: &'a redis_module::Context,
+}
+
+impl After<'_> {
+    /// Runs `job` after the notification, behind the panic guard.
+    pub fn run(
+        &self,
+        what: &'static str,
+        job: impl FnOnce(&redis_module::Context) + 'static,
+    ) -> bool {
+        let status = self.ctx.add_post_notification_job(move |ctx| {
+            ffi::guard(what, || job(ctx));
+        });
+        status == redis_module::Status::Ok
+    }
 }
 
 static LISTENER: OnceLock<&'static dyn Listener> = OnceLock::new();

@@ -2,7 +2,7 @@
 //! command that made them.
 //!
 //! A notification about a key under a mapping's prefix (or its write-through key `__{<key>}`)
-//! schedules one job per key and command ([`crate::host::keyspace::After`]); the job reads the key as
+//! schedules one job per key and command ([`crate::host::After`]); the job reads the key as
 //! the command left it, lets [`crate::mapping::capture::decide`] say what to do, and does it: removes
 //! the `#` field, deletes the key for `-`/`~`, adds the change to the mapping's stream
 //! `writebehind:<name>`, writes an immediate acknowledgement, or dead-letters a change whose `#`
@@ -85,7 +85,7 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
 }
 
 /// A command touched `key`: schedule its capture once per command.
-pub fn on_key_event(_event: &[u8], key: &[u8], after: &keyspace::After<'_>) {
+pub fn on_key_event(_event: &[u8], key: &[u8], after: &crate::host::After<'_>) {
     let Some(mapped) = mapped() else { return };
     if target(&mapped.mappings, key).is_none() {
         return;

@@ -35,7 +35,7 @@ impl Listener for Events {
         }
     }
 
-    fn key_event(&self, event: &[u8], key: &[u8], after: &crate::host::keyspace::After<'_>) {
+    fn key_event(&self, event: &[u8], key: &[u8], after: &crate::host::After<'_>) {
         super::capture::on_key_event(event, key, after);
     }
 
