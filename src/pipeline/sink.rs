@@ -28,7 +28,6 @@ use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
-use crate::statement::{Bind, Statement};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
@@ -257,13 +256,7 @@ impl SnowflakeSink {
             if VERIFIED.fetch_add(1, Ordering::Relaxed) >= limit {
                 return;
             }
-            let stmt = Statement::new(
-                format!(
-                    "SELECT tracked_id, track_id, saved, visited_count, visited_dts, deleted_dts FROM {} WHERE tracked_id = ? AND track_id = ?",
-                    tables.tracked
-                ),
-                vec![Bind::Text(e.tracked_id.clone()), Bind::Text(e.track_id.clone())],
-            );
+            let stmt = sql::queries::written_row(tables, &e.tracked_id, &e.track_id);
             match self.client.execute(&stmt) {
                 Ok(r) => logging::info(&format!(
                     "VERIFY {} {}: {:?}",
