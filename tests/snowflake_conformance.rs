@@ -333,7 +333,7 @@ fn a_direct_write_past_the_request_timeout_counts_once() {
     assert_eq!(statements.len(), 1);
     // The statement outlasts one request timeout: the next try must find it, not run a copy.
     em.fault(json!({"next": 1, "slow_ms": 2500}));
-    redis_writebehind::commands::write::execute_direct(&c, &statements[0]).expect("written once");
+    redis_writebehind::pipeline::retry::execute_direct(&c, &statements[0]).expect("written once");
     let stats = em.stats();
     assert_eq!(stats["cancels"], 0, "{stats}");
     assert_eq!(stats["executions"], 1, "{stats}");

@@ -144,7 +144,7 @@ fn failover(decoded: &Decoded) -> RedisResult {
         .ok_or_else(|| err("ERR the direct statement could not be built"))?;
     let client = sink::client().map_err(|e| err(format!("ERR Snowflake {e}")))?;
     for st in &statements {
-        execute_direct(&client, st).map_err(|e| {
+        crate::pipeline::retry::execute_direct(&client, st).map_err(|e| {
             logging::warning(&format!("FAILOVER write failed: {e}"));
             err(format!(
                 "ERR Redis is out of memory and the direct write to Snowflake failed: {e}"
@@ -160,28 +160,6 @@ fn failover(decoded: &Decoded) -> RedisResult {
         statements.len()
     ));
     Ok(RedisValue::SimpleStringStatic("DIRECT"))
-}
-
-/// Tries of one direct statement before the caller gets the error.
-const DIRECT_TRIES: u32 = 3;
-
-/// Runs one direct statement as one request for all its tries. The direct MERGE has no replay
-/// filter, so a second execution would count twice: a try after a timeout or a lost answer
-/// resubmits the same request (`retry=true`), which finds the first execution — finished or still
-/// running — instead of starting another; only a statement that ran and failed is sent anew.
-pub fn execute_direct(
-    client: &crate::snowflake::Client,
-    st: &crate::statement::Statement,
-) -> Result<crate::snowflake::QueryResult, crate::snowflake::SnowflakeError> {
-    let mut request = crate::snowflake::client::Request::default();
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match client.execute_with(st, &mut request) {
-            Err(e) if e.is_retryable() && tries < DIRECT_TRIES => continue,
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]

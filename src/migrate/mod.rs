@@ -39,7 +39,7 @@
 //!    applies them (the decoded entries are held in memory until then: about the size of the
 //!    records themselves);
 //! 3. runs the module's own TRACKED and USER MERGEs once each, with the staging table in place of the
-//!    JSON bind ([`stage::merge_from_stage`]), so effectively-once (`last_entry_id`), per-row
+//!    JSON bind ([`stage::Stage::merge`]), so effectively-once (`last_entry_id`), per-row
 //!    aggregation and event order are the module's, not a second copy;
 //! 4. drops the table (also after a failure; a killed run leaves a `WB_MIGRATE_*` table to drop).
 //!
@@ -63,9 +63,10 @@ pub mod dump;
 pub mod ids;
 pub mod run;
 pub mod source;
-pub mod stage;
 pub mod summary;
 
+/// The staging table lives with the other statement texts, in `src/sql/`.
+pub use crate::sql::stage;
 pub use run::{run, Options, Progress};
 pub use summary::Summary;
 

@@ -13,13 +13,13 @@ use std::time::Instant;
 use super::dump::{self, Header};
 use super::ids::legacy_id;
 use super::source::{DumpServer, Fields};
-use super::stage::{self, Stage};
 use super::summary::{DumpSummary, Summary};
 use super::MigrateError;
 use crate::entry::{self, legacy, Decoded, EntryId, Rules};
 use crate::host::logging;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig};
+use crate::sql::stage::{self, Stage};
 use crate::sql::{self, Tables, Target};
 use crate::statement::Statement;
 

@@ -21,7 +21,6 @@ use crate::pipeline::metrics::METRICS;
 use crate::pipeline::status;
 use crate::settings::{self, Key};
 use crate::sql::Tables;
-use crate::statement::Statement;
 
 pub fn spawn() -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;
@@ -180,10 +179,7 @@ fn regression_check(gil: &Gil, client: &crate::snowflake::Client) {
         return;
     };
     let newest_applied = client
-        .execute(&Statement::new(
-            format!("SELECT MAX(last_entry_id) FROM {}", tables.tracked),
-            vec![],
-        ))
+        .execute(&crate::sql::queries::newest_applied(&tables))
         .ok()
         .and_then(|r| {
             r.rows

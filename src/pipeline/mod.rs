@@ -8,6 +8,7 @@
 //! - [`worker`]: a pool of threads, each batching by count, bytes and linger time.
 //! - [`sink`]: turns a batch into SQL and commits it — to Snowflake, or to the log in dry run — with
 //!   retries; a statement Snowflake rejects is split until the entry at fault is found.
+//! - [`retry`]: the one retry policy: retry, retry slowly, split, or dead-letter, from typed classes.
 //! - [`triage`]: whether a data error is one entry's own (dead-letter it) or every statement's
 //!   (blocked, nothing dead-lettered).
 //! - [`ack`]: only after the commit, `XACK` (and dead-letter copies) under the lock, replicated.
@@ -33,6 +34,7 @@ pub mod housekeeping;
 pub mod import;
 pub mod metrics;
 pub mod restore;
+pub mod retry;
 pub mod sink;
 pub mod status;
 pub mod triage;

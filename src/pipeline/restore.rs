@@ -26,7 +26,7 @@ use crate::host::logging;
 use crate::host::stream;
 use crate::settings::{Key, Snapshot};
 use crate::sql::Tables;
-use crate::statement::{Bind, Statement};
+use crate::statement::Statement;
 
 /// What a restore run should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,43 +75,11 @@ struct Row {
     user_email: Option<String>,
 }
 
-const TS: &str = "'YYYY-MM-DD HH24:MI:SS'";
+pub use crate::sql::restore::MAX_DAYS;
 
-/// Longest window the query accepts, in days (about 270 years): `RESTORE_DAYS` beyond it is clamped,
-/// so the literal can never overflow Snowflake's date arithmetic.
-pub const MAX_DAYS: u64 = 100_000;
-
-/// The restore query. The window and the cap are literal integers, not binds: Snowflake needs
-/// constants in `LIMIT` (a bound row count is refused on some paths: "Invalid row count '?'"), and
-/// both are integers the settings have already validated, so no input reaches the text. The window
-/// is measured in UTC (`CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ`): the `*_dts`
-/// columns are UTC wall-clock times without a zone, and comparing them with the session zone's
-/// `CURRENT_TIMESTAMP()` would shift the window by the zone's offset.
+/// The restore query for a request (see [`crate::sql::restore::query`]).
 pub fn query(tables: &Tables, req: &Request, limit: u64) -> Statement {
-    let user_filter = if req.user.is_some() {
-        " AND t.username = ?"
-    } else {
-        ""
-    };
-    let days = req.days.min(MAX_DAYS);
-    let limit = limit.min(i64::MAX as u64);
-    let since = format!(
-        "DATEADD(day, -{days}, CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ)"
-    );
-    let sql = format!(
-        "SELECT t.tracked_id, t.track_id, t.page_name, t.query_row_count, t.track_title, t.track_type, t.track_url, \
-         t.visited_count, TO_VARCHAR(t.visited_dts, {TS}) AS visited_at, t.saved, TO_VARCHAR(t.saved_dts, {TS}) AS saved_at, \
-         u.user_email \
-         FROM {tracked} t \
-         LEFT JOIN (SELECT username, MIN(user_email) AS user_email FROM {user} GROUP BY username) u ON u.username = t.username \
-         WHERE (t.visited_dts >= {since} OR t.saved_dts >= {since}){user_filter} \
-         ORDER BY t.tracked_id, t.track_id \
-         LIMIT {limit}",
-        tracked = tables.tracked,
-        user = tables.user,
-    );
-    let binds = req.user.iter().map(|u| Bind::Text(u.clone())).collect();
-    Statement::new(sql, binds)
+    crate::sql::restore::query(tables, req.days, req.user.as_deref(), limit)
 }
 
 /// Reads one partition's rows, by the column names of the first partition.
@@ -494,6 +462,7 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
 mod tests {
     use super::*;
     use crate::settings::Value as V;
+    use crate::statement::Bind;
 
     fn row(id: &str, track: &str, visits: i64, saved: bool, page: &str) -> Row {
         Row {

@@ -1,19 +1,8 @@
 //! Where a batch goes: Snowflake, or the log in dry run.
 //!
 //! A sink turns a batch of decoded entries into statements ([`crate::sql::plan`]) and commits them.
-//! Its error says what the worker should do next; the class itself is decided once, by
-//! [`crate::snowflake::error::classify`], from Snowflake's code and SQL state:
-//! - [`SinkError::Retry`]: transient (throttling, outage, lock waits, expired credentials): the same
-//!   batch again after a backoff. Nothing is lost and nothing is skipped; the backlog grows.
-//! - [`SinkError::TimedOut`]: a statement ran past its time; retried (the same `requestId` finds it
-//!   still running), and a batch that keeps timing out is split.
-//! - [`SinkError::Blocked`]: Snowflake refuses every statement for a reason no entry can fix (a missing
-//!   table, a privilege, a bad key): retried slowly and shown loudly, never dead-lettered — moving good
-//!   data aside because of a configuration problem would be a silent loss.
-//! - [`SinkError::Data`]: Snowflake rejected the data (SQL state class 22), or refused a statement for
-//!   good for another reason than the setup (e.g. HTTP 400; not SQL states 42, 28, 0A): the worker splits the
-//!   batch until the entry at fault is alone, and [`super::triage`] decides whether the error is that
-//!   entry's own (dead-letter it) or every statement's (blocked).
+//! Its error ([`SinkError`]) is one of the typed classes of [`super::retry`], where the one policy
+//! decides what the worker does next: retry, retry slowly, split, or dead-letter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,84 +15,10 @@ use crate::entry::Decoded;
 use crate::host::logging;
 use crate::pipeline::metrics::METRICS;
 use crate::settings::{self, Key, Snapshot};
-use crate::snowflake::{Client, ClientConfig, ErrorClass, SnowflakeError};
+use crate::snowflake::{Client, ClientConfig, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
-use crate::statement::{Bind, Statement};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkError {
-    Retry(String),
-    TimedOut(String),
-    /// `code`: Snowflake's error code when it gave one, shown in `WB.STATUS`.
-    Blocked {
-        code: Option<String>,
-        message: String,
-    },
-    /// `code`: Snowflake's error code (or SQL state), the key of the triage; `table`: the target
-    /// of the statement refused.
-    Data {
-        code: String,
-        message: String,
-        table: &'static str,
-    },
-}
-
-impl SinkError {
-    pub fn message(&self) -> &str {
-        match self {
-            SinkError::Retry(m)
-            | SinkError::TimedOut(m)
-            | SinkError::Blocked { message: m, .. }
-            | SinkError::Data { message: m, .. } => m,
-        }
-    }
-
-    pub fn blocked(message: impl Into<String>) -> SinkError {
-        SinkError::Blocked {
-            code: None,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<SnowflakeError> for SinkError {
-    fn from(e: SnowflakeError) -> SinkError {
-        let line = e.to_string();
-        match e.class {
-            ErrorClass::Retryable if e.timed_out => SinkError::TimedOut(line),
-            ErrorClass::Retryable | ErrorClass::Reauth => SinkError::Retry(line),
-            ErrorClass::Data => SinkError::Data {
-                code: e.code.or(e.sql_state).unwrap_or_else(|| "data".to_string()),
-                message: line,
-                table: "",
-            },
-            // Any other permanent refusal (a request too large, an unexpected status) may be about
-            // one entry: it is split and judged like a data error, so one entry cannot hold up the
-            // rest. Compilation and access errors (SQL states 42, 28, 0A: a missing table, a
-            // privilege) cannot come from a bound value: they block.
-            ErrorClass::Permanent
-                if !e
-                    .sql_state
-                    .as_deref()
-                    .is_some_and(|s| ["42", "28", "0A"].iter().any(|c| s.starts_with(c))) =>
-            {
-                SinkError::Data {
-                    code: e
-                        .code
-                        .clone()
-                        .or(e.sql_state.clone())
-                        .unwrap_or_else(|| "permanent".to_string()),
-                    message: line,
-                    table: "",
-                }
-            }
-            ErrorClass::Config | ErrorClass::Permanent => SinkError::Blocked {
-                code: e.code,
-                message: line,
-            },
-        }
-    }
-}
+pub use super::retry::SinkError;
 
 /// The most bytes of bound data one entry may carry: `BATCH_MAX_BYTES`, or 1 MiB if that is lower.
 /// An entry is never split (that keeps replays exact), so a larger one could never be sent.
@@ -257,13 +172,7 @@ impl SnowflakeSink {
             if VERIFIED.fetch_add(1, Ordering::Relaxed) >= limit {
                 return;
             }
-            let stmt = Statement::new(
-                format!(
-                    "SELECT tracked_id, track_id, saved, visited_count, visited_dts, deleted_dts FROM {} WHERE tracked_id = ? AND track_id = ?",
-                    tables.tracked
-                ),
-                vec![Bind::Text(e.tracked_id.clone()), Bind::Text(e.track_id.clone())],
-            );
+            let stmt = sql::queries::written_row(tables, &e.tracked_id, &e.track_id);
             match self.client.execute(&stmt) {
                 Ok(r) => logging::info(&format!(
                     "VERIFY {} {}: {:?}",

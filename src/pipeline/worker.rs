@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use rand::Rng;
 
 use super::ack::{self, Settle};
 use super::control::{control, State};
+use super::retry::{self, Decision};
 use super::sink::{self, SinkError};
-use super::triage::{Verdict, TRIAGE};
+use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
@@ -261,60 +261,44 @@ fn commit_from(
             Err(e) => e,
         };
         let since = *first_failure.get_or_insert_with(Instant::now);
-        let mut systemic = None;
-        match &e {
-            SinkError::Data { .. } if entries.len() > 1 => {
-                let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_from(left, Some(since))?;
-                out.extend(commit_from(right, Some(since))?);
-                return Some(out);
-            }
-            SinkError::Data {
-                code,
-                message,
-                table,
-            } => {
-                lone_failures = lone_failures.saturating_add(1);
-                let id = entries[0].id();
-                match TRIAGE.judge(table, id, code, since, lone_failures, Instant::now()) {
-                    Verdict::DeadLetter => {
-                        logging::warning(&format!("entry {id} rejected by Snowflake: {message}"));
-                        return Some(vec![Err(message.clone())]);
-                    }
-                    Verdict::Blocked => systemic = Some(code.clone()),
+        let decision = retry::decide(&e, entries.len(), attempt, |table, code| {
+            lone_failures = lone_failures.saturating_add(1);
+            let id = entries[0].id();
+            TRIAGE.judge(table, id, code, since, lone_failures, Instant::now())
+        });
+        let blocked = match decision {
+            Decision::Split => {
+                if let SinkError::TimedOut(msg) = &e {
+                    logging::warning(&format!(
+                        "a batch of {} entries keeps timing out; splitting it: {msg}",
+                        entries.len()
+                    ));
                 }
-            }
-            // A statement that keeps running past the request timeout may simply be too big for the
-            // warehouse: after three tries, split the batch (entries are never split, so replays stay
-            // exact); one entry alone keeps being retried.
-            SinkError::TimedOut(msg) if entries.len() > 1 && attempt >= 2 => {
-                logging::warning(&format!(
-                    "a batch of {} entries keeps timing out; splitting it: {msg}",
-                    entries.len()
-                ));
                 let (left, right) = entries.split_at(entries.len() / 2);
                 let mut out = commit_from(left, Some(since))?;
                 out.extend(commit_from(right, Some(since))?);
                 return Some(out);
             }
-            _ => {}
-        }
+            Decision::DeadLetter => {
+                let id = entries[0].id();
+                logging::warning(&format!(
+                    "entry {id} rejected by Snowflake: {}",
+                    e.message()
+                ));
+                return Some(vec![Err(e.message().to_string())]);
+            }
+            Decision::RetrySlowly { code } => Some(code),
+            Decision::Retry => None,
+        };
         attempt = attempt.saturating_add(1);
         c.degraded.store(true, Ordering::Relaxed);
         METRICS.retries.fetch_add(1, Ordering::Relaxed);
         METRICS.set_error(e.message());
-        let blocked = match (&e, systemic) {
-            (SinkError::Blocked { code, .. }, _) => {
-                METRICS.set_blocked(Some(code.as_deref().unwrap_or("-")));
-                true
-            }
-            (_, Some(code)) => {
-                METRICS.set_blocked(Some(&code));
-                true
-            }
-            _ => false,
-        };
-        let wait = backoff(attempt, blocked);
+        if let Some(code) = &blocked {
+            METRICS.set_blocked(Some(code));
+        }
+        let blocked = blocked.is_some();
+        let wait = retry::backoff(attempt, blocked);
         if attempt == 1 || attempt.is_power_of_two() {
             logging::warning(&format!(
                 "commit of {} entries failed (attempt {attempt}{}), retrying in {} ms: {}",
@@ -338,16 +322,4 @@ fn commit_from(
             return None;
         }
     }
-}
-
-/// Exponential backoff with full jitter, capped by `RETRY_MAX_BACKOFF_MS`; a blocked sink (a
-/// configuration problem) starts at the cap's quarter.
-fn backoff(attempt: u32, blocked: bool) -> Duration {
-    let cap = settings::current().uint(Key::RetryMaxBackoffMs).max(10);
-    let base: u64 = if blocked { cap / 4 } else { 100 };
-    let exp = base
-        .saturating_mul(1u64 << attempt.min(20).saturating_sub(1))
-        .min(cap);
-    let jittered = rand::thread_rng().gen_range(exp / 2..=exp.max(1));
-    Duration::from_millis(jittered)
 }

@@ -298,7 +298,7 @@ impl Client {
     pub fn ping(&self) -> Result<SessionContext, SnowflakeError> {
         let started = Instant::now();
         let r = self.execute(&Statement::new(
-            "SELECT CURRENT_USER(), CURRENT_ROLE(), CURRENT_WAREHOUSE(), CURRENT_DATABASE(), CURRENT_SCHEMA()",
+            crate::sql::queries::SESSION_CONTEXT,
             vec![],
         ))?;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -17,12 +17,17 @@
 //! - [`mapping`]: the MERGE of a hash mapping; [`mapping_plan`]: a batch of a mapping's captured
 //!   changes converted and coalesced per row into it.
 //! - [`direct`]: the one-entry statements of a `WB.WRITE` failover.
+//! - [`stage`]: the migration's staging table and its MERGEs.
+//! - [`restore`]: the restore's query; [`queries`]: the checks the pipeline runs beside its writes.
 
 pub mod direct;
 pub mod fold;
 pub mod ident;
 pub mod mapping;
 pub mod mapping_plan;
+pub mod queries;
+pub mod restore;
+pub mod stage;
 pub mod tracked;
 pub mod user;
 

@@ -56,6 +56,31 @@ use crate::entry::rules::TsText;
 pub const LINKS_SOURCE: &str = "FROM (SELECT PARSE_JSON(?) AS j) b, \
 LATERAL FLATTEN(input => b.j) c, LATERAL FLATTEN(input => c.value) f";
 
+/// Where a MERGE reads its rows from: the batch's bound JSON, or a staging table the migration
+/// filled with the same objects. Either way each row is one link object, `f.value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// The one bind of the statement ([`LINKS_SOURCE`]).
+    Bound,
+    /// The rows of a staging table whose `target` column is `target` (a constant, never input).
+    Staged {
+        stage: &'a str,
+        target: &'static str,
+    },
+}
+
+impl Source<'_> {
+    /// The `FROM` clause that yields the link objects as `f.value`.
+    pub fn from_clause(&self) -> String {
+        match self {
+            Source::Bound => LINKS_SOURCE.to_string(),
+            Source::Staged { stage, target } => {
+                format!("FROM (SELECT v AS value FROM {stage} WHERE target = '{target}') f")
+            }
+        }
+    }
+}
+
 /// The format of every timestamp the statements convert (the text [`crate::entry::rules::ts_text`] writes).
 pub const TS_FORMAT: &str = "YYYY-MM-DD HH24:MI:SS";
 
@@ -156,8 +181,15 @@ pub fn merge_sql(table: &str) -> String {
     merge_sql_with(table, Position::Stream)
 }
 
-/// The MERGE for a quoted table name and a treatment of `last_entry_id`.
+/// The MERGE for a quoted table name and a treatment of `last_entry_id`, reading the bound JSON.
 pub fn merge_sql_with(table: &str, position: Position) -> String {
+    merge_sql_from(table, position, Source::Bound)
+}
+
+/// The one builder of the TRACKED MERGE: the stream batch's, the failover's ([`Position::Keep`]) and
+/// the migration's (a staged [`Source`]) differ only in these two arguments, so their rules cannot
+/// drift apart.
+pub fn merge_sql_from(table: &str, position: Position, source: Source<'_>) -> String {
     let (select_suffix, last_entry_id) = match position {
         Position::Stream => (
             "e.entry > COALESCE(cur.last_entry_id, '') AND e.prev <= COALESCE(cur.last_entry_id, '') AND ",
@@ -204,7 +236,7 @@ f.value:query_row_count::NUMBER(38,0) AS query_row_count, \
 f.value:title::VARCHAR AS track_title, \
 f.value:type::VARCHAR AS track_type, \
 f.value:url::VARCHAR AS track_url \
-{LINKS_SOURCE}\
+{from}\
 ) e \
 LEFT JOIN {table} cur ON cur.tracked_id = e.tracked_id AND cur.track_id = e.track_id \
 WHERE {select_suffix}e.k <> CASE WHEN cur.tracked_id IS NULL THEN 'm' ELSE 'n' END\
@@ -230,6 +262,7 @@ visited_count, visited_dts, saved, saved_dts, deleted_dts, last_entry_id, update
 VALUES (s.tracked_id, s.track_id, s.username, s.page_name, s.query_row_count, s.track_title, \
 s.track_type, s.track_url, s.visited_count, s.visited_dts, s.saved, s.saved_dts, s.deleted_dts, \
 s.last_entry_id, s.updated_dts)",
+        from = source.from_clause(),
         visited = later("visited_dts", "v_ts"),
         saved = later("saved_dts", "s_ts"),
         deleted = later("deleted_dts", "d_ts"),

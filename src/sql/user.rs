@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::fold::UserLink;
-use super::tracked::{LINKS_SOURCE, TS_FORMAT};
+use super::tracked::{Source, TS_FORMAT};
 use crate::entry::id::SortText;
 use crate::entry::rules::TsText;
 
@@ -55,6 +55,12 @@ pub fn push_links(links: &[UserLink<'_>], mut emit: impl FnMut(&str)) {
 
 /// The MERGE for a quoted table name. One `?`: the JSON array of links.
 pub fn merge_sql(table: &str) -> String {
+    merge_sql_from(table, Source::Bound)
+}
+
+/// The one builder of the USER MERGE, reading the bound JSON or a staging table.
+pub fn merge_sql_from(table: &str, source: Source<'_>) -> String {
+    let from = source.from_clause();
     format!(
         "MERGE INTO {table} t USING (\
 SELECT e.user_email, e.username, e.last_entry_id, e.created_dts, e.updated_dts \
@@ -66,7 +72,7 @@ COALESCE(f.value:prev::VARCHAR, '') AS prev, \
 COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
 TO_TIMESTAMP_NTZ(f.value:created::VARCHAR, '{TS_FORMAT}') AS created_dts, \
 TO_TIMESTAMP_NTZ(f.value:at::VARCHAR, '{TS_FORMAT}') AS updated_dts \
-{LINKS_SOURCE}\
+{from}\
 ) e \
 LEFT JOIN {table} cur ON cur.user_email = e.user_email \
 WHERE e.entry > COALESCE(cur.last_entry_id, '') AND e.prev <= COALESCE(cur.last_entry_id, '')\

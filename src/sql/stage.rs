@@ -1,28 +1,18 @@
-//! The staging table: its name, and the statements that create, fill, merge and drop it.
+//! The migration's staging table: its name, and the statements that create, fill, merge and drop it.
 //!
-//! Why a transient staging table and one MERGE per target table is in [`super`] ("Writing"). The
-//! table holds one row per link (TRACKED or USER, see [`crate::sql::fold`]): `target` says which,
-//! `v` is the object the module's MERGE reads ([`crate::sql::links_json`]). The MERGEs are the module's own
-//! ([`crate::sql::tracked::merge_sql`], [`crate::sql::user::merge_sql`]) with their JSON source
-//! swapped for the staging rows, so the two can never drift apart in their rules.
+//! Why a transient staging table and one MERGE per target table is in [`crate::migrate`]
+//! ("Writing"). The table holds one row per link (TRACKED or USER, see [`super::fold`]): `target`
+//! says which, `v` is the object the module's MERGE reads ([`super::links_json`]). The MERGEs are
+//! built by the module's own builders ([`tracked::merge_sql_from`], [`user::merge_sql_from`]) with
+//! a staged [`Source`], so the two can never drift apart in their rules.
 
-use crate::sql::{self, Tables, Target};
+use super::tracked::{self, Position, Source};
+use super::{user, Tables, Target};
 use crate::statement::{Bind, Statement};
-
-/// The row source of the module's MERGEs: the batch's links (see [`sql::LINKS_SOURCE`]).
-pub const MERGE_SOURCE: &str = sql::LINKS_SOURCE;
 
 /// The rows of a staging INSERT: a flat JSON array of links, one row per element.
 pub const INSERT_SOURCE: &str =
     "FROM (SELECT PARSE_JSON(?) AS j) b, LATERAL FLATTEN(input => b.j) f";
-
-/// What the module's MERGEs become for a staging table: the same rows, same column (`f.value`).
-fn staged_source(stage: &str, target: Target) -> String {
-    format!(
-        "FROM (SELECT v AS value FROM {stage} WHERE target = '{}') f",
-        target_code(target)
-    )
-}
 
 /// The `target` column's value for a statement target (a constant, never input).
 pub fn target_code(target: Target) -> &'static str {
@@ -74,37 +64,29 @@ impl Stage {
         )
     }
 
-    /// The module's MERGE for `target`, reading the staging table.
+    /// The module's MERGE for `target`, reading the staging table. Fails (rather than sending a
+    /// statement with a dangling `?`) should the MERGE ever bind anything besides its source.
     pub fn merge(&self, tables: &Tables, target: Target) -> Result<Statement, String> {
-        let module_sql = match target {
-            Target::Tracked => sql::tracked::merge_sql(&tables.tracked),
-            Target::User => sql::user::merge_sql(&tables.user),
+        let source = Source::Staged {
+            stage: &self.name,
+            target: target_code(target),
         };
-        merge_from_stage(&module_sql, self, target).map(|sql| Statement::new(sql, vec![]))
+        let sql = match target {
+            Target::Tracked => tracked::merge_sql_from(&tables.tracked, Position::Stream, source),
+            Target::User => user::merge_sql_from(&tables.user, source),
+        };
+        if sql.contains('?') {
+            return Err(format!(
+                "the {} MERGE has bind variables besides its JSON source",
+                target_code(target)
+            ));
+        }
+        Ok(Statement::new(sql, vec![]))
     }
 
     pub fn drop(&self) -> Statement {
         Statement::new(format!("DROP TABLE IF EXISTS {}", self.name), vec![])
     }
-}
-
-/// Swaps the JSON source of a module MERGE for the staging rows. Fails (rather than sending a
-/// statement with a dangling `?`) if the MERGE no longer reads its rows the way this expects.
-pub fn merge_from_stage(module_sql: &str, stage: &Stage, target: Target) -> Result<String, String> {
-    if module_sql.matches(MERGE_SOURCE).count() != 1 {
-        return Err(format!(
-            "the {} MERGE no longer reads its rows with `{MERGE_SOURCE}`; the staging MERGE must follow it",
-            target_code(target)
-        ));
-    }
-    let sql = module_sql.replace(MERGE_SOURCE, &staged_source(&stage.name, target));
-    if sql.contains('?') {
-        return Err(format!(
-            "the {} MERGE has bind variables besides its JSON source",
-            target_code(target)
-        ));
-    }
-    Ok(sql)
 }
 
 #[cfg(test)]
@@ -142,10 +124,23 @@ mod tests {
     }
 
     #[test]
-    fn a_merge_that_changed_its_source_is_refused() {
-        assert!(
-            merge_from_stage("MERGE INTO t USING (SELECT 1) s", &stage(), Target::User).is_err()
-        );
+    fn a_staged_merge_is_the_module_merge_with_the_stage_as_its_source() {
+        let s = stage();
+        let t = Tables::default();
+        for (target, module) in [
+            (Target::Tracked, tracked::merge_sql(&t.tracked)),
+            (Target::User, user::merge_sql(&t.user)),
+        ] {
+            let staged = s.merge(&t, target).unwrap().sql;
+            let source = Source::Staged {
+                stage: &s.name,
+                target: target_code(target),
+            };
+            assert_eq!(
+                staged.replace(&source.from_clause(), tracked::LINKS_SOURCE),
+                module
+            );
+        }
     }
 
     #[test]
@@ -162,7 +157,7 @@ mod tests {
             )],
             &rules,
         );
-        let (tracked, users) = sql::links_json(&[d]);
+        let (tracked, users) = super::super::links_json(&[d]);
         assert_eq!((tracked.len(), users.len()), (1, 0));
         let json = format!("[{}]", tracked.join(","));
         let ins = stage().insert(Target::Tracked, &json);
