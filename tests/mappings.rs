@@ -326,3 +326,189 @@ fn a_bad_mappings_file_stops_the_module_with_the_file_line_and_reason() {
         server.log().contains(&needle).then_some(())
     });
 }
+
+/// The tables of `PERSONS_AND_CARS`, in the emulator.
+fn tables(emu: &common::emulator::Emulator) {
+    emu.sql(
+        "CREATE TABLE IF NOT EXISTS PERSONS (PERSON_ID NUMBER(38,0) NOT NULL, FIRST_NAME VARCHAR(100), \
+         LAST_NAME VARCHAR(100), AGE NUMBER(3,0))",
+    );
+    emu.sql("CREATE TABLE IF NOT EXISTS CARS (CAR_ID VARCHAR(20) NOT NULL, LICENSE VARCHAR(20), COLOR VARCHAR(20))");
+}
+
+fn rows(emu: &common::emulator::Emulator, sql: &str) -> Vec<String> {
+    emu.sql(sql)
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+fn wait_written(server: &RedisServer, con: &mut redis::Connection, mapping: &str, n: i64) {
+    server.wait_for(
+        &format!("{n} changes of {mapping} written"),
+        Duration::from_secs(30),
+        || {
+            let st = common::redis_server::status(con);
+            let written: i64 = st
+                .get(&format!("mapping.{mapping}.written"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let dead: i64 = st
+                .get(&format!("mapping.{mapping}.dead_lettered"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            (written + dead >= n).then_some(())
+        },
+    );
+}
+
+#[test]
+fn the_rgsync_examples_reach_the_tables_with_acknowledgements_and_write_through() {
+    let emu = common::emulator::Emulator::start();
+    tables(&emu);
+    let (server, _dir) = server_with(common::wired(&emu));
+    let mut con = server.connection();
+    // Write-behind, as in rgsync's README.
+    let _: i64 = q(
+        &mut con,
+        &[
+            "HSET",
+            "person:1",
+            "first_name",
+            "foo",
+            "last_name",
+            "bar",
+            "age",
+            "20",
+        ],
+    );
+    let _: i64 = q(
+        &mut con,
+        &[
+            "HSET",
+            "person:007",
+            "first_name",
+            "James",
+            "last_name",
+            "Bond",
+            "age",
+            "42",
+            "#",
+            "=6ce0c902-30c2-4ac9-8342-2f04fb359a94",
+        ],
+    );
+    let ack: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(20_000)
+        .arg("STREAMS")
+        .arg("{person:007}6ce0c902-30c2-4ac9-8342-2f04fb359a94")
+        .arg("0-0")
+        .query(&mut con)
+        .unwrap();
+    assert!(format!("{ack:?}").contains("done"), "{ack:?}");
+    wait_written(&server, &mut con, "persons", 2);
+    assert_eq!(
+        rows(
+            &emu,
+            "SELECT PERSON_ID, FIRST_NAME, LAST_NAME, AGE FROM PERSONS ORDER BY PERSON_ID"
+        ),
+        ["1|foo|bar|20", "7|James|Bond|42"]
+    );
+    // Not replicated; deleted without replicating; deleted everywhere.
+    let _: i64 = q(&mut con, &["HSET", "person:1", "age", "99", "#", "+"]);
+    let _: i64 = q(&mut con, &["HSET", "person:007", "#", "-"]);
+    let _: i64 = q(
+        &mut con,
+        &["HSET", "car:1", "license", "AB", "color", "red"],
+    );
+    let _: i64 = q(&mut con, &["DEL", "car:1"]);
+    let _: i64 = q(
+        &mut con,
+        &["HSET", "car:2", "license", "CD", "color", "blue"],
+    );
+    wait_written(&server, &mut con, "cars", 3);
+    assert_eq!(
+        rows(
+            &emu,
+            "SELECT PERSON_ID, FIRST_NAME, LAST_NAME, AGE FROM PERSONS ORDER BY PERSON_ID"
+        ),
+        ["1|foo|bar|20", "7|James|Bond|42"]
+    );
+    assert_eq!(
+        rows(
+            &emu,
+            "SELECT CAR_ID, LICENSE, COLOR FROM CARS ORDER BY CAR_ID"
+        ),
+        ["2|CD|blue"]
+    );
+
+    // Write-through: written, then renamed; the acknowledgement says so.
+    let _: i64 = q(
+        &mut con,
+        &[
+            "HSET",
+            "__{person:1}",
+            "first_name",
+            "foo",
+            "last_name",
+            "bar",
+            "age",
+            "21",
+            "#",
+            "=wt-1",
+        ],
+    );
+    let ack: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(20_000)
+        .arg("STREAMS")
+        .arg("{person:1}wt-1")
+        .arg("0-0")
+        .query(&mut con)
+        .unwrap();
+    assert!(format!("{ack:?}").contains("done"), "{ack:?}");
+    assert_eq!(
+        hgetall(&mut con, "person:1"),
+        [
+            ("age".into(), "21".into()),
+            ("first_name".into(), "foo".into()),
+            ("last_name".into(), "bar".into())
+        ]
+    );
+    let temp: i64 = q(&mut con, &["EXISTS", "__{person:1}"]);
+    assert_eq!(temp, 0);
+    assert_eq!(
+        rows(&emu, "SELECT AGE FROM PERSONS WHERE PERSON_ID = 1"),
+        ["21"]
+    );
+
+    // A value the column cannot take fails that change alone: the key is acknowledged 'failed',
+    // the write-through key deleted, and the row keeps its last good state.
+    let _: i64 = q(
+        &mut con,
+        &["HSET", "__{person:1}", "age", "1000", "#", "=wt-2"],
+    );
+    let ack: redis::Value = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(20_000)
+        .arg("STREAMS")
+        .arg("{person:1}wt-2")
+        .arg("0-0")
+        .query(&mut con)
+        .unwrap();
+    let text = format!("{ack:?}");
+    assert!(text.contains("failed") && text.contains("AGE"), "{text}");
+    let temp: i64 = q(&mut con, &["EXISTS", "__{person:1}"]);
+    assert_eq!(temp, 0);
+    assert_eq!(
+        rows(&emu, "SELECT AGE FROM PERSONS WHERE PERSON_ID = 1"),
+        ["21"]
+    );
+    let dead = entries(&mut con, b"writebehind:persons:dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+}

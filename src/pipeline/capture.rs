@@ -29,6 +29,13 @@ use crate::mapping::{Mapping, Mappings};
 pub struct Mapped {
     pub mappings: Mappings,
     pub counters: Vec<Counters>,
+    /// What each mapping's writer did ([`super::mapping_writer`]).
+    pub writers: Vec<super::mapping_writer::WriterFigures>,
+    /// Each writer's wake-up: one pending signal at most.
+    pub wakes: Vec<(
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    )>,
 }
 
 /// What the capture of one mapping did since the module loaded.
@@ -71,13 +78,14 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
             names.join(", ")
         }
     ));
-    let counters = mappings
-        .mappings
-        .iter()
-        .map(|_| Counters::default())
-        .collect();
-    let any = !mappings.mappings.is_empty();
-    *MAPPED.write() = Some(Arc::new(Mapped { mappings, counters }));
+    let n = mappings.mappings.len();
+    let any = n > 0;
+    *MAPPED.write() = Some(Arc::new(Mapped {
+        mappings,
+        counters: (0..n).map(|_| Counters::default()).collect(),
+        writers: (0..n).map(|_| Default::default()).collect(),
+        wakes: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
+    }));
     if any {
         keyspace::register(ctx)?;
     }
@@ -146,6 +154,7 @@ fn capture(ctx: &Context, key: &[u8]) {
         }
         if actions.capture.is_some() {
             counters.captured.fetch_add(1, Ordering::Relaxed);
+            super::mapping_writer::wake(&mapped, index);
         }
         if let Some(why) = &actions.refused {
             counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +224,31 @@ fn carry_out(
     Ok(())
 }
 
+/// Each mapping's state and last error: `mapping.<name>.state`, `mapping.<name>.last_error`.
+pub fn texts() -> Vec<(String, String)> {
+    let Some(mapped) = mapped() else {
+        return Vec::new();
+    };
+    mapped
+        .mappings
+        .mappings
+        .iter()
+        .zip(&mapped.writers)
+        .flat_map(|(m, w)| {
+            [
+                (
+                    format!("mapping.{}.state", m.name),
+                    (*w.state.lock()).to_string(),
+                ),
+                (
+                    format!("mapping.{}.last_error", m.name),
+                    w.last_error.lock().clone(),
+                ),
+            ]
+        })
+        .collect()
+}
+
 /// Each mapping's counters as status lines: `mapping.<name>.<figure>`.
 pub fn figures() -> Vec<(String, u64)> {
     let Some(mapped) = mapped() else {
@@ -225,11 +259,16 @@ pub fn figures() -> Vec<(String, u64)> {
         .mappings
         .iter()
         .zip(&mapped.counters)
-        .flat_map(|(m, c)| {
+        .zip(&mapped.writers)
+        .flat_map(|((m, c), w)| {
             [
                 ("captured", c.captured.load(Ordering::Relaxed)),
                 ("refused", c.refused.load(Ordering::Relaxed)),
                 ("capture_failed", c.failed.load(Ordering::Relaxed)),
+                ("written", w.written.load(Ordering::Relaxed)),
+                ("dead_lettered", w.dead_lettered.load(Ordering::Relaxed)),
+                ("statements", w.statements.load(Ordering::Relaxed)),
+                ("retries", w.retries.load(Ordering::Relaxed)),
             ]
             .map(|(name, v)| (format!("mapping.{}.{name}", m.name), v))
         })

@@ -32,6 +32,7 @@ pub mod events;
 pub mod faults;
 pub mod housekeeping;
 pub mod import;
+pub mod mapping_writer;
 pub mod metrics;
 pub mod restore;
 pub mod retry;
@@ -77,8 +78,10 @@ pub fn start() -> Result<(), String> {
     let claimer = claim::spawn(senders)?;
     let housekeeper = housekeeping::spawn()?;
     let deadlines = waiters::spawn()?;
+    let writers = mapping_writer::spawn_all()?;
     let mut threads = c.threads.lock();
     threads.extend(handles);
+    threads.extend(writers);
     threads.extend([claimer, housekeeper, deadlines]);
     Ok(())
 }

@@ -104,6 +104,11 @@ pub fn push_row(links: &mut LinkArray, key: &str, delete: bool, values: &[Option
     }
 }
 
+/// The statement that reads a mapping's table's columns (name, type, nullability).
+pub fn describe_sql(table: &str) -> String {
+    format!("DESCRIBE TABLE {table}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
