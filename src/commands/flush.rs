@@ -1,5 +1,5 @@
-//! `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time is committed, or
-//! `-TIMEOUT <n> entries still pending`.
+//! `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time — in the userdata
+//! stream and in each mapping's stream — is committed, or `-TIMEOUT <n> entries still pending`.
 
 use std::time::{Duration, Instant};
 
@@ -43,20 +43,45 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
         ));
     }
     let s = settings::current();
-    let stream_name = s.str(Key::RedisStream).to_string();
     let group = pipeline::group_name(&s);
     let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
-    let target =
-        EntryId::parse(&stream::last_generated_id(&home, &stream_name)).unwrap_or_default();
-    if target == EntryId::default() {
+    // The userdata stream, and each mapping's stream: what each holds now is what must be written.
+    let mut streams = vec![s.str(Key::RedisStream).to_string()];
+    if let Some(m) = pipeline::capture::mapped() {
+        streams.extend(m.mappings.mappings.iter().map(|m| m.capture_stream()));
+    }
+    let targets: Vec<(String, EntryId)> = streams
+        .into_iter()
+        .filter_map(|name| {
+            let target =
+                EntryId::parse(&stream::last_generated_id(&home, &name)).unwrap_or_default();
+            (target != EntryId::default()).then_some((name, target))
+        })
+        .collect();
+    if targets.is_empty() {
         return Ok(RedisValue::SimpleStringStatic("OK"));
     }
     let timeout = args.timeout;
     background::run(ctx, "WB.FLUSH", false, move |gil| {
         let deadline = Instant::now() + timeout;
         loop {
-            match gil.with(|c| flushed(c, &stream_name, &group, target)) {
-                Ok(true) => return Ok(RedisValue::SimpleStringStatic("OK")),
+            let left: Result<(), i64> = gil.with(|c| {
+                let left: i64 = targets
+                    .iter()
+                    .map(|(name, target)| match flushed(c, name, &group, *target) {
+                        Ok(true) => 0,
+                        Ok(false) => 1,
+                        Err(n) => n.max(1),
+                    })
+                    .sum();
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(left)
+                }
+            });
+            match left {
+                Ok(()) => return Ok(RedisValue::SimpleStringStatic("OK")),
                 _ if pipeline::control().stopping() => {
                     return Err(err("ERR WB.FLUSH ended: the writer is stopping"));
                 }
