@@ -611,3 +611,35 @@ fn after_kill_9_mid_flight_every_row_equals_its_hash() {
         Some("0")
     );
 }
+
+#[test]
+fn mappings_are_refused_on_a_cluster_enabled_server_rather_than_writing_into_foreign_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(&path, PERSONS_AND_CARS).unwrap();
+    let server = RedisServer::start(
+        Options::default()
+            .without_module()
+            .conf("cluster-enabled yes")
+            .conf("cluster-config-file nodes.conf"),
+    );
+    let mut con = server.connection();
+    let err = redis::cmd("MODULE")
+        .arg("LOADEX")
+        .arg(common::redis_server::module_path().to_str().unwrap())
+        .arg("CONFIG")
+        .arg("writebehind.mappings-file")
+        .arg(path.to_str().unwrap())
+        .query::<redis::Value>(&mut con)
+        .expect_err("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("error loading"),
+        "{err}"
+    );
+    server.wait_for("the reason in the log", Duration::from_secs(5), || {
+        server
+            .log()
+            .contains("hash mappings do not run on a cluster-enabled server yet")
+            .then_some(())
+    });
+}

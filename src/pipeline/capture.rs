@@ -69,6 +69,14 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
         return Ok(());
     }
     let mappings = Mappings::load(path.trim()).map_err(|e| e.to_string())?;
+    // On a cluster a mapping's stream would live in one slot while its keys live in all of them, and
+    // the capture would write into slots this node may not serve: refuse rather than do that.
+    if !mappings.mappings.is_empty() && stream::flags(ctx) & raw::REDISMODULE_CTX_FLAGS_CLUSTER != 0
+    {
+        return Err(format!(
+            "{path}: hash mappings do not run on a cluster-enabled server yet; leave MAPPINGS_FILE empty there"
+        ));
+    }
     let names: Vec<&str> = mappings.mappings.iter().map(|m| m.name.as_str()).collect();
     logging::info(&format!(
         "mappings from {path}: {}",

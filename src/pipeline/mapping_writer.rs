@@ -98,21 +98,21 @@ fn run(gil: &Gil, index: usize) {
         match gil.with(crate::host::server::phase) {
             Phase::Loading => {
                 set_state(figures, "loading");
-                std::thread::sleep(Duration::from_millis(50));
+                rest(Duration::from_millis(50));
                 continue;
             }
             Phase::Replica => {
                 set_state(figures, "replica");
                 recovering = true;
                 cursor = "0-0".into();
-                std::thread::sleep(Duration::from_millis(200));
+                rest(Duration::from_millis(200));
                 continue;
             }
             Phase::Primary => {}
         }
         if unconfigured(&snap) || dry_run(&snap) {
             set_state(figures, "unconfigured");
-            std::thread::sleep(Duration::from_millis(500));
+            rest(Duration::from_millis(500));
             continue;
         }
         // The client and the table's columns, once.
@@ -121,7 +121,7 @@ fn run(gil: &Gil, index: usize) {
                 Ok(cl) => client = Some(cl),
                 Err(e) => {
                     blocked(figures, &format!("Snowflake client: {e}"));
-                    std::thread::sleep(backoff.next_delay().max(Duration::from_secs(1)));
+                    rest(backoff.next_delay().max(Duration::from_secs(1)));
                     continue;
                 }
             }
@@ -138,7 +138,7 @@ fn run(gil: &Gil, index: usize) {
                 }
                 Err(e) => {
                     blocked(figures, &e);
-                    std::thread::sleep(Duration::from_secs(
+                    rest(Duration::from_secs(
                         snap.uint(Key::ConfigSleepSeconds).clamp(1, 30),
                     ));
                     continue;
@@ -170,7 +170,7 @@ fn run(gil: &Gil, index: usize) {
                     "mapping {}: reading {stream_name} failed: {e}",
                     mapping.name
                 ));
-                std::thread::sleep(Duration::from_millis(200));
+                rest(Duration::from_millis(200));
                 continue;
             }
         };
@@ -220,7 +220,7 @@ fn run(gil: &Gil, index: usize) {
                         *figures.last_error.lock() = e.message().to_string();
                     }
                     let delay = backoff.next_delay();
-                    std::thread::sleep(if slow {
+                    rest(if slow {
                         delay.max(Duration::from_secs(2))
                     } else {
                         delay
@@ -446,5 +446,19 @@ fn finish_through(ctx: &Context, key: &[u8], written: bool) {
 pub fn wake(m: &Mapped, index: usize) {
     if let Some((tx, _)) = m.wakes.get(index) {
         let _ = tx.try_send(());
+    }
+}
+
+/// Waits `d`, in short steps, so a stopping module (`SHUTDOWN`, `MODULE UNLOAD`) never waits for a
+/// writer's backoff.
+fn rest(d: Duration) {
+    let until = std::time::Instant::now() + d;
+    let c = control();
+    while !c.stopping() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
