@@ -1060,6 +1060,78 @@ def bench_restore(tools, keys, cfg) -> dict:
 # --- report -----------------------------------------------------------------------------------------
 
 
+# --- 7. hash mappings against the userdata stream ----------------------------------------------------
+
+MAPPINGS_YAML = """mappings:
+  - name: persons
+    key_prefix: "person:"
+    table: PERSONS
+    key_column: PERSON_ID
+    columns: {first_name: FIRST_NAME, last_name: LAST_NAME, age: AGE}
+"""
+
+
+def bench_mappings(tools, keys, cfg) -> dict:
+    """Hash changes written per second by a mapping, and 1-record userdata entries per second, each
+    drained from a paused backlog to the emulator's real engine, side by side in one run."""
+    n, keyspace = cfg.e2e_n, 2_000
+    emu = Emulator(tools, keys, sink=False)
+    emu.sql("CREATE TABLE IF NOT EXISTS PERSONS (PERSON_ID NUMBER(38,0) NOT NULL, FIRST_NAME VARCHAR(100), "
+            "LAST_NAME VARCHAR(100), AGE NUMBER(3,0))")
+    path = os.path.join(_workdir, "mappings.yaml")
+    with open(path, "w") as f:
+        f.write(MAPPINGS_YAML)
+    runs = {}
+    try:
+        for kind in ("mapping", "userdata"):
+            r = Redis(tools, True, module_env(emu.url, keys, **{**cfg.module_env, "MAPPINGS_FILE": path}))
+            try:
+                con = r.conn()
+                wait_until("the writer", 60, lambda: con.status()["state"] == "running")
+                warm_up(con)
+                con.call("WB.PAUSE")
+                if kind == "mapping":
+                    con.pipeline([["HSET", f"person:{i % keyspace}", "first_name", f"n{i}", "last_name", "x",
+                                   "age", str(i % 100)] for i in range(n)])
+                else:
+                    con.pipeline([["XADD", STREAM, "*", "value", e2e_payload(i, 500)] for i in range(n)])
+                base = con.status()
+                emu.reset()
+                cpu = cpu_seconds(r.pid)
+                t0 = time.monotonic()
+                con.call("WB.RESUME")
+                flush(con, 600_000)
+                wall = time.monotonic() - t0
+                cpu = cpu_seconds(r.pid) - cpu
+                st = con.status()
+                if kind == "mapping":
+                    done = int(st["mapping.persons.written"]) - int(base.get("mapping.persons.written", 0))
+                else:
+                    done = int(st["records_written"]) - int(base["records_written"])
+                runs[kind] = {
+                    "changes": done,
+                    "wall_s": round(wall, 3),
+                    "per_s": round(done / wall),
+                    "redis_cpu_s_per_10k": round(cpu / max(done, 1) * 10_000, 4),
+                    "statements": emu.stats()["statements"],
+                }
+                log(f"mappings bench {kind}: {runs[kind]['per_s']:,}/s, {runs[kind]['statements']} statements")
+            finally:
+                r.stop()
+        rows = emu.sql("SELECT COUNT(*) FROM PERSONS")[0][0]
+    finally:
+        emu.stop()
+    m, u = runs["mapping"], runs["userdata"]
+    return {
+        "what": f"{n} HSETs over {keyspace} keys vs {n} 1-record userdata entries, each from a paused backlog, "
+                "WB.RESUME to WB.FLUSH returning, emulator on its fakesnow/DuckDB engine",
+        "runs": runs,
+        "rows": int(float(rows or 0)),
+        "ratio_mapping_userdata": round(m["per_s"] / max(u["per_s"], 1), 3),
+        "target": "report (hash changes/s beside the userdata stream's records/s)",
+    }
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -1130,6 +1202,12 @@ def table(results: dict) -> str:
             g = rs["migrate"]
             rows.append((f"6 wb-migrate {g['records']:,} records", f"{g['wall_s']:.2f} s, {g['round_trips']} round trips",
                          "< 6 min (anchor)", yes(g["wall_s"] < 360 and g["exact"])))
+    if "mappings" in it:
+        mp = it["mappings"]
+        m, u = mp["runs"]["mapping"], mp["runs"]["userdata"]
+        rows.append((f"7 hash changes written vs userdata records, {m['changes']:,} each",
+                     f"{mp['ratio_mapping_userdata']:.2f}x ({m['per_s']:,} vs {u['per_s']:,}/s), "
+                     f"{m['statements']} vs {u['statements']} statements", "report", "-"))
     w = [max(len(r[i]) for r in rows + [("item", "figure", "target", "met")]) for i in range(4)]
     line = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
     out = [line(("item", "figure", "target", "met")), "|" + "|".join("-" * (x + 2) for x in w) + "|"]
@@ -1137,7 +1215,7 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency,
+ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency, "mappings": bench_mappings,
          "memory": bench_memory, "restore": bench_restore}
 
 
