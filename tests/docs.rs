@@ -130,8 +130,13 @@ fn the_migration_guide_grants_cover_every_ddl_statement_wb_migrate_runs() {
         .find("**Grants for `wb-migrate`.**")
         .expect("the migration guide has a grants paragraph for wb-migrate")..];
     let mut kinds = Vec::new();
-    for entry in std::fs::read_dir(repo_path("src/migrate")).expect("src/migrate") {
-        let source = std::fs::read_to_string(entry.expect("entry").path()).expect("source");
+    // wb-migrate's own files, and its staging table's statements (with the other SQL texts).
+    let files = std::fs::read_dir(repo_path("src/migrate"))
+        .expect("src/migrate")
+        .map(|entry| entry.expect("entry").path())
+        .chain([repo_path("src/sql/stage.rs")]);
+    for path in files {
+        let source = std::fs::read_to_string(path).expect("source");
         for verb in ["\"CREATE ", "\"DROP ", "\"ALTER ", "\"TRUNCATE "] {
             for (at, _) in source.match_indices(verb) {
                 let text = &source[at + 1..];

@@ -151,7 +151,7 @@ fn failover(decoded: &Decoded) -> RedisResult {
             ))
         })?;
     }
-    crate::pipeline::metrics::METRICS
+    crate::pipeline::control::METRICS
         .failovers
         .fetch_add(1, Ordering::Relaxed);
     logging::warning(&format!(

@@ -12,7 +12,7 @@ use redis_module::Context;
 
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::METRICS;
 
 /// What to do with one settled entry.
 #[derive(Debug, Clone)]

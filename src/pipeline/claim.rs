@@ -20,7 +20,7 @@ use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
 pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {

@@ -1,17 +1,28 @@
-//! The pipeline's shared control: its state word, the stop/pause/degraded flags, the wake-up and
-//! settled signals, and its counted threads (started behind the panic guard, restarted after a
-//! panic). Every pipeline thread and command reads it; it reads nothing of theirs.
+//! A [`Pipeline`] value and the [`Registry`] that holds the pipelines of this process.
+//!
+//! A pipeline is one source stream and what runs it: its [`Control`] (the state word, the
+//! stop/pause/degraded flags, the wake-up and settled signals, its counted threads — started behind
+//! the panic guard, restarted after a panic), its counters ([`Metrics`]) and its triage evidence
+//! ([`Triage`]) and its Snowflake client. Commands, the report and the host's listener find pipelines in the registry; every
+//! pipeline thread and command reads this file, and it reads nothing of theirs.
+//!
+//! Today the process runs one pipeline, the configured stream's ([`main`]); the free functions
+//! below ([`control`], [`spawn_thread`], [`METRICS`], ...) are that pipeline's. The settings stay
+//! module configs: a pipeline keeps its own source name, and takes its snapshot per attempt.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::metrics::METRICS;
+use super::metrics::Metrics;
+use super::triage::Triage;
 use crate::settings::{Key, Snapshot};
+use crate::snowflake::Client;
 
 /// What the pipeline is doing, for `WB.STATUS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +103,10 @@ pub struct Control {
     pub xadds: std::sync::atomic::AtomicU64,
 }
 
-static CONTROL: OnceLock<Arc<Control>> = OnceLock::new();
-
-pub fn control() -> &'static Arc<Control> {
-    CONTROL.get_or_init(|| {
+impl Control {
+    pub fn new() -> Control {
         let (wake_tx, wake_rx) = bounded(1);
-        Arc::new(Control {
+        Control {
             state: AtomicU8::new(State::Starting as u8),
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -112,9 +121,121 @@ pub fn control() -> &'static Arc<Control> {
             failing_until_ms: std::sync::atomic::AtomicU64::new(0),
             recover: AtomicBool::new(false),
             xadds: std::sync::atomic::AtomicU64::new(0),
-        })
-    })
+        }
+    }
 }
+
+impl Default for Control {
+    fn default() -> Control {
+        Control::new()
+    }
+}
+
+/// One pipeline: a source stream, its control, its counters and its triage evidence.
+pub struct Pipeline {
+    /// The stream it reads (`REDIS_STREAM`, a restart-only setting).
+    pub source: String,
+    pub control: Control,
+    pub metrics: Metrics,
+    pub triage: Triage,
+    /// Its Snowflake client, built on first use (see [`super::sink::client_of`]).
+    pub client: Mutex<Option<Arc<Client>>>,
+    /// Read-backs done so far by `VERIFY_TRACKED_AFTER_WRITE` (capped by `VERIFY_TRACKED_LIMIT`).
+    pub verified: AtomicU64,
+}
+
+impl Pipeline {
+    pub fn new(source: impl Into<String>) -> Pipeline {
+        Pipeline {
+            source: source.into(),
+            control: Control::new(),
+            metrics: Metrics::default(),
+            triage: Triage::new(),
+            client: Mutex::new(None),
+            verified: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The pipelines of a process. A pipeline lives as long as the process (a module unloaded and
+/// loaded again finds it as it was, and [`super::start`] resets its control).
+pub struct Registry {
+    pipelines: RwLock<Vec<&'static Pipeline>>,
+    main: OnceLock<&'static Pipeline>,
+}
+
+impl Registry {
+    pub const fn new() -> Registry {
+        Registry {
+            pipelines: RwLock::new(Vec::new()),
+            main: OnceLock::new(),
+        }
+    }
+
+    /// Adds a pipeline (for the life of the process) and gives it back.
+    pub fn add(&self, pipeline: Pipeline) -> &'static Pipeline {
+        let p: &'static Pipeline = Box::leak(Box::new(pipeline));
+        self.pipelines.write().push(p);
+        p
+    }
+
+    /// The pipeline reading `source`.
+    pub fn find(&self, source: &str) -> Option<&'static Pipeline> {
+        self.pipelines
+            .read()
+            .iter()
+            .find(|p| p.source == source)
+            .copied()
+    }
+
+    /// Every pipeline, in the order they were added.
+    pub fn all(&self) -> Vec<&'static Pipeline> {
+        self.pipelines.read().clone()
+    }
+
+    /// The first pipeline, made for `source()` when there is none yet.
+    pub fn main_or(&self, source: impl FnOnce() -> String) -> &'static Pipeline {
+        self.main.get_or_init(|| {
+            if let Some(first) = self.pipelines.read().first() {
+                return first;
+            }
+            self.add(Pipeline::new(source()))
+        })
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::new()
+    }
+}
+
+/// The pipelines of this process.
+pub static REGISTRY: Registry = Registry::new();
+
+/// The configured stream's pipeline (made on first use, after the settings are loaded).
+pub fn main() -> &'static Pipeline {
+    REGISTRY.main_or(|| crate::settings::current().str(Key::RedisStream).to_string())
+}
+
+/// The main pipeline's control.
+pub fn control() -> &'static Control {
+    &main().control
+}
+
+/// The main pipeline's counters, as `METRICS.<counter>`.
+pub struct MainMetrics;
+
+impl Deref for MainMetrics {
+    type Target = Metrics;
+
+    fn deref(&self) -> &Metrics {
+        &main().metrics
+    }
+}
+
+/// The main pipeline's counters (a name for [`main`]`().metrics`, holding nothing itself).
+pub static METRICS: MainMetrics = MainMetrics;
 
 impl Control {
     pub fn set_state(&self, s: State) {
@@ -152,44 +273,6 @@ impl Control {
     }
 }
 
-/// Starts a pipeline thread: its body runs behind the panic guard, and its exit is counted so
-/// `MODULE UNLOAD` can tell when every thread has returned.
-pub fn spawn_thread(
-    name: &str,
-    body: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, String> {
-    let c = Arc::clone(control());
-    c.alive.fetch_add(1, Ordering::SeqCst);
-    let label = name.to_string();
-    let nice = crate::settings::current()
-        .int(Key::BackgroundNice)
-        .clamp(0, 19) as libc::c_int;
-    let builder = std::thread::Builder::new().name(name.to_string());
-    let body = move || {
-        // Lower this thread's priority (Linux nice values are per thread); never raise it.
-        if nice > 0 {
-            unsafe {
-                let tid = libc::gettid();
-                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
-            }
-        }
-        crate::host::ffi::guard(&label, body);
-        c.alive.fetch_sub(1, Ordering::SeqCst);
-    };
-    let spawned = if super::faults::spawn_refused(name) {
-        // As the system refusing: the body is dropped here, on the caller's thread, unrun.
-        drop(body);
-        Err(std::io::Error::other("refused by WB_TEST_SPAWN_REFUSED"))
-    } else {
-        builder.spawn(body)
-    };
-    spawned.map_err(|e| {
-        control().alive.fetch_sub(1, Ordering::SeqCst);
-        format!("could not start the {name} thread: {e}")
-    })
-}
-
 /// A supervised thread that panics this many times in a row, each within [`HEALTHY_RUN`] of its
 /// start, is reported as failing (`WB.STATUS` state `failed`); it keeps being restarted.
 const FAILING_AFTER: u32 = 5;
@@ -198,54 +281,202 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// The longest wait before a restart.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Starts a pipeline thread that is restarted when its body panics: the panic is logged, the thread
-/// waits (100 ms, doubling to 30 s; reset after a minute without a panic) and runs `body` again, and
-/// any claimed entries it may have held are taken over again by the claimer. A body that returns
-/// ends the thread.
+impl Pipeline {
+    /// Starts a pipeline thread: its body runs behind the panic guard, and its exit is counted so
+    /// `MODULE UNLOAD` can tell when every thread has returned.
+    pub fn spawn_thread(
+        &'static self,
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<JoinHandle<()>, String> {
+        let c = &self.control;
+        c.alive.fetch_add(1, Ordering::SeqCst);
+        let label = name.to_string();
+        let nice = crate::settings::current()
+            .int(Key::BackgroundNice)
+            .clamp(0, 19) as libc::c_int;
+        let builder = std::thread::Builder::new().name(name.to_string());
+        let body = move || {
+            // Lower this thread's priority (Linux nice values are per thread); never raise it.
+            if nice > 0 {
+                unsafe {
+                    let tid = libc::gettid();
+                    let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(nice));
+                }
+            }
+            crate::host::ffi::guard(&label, body);
+            c.alive.fetch_sub(1, Ordering::SeqCst);
+        };
+        let spawned = if super::faults::spawn_refused(name) {
+            // As the system refusing: the body is dropped here, on the caller's thread, unrun.
+            drop(body);
+            Err(std::io::Error::other("refused by WB_TEST_SPAWN_REFUSED"))
+        } else {
+            builder.spawn(body)
+        };
+        spawned.map_err(|e| {
+            c.alive.fetch_sub(1, Ordering::SeqCst);
+            format!("could not start the {name} thread: {e}")
+        })
+    }
+
+    /// Starts a pipeline thread that is restarted when its body panics: the panic is logged, the thread
+    /// waits (100 ms, doubling to 30 s; reset after a minute without a panic) and runs `body` again, and
+    /// any claimed entries it may have held are taken over again by the claimer. A body that returns
+    /// ends the thread.
+    pub fn spawn_supervised(
+        &'static self,
+        name: &str,
+        mut body: impl FnMut() + Send + 'static,
+    ) -> Result<JoinHandle<()>, String> {
+        let label = name.to_string();
+        self.spawn_thread(name, move || {
+            let c = &self.control;
+            let mut in_a_row: u32 = 0;
+            loop {
+                let started = Instant::now();
+                if crate::host::ffi::guard(&label, &mut body).is_some() {
+                    break;
+                }
+                if c.stopping() {
+                    break;
+                }
+                if started.elapsed() >= HEALTHY_RUN {
+                    in_a_row = 0;
+                }
+                in_a_row += 1;
+                c.restarts.fetch_add(1, Ordering::Relaxed);
+                c.recover.store(true, Ordering::Relaxed);
+                let wait = Duration::from_millis(100)
+                    .saturating_mul(1 << in_a_row.saturating_sub(1).min(10))
+                    .min(MAX_RESTART_BACKOFF);
+                if in_a_row >= FAILING_AFTER {
+                    // Failing until the restarted body has run a healthy while without dying.
+                    let until = now_ms() + (wait + HEALTHY_RUN).as_millis() as u64;
+                    c.failing_until_ms.fetch_max(until, Ordering::Relaxed);
+                }
+                crate::host::logging::warning(&format!(
+                    "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
+                    wait.as_millis()
+                ));
+                self.metrics
+                    .set_error(&format!("thread {label} died and was restarted"));
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !c.stopping() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if c.stopping() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Gives back `bytes` of claimed entries the module no longer holds.
+    pub fn release_bytes(&self, bytes: u64) {
+        let _ =
+            self.metrics
+                .in_flight_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(bytes))
+                });
+    }
+
+    /// Forgets `n` claimed entries that will not be settled by this process (a worker stopped or died
+    /// holding them): they leave the in-flight count, stay pending in the group, and the claimer takes
+    /// them over again once nothing else is in flight.
+    pub fn settle_lost(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let c = &self.control;
+        let _ = self
+            .metrics
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        if !c.stopping() {
+            c.recover.store(true, Ordering::Relaxed);
+        }
+        c.notify_settled();
+    }
+
+    /// Pipeline threads running now (for `WB.STATUS`).
+    pub fn threads_alive(&self) -> usize {
+        self.control.alive.load(Ordering::SeqCst)
+    }
+
+    /// The state word for `WB.STATUS`.
+    pub fn state(&self) -> &'static str {
+        let c = &self.control;
+        if c.failing_until_ms.load(Ordering::Relaxed) > now_ms()
+            && !matches!(c.state(), State::Stopping | State::Stopped)
+        {
+            return "failed";
+        }
+        match c.state() {
+            State::Running if self.metrics.is_blocked() => "blocked",
+            State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
+            s => s.word(),
+        }
+    }
+
+    /// The Snowflake session in one word.
+    pub fn session_state(&self) -> &'static str {
+        let c = &self.control;
+        if dry_run(&crate::settings::current()) {
+            "dry-run"
+        } else if c.degraded.load(Ordering::Relaxed) {
+            "failing"
+        } else if self.metrics.last_success_ms.load(Ordering::Relaxed) > 0 {
+            "ok"
+        } else {
+            "idle"
+        }
+    }
+}
+
+/// [`Pipeline::spawn_thread`] of the main pipeline.
+pub fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    main().spawn_thread(name, body)
+}
+
+/// [`Pipeline::spawn_supervised`] of the main pipeline.
 pub fn spawn_supervised(
     name: &str,
-    mut body: impl FnMut() + Send + 'static,
+    body: impl FnMut() + Send + 'static,
 ) -> Result<JoinHandle<()>, String> {
-    let label = name.to_string();
-    spawn_thread(name, move || {
-        let c = control();
-        let mut in_a_row: u32 = 0;
-        loop {
-            let started = Instant::now();
-            if crate::host::ffi::guard(&label, &mut body).is_some() {
-                break;
-            }
-            if c.stopping() {
-                break;
-            }
-            if started.elapsed() >= HEALTHY_RUN {
-                in_a_row = 0;
-            }
-            in_a_row += 1;
-            c.restarts.fetch_add(1, Ordering::Relaxed);
-            c.recover.store(true, Ordering::Relaxed);
-            let wait = Duration::from_millis(100)
-                .saturating_mul(1 << in_a_row.saturating_sub(1).min(10))
-                .min(MAX_RESTART_BACKOFF);
-            if in_a_row >= FAILING_AFTER {
-                // Failing until the restarted body has run a healthy while without dying.
-                let until = now_ms() + (wait + HEALTHY_RUN).as_millis() as u64;
-                c.failing_until_ms.fetch_max(until, Ordering::Relaxed);
-            }
-            crate::host::logging::warning(&format!(
-                "THREAD {label} died (panic {in_a_row} in a row); restarting in {} ms",
-                wait.as_millis()
-            ));
-            METRICS.set_error(&format!("thread {label} died and was restarted"));
-            let until = Instant::now() + wait;
-            while Instant::now() < until && !c.stopping() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if c.stopping() {
-                break;
-            }
-        }
-    })
+    main().spawn_supervised(name, body)
+}
+
+/// [`Pipeline::release_bytes`] of the main pipeline.
+pub fn release_bytes(bytes: u64) {
+    main().release_bytes(bytes);
+}
+
+/// [`Pipeline::settle_lost`] of the main pipeline.
+pub fn settle_lost(n: u64) {
+    main().settle_lost(n);
+}
+
+/// [`Pipeline::threads_alive`] of the main pipeline.
+pub fn threads_alive() -> usize {
+    main().threads_alive()
+}
+
+/// [`Pipeline::state`] of the main pipeline.
+pub fn state() -> &'static str {
+    main().state()
+}
+
+/// [`Pipeline::session_state`] of the main pipeline.
+pub fn session_state() -> &'static str {
+    main().session_state()
 }
 
 fn now_ms() -> u64 {
@@ -257,54 +488,6 @@ fn now_ms() -> u64 {
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// About how many bytes one claim reads under the lock.
 pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
-
-/// Gives back `bytes` of claimed entries the module no longer holds.
-pub fn release_bytes(bytes: u64) {
-    let _ = METRICS
-        .in_flight_bytes
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(bytes))
-        });
-}
-
-/// Forgets `n` claimed entries that will not be settled by this process (a worker stopped or died
-/// holding them): they leave the in-flight count, stay pending in the group, and the claimer takes
-/// them over again once nothing else is in flight.
-pub fn settle_lost(n: u64) {
-    if n == 0 {
-        return;
-    }
-    let c = control();
-    let _ = METRICS
-        .in_flight
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(n))
-        });
-    if !c.stopping() {
-        c.recover.store(true, Ordering::Relaxed);
-    }
-    c.notify_settled();
-}
-
-/// Pipeline threads running now (for `WB.STATUS`).
-pub fn threads_alive() -> usize {
-    control().alive.load(Ordering::SeqCst)
-}
-
-/// The state word for `WB.STATUS`.
-pub fn state() -> &'static str {
-    let c = control();
-    if c.failing_until_ms.load(Ordering::Relaxed) > now_ms()
-        && !matches!(c.state(), State::Stopping | State::Stopped)
-    {
-        return "failed";
-    }
-    match c.state() {
-        State::Running if METRICS.is_blocked() => "blocked",
-        State::Running if c.degraded.load(Ordering::Relaxed) => State::Retrying.word(),
-        s => s.word(),
-    }
-}
 
 /// Whether SQL is only logged: `DRY_RUN=1`, or Snowflake incomplete with `ALLOW_NO_SNOWFLAKE=1`.
 pub fn dry_run(s: &Snapshot) -> bool {
@@ -326,16 +509,45 @@ pub fn group_name(s: &Snapshot) -> String {
     }
 }
 
-/// The Snowflake session in one word.
-pub fn session_state() -> &'static str {
-    let c = control();
-    if dry_run(&crate::settings::current()) {
-        "dry-run"
-    } else if c.degraded.load(Ordering::Relaxed) {
-        "failing"
-    } else if METRICS.last_success_ms.load(Ordering::Relaxed) > 0 {
-        "ok"
-    } else {
-        "idle"
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_pipelines_over_two_streams_share_nothing() {
+        // A registry of its own: nothing global is needed for a second pipeline.
+        let registry = Registry::new();
+        let a = registry.add(Pipeline::new("stream-a"));
+        let b = registry.add(Pipeline::new("stream-b"));
+        assert!(std::ptr::eq(registry.find("stream-b").expect("found"), b));
+        assert!(std::ptr::eq(registry.main_or(|| unreachable!()), a));
+        assert_eq!(registry.all().len(), 2);
+
+        a.metrics.in_flight.store(5, Ordering::Relaxed);
+        a.metrics.in_flight_bytes.store(500, Ordering::Relaxed);
+        a.settle_lost(2);
+        a.release_bytes(100);
+        assert_eq!(a.metrics.in_flight.load(Ordering::Relaxed), 3);
+        assert_eq!(a.metrics.in_flight_bytes.load(Ordering::Relaxed), 400);
+        assert!(a.control.recover.load(Ordering::Relaxed));
+        assert_eq!(b.metrics.in_flight.load(Ordering::Relaxed), 0);
+        assert!(!b.control.recover.load(Ordering::Relaxed));
+
+        a.control.set_state(State::Running);
+        b.control.set_state(State::Running);
+        a.metrics.set_blocked(Some("42S02"));
+        b.control.degraded.store(true, Ordering::Relaxed);
+        assert_eq!((a.state(), b.state()), ("blocked", "retrying"));
+
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let t = a
+            .spawn_thread("wb-test-a", move || {
+                let _ = rx.recv();
+            })
+            .expect("started");
+        assert_eq!((a.threads_alive(), b.threads_alive()), (1, 0));
+        tx.send(()).expect("sent");
+        t.join().expect("joined");
+        assert_eq!(a.threads_alive(), 0);
     }
 }

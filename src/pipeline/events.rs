@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis_module::Context;
 
 use crate::host::{logging, stream, Figure, Listener, ServerEvent};
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
 /// The pipeline as the host's listener.

@@ -17,7 +17,7 @@ use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream;
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::METRICS;
 use crate::pipeline::status;
 use crate::settings::{self, Key};
 use crate::sql::Tables;

@@ -1,9 +1,9 @@
 //! The pipeline's counters: atomics bumped by the pipeline threads without a lock (the per-reason
 //! tallies sit behind a short mutex), read by the report ([`super::status`]) on the main thread.
+//! Each [`Pipeline`](super::control::Pipeline) has its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
 
 use parking_lot::Mutex;
 
@@ -56,8 +56,6 @@ pub struct Metrics {
     pub id_regression: Mutex<String>,
     latencies: Mutex<VecDeque<u64>>,
 }
-
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {

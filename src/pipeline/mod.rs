@@ -47,12 +47,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::settings::Key;
+use control::METRICS;
 pub use control::{
     control, dry_run, group_name, release_bytes, session_state, settle_lost, spawn_supervised,
     spawn_thread, state, threads_alive, unconfigured, Control, State, CLAIM_CHUNK_BYTES,
     MAX_IN_FLIGHT_BYTES,
 };
-use metrics::METRICS;
 
 /// Starts the claimer and the workers (at load, on the main thread). They wait on their own for the
 /// server to finish loading before touching the stream.

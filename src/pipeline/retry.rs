@@ -28,7 +28,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::triage::Verdict;
-use crate::settings::{self, Key};
+use crate::settings::{Key, Snapshot};
 use crate::snowflake::{Client, ErrorClass, QueryResult, SnowflakeError};
 use crate::statement::Statement;
 
@@ -153,8 +153,8 @@ pub fn decide(
 
 /// Exponential backoff with full jitter, capped by `RETRY_MAX_BACKOFF_MS`; a blocked sink (a
 /// configuration problem) starts at the cap's quarter.
-pub fn backoff(attempt: u32, blocked: bool) -> Duration {
-    let cap = settings::current().uint(Key::RetryMaxBackoffMs).max(10);
+pub fn backoff(attempt: u32, blocked: bool, snap: &Snapshot) -> Duration {
+    let cap = snap.uint(Key::RetryMaxBackoffMs).max(10);
     let base: u64 = if blocked { cap / 4 } else { 100 };
     let exp = base
         .saturating_mul(1u64 << attempt.min(20).saturating_sub(1))

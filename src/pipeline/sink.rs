@@ -4,16 +4,13 @@
 //! Its error ([`SinkError`]) is one of the typed classes of [`super::retry`], where the one policy
 //! decides what the worker does next: retry, retry slowly, split, or dead-letter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
-use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::host::logging;
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::{Pipeline, METRICS};
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
@@ -45,7 +42,8 @@ pub fn too_large(decoded: &Decoded, raw_bytes: usize, snap: &Snapshot) -> Option
 
 /// Commits batches.
 pub trait Sink: Send + Sync {
-    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError>;
+    /// Commits `entries` under the settings `snap` (one snapshot for the whole attempt).
+    fn commit(&self, entries: &[Decoded], snap: &Snapshot) -> Result<(), SinkError>;
 }
 
 fn log_planned(p: &Planned, snap: &Snapshot, dry: bool) {
@@ -102,13 +100,12 @@ fn log_records(entries: &[Decoded], snap: &Snapshot, dry: bool) {
 pub struct DryRunSink;
 
 impl Sink for DryRunSink {
-    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
-        let snap = settings::current();
-        let tables = Tables::from_settings(&snap).map_err(SinkError::blocked)?;
+    fn commit(&self, entries: &[Decoded], snap: &Snapshot) -> Result<(), SinkError> {
+        let tables = Tables::from_settings(snap).map_err(SinkError::blocked)?;
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
-            log_planned(&p, &snap, true);
+            log_planned(&p, snap, true);
         }
-        log_records(entries, &snap, true);
+        log_records(entries, snap, true);
         Ok(())
     }
 }
@@ -119,11 +116,10 @@ pub struct SnowflakeSink {
 }
 
 impl Sink for SnowflakeSink {
-    fn commit(&self, entries: &[Decoded]) -> Result<(), SinkError> {
-        let snap = settings::current();
-        let tables = Tables::from_settings(&snap).map_err(SinkError::blocked)?;
+    fn commit(&self, entries: &[Decoded], snap: &Snapshot) -> Result<(), SinkError> {
+        let tables = Tables::from_settings(snap).map_err(SinkError::blocked)?;
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
-            log_planned(&p, &snap, false);
+            log_planned(&p, snap, false);
             METRICS
                 .statements
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -140,7 +136,7 @@ impl Sink for SnowflakeSink {
                         other => other,
                     },
                 )?;
-            TRIAGE.accepted(table, submitted);
+            super::control::main().triage.accepted(table, submitted);
             if snap.bool(Key::TraceSql) {
                 logging::info(&format!(
                     "{} done: handle {} rows affected {:?}",
@@ -150,16 +146,13 @@ impl Sink for SnowflakeSink {
                 ));
             }
         }
-        log_records(entries, &snap, false);
+        log_records(entries, snap, false);
         if snap.bool(Key::VerifyTrackedAfterWrite) {
             self.verify(entries, &tables, snap.uint(Key::VerifyTrackedLimit));
         }
         Ok(())
     }
 }
-
-/// Read-backs done so far by `VERIFY_TRACKED_AFTER_WRITE` (capped by `VERIFY_TRACKED_LIMIT`).
-static VERIFIED: AtomicU64 = AtomicU64::new(0);
 
 impl SnowflakeSink {
     /// Reads back the rows of the batch's first events and logs them (identifiers and counts only).
@@ -169,7 +162,11 @@ impl SnowflakeSink {
             _ => None,
         });
         for e in events {
-            if VERIFIED.fetch_add(1, Ordering::Relaxed) >= limit {
+            if super::control::main()
+                .verified
+                .fetch_add(1, Ordering::Relaxed)
+                >= limit
+            {
                 return;
             }
             let stmt = sql::queries::written_row(tables, &e.tracked_id, &e.track_id);
@@ -189,26 +186,30 @@ impl SnowflakeSink {
     }
 }
 
-static SHARED_CLIENT: Mutex<Option<Arc<Client>>> = Mutex::new(None);
-
-/// The Snowflake client all workers share (built once from the settings).
+/// The Snowflake client all workers of the main pipeline share (built once from the settings).
 pub fn client() -> Result<Arc<Client>, SnowflakeError> {
-    let mut slot = SHARED_CLIENT.lock();
+    client_of(super::control::main())
+}
+
+/// The Snowflake client of `pipeline` (built once from the settings); the round trips it repeats
+/// count in that pipeline's `retries`.
+pub fn client_of(pipeline: &'static Pipeline) -> Result<Arc<Client>, SnowflakeError> {
+    let mut slot = pipeline.client.lock();
     if let Some(c) = slot.as_ref() {
         return Ok(Arc::clone(c));
     }
     let cfg = ClientConfig::from_settings(&settings::current())
         .map_err(|e| SnowflakeError::config(e.to_string()))?;
-    let c = Arc::new(Client::new(cfg)?.counting_retries(|| {
-        METRICS.retries.fetch_add(1, Ordering::Relaxed);
+    let c = Arc::new(Client::new(cfg)?.counting_retries(move || {
+        pipeline.metrics.retries.fetch_add(1, Ordering::Relaxed);
     }));
     *slot = Some(Arc::clone(&c));
     Ok(c)
 }
 
-/// The sink the settings ask for now.
-pub fn current() -> Result<Box<dyn Sink>, SinkError> {
-    if crate::pipeline::control::dry_run(&settings::current()) {
+/// The sink the settings `snap` ask for.
+pub fn current(snap: &Snapshot) -> Result<Box<dyn Sink>, SinkError> {
+    if crate::pipeline::control::dry_run(snap) {
         return Ok(Box::new(DryRunSink));
     }
     Ok(Box::new(SnowflakeSink {

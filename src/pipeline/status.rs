@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::metrics::METRICS;
+use super::control::METRICS;
 pub use crate::host::server::{maxmemory_policy, role};
 use crate::host::stream;
 pub use crate::host::Figure;

@@ -111,9 +111,6 @@ impl Triage {
     }
 }
 
-/// The pipeline's evidence.
-pub static TRIAGE: Triage = Triage::new();
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,12 +18,11 @@ use super::ack::{self, Settle};
 use super::control::{control, State};
 use super::retry::{self, Decision};
 use super::sink::{self, SinkError};
-use super::triage::TRIAGE;
 use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::RawEntry;
-use crate::pipeline::metrics::METRICS;
+use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
 /// One claimed entry on its way to Snowflake.
@@ -251,7 +250,10 @@ fn commit_from(
     let mut lone_failures: u32 = 0;
     let mut first_failure = first_failure;
     loop {
-        let result = sink::current().and_then(|s| s.commit(entries));
+        // One snapshot of the settings for the whole attempt: which sink, which tables, how long
+        // to wait; the next attempt takes a fresh one, so a setting fixed meanwhile is seen.
+        let snap = settings::current();
+        let result = sink::current(&snap).and_then(|s| s.commit(entries, &snap));
         let e = match result {
             Ok(()) => {
                 c.degraded.store(false, Ordering::Relaxed);
@@ -264,7 +266,14 @@ fn commit_from(
         let decision = retry::decide(&e, entries.len(), attempt, |table, code| {
             lone_failures = lone_failures.saturating_add(1);
             let id = entries[0].id();
-            TRIAGE.judge(table, id, code, since, lone_failures, Instant::now())
+            super::control::main().triage.judge(
+                table,
+                id,
+                code,
+                since,
+                lone_failures,
+                Instant::now(),
+            )
         });
         let blocked = match decision {
             Decision::Split => {
@@ -298,7 +307,7 @@ fn commit_from(
             METRICS.set_blocked(Some(code));
         }
         let blocked = blocked.is_some();
-        let wait = retry::backoff(attempt, blocked);
+        let wait = retry::backoff(attempt, blocked, &snap);
         if attempt == 1 || attempt.is_power_of_two() {
             logging::warning(&format!(
                 "commit of {} entries failed (attempt {attempt}{}), retrying in {} ms: {}",
