@@ -14,58 +14,26 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use parking_lot::RwLock;
 use redis_module::{raw, Context, RedisValue};
 
+use super::mapped::{mapped, Counters, Mapped};
 use crate::host::{keyspace, logging, stream};
 use crate::mapping::capture::{decide, target, Actions, Found};
 use crate::mapping::op::ACK_TTL_SECONDS;
 use crate::mapping::{Mapping, Mappings};
-
-/// The loaded mappings and their counters.
-pub struct Mapped {
-    pub mappings: Mappings,
-    pub counters: Vec<Counters>,
-    /// What each mapping's writer did ([`super::mapping_writer`]).
-    pub writers: Vec<super::mapping_writer::WriterFigures>,
-    /// Each writer's wake-up: one pending signal at most.
-    pub wakes: Vec<(
-        crossbeam_channel::Sender<()>,
-        crossbeam_channel::Receiver<()>,
-    )>,
-}
-
-/// What the capture of one mapping did since the module loaded.
-#[derive(Default)]
-pub struct Counters {
-    /// Changes added to the mapping's stream.
-    pub captured: AtomicU64,
-    /// Changes refused (an unreadable `#` field), dead-lettered with the reason.
-    pub refused: AtomicU64,
-    /// Captures that failed to write (logged as `LOST`): the change is in Redis but not in the stream.
-    pub failed: AtomicU64,
-}
-
-static MAPPED: RwLock<Option<Arc<Mapped>>> = RwLock::new(None);
 
 thread_local! {
     /// Keys with a capture job scheduled and not run yet (main thread).
     static PENDING: RefCell<HashSet<Vec<u8>>> = RefCell::new(HashSet::new());
 }
 
-/// The mappings in force, if any.
-pub fn mapped() -> Option<Arc<Mapped>> {
-    MAPPED.read().clone()
-}
-
 /// Loads `MAPPINGS_FILE` (at module load) and, when it maps anything, subscribes to key events. A bad
 /// file stops the load with the file, line and reason.
 pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
     if path.trim().is_empty() {
-        *MAPPED.write() = None;
+        super::mapped::set(None);
         return Ok(());
     }
     let mappings = Mappings::load(path.trim()).map_err(|e| e.to_string())?;
@@ -88,7 +56,7 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
     ));
     let n = mappings.mappings.len();
     let any = n > 0;
-    *MAPPED.write() = Some(Arc::new(Mapped {
+    super::mapped::set(Some(Mapped {
         mappings,
         counters: (0..n).map(|_| Counters::default()).collect(),
         writers: (0..n).map(|_| Default::default()).collect(),
@@ -162,7 +130,7 @@ fn capture(ctx: &Context, key: &[u8]) {
         }
         if actions.capture.is_some() {
             counters.captured.fetch_add(1, Ordering::Relaxed);
-            super::mapping_writer::wake(&mapped, index);
+            super::mapped::wake(&mapped, index);
         }
         if let Some(why) = &actions.refused {
             counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -230,55 +198,4 @@ fn carry_out(
         stream::add(ctx, &mapping.dead_letter_stream(), &pairs)?;
     }
     Ok(())
-}
-
-/// Each mapping's state and last error: `mapping.<name>.state`, `mapping.<name>.last_error`.
-pub fn texts() -> Vec<(String, String)> {
-    let Some(mapped) = mapped() else {
-        return Vec::new();
-    };
-    mapped
-        .mappings
-        .mappings
-        .iter()
-        .zip(&mapped.writers)
-        .flat_map(|(m, w)| {
-            [
-                (
-                    format!("mapping.{}.state", m.name),
-                    (*w.state.lock()).to_string(),
-                ),
-                (
-                    format!("mapping.{}.last_error", m.name),
-                    w.last_error.lock().clone(),
-                ),
-            ]
-        })
-        .collect()
-}
-
-/// Each mapping's counters as status lines: `mapping.<name>.<figure>`.
-pub fn figures() -> Vec<(String, u64)> {
-    let Some(mapped) = mapped() else {
-        return Vec::new();
-    };
-    mapped
-        .mappings
-        .mappings
-        .iter()
-        .zip(&mapped.counters)
-        .zip(&mapped.writers)
-        .flat_map(|((m, c), w)| {
-            [
-                ("captured", c.captured.load(Ordering::Relaxed)),
-                ("refused", c.refused.load(Ordering::Relaxed)),
-                ("capture_failed", c.failed.load(Ordering::Relaxed)),
-                ("written", w.written.load(Ordering::Relaxed)),
-                ("dead_lettered", w.dead_lettered.load(Ordering::Relaxed)),
-                ("statements", w.statements.load(Ordering::Relaxed)),
-                ("retries", w.retries.load(Ordering::Relaxed)),
-            ]
-            .map(|(name, v)| (format!("mapping.{}.{name}", m.name), v))
-        })
-        .collect()
 }

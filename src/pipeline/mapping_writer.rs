@@ -17,16 +17,15 @@
 //! column, or a type that cannot be mapped, stops that mapping with the reason in `WB.STATUS`
 //! (`mapping.<name>.state: blocked`, `last_error`) and is retried slowly.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use redis_module::Context;
 
-use super::capture::{mapped, Mapped};
+use super::control::{control, dry_run, group_name, spawn_supervised, unconfigured};
+use super::mapped::{mapped, WriterFigures};
 use super::retry::SinkError;
-use super::{control, dry_run, group_name, spawn_supervised, unconfigured};
 use crate::host::gil::Gil;
 use crate::host::server::Phase;
 use crate::host::stream::{self, RawEntry};
@@ -43,17 +42,6 @@ use crate::sql::ident::quote_table;
 use crate::sql::mapping::describe_sql;
 use crate::sql::mapping_plan::plan;
 use crate::statement::Statement;
-
-/// What one mapping's writer did, for `WB.STATUS`.
-#[derive(Default)]
-pub struct WriterFigures {
-    pub written: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub statements: AtomicU64,
-    pub retries: AtomicU64,
-    pub state: Mutex<&'static str>,
-    pub last_error: Mutex<String>,
-}
 
 /// Starts one writer per mapping (at load, after the userdata pipeline).
 pub fn spawn_all() -> Result<Vec<std::thread::JoinHandle<()>>, String> {
@@ -439,13 +427,6 @@ fn finish_through(ctx: &Context, key: &[u8], written: bool) {
             "write-through key {} not finished: {e}",
             temp.escape_ascii()
         ));
-    }
-}
-
-/// Wakes the writer of mapping `index` (the capture of a change).
-pub fn wake(m: &Mapped, index: usize) {
-    if let Some((tx, _)) = m.wakes.get(index) {
-        let _ = tx.try_send(());
     }
 }
 

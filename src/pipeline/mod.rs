@@ -32,6 +32,7 @@ pub mod events;
 pub mod faults;
 pub mod housekeeping;
 pub mod import;
+pub mod mapped;
 pub mod mapping_writer;
 pub mod metrics;
 pub mod restore;

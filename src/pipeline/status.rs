@@ -148,10 +148,10 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("last_error", m.last_error.lock().clone().into());
     put("blocked_code", m.blocked_code.lock().clone().into());
     put("id_regression", m.id_regression.lock().clone().into());
-    for (name, text) in crate::pipeline::capture::texts() {
+    for (name, text) in crate::pipeline::mapped::texts() {
         put(&name, text.into());
     }
-    for (name, n) in crate::pipeline::capture::figures() {
+    for (name, n) in crate::pipeline::mapped::figures() {
         put(&name, (n as i64).into());
     }
     out
