@@ -55,7 +55,8 @@ pub use control::{
 /// Starts the claimer and the workers (at load, on the main thread). They wait on their own for the
 /// server to finish loading before touching the stream.
 pub fn start() -> Result<(), String> {
-    let c = control();
+    let pipeline = control::main();
+    let c = &pipeline.control;
     // A module unloaded and loaded again may find its statics as they were (a Rust library is not
     // always unmapped by dlclose): start from a clean control state.
     c.stop.store(false, Ordering::Relaxed);
@@ -72,9 +73,9 @@ pub fn start() -> Result<(), String> {
         State::Starting
     });
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
-    let (senders, handles) = worker::spawn(workers)?;
+    let (senders, handles) = worker::spawn(pipeline, workers)?;
     let claimer = claim::spawn(senders)?;
-    let housekeeper = housekeeping::spawn()?;
+    let housekeeper = housekeeping::spawn(pipeline)?;
     let deadlines = waiters::spawn()?;
     let mut threads = c.threads.lock();
     threads.extend(handles);
