@@ -5,16 +5,21 @@
 //! `0-0`), then reads new ones (`XREADGROUP ... >`). Each read is one bounded chunk under the lock, and
 //! the number of claimed-but-unacknowledged entries never exceeds `MAX_IN_FLIGHT`, so the module's
 //! memory stays bounded however long the stream grows. Decoding happens off the lock.
+//!
+//! How much it claims, and how often, the [`governor`](super::governor) decides: each hold is sized
+//! to last about a millisecond, and while Redis's main thread is saturated the claims slow down to
+//! `DRAIN_MIN_RECORDS_PER_SECOND`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use redis_module::raw;
 
 use super::gil::Gil;
+use super::governor::{self, Budget, ChunkSizer, Governor, MainThread};
 use super::worker::Work;
 use super::{control, dry_run, group_name, State};
 use crate::entry::{self, EntryId, Rules};
@@ -64,9 +69,17 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
     let mut avg_entry_bytes: u64 = 64 << 10;
     // The group's read counter after this claimer's last read (see the trimming check).
     let mut last_entries_read: Option<i64> = None;
+    let mut main_thread = MainThread::new();
+    let mut governor = Governor::default();
+    let mut sizer = ChunkSizer::default();
+    let epoch = Instant::now();
     loop {
         if c.stopping() {
             return;
+        }
+        let now = Instant::now();
+        if main_thread.due(now) {
+            governor.observe(main_thread.sample(now));
         }
         let snap = settings::current();
         // Paused: park without touching the Redis lock (MODULE UNLOAD waits for this thread).
@@ -148,18 +161,34 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         }
         // One read copies whole entries: after large ones, read fewer at a time.
         let by_bytes = (super::CLAIM_CHUNK_BYTES / avg_entry_bytes.max(1)).max(1);
-        let count = snap
+        let most = snap
             .uint(Key::ClaimChunk)
             .min(cap - in_flight)
             .min(by_bytes)
             .max(1) as usize;
+        // Bounded by time too: as many as fit in one short hold.
+        let count = match governor.budget(
+            epoch.elapsed(),
+            snap.uint(Key::DrainMinRecordsPerSecond),
+            sizer.count(most),
+        ) {
+            Budget::Claim(n) => n,
+            Budget::Wait(d) => {
+                governor::publish(&governor, sizer.count(most));
+                // Not woken by the application's XADDs: while yielding, they are why it waits.
+                pause(d.min(governor::SAMPLE_EVERY));
+                continue;
+            }
+        };
+        governor::publish(&governor, count);
         let stream_name = snap.str(Key::RedisStream).to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
-        let xadds_before = super::notify::XADDS.load(Ordering::Relaxed);
-        let lock_started = std::time::Instant::now();
+        let lock_asked = Instant::now();
+        let mut hold = (Duration::ZERO, Duration::ZERO);
         let read = gil.with(|ctx| {
+            let lock_taken = Instant::now();
             let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
@@ -216,8 +245,11 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                     .in_flight
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
+            hold = (lock_taken - lock_asked, lock_taken.elapsed());
             read
         });
+        let (waited, held) = hold;
+        governor::publish_hold(held, waited);
         let (entries, next) = match read {
             Ok(r) => {
                 group_ready = Some(group.clone());
@@ -237,7 +269,8 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                 continue;
             }
         };
-        let held = lock_started.elapsed();
+        sizer.record(held, entries.len());
+        governor.spent(entries.len());
         if !entries.is_empty() {
             avg_entry_bytes =
                 entries.iter().map(|e| e.size() as u64).sum::<u64>() / entries.len() as u64;
@@ -262,11 +295,19 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             &Rules::from_settings(&snap),
             snap.bool(Key::LogRaw),
         );
-        // While the application is writing, Redis comes first: the claim holds the lock at most about
-        // a quarter of the time, and the backlog waits (it drains at full speed once writes pause).
-        if super::notify::XADDS.load(Ordering::Relaxed) != xadds_before {
-            std::thread::sleep((held * 3).min(Duration::from_millis(20)));
+    }
+}
+
+/// Sleeps `d`, in short steps so stopping and pausing are seen at once.
+fn pause(d: Duration) {
+    let c = control();
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || c.stopping() || c.paused.load(Ordering::Relaxed) {
+            return;
         }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
     }
 }
 

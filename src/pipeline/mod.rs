@@ -17,6 +17,7 @@
 pub mod ack;
 pub mod claim;
 pub mod gil;
+pub mod governor;
 pub mod housekeeping;
 pub mod notify;
 pub mod sink;
@@ -267,8 +268,9 @@ fn now_ms() -> u64 {
 /// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
 /// module's memory counts against `maxmemory`, so it stays small under any backlog.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// About how many bytes one claim reads under the lock.
-pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+/// About how many bytes one claim reads under the lock (each hold is bounded by time as well, see
+/// [`governor::HOLD_TARGET`]).
+pub const CLAIM_CHUNK_BYTES: u64 = 1 << 20;
 
 /// Gives back `bytes` of claimed entries the module no longer holds.
 pub fn release_bytes(bytes: u64) {

@@ -11,8 +11,7 @@ use redis_module::{raw, Context};
 
 use crate::settings::{self, Key};
 
-/// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is busy
-/// taking writes.
+/// Application XADDs to the stream seen so far.
 pub static XADDS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn on_stream_event(
