@@ -297,6 +297,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("drain_claim_chunk", drain.chunk.into());
     put("drain_last_hold_us", drain.last_hold_us.into());
     put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
+    put("lock_held_ms", crate::pipeline::gil::held_ms().into());
     let m = &*METRICS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     put("in_flight", get(&m.in_flight).into());
