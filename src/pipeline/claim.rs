@@ -15,12 +15,11 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use redis_module::raw;
 
 use super::gil::Gil;
 use super::governor::{self, Budget, ChunkSizer, Governor, MainThread};
-use super::worker::Work;
+use super::worker::{Inbox, Work};
 use super::{control, dry_run, group_name, State};
 use crate::entry::{self, EntryId, Rules};
 use crate::logging;
@@ -28,7 +27,7 @@ use crate::settings::{self, Key};
 use crate::status::METRICS;
 use crate::stream::{self, RawEntry};
 
-pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
+pub fn spawn(workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
     // Restarted after a panic: start-up tasks are not run again.
     let mut started = false;
@@ -59,7 +58,7 @@ fn server(gil: &Gil) -> Server {
     })
 }
 
-fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
+fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
     let c = control();
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
@@ -166,11 +165,13 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             .min(cap - in_flight)
             .min(by_bytes)
             .max(1) as usize;
-        // Bounded by time too: as many as fit in one short hold.
+        // Bounded by time too: as many as fit in one short hold (at full speed; while yielding the
+        // floor comes first, in few holds).
         let count = match governor.budget(
             epoch.elapsed(),
             snap.uint(Key::DrainMinRecordsPerSecond),
             sizer.count(most),
+            most,
         ) {
             Budget::Claim(n) => n,
             Budget::Wait(d) => {
@@ -352,7 +353,7 @@ fn drained(unsent: u64) -> bool {
 /// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
     entries: Vec<RawEntry>,
-    workers: &[Sender<Work>],
+    workers: &[Inbox],
     stream_name: &str,
     group: &str,
     rules: &Rules,
@@ -363,15 +364,8 @@ fn dispatch(
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    // Every entry is in flight already; what is not handed to a worker (a worker stopped, this
-    // thread panics, or it stops before a spanning entry) is given back when this drops.
-    struct Unsent(u64);
-    impl Drop for Unsent {
-        fn drop(&mut self) {
-            super::settle_lost(self.0);
-        }
-    }
     let mut unsent = Unsent(entries.len() as u64);
+    let mut outbox = Outbox::default();
     for raw in entries {
         crate::faults::in_claimer(&raw);
         if log_raw {
@@ -426,7 +420,9 @@ fn dispatch(
         let index = match route {
             Route::To(w) => w,
             Route::Spanning(w) => {
-                // Stopping: the entry stays pending in the group for the next start.
+                // Everything before it first, then it alone. Stopping: the entry stays pending in the
+                // group for the next start.
+                outbox.send(workers, &mut unsent);
                 if !drained(unsent.0) {
                     return;
                 }
@@ -436,15 +432,69 @@ fn dispatch(
         METRICS
             .in_flight_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        if workers.get(index).is_some_and(|tx| tx.send(work).is_ok()) {
-            unsent.0 -= 1;
-        } else {
-            super::release_bytes(bytes as u64);
-            logging::warning("a worker has stopped; the entry stays pending and is claimed again");
+        outbox.put(index, work, workers.len());
+        if matches!(route, Route::Spanning(_)) {
+            outbox.send(workers, &mut unsent);
+            if !drained(unsent.0) {
+                return;
+            }
         }
-        if matches!(route, Route::Spanning(_)) && !drained(unsent.0) {
-            return;
+    }
+    outbox.send(workers, &mut unsent);
+}
+
+/// Each worker's share of one claim, sent at once.
+#[derive(Default)]
+struct Outbox(Vec<Vec<Work>>);
+
+impl Outbox {
+    fn put(&mut self, worker: usize, work: Work, workers: usize) {
+        if self.0.len() < workers {
+            self.0.resize_with(workers, Vec::new);
         }
+        if let Some(share) = self.0.get_mut(worker) {
+            share.push(work);
+        }
+    }
+
+    /// Sends every share; `unsent` counts down what reached a worker.
+    fn send(&mut self, workers: &[Inbox], unsent: &mut Unsent) {
+        for (index, share) in self.0.iter_mut().enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let share = std::mem::take(share);
+            let (n, bytes) = (
+                share.len() as u64,
+                share.iter().map(|w| w.bytes as u64).sum::<u64>(),
+            );
+            if workers.get(index).is_some_and(|tx| tx.send(share).is_ok()) {
+                unsent.0 -= n;
+            } else {
+                super::release_bytes(bytes);
+                logging::warning(
+                    "a worker has stopped; its entries stay pending and are claimed again",
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Only after a panic are shares left unsent: their bytes are no longer held.
+        let bytes: u64 = self.0.iter().flatten().map(|w| w.bytes as u64).sum();
+        super::release_bytes(bytes);
+    }
+}
+
+/// Entries of a claim not handed to a worker: in flight already; given back when this drops (a
+/// worker stopped, the claimer panics, or it stops before a spanning entry).
+struct Unsent(u64);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        super::settle_lost(self.0);
     }
 }
 

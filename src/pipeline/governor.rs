@@ -116,13 +116,15 @@ impl Governor {
         };
     }
 
-    /// How many entries may be claimed at `now` (`want`: what the claimer would read at full speed;
-    /// `floor`: the minimum entries per second).
-    pub fn budget(&mut self, now: Duration, floor: u64, want: usize) -> Budget {
-        let want = want.max(1);
+    /// How many entries may be claimed at `now` (`floor`: the minimum entries per second; `want`:
+    /// what the claimer would read at full speed, bounded by hold time; `most`: the bound by count,
+    /// bytes and in-flight entries alone). While yielding, holds are few, and the floor wins over the
+    /// hold-time bound: a hold slowed down by a busy host must not slow the drain below the floor.
+    pub fn budget(&mut self, now: Duration, floor: u64, want: usize, most: usize) -> Budget {
         if self.mode == Mode::Full {
-            return Budget::Claim(want);
+            return Budget::Claim(want.max(1));
         }
+        let want = most.max(1);
         let floor = floor.max(1) as f64;
         if let Some(then) = self.refilled {
             let elapsed = now.saturating_sub(then).as_secs_f64();
@@ -357,7 +359,7 @@ mod tests {
             g.observe(Some(0.1));
         }
         assert_eq!(g.mode(), Mode::Full);
-        assert_eq!(g.budget(ms(0), 1000, 800), Budget::Claim(800));
+        assert_eq!(g.budget(ms(0), 1000, 800, 1000), Budget::Claim(800));
     }
 
     #[test]
@@ -408,7 +410,7 @@ mod tests {
     ) -> (usize, usize) {
         let (mut now, mut claimed, mut holds) = (Duration::ZERO, 0, 0);
         while now < Duration::from_secs(seconds) {
-            match g.budget(now, floor, want) {
+            match g.budget(now, floor, 1, want) {
                 Budget::Claim(n) => {
                     g.spent(n);
                     claimed += n;
@@ -440,8 +442,8 @@ mod tests {
         let (claimed, _) = drain_for(&mut g, 50_000, 200, 2, ms(1));
         assert!(claimed > 0);
         let mut g = saturated();
-        g.budget(ms(0), 50_000, 200);
-        assert_eq!(g.budget(ms(900), 50_000, 200), Budget::Claim(200));
+        g.budget(ms(0), 50_000, 1, 200);
+        assert_eq!(g.budget(ms(900), 50_000, 1, 200), Budget::Claim(200));
     }
 
     #[test]
@@ -453,11 +455,19 @@ mod tests {
     }
 
     #[test]
+    fn yielding_keeps_the_floor_when_holds_are_slow() {
+        // The hold-time bound says one entry at a time; the floor still gets its tenth of a second.
+        let mut g = saturated();
+        g.budget(ms(0), 5_000, 1, 1000);
+        assert_eq!(g.budget(ms(100), 5_000, 1, 1000), Budget::Claim(500));
+    }
+
+    #[test]
     fn a_long_pause_does_not_become_a_burst() {
         let mut g = saturated();
-        g.budget(ms(0), 1000, 100_000);
+        g.budget(ms(0), 1000, 1, 100_000);
         assert_eq!(
-            g.budget(Duration::from_secs(60), 1000, 100_000),
+            g.budget(Duration::from_secs(60), 1000, 1, 100_000),
             Budget::Claim(1000)
         );
     }
