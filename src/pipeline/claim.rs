@@ -218,6 +218,11 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
                         .or(last_entries_read);
                     let entries =
                         stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
+                    // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD
+                    // falls between this read and the wait.
+                    if entries.is_empty() {
+                        super::notify::CLAIMER_IDLE.store(true, Ordering::Relaxed);
+                    }
                     if !entries.is_empty() {
                         let after = stream::group_info(ctx, &stream_name, &group)
                             .and_then(|g| g.entries_read);
@@ -285,6 +290,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
         if entries.is_empty() {
             if !recovering {
                 c.wait_wake(Duration::from_secs(1));
+                super::notify::CLAIMER_IDLE.store(false, Ordering::Relaxed);
             }
             continue;
         }
