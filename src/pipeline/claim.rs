@@ -218,11 +218,6 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
                         .or(last_entries_read);
                     let entries =
                         stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
-                    // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD
-                    // falls between this read and the wait.
-                    if entries.is_empty() {
-                        super::notify::CLAIMER_IDLE.store(true, Ordering::Relaxed);
-                    }
                     if !entries.is_empty() {
                         let after = stream::group_info(ctx, &stream_name, &group)
                             .and_then(|g| g.entries_read);
@@ -244,6 +239,11 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
                     Ok((entries, None))
                 }
             })();
+            // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD falls
+            // between this read and the wait.
+            if read.as_ref().is_ok_and(|(entries, _)| entries.is_empty()) {
+                super::notify::CLAIMER_IDLE.store(true, Ordering::Relaxed);
+            }
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
             if let Ok((entries, _)) = &read {
