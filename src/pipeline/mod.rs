@@ -4,6 +4,9 @@
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
 //!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
+//! - [`governor`]: how much the claimer may take per lock hold (about a millisecond's worth) and how
+//!   fast: full speed while Redis's main thread has room, `DRAIN_MIN_RECORDS_PER_SECOND` while it is
+//!   saturated.
 //! - [`worker`]: a pool of threads, each batching by count, bytes and linger time.
 //! - [`sink`]: turns a batch into SQL and commits it — to Snowflake, or to the log in dry run — with
 //!   retries; a statement Snowflake rejects is split until the entry at fault is found.
@@ -17,6 +20,7 @@
 pub mod ack;
 pub mod claim;
 pub mod gil;
+pub mod governor;
 pub mod housekeeping;
 pub mod notify;
 pub mod sink;
@@ -273,8 +277,9 @@ fn now_ms() -> u64 {
 /// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
 /// module's memory counts against `maxmemory`, so it stays small under any backlog.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// About how many bytes one claim reads under the lock.
-pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+/// About how many bytes one claim reads under the lock (each hold is bounded by time as well, see
+/// [`governor::HOLD_TARGET`]).
+pub const CLAIM_CHUNK_BYTES: u64 = 1 << 20;
 
 /// Gives back `bytes` of claimed entries the module no longer holds.
 pub fn release_bytes(bytes: u64) {

@@ -1,19 +1,21 @@
 //! The stream notification: wakes the claimer when the application adds to the stream.
 //!
-//! This runs inside the application's `XADD`, on Redis's main thread: it compares the key with the
-//! configured stream and signals a channel that holds at most one wake-up. No Redis call, no
-//! allocation beyond the comparison, nothing that could slow the write.
+//! This runs inside the application's `XADD`, on Redis's main thread. While the claimer is busy it
+//! returns at once (one flag read); only while the claimer waits for new entries does it compare the
+//! key with the configured stream and signal a channel that holds at most one wake-up. No Redis
+//! call, no allocation, nothing that could slow the write.
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis_module::{raw, Context};
 
 use crate::settings::{self, Key};
 
-/// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is busy
-/// taking writes.
-pub static XADDS: AtomicU64 = AtomicU64::new(0);
+/// Set by the claimer, under the Redis lock, when a read found nothing new and it is about to wait;
+/// cleared by the first notification that wakes it. While the claimer is busy (draining or yielding),
+/// an XADD's notification returns at once: nothing to compare, no shared state touched.
+pub static CLAIMER_IDLE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stream_event(
     _ctx: *mut raw::RedisModuleCtx,
@@ -22,7 +24,7 @@ extern "C" fn on_stream_event(
     key: *mut raw::RedisModuleString,
 ) -> c_int {
     crate::ffi::guard("stream notification", || {
-        if event.is_null() || key.is_null() {
+        if !CLAIMER_IDLE.load(Ordering::Relaxed) || event.is_null() || key.is_null() {
             return;
         }
         let event = unsafe { std::ffi::CStr::from_ptr(event) };
@@ -39,7 +41,7 @@ extern "C" fn on_stream_event(
         }
         let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
         if name == settings::current().str(Key::RedisStream).as_bytes() {
-            XADDS.fetch_add(1, Ordering::Relaxed);
+            CLAIMER_IDLE.store(false, Ordering::Relaxed);
             crate::pipeline::control().wake();
         }
     });
