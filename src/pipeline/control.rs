@@ -98,9 +98,6 @@ pub struct Control {
     /// Set when claimed entries may have been lost from module memory (a thread died holding them):
     /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
     pub recover: AtomicBool,
-    /// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is
-    /// busy taking writes.
-    pub xadds: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
@@ -120,7 +117,6 @@ impl Control {
             restarts: std::sync::atomic::AtomicU64::new(0),
             failing_until_ms: std::sync::atomic::AtomicU64::new(0),
             recover: AtomicBool::new(false),
-            xadds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -486,8 +482,9 @@ fn now_ms() -> u64 {
 /// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
 /// module's memory counts against `maxmemory`, so it stays small under any backlog.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// About how many bytes one claim reads under the lock.
-pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+/// About how many bytes one claim reads under the lock (each hold is bounded by time as well, see
+/// [`super::governor::HOLD_TARGET`]).
+pub const CLAIM_CHUNK_BYTES: u64 = 1 << 20;
 
 /// Whether SQL is only logged: `DRY_RUN=1`, or Snowflake incomplete with `ALLOW_NO_SNOWFLAKE=1`.
 pub fn dry_run(s: &Snapshot) -> bool {

@@ -5,6 +5,9 @@
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
 //!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
+//! - [`governor`]: how much the claimer may take per lock hold (about a millisecond's worth) and how
+//!   fast: full speed while Redis's main thread has room, `DRAIN_MIN_RECORDS_PER_SECOND` while it is
+//!   saturated.
 //! - [`worker`]: a pool of threads, each batching by count, bytes and linger time.
 //! - [`sink`]: turns a batch into SQL and commits it — to Snowflake, or to the log in dry run — with
 //!   retries; a statement Snowflake rejects is split until the entry at fault is found.
@@ -29,6 +32,7 @@ pub mod claim;
 pub mod control;
 pub mod events;
 pub mod faults;
+pub mod governor;
 pub mod housekeeping;
 pub mod import;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! batch with capped exponential backoff and jitter — for as long as it takes, with the backlog growing
 //! in the stream, never skipping. Only then are the entries acknowledged.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,11 +38,15 @@ pub struct Work {
     pub group: Arc<str>,
 }
 
+/// A worker's inbox. The claimer sends each worker its share of one claim at once: one wake-up per
+/// claim and worker, not one per entry.
+pub type Inbox = Sender<Vec<Work>>;
+
 /// The senders, kept so `MODULE UNLOAD` can close the channels.
-static SENDERS: Mutex<Vec<Sender<Work>>> = Mutex::new(Vec::new());
+static SENDERS: Mutex<Vec<Inbox>> = Mutex::new(Vec::new());
 
 /// The workers' inboxes and threads.
-pub type Pool = (Vec<Sender<Work>>, Vec<JoinHandle<()>>);
+pub type Pool = (Vec<Inbox>, Vec<JoinHandle<()>>);
 
 /// Starts `n` workers of `pipeline`.
 pub fn spawn(pipeline: &'static Pipeline, n: usize) -> Result<Pool, String> {
@@ -84,10 +89,39 @@ impl Drop for HeldBytes {
     }
 }
 
-fn run(p: &'static Pipeline, rx: &Receiver<Work>, gil: &Gil) {
+/// Entries received and not yet taken into a batch (the rest of a claim's share past a full
+/// batch); if the worker dies, they are given back like those it holds.
+struct Received(&'static Pipeline, VecDeque<Work>);
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        let bytes: usize = self.1.iter().map(|w| w.bytes).sum();
+        self.0.release_bytes(bytes as u64);
+        self.0.settle_lost(self.1.len() as u64);
+    }
+}
+
+impl Received {
+    /// The next entry: one received already, or the next share from the inbox (by `deadline`).
+    fn next(
+        &mut self,
+        rx: &Receiver<Vec<Work>>,
+        deadline: Instant,
+    ) -> Result<Work, RecvTimeoutError> {
+        loop {
+            if let Some(w) = self.1.pop_front() {
+                return Ok(w);
+            }
+            self.1.extend(rx.recv_deadline(deadline)?);
+        }
+    }
+}
+
+fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
     let c = &p.control;
+    let mut received = Received(p, VecDeque::new());
     loop {
-        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+        let first = match received.next(rx, Instant::now() + Duration::from_millis(500)) {
             Ok(w) => w,
             Err(RecvTimeoutError::Timeout) if c.stopping() => return,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -114,7 +148,7 @@ fn run(p: &'static Pipeline, rx: &Receiver<Work>, gil: &Gil) {
             if raws.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
-            next = rx.recv_deadline(deadline).ok();
+            next = received.next(rx, deadline).ok();
         }
         // Demoted to a replica since these were claimed: send nothing; the new primary writes them.
         if c.state() == State::Replica {
