@@ -17,29 +17,31 @@ use std::time::{Duration, Instant};
 
 use crate::host::server::Phase as Server;
 
-use super::control::{control, dry_run, group_name, State};
+use super::control::{dry_run, group_name, Pipeline, State};
 use super::governor::{self, Budget, ChunkSizer, Governor, MainThread};
 use super::worker::{Inbox, Work};
 use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
-pub fn spawn(workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
+/// Starts the claimer of `pipeline`, feeding `workers`.
+pub fn spawn(pipeline: &'static Pipeline, workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
     // Restarted after a panic: start-up tasks are not run again.
     let mut started = false;
-    super::control::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
+    pipeline.spawn_supervised("wb-claimer", move || {
+        run(pipeline, &gil, &workers, &mut started)
+    })
 }
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
 
-fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
-    let c = control();
+fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
+    let c = &p.control;
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
     let mut cursor = String::from("0-0");
@@ -92,9 +94,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             }
             // A new context must be made under the lock (it creates a Redis client).
             if let Some(task_gil) = gil.with(|_| Gil::new()) {
-                if let Err(e) =
-                    super::control::spawn_thread("wb-startup", move || startup_tasks(&task_gil))
-                {
+                if let Err(e) = p.spawn_thread("wb-startup", move || startup_tasks(p, &task_gil)) {
                     logging::warning(&format!("start-up restore and import not run: {e}"));
                 }
             }
@@ -115,7 +115,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             State::Running
         });
 
-        let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
+        let in_flight = p.metrics.in_flight.load(Ordering::Relaxed);
         // A thread died holding claimed entries: claim nothing new until every entry still in the
         // module is settled, then take over everything pending (what the dead thread held included).
         if c.recover.load(Ordering::Relaxed) {
@@ -134,7 +134,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             cap = cap.min(snap.uint(Key::Workers).max(1) * snap.uint(Key::BatchMaxEntries).max(1));
         }
         // Bounded by bytes as well: the module's memory counts against maxmemory.
-        let held_bytes = METRICS.in_flight_bytes.load(Ordering::Relaxed);
+        let held_bytes = p.metrics.in_flight_bytes.load(Ordering::Relaxed);
         if in_flight >= cap || held_bytes >= super::control::MAX_IN_FLIGHT_BYTES {
             c.wait_settled(Duration::from_millis(100));
             continue;
@@ -158,7 +158,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             Budget::Wait(d) => {
                 governor::publish(&governor, sizer.count(most));
                 // Not woken by the application's XADDs: while yielding, they are why it waits.
-                pause(d.min(governor::SAMPLE_EVERY));
+                pause(p, d.min(governor::SAMPLE_EVERY));
                 continue;
             }
         };
@@ -179,6 +179,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
                     let step =
                         stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
                     report_trimmed(
+                        p,
                         step.deleted.len() as u64,
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
@@ -210,6 +211,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
                             if skipped > 0 {
                                 let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
                                 report_trimmed(
+                                    p,
                                     skipped as u64,
                                     &stream_name,
                                     &format!("entries before {first} never read"),
@@ -228,7 +230,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
             if let Ok((entries, _)) = &read {
-                METRICS
+                p.metrics
                     .in_flight
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
@@ -276,6 +278,7 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
             continue;
         }
         dispatch(
+            p,
             entries,
             workers,
             &stream_name,
@@ -287,8 +290,8 @@ fn run(gil: &Gil, workers: &[Inbox], started: &mut bool) {
 }
 
 /// Sleeps `d`, in short steps so stopping and pausing are seen at once.
-fn pause(d: Duration) {
-    let c = control();
+fn pause(p: &Pipeline, d: Duration) {
+    let c = &p.control;
     let until = Instant::now() + d;
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -326,9 +329,9 @@ fn route(row_keys: &[&str], entry_id: &str, workers: usize) -> Route {
 
 /// Waits until every entry sent to the workers is settled (`unsent`: entries of this claim not sent
 /// yet, already counted in flight); `false` when stopping.
-fn drained(unsent: u64) -> bool {
-    let c = control();
-    while METRICS.in_flight.load(Ordering::Relaxed) > unsent {
+fn drained(p: &Pipeline, unsent: u64) -> bool {
+    let c = &p.control;
+    while p.metrics.in_flight.load(Ordering::Relaxed) > unsent {
         if c.stopping() {
             return false;
         }
@@ -339,6 +342,7 @@ fn drained(unsent: u64) -> bool {
 
 /// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
+    p: &'static Pipeline,
     entries: Vec<RawEntry>,
     workers: &[Inbox],
     stream_name: &str,
@@ -346,13 +350,13 @@ fn dispatch(
     rules: &Rules,
     log_raw: bool,
 ) {
-    METRICS
+    p.metrics
         .entries_read
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    let mut unsent = Unsent(entries.len() as u64);
-    let mut outbox = Outbox::default();
+    let mut unsent = Unsent(p, entries.len() as u64);
+    let mut outbox = Outbox(p, Vec::new());
     for raw in entries {
         crate::pipeline::faults::in_claimer(&raw);
         if log_raw {
@@ -410,19 +414,19 @@ fn dispatch(
                 // Everything before it first, then it alone. Stopping: the entry stays pending in the
                 // group for the next start.
                 outbox.send(workers, &mut unsent);
-                if !drained(unsent.0) {
+                if !drained(p, unsent.1) {
                     return;
                 }
                 w
             }
         };
-        METRICS
+        p.metrics
             .in_flight_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
         outbox.put(index, work, workers.len());
         if matches!(route, Route::Spanning(_)) {
             outbox.send(workers, &mut unsent);
-            if !drained(unsent.0) {
+            if !drained(p, unsent.1) {
                 return;
             }
         }
@@ -431,22 +435,21 @@ fn dispatch(
 }
 
 /// Each worker's share of one claim, sent at once.
-#[derive(Default)]
-struct Outbox(Vec<Vec<Work>>);
+struct Outbox(&'static Pipeline, Vec<Vec<Work>>);
 
 impl Outbox {
     fn put(&mut self, worker: usize, work: Work, workers: usize) {
-        if self.0.len() < workers {
-            self.0.resize_with(workers, Vec::new);
+        if self.1.len() < workers {
+            self.1.resize_with(workers, Vec::new);
         }
-        if let Some(share) = self.0.get_mut(worker) {
+        if let Some(share) = self.1.get_mut(worker) {
             share.push(work);
         }
     }
 
     /// Sends every share; `unsent` counts down what reached a worker.
     fn send(&mut self, workers: &[Inbox], unsent: &mut Unsent) {
-        for (index, share) in self.0.iter_mut().enumerate() {
+        for (index, share) in self.1.iter_mut().enumerate() {
             if share.is_empty() {
                 continue;
             }
@@ -456,9 +459,9 @@ impl Outbox {
                 share.iter().map(|w| w.bytes as u64).sum::<u64>(),
             );
             if workers.get(index).is_some_and(|tx| tx.send(share).is_ok()) {
-                unsent.0 -= n;
+                unsent.1 -= n;
             } else {
-                super::control::release_bytes(bytes);
+                self.0.release_bytes(bytes);
                 logging::warning(
                     "a worker has stopped; its entries stay pending and are claimed again",
                 );
@@ -470,18 +473,18 @@ impl Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         // Only after a panic are shares left unsent: their bytes are no longer held.
-        let bytes: u64 = self.0.iter().flatten().map(|w| w.bytes as u64).sum();
-        super::control::release_bytes(bytes);
+        let bytes: u64 = self.1.iter().flatten().map(|w| w.bytes as u64).sum();
+        self.0.release_bytes(bytes);
     }
 }
 
 /// Entries of a claim not handed to a worker: in flight already; given back when this drops (a
 /// worker stopped, the claimer panics, or it stops before a spanning entry).
-struct Unsent(u64);
+struct Unsent(&'static Pipeline, u64);
 
 impl Drop for Unsent {
     fn drop(&mut self) {
-        super::control::settle_lost(self.0);
+        self.0.settle_lost(self.1);
     }
 }
 
@@ -494,7 +497,7 @@ fn list_stream_keys(gil: &Gil) {
 }
 
 /// Restore on empty, then the legacy import, as the sidecar did at start-up.
-fn startup_tasks(gil: &Gil) {
+fn startup_tasks(p: &Pipeline, gil: &Gil) {
     let snap = settings::current();
     if snap.bool(Key::RestoreOnEmpty) {
         if !snap.snowflake_configured() {
@@ -514,7 +517,7 @@ fn startup_tasks(gil: &Gil) {
                         logging::warning(&format!(
                             "restore on empty failed (attempt {attempt}/{attempts}): {e}"
                         ));
-                        if attempt == attempts || control().stopping() {
+                        if attempt == attempts || p.control.stopping() {
                             logging::warning("restore on empty given up: run WB.RESTORE when Snowflake is reachable");
                             break;
                         }
@@ -538,11 +541,11 @@ fn startup_tasks(gil: &Gil) {
 
 /// Counts and reports entries removed from the stream before they were written: the application
 /// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
-fn report_trimmed(n: u64, stream_name: &str, what: &str) {
+fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
     if n == 0 {
         return;
     }
-    METRICS.lost_trimmed.fetch_add(n, Ordering::Relaxed);
+    p.metrics.lost_trimmed.fetch_add(n, Ordering::Relaxed);
     logging::warning(&format!(
         "TRIMMED {n} entries were removed from {stream_name} before they were written to Snowflake ({what}); \
          the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"

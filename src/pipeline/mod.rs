@@ -78,9 +78,9 @@ pub fn start() -> Result<(), String> {
     });
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
     let (senders, handles) = worker::spawn(pipeline, workers)?;
-    let claimer = claim::spawn(senders)?;
+    let claimer = claim::spawn(pipeline, senders)?;
     let housekeeper = housekeeping::spawn(pipeline)?;
-    let deadlines = waiters::spawn()?;
+    let deadlines = waiters::spawn(pipeline)?;
     let mut threads = c.threads.lock();
     threads.extend(handles);
     threads.extend([claimer, housekeeper, deadlines]);
