@@ -8,6 +8,9 @@ consumer group and talks to the emulator's control API.
 
 Items (see docs/performance.md for what each means and its target):
   1 xadd       XADD throughput, same redis-server with / without the module (and with it paused)
+  1+ foreground  the module's cost to Redis's clients: XADD ratio saturated and at half load, p99 XADD
+               latency at half load, CPU us per drained record by thread, main-thread time taken per
+               drained record, the group's lag over each run
   2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers
   3 e2e        10,000 records over 500 users into the emulator's real SQL engine: wall time, round trips
   3' sidecar   30,000 entries drained by the module and by a batched Python sidecar, on the real engine
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import resource
 import time
 import urllib.request
@@ -363,6 +367,12 @@ def module_env(snowflake_url: str, keys: str, **extra) -> dict:
 
 def redis_benchmark(tools: Tools, port: int, n: int, clients: int, pipeline: int, users: int) -> float:
     """Pipelined XADDs of BENCH_PAYLOAD; returns requests per second."""
+    return redis_benchmark_csv(tools, port, n, clients, pipeline, users)["rps"]
+
+
+def redis_benchmark_csv(tools: Tools, port: int, n: int, clients: int, pipeline: int, users: int) -> dict:
+    """Pipelined XADDs of BENCH_PAYLOAD; returns requests per second and the latency percentiles (ms)
+    redis-benchmark reports (each request's time, a pipeline's requests all counting its round trip)."""
     args = [tools.redis_benchmark, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-c", str(clients),
             "-P", str(pipeline), "-r", str(users), "--csv", "XADD", STREAM, "*", "value", BENCH_PAYLOAD]
     p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -376,9 +386,11 @@ def redis_benchmark(tools: Tools, port: int, n: int, clients: int, pipeline: int
     if p.returncode != 0:
         raise RuntimeError(f"redis-benchmark failed: {err.strip()}")
     last = [line for line in out.splitlines() if line.strip()][-1]
-    # "test","rps","avg_latency_ms",... where the test name itself holds commas and quotes.
-    fields = last.rsplit(",", 7)
-    return float(fields[1].strip('"'))
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",
+    # "max_latency_ms", where the test name itself holds commas and quotes.
+    fields = [f.strip('"') for f in last.rsplit(",", 7)[1:]]
+    names = ["rps", "avg_ms", "min_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    return {k: float(v) for k, v in zip(names, fields)}
 
 
 def median(xs):
@@ -477,6 +489,220 @@ def bench_xadd(tools, keys, cfg) -> dict:
     }
 
 
+# --- 1+. yielding to the foreground -----------------------------------------------------------------
+
+
+class Sampler:
+    """Polls WB.STATUS every `every` seconds from its own connection while a load runs: the group's
+    lag, the drain mode and the main thread's busy figure over time."""
+
+    def __init__(self, r: "Redis", every: float = 0.25):
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._con = r.conn()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            try:
+                st = self._con.status()
+            except (OSError, RedisError, ConnectionError):
+                return
+            self.samples.append({"t": round(time.monotonic() - self._t0, 2), "lag": int(st["lag"]),
+                                 "mode": st["drain_mode"], "busy_pct": int(st["main_thread_busy_pct"])})
+            self._stop.wait(every)
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join()
+        self._con.close()
+        return self.samples
+
+
+def lag_summary(samples: list[dict]) -> dict:
+    """Lag over a run: bounded when the second half never exceeds the first half's peak by much (a lag
+    that grows with time is a drain that does not keep up)."""
+    if not samples:
+        return {"samples": 0}
+    half = len(samples) // 2
+    first = max((x["lag"] for x in samples[:half]), default=0)
+    second = max((x["lag"] for x in samples[half:]), default=0)
+    return {
+        "samples": len(samples),
+        "max": max(x["lag"] for x in samples),
+        "peak_first_half": first,
+        "peak_second_half": second,
+        "last": samples[-1]["lag"],
+        "bounded": second <= max(2 * first, 20_000),
+        "yielding_share": round(sum(x["mode"] == "yielding" for x in samples) / len(samples), 2),
+        "median_busy_pct": median([x["busy_pct"] for x in samples]),
+    }
+
+
+def main_thread_demand(pid: int) -> float:
+    """Seconds Redis's main thread spent on a CPU or waiting for one (what the module's governor
+    reads); over wall time, how busy it was."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return (int(run) + int(wait)) / 1e9
+    except (OSError, ValueError):
+        return 0.0
+
+
+def main_thread_name(threads: dict[str, float]) -> str:
+    return "valkey-server" if "valkey-server" in threads else "redis-server"
+
+
+def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, n: int, clients: int, pipeline: int) -> dict:
+    """One redis-benchmark XADD run against a fresh server, with the module draining meanwhile or
+    without it; CPU by thread, records drained, lock time and lag over the run."""
+    r = Redis(tools, module, module_env(sink.url, keys, **cfg.module_env) if module else None)
+    try:
+        con = r.conn()
+        if module:
+            wait_until("the writer", 30, lambda: con.status()["state"] == "running")
+        warm_up(con, module)
+        base = con.status() if module else None
+        threads0 = thread_cpu(r.pid)
+        demand0 = main_thread_demand(r.pid)
+        sampler = Sampler(r) if module else None
+        t0 = time.monotonic()
+        res = redis_benchmark_csv(tools, r.port, n, clients, pipeline, 500)
+        wall = time.monotonic() - t0
+        demand = main_thread_demand(r.pid) - demand0
+        samples = sampler.stop() if sampler else []
+        cpu = cpu_delta(threads0, thread_cpu(r.pid))
+        out = {"xadd_per_s": round(res["rps"]), "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"], "wall_s": round(wall, 2),
+               "cpu_s_by_thread": cpu, "main_cpu_s": cpu.get(main_thread_name(cpu), 0.0),
+               "main_thread_busy": round(demand / wall, 3)}
+        if module:
+            st = con.status()
+            out["records_drained"] = int(st["records_written"]) - int(base["records_written"])
+            out["lock_held_s"] = (int(st["lock_held_ms"]) - int(base["lock_held_ms"])) / 1000
+            out["lag"] = lag_summary(samples)
+            out["lag_samples"] = samples
+        return out
+    finally:
+        r.stop()
+
+
+def per_record(run: dict, without_main_cpu_s: float) -> dict:
+    """CPU µs per drained record by thread, and the main thread's time taken by the drain: its extra CPU
+    against the run without the module (the same XADDs) plus the time the module held the lock."""
+    drained = run.get("records_drained") or 0
+    if drained <= 0:
+        return {}
+    by_thread = {k: round(v * 1e6 / drained, 2) for k, v in run["cpu_s_by_thread"].items()}
+    module_threads = sum(v for k, v in run["cpu_s_by_thread"].items() if k.startswith("wb-"))
+    extra_main = run["main_cpu_s"] - without_main_cpu_s
+    return {
+        "cpu_us_per_record_by_thread": by_thread,
+        "module_threads_cpu_us_per_record": round(module_threads * 1e6 / drained, 2),
+        "main_thread_extra_cpu_us_per_record": round(extra_main * 1e6 / drained, 2),
+        "lock_held_us_per_record": round(run["lock_held_s"] * 1e6 / drained, 2),
+        "main_thread_stolen_us_per_record": round((max(extra_main, 0.0) + run["lock_held_s"]) * 1e6 / drained, 2),
+    }
+
+
+def bench_foreground(tools, keys, cfg) -> dict:
+    """The module's cost to Redis's own clients, side by side in one run: saturated (redis-benchmark
+    -c 50 -P 16) and at about half that rate (fewer clients, shallower pipelines, chosen in this run), each
+    with the module draining to the fast sink and without it, interleaved."""
+    sink = Emulator(tools, keys, sink=True)
+    try:
+        sat = {"with": [], "without": []}
+        for rep in range(cfg.reps):
+            for variant in (["with", "without"] if rep % 2 == 0 else ["without", "with"]):
+                run = foreground_run(tools, keys, cfg, sink, variant == "with", cfg.xadd_n, 50, 16)
+                sat[variant].append(run)
+                log(f"foreground saturated rep {rep + 1}/{cfg.reps} {variant:8s} {run['xadd_per_s']:,} XADD/s"
+                    + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')}, "
+                       f"yielding {run['lag'].get('yielding_share')}" if variant == "with" else ""))
+        saturated = median([x["xadd_per_s"] for x in sat["without"]])
+        # Half load: redis-benchmark has no rate limit, so the load is made lighter by its shape: one
+        # client with shallower pipelines, then more clients, until the rate without the module reaches
+        # half the saturated one; the shape closest to half is used. (Without pipelining, the system
+        # calls per request saturate the main thread at a far lower rate: that would not be half load.)
+        target = saturated / 2
+        calibration = {}
+        r = Redis(tools, False)
+        try:
+            for c, pl in ((1, 1), (1, 2), (1, 4), (1, 8), (1, 16), (2, 16), (4, 16), (8, 16)):
+                rate = redis_benchmark_csv(tools, r.port, max(20_000, int(target)), c, pl, 500)["rps"]
+                calibration[f"-c {c} -P {pl}"] = round(rate)
+                if rate >= target:
+                    break
+        finally:
+            r.stop()
+        shape = min(calibration, key=lambda k: abs(calibration[k] - target))
+        clients, pipeline = (int(x) for x in shape.replace("-c ", "").replace("-P ", "").split())
+        half_n = max(20_000, int(calibration[shape] * cfg.half_load_s))
+        log(f"foreground half load: {shape} ({calibration[shape]:,}/s without the module; saturated {saturated:,.0f}/s)")
+        half = {"with": [], "without": []}
+        for rep in range(cfg.reps):
+            for variant in (["with", "without"] if rep % 2 == 0 else ["without", "with"]):
+                run = foreground_run(tools, keys, cfg, sink, variant == "with", half_n, clients, pipeline)
+                half[variant].append(run)
+                log(f"foreground half rep {rep + 1}/{cfg.reps} {variant:8s} {run['xadd_per_s']:,} XADD/s p99 {run['p99_ms']} ms"
+                    + (f", lag peak {run['lag'].get('max')} last {run['lag'].get('last')}, yielding "
+                       f"{run['lag'].get('yielding_share')}" if variant == "with" else ""))
+    finally:
+        sink.stop()
+
+    def med(runs, key):
+        return median([x[key] for x in runs])
+
+    def med_per_record(pairs):
+        main_without = med(pairs["without"], "main_cpu_s")
+        per = [per_record(x, main_without) for x in pairs["with"]]
+        per = [p for p in per if p]
+        if not per:
+            return {}
+        threads = sorted({k for p in per for k in p["cpu_us_per_record_by_thread"]})
+        return {
+            "cpu_us_per_record_by_thread": {t: median([p["cpu_us_per_record_by_thread"].get(t, 0.0) for p in per]) for t in threads},
+            **{k: median([p[k] for p in per]) for k in per[0] if k != "cpu_us_per_record_by_thread"},
+        }
+
+    ratio_sat = med(sat["with"], "xadd_per_s") / med(sat["without"], "xadd_per_s")
+    ratio_half = med(half["with"], "xadd_per_s") / med(half["without"], "xadd_per_s")
+    p99_ratio = med(half["with"], "p99_ms") / max(med(half["without"], "p99_ms"), 1e-3)
+    bounded = all(x["lag"].get("bounded", False) for x in half["with"])
+    return {
+        "what": "redis-benchmark XADD of a 1-record batch, fresh server per run, with the module draining to the fast sink and without, interleaved; saturated (-c 50 -P 16) and at about half that rate (clients and pipeline depth chosen in this run)",
+        "saturated": {
+            "ratio_with_without": round(ratio_sat, 4),
+            "median_xadd_per_s": {"with": med(sat["with"], "xadd_per_s"), "without": med(sat["without"], "xadd_per_s")},
+            "median_main_thread_busy": {"with": med(sat["with"], "main_thread_busy"), "without": med(sat["without"], "main_thread_busy")},
+            "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(sat["with"], sat["without"])],
+            "median_records_drained": med(sat["with"], "records_drained"),
+            "median_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in sat["with"]]),
+            "per_record": med_per_record(sat),
+            "runs": sat,
+        },
+        "half_load": {
+            "shape": shape,
+            "calibration_xadd_per_s_by_shape": calibration,
+            "ratio_with_without": round(ratio_half, 4),
+            "median_xadd_per_s": {"with": med(half["with"], "xadd_per_s"), "without": med(half["without"], "xadd_per_s")},
+            "median_p99_ms": {"with": med(half["with"], "p99_ms"), "without": med(half["without"], "p99_ms")},
+            "median_main_thread_busy": {"with": med(half["with"], "main_thread_busy"), "without": med(half["without"], "main_thread_busy")},
+            "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(half["with"], half["without"])],
+            "median_yielding_share": median([x["lag"].get("yielding_share", 0) for x in half["with"]]),
+            "p99_ratio_with_without": round(p99_ratio, 3),
+            "lag_bounded": bounded,
+            "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with"]]),
+            "per_record": med_per_record(half),
+            "runs": half,
+        },
+        "target": "saturated ratio >= 0.95; half load: lag bounded, p99 <= 1.1x",
+        "met": ratio_sat >= 0.95 and bounded and p99_ratio <= 1.1,
+    }
+
+
 # --- 2. drain rate ----------------------------------------------------------------------------------
 
 
@@ -497,11 +723,13 @@ def bench_drain(tools, keys, cfg) -> dict:
                     xlen = con.call("XLEN", STREAM) - int(base["stream_length"])
                     sink.reset()
                     cpu_r, cpu_s = cpu_seconds(r.pid), cpu_seconds(sink.pid)
+                    threads0 = thread_cpu(r.pid)
                     t0 = time.monotonic()
                     con.call("WB.RESUME")
                     flush(con, 600_000)
                     wall = time.monotonic() - t0
                     cpu_r, cpu_s = cpu_seconds(r.pid) - cpu_r, cpu_seconds(sink.pid) - cpu_s
+                    by_thread = cpu_delta(threads0, thread_cpu(r.pid))
                     st = con.status()
                     stats = sink.stats()
                     records = int(st["records_written"]) - int(base["records_written"])
@@ -511,6 +739,8 @@ def bench_drain(tools, keys, cfg) -> dict:
                         "wall_s": round(wall, 3),
                         "records_per_s": round(records / wall),
                         "redis_cpu_s_per_10k": round(cpu_r / records * 10_000, 4),
+                        "redis_cpu_us_per_record": round(cpu_r / records * 1e6, 2),
+                        "cpu_us_per_record_by_thread": {k: round(v * 1e6 / records, 2) for k, v in by_thread.items()},
                         "sink_cpu_s_per_10k": round(cpu_s / records * 10_000, 4),
                         "batches": int(st["batches"]) - int(base["batches"]),
                         "round_trips": stats["round_trips"],
@@ -528,6 +758,10 @@ def bench_drain(tools, keys, cfg) -> dict:
         summary[str(w)] = {
             "median_records_per_s": median([x["records_per_s"] for x in runs]),
             "median_redis_cpu_s_per_10k": median([x["redis_cpu_s_per_10k"] for x in runs]),
+            "median_redis_cpu_us_per_record": median([x["redis_cpu_us_per_record"] for x in runs]),
+            "median_cpu_us_per_record_by_thread": {
+                t: median([x["cpu_us_per_record_by_thread"].get(t, 0.0) for x in runs])
+                for t in sorted({t for x in runs for t in x["cpu_us_per_record_by_thread"]})},
             "median_sink_cpu_s_per_10k": median([x["sink_cpu_s_per_10k"] for x in runs]),
             "runs": runs,
         }
@@ -1159,11 +1393,39 @@ def table(results: dict) -> str:
                      f"{x['ratio_with_idle_sink_without']:.3f} ({m['with_idle_sink']:,.0f}/s)", "(diagnostic)", "-"))
         rows.append(("1'' same, module loaded but paused",
                      f"{x['ratio_paused_without']:.3f} ({m['paused']:,.0f}/s)", "(diagnostic)", "-"))
+    if "foreground" in it:
+        f = it["foreground"]
+        s_, h = f["saturated"], f["half_load"]
+        m = s_["median_xadd_per_s"]
+        rows.append(("1+ XADD with/without, saturated (governed drain)",
+                     f"{s_['ratio_with_without']:.3f} ({m['with']:,.0f} vs {m['without']:,.0f}/s; pairs "
+                     f"{', '.join(f'{x:.2f}' for x in s_['pair_ratios'])}), drained {s_['median_drain_records_per_s']:,.0f} rec/s",
+                     ">= 0.95", yes(s_["ratio_with_without"] >= 0.95)))
+        m = h["median_xadd_per_s"]
+        rows.append((f"1+ XADD with/without, half load ({h['shape']})",
+                     f"{h['ratio_with_without']:.3f} ({m['with']:,.0f} vs {m['without']:,.0f}/s), main thread busy "
+                     f"{h['median_main_thread_busy']['without']:.2f} without, yielding {h['median_yielding_share']:.0%} of the time",
+                     "(report)", "-"))
+        p = h["median_p99_ms"]
+        rows.append(("1+ p99 XADD latency with/without, half load",
+                     f"{h['p99_ratio_with_without']:.2f}x ({p['with']} vs {p['without']} ms)", "<= 1.1x",
+                     yes(h["p99_ratio_with_without"] <= 1.1)))
+        rows.append(("1+ lag at half load", f"peak {h['median_lag_peak']:,} entries, bounded: {h['lag_bounded']}",
+                     "bounded", yes(h["lag_bounded"])))
+        for label, part in (("saturated", s_), ("half load", h)):
+            pr = part["per_record"]
+            if pr:
+                threads = ", ".join(f"{k} {v:.2f}" for k, v in pr["cpu_us_per_record_by_thread"].items() if v >= 0.05)
+                rows.append((f"1+ CPU us/drained record by thread, {label}", threads, "(report)", "-"))
+                rows.append((f"1+ main thread stolen us/drained record, {label}",
+                             f"{pr['main_thread_stolen_us_per_record']:.2f} (extra CPU {pr['main_thread_extra_cpu_us_per_record']:.2f}, "
+                             f"lock {pr['lock_held_us_per_record']:.2f})", "(report)", "-"))
     if "drain" in it:
         d = it["drain"]
         for w, s in d["by_workers"].items():
             rows.append((f"2 drain to fast sink, {w} worker{'s' if w != '1' else ''}",
-                         f"{s['median_records_per_s']:,.0f} rec/s, {s['median_redis_cpu_s_per_10k']:.3f} CPU s/10k",
+                         f"{s['median_records_per_s']:,.0f} rec/s, {s['median_redis_cpu_us_per_record']:.2f} CPU us/rec ("
+                         + ", ".join(f"{k} {v:.2f}" for k, v in s["median_cpu_us_per_record_by_thread"].items() if v >= 0.05) + ")",
                          ">= 50,000 rec/s", yes(s["median_records_per_s"] >= 50_000)))
     if "e2e" in it:
         e = it["e2e"]
@@ -1215,7 +1477,7 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-ITEMS = {"xadd": bench_xadd, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency, "mappings": bench_mappings,
+ITEMS = {"xadd": bench_xadd, "foreground": bench_foreground, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency, "mappings": bench_mappings,
          "memory": bench_memory, "restore": bench_restore}
 
 
@@ -1238,6 +1500,7 @@ def main() -> int:
     cfg = argparse.Namespace(
         reps=a.reps or (2 if q else 5),
         xadd_n=500_000 if q else 2_000_000,
+        half_load_s=5 if q else 10,
         workers=[1, 2, 4],
         drain_n=50_000 if q else 200_000,
         e2e_n=10_000,

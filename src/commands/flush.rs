@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
     // The userdata stream, and each mapping's stream: what each holds now is what must be written.
     let mut streams = vec![s.str(Key::RedisStream).to_string()];
-    if let Some(m) = pipeline::mapped::mapped() {
+    if let Some(m) = pipeline::control::mapped() {
         streams.extend(m.mappings.mappings.iter().map(|m| m.capture_stream()));
     }
     let targets: Vec<(String, EntryId)> = streams

@@ -4,6 +4,9 @@
 //! blocks Redis's main thread, so callers do only a few commands under it (one `XREADGROUP` chunk, one
 //! `XACK` of a batch) and never network I/O.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use redis_module::{raw, Context};
 
 use crate::settings::{self, Key};
@@ -46,9 +49,10 @@ impl Gil {
                 unsafe { (self.1)(self.0) };
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = {
             let _unlock = Unlock(self.ctx, unlock);
+            let _held = Held(started);
             // The database may have been changed by a restart of the module's settings; select it each time.
             if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
                 unsafe { select(self.ctx, settings::current().int(Key::RedisDb) as i32) };
@@ -64,6 +68,25 @@ impl Gil {
         ));
         result
     }
+}
+
+/// Nanoseconds the module's threads have held the Redis lock since start: time Redis's main thread
+/// could not serve a command (`WB.STATUS` `lock_held_ms`).
+static HELD_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a hold when it ends (also when the body panics).
+struct Held(Instant);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        HELD_NS.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds the module's threads have held the Redis lock since start.
+pub fn held_ms() -> u64 {
+    HELD_NS.load(Ordering::Relaxed) / 1_000_000
 }
 
 impl Gil {

@@ -1,12 +1,26 @@
 //! The stream notification: tells the [`Listener`](super::Listener) that the application added to a
 //! stream, so the pipeline reading it wakes its claimer.
 //!
-//! This runs inside the application's `XADD`, on Redis's main thread: it hands over the key's name,
-//! and the listener compares it with its streams and signals a channel that holds at most one
-//! wake-up. No Redis call, no allocation, nothing that could slow the write.
+//! This runs inside the application's `XADD`, on Redis's main thread. While no listener waits for
+//! new entries it returns at once (one flag read); otherwise it hands over the key's name, and the
+//! listener compares it with its streams and signals a channel that holds at most one wake-up. No
+//! Redis call, no allocation, nothing that could slow the write.
+
+use std::ffi::{c_char, c_int};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis_module::{raw, Context};
-use std::ffi::{c_char, c_int};
+
+/// Set by the pipeline's claimer, under the Redis lock, when a read found nothing new and it is
+/// about to wait; cleared by the first notification that wakes it. While the claimer is busy
+/// (draining or yielding), an XADD's notification returns at once: nothing to compare, no shared
+/// state touched.
+static WANTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the next `XADD` is to be passed on to the listener (see [`WANTED`]).
+pub fn want(wanted: bool) {
+    WANTED.store(wanted, Ordering::Relaxed);
+}
 
 extern "C" fn on_stream_event(
     _ctx: *mut raw::RedisModuleCtx,
@@ -15,7 +29,7 @@ extern "C" fn on_stream_event(
     key: *mut raw::RedisModuleString,
 ) -> c_int {
     crate::host::ffi::guard("stream notification", || {
-        if event.is_null() || key.is_null() {
+        if !WANTED.load(Ordering::Relaxed) || event.is_null() || key.is_null() {
             return;
         }
         let event = unsafe { std::ffi::CStr::from_ptr(event) };

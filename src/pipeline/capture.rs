@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 
 use redis_module::{raw, Context, RedisValue};
 
-use super::mapped::{mapped, Counters, Mapped};
+use super::control::{mapped, REGISTRY};
+use super::mapped::{Counters, Mapped};
 use crate::host::{keyspace, logging, stream};
 use crate::mapping::capture::{decide, target, Actions, Found};
 use crate::mapping::op::ACK_TTL_SECONDS;
@@ -33,7 +34,7 @@ thread_local! {
 /// file stops the load with the file, line and reason.
 pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
     if path.trim().is_empty() {
-        super::mapped::set(None);
+        REGISTRY.set_mapped(None);
         return Ok(());
     }
     let mappings = Mappings::load(path.trim()).map_err(|e| e.to_string())?;
@@ -56,7 +57,7 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
     ));
     let n = mappings.mappings.len();
     let any = n > 0;
-    super::mapped::set(Some(Mapped {
+    REGISTRY.set_mapped(Some(Mapped {
         mappings,
         counters: (0..n).map(|_| Counters::default()).collect(),
         writers: (0..n).map(|_| Default::default()).collect(),

@@ -5,37 +5,43 @@
 //! `0-0`), then reads new ones (`XREADGROUP ... >`). Each read is one bounded chunk under the lock, and
 //! the number of claimed-but-unacknowledged entries never exceeds `MAX_IN_FLIGHT`, so the module's
 //! memory stays bounded however long the stream grows. Decoding happens off the lock.
+//!
+//! How much it claims, and how often, the [`governor`](super::governor) decides: each hold is sized
+//! to last about a millisecond, and while Redis's main thread is saturated the claims slow down to
+//! `DRAIN_MIN_RECORDS_PER_SECOND`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::host::server::Phase as Server;
-use crossbeam_channel::Sender;
 
-use super::control::{control, dry_run, group_name, State};
-use super::worker::Work;
+use super::control::{dry_run, group_name, Pipeline, State};
+use super::governor::{self, Budget, ChunkSizer, Governor, MainThread};
+use super::worker::{Inbox, Work};
 use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
-pub fn spawn(workers: Vec<Sender<Work>>) -> Result<JoinHandle<()>, String> {
+/// Starts the claimer of `pipeline`, feeding `workers`.
+pub fn spawn(pipeline: &'static Pipeline, workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
     // Restarted after a panic: start-up tasks are not run again.
     let mut started = false;
-    super::control::spawn_supervised("wb-claimer", move || run(&gil, &workers, &mut started))
+    pipeline.spawn_supervised("wb-claimer", move || {
+        run(pipeline, &gil, &workers, &mut started)
+    })
 }
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
 
-fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
-    let c = control();
+fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
+    let c = &p.control;
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
     let mut cursor = String::from("0-0");
@@ -44,9 +50,17 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
     let mut avg_entry_bytes: u64 = 64 << 10;
     // The group's read counter after this claimer's last read (see the trimming check).
     let mut last_entries_read: Option<i64> = None;
+    let mut main_thread = MainThread::new();
+    let mut governor = Governor::default();
+    let mut sizer = ChunkSizer::default();
+    let epoch = Instant::now();
     loop {
         if c.stopping() {
             return;
+        }
+        let now = Instant::now();
+        if main_thread.due(now) {
+            governor.observe(main_thread.sample(now));
         }
         let snap = settings::current();
         // Paused: park without touching the Redis lock (MODULE UNLOAD waits for this thread).
@@ -80,9 +94,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             }
             // A new context must be made under the lock (it creates a Redis client).
             if let Some(task_gil) = gil.with(|_| Gil::new()) {
-                if let Err(e) =
-                    super::control::spawn_thread("wb-startup", move || startup_tasks(&task_gil))
-                {
+                if let Err(e) = p.spawn_thread("wb-startup", move || startup_tasks(p, &task_gil)) {
                     logging::warning(&format!("start-up restore and import not run: {e}"));
                 }
             }
@@ -103,7 +115,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             State::Running
         });
 
-        let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
+        let in_flight = p.metrics.in_flight.load(Ordering::Relaxed);
         // A thread died holding claimed entries: claim nothing new until every entry still in the
         // module is settled, then take over everything pending (what the dead thread held included).
         if c.recover.load(Ordering::Relaxed) {
@@ -122,25 +134,43 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             cap = cap.min(snap.uint(Key::Workers).max(1) * snap.uint(Key::BatchMaxEntries).max(1));
         }
         // Bounded by bytes as well: the module's memory counts against maxmemory.
-        let held_bytes = METRICS.in_flight_bytes.load(Ordering::Relaxed);
+        let held_bytes = p.metrics.in_flight_bytes.load(Ordering::Relaxed);
         if in_flight >= cap || held_bytes >= super::control::MAX_IN_FLIGHT_BYTES {
             c.wait_settled(Duration::from_millis(100));
             continue;
         }
         // One read copies whole entries: after large ones, read fewer at a time.
         let by_bytes = (super::control::CLAIM_CHUNK_BYTES / avg_entry_bytes.max(1)).max(1);
-        let count = snap
+        let most = snap
             .uint(Key::ClaimChunk)
             .min(cap - in_flight)
             .min(by_bytes)
             .max(1) as usize;
+        // Bounded by time too: as many as fit in one short hold (at full speed; while yielding the
+        // floor comes first, in few holds).
+        let count = match governor.budget(
+            epoch.elapsed(),
+            snap.uint(Key::DrainMinRecordsPerSecond),
+            sizer.count(most),
+            most,
+        ) {
+            Budget::Claim(n) => n,
+            Budget::Wait(d) => {
+                governor::publish(&governor, sizer.count(most));
+                // Not woken by the application's XADDs: while yielding, they are why it waits.
+                pause(p, d.min(governor::SAMPLE_EVERY));
+                continue;
+            }
+        };
+        governor::publish(&governor, count);
         let stream_name = snap.str(Key::RedisStream).to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
-        let xadds_before = super::control().xadds.load(Ordering::Relaxed);
-        let lock_started = std::time::Instant::now();
+        let lock_asked = Instant::now();
+        let mut hold = (Duration::ZERO, Duration::ZERO);
         let read = gil.with(|ctx| {
+            let lock_taken = Instant::now();
             let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
@@ -149,6 +179,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                     let step =
                         stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
                     report_trimmed(
+                        p,
                         step.deleted.len() as u64,
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
@@ -180,6 +211,7 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                             if skipped > 0 {
                                 let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
                                 report_trimmed(
+                                    p,
                                     skipped as u64,
                                     &stream_name,
                                     &format!("entries before {first} never read"),
@@ -190,15 +222,23 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                     Ok((entries, None))
                 }
             })();
+            // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD falls
+            // between this read and the wait.
+            if read.as_ref().is_ok_and(|(entries, _)| entries.is_empty()) {
+                crate::host::notify::want(true);
+            }
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
             if let Ok((entries, _)) = &read {
-                METRICS
+                p.metrics
                     .in_flight
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
+            hold = (lock_taken - lock_asked, lock_taken.elapsed());
             read
         });
+        let (waited, held) = hold;
+        governor::publish_hold(held, waited);
         let (entries, next) = match read {
             Ok(r) => {
                 group_ready = Some(group.clone());
@@ -218,7 +258,8 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
                 continue;
             }
         };
-        let held = lock_started.elapsed();
+        sizer.record(held, entries.len());
+        governor.spent(entries.len());
         if !entries.is_empty() {
             avg_entry_bytes =
                 entries.iter().map(|e| e.size() as u64).sum::<u64>() / entries.len() as u64;
@@ -232,10 +273,12 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
         if entries.is_empty() {
             if !recovering {
                 c.wait_wake(Duration::from_secs(1));
+                crate::host::notify::want(false);
             }
             continue;
         }
         dispatch(
+            p,
             entries,
             workers,
             &stream_name,
@@ -243,11 +286,19 @@ fn run(gil: &Gil, workers: &[Sender<Work>], started: &mut bool) {
             &Rules::from_settings(&snap),
             snap.bool(Key::LogRaw),
         );
-        // While the application is writing, Redis comes first: the claim holds the lock at most about
-        // a quarter of the time, and the backlog waits (it drains at full speed once writes pause).
-        if super::control().xadds.load(Ordering::Relaxed) != xadds_before {
-            std::thread::sleep((held * 3).min(Duration::from_millis(20)));
+    }
+}
+
+/// Sleeps `d`, in short steps so stopping and pausing are seen at once.
+fn pause(p: &Pipeline, d: Duration) {
+    let c = &p.control;
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || c.stopping() || c.paused.load(Ordering::Relaxed) {
+            return;
         }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
     }
 }
 
@@ -278,9 +329,9 @@ fn route(row_keys: &[&str], entry_id: &str, workers: usize) -> Route {
 
 /// Waits until every entry sent to the workers is settled (`unsent`: entries of this claim not sent
 /// yet, already counted in flight); `false` when stopping.
-fn drained(unsent: u64) -> bool {
-    let c = control();
-    while METRICS.in_flight.load(Ordering::Relaxed) > unsent {
+fn drained(p: &Pipeline, unsent: u64) -> bool {
+    let c = &p.control;
+    while p.metrics.in_flight.load(Ordering::Relaxed) > unsent {
         if c.stopping() {
             return false;
         }
@@ -291,27 +342,21 @@ fn drained(unsent: u64) -> bool {
 
 /// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
+    p: &'static Pipeline,
     entries: Vec<RawEntry>,
-    workers: &[Sender<Work>],
+    workers: &[Inbox],
     stream_name: &str,
     group: &str,
     rules: &Rules,
     log_raw: bool,
 ) {
-    METRICS
+    p.metrics
         .entries_read
         .fetch_add(entries.len() as u64, Ordering::Relaxed);
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
-    // Every entry is in flight already; what is not handed to a worker (a worker stopped, this
-    // thread panics, or it stops before a spanning entry) is given back when this drops.
-    struct Unsent(u64);
-    impl Drop for Unsent {
-        fn drop(&mut self) {
-            super::control::settle_lost(self.0);
-        }
-    }
-    let mut unsent = Unsent(entries.len() as u64);
+    let mut unsent = Unsent(p, entries.len() as u64);
+    let mut outbox = Outbox(p, Vec::new());
     for raw in entries {
         crate::pipeline::faults::in_claimer(&raw);
         if log_raw {
@@ -366,25 +411,80 @@ fn dispatch(
         let index = match route {
             Route::To(w) => w,
             Route::Spanning(w) => {
-                // Stopping: the entry stays pending in the group for the next start.
-                if !drained(unsent.0) {
+                // Everything before it first, then it alone. Stopping: the entry stays pending in the
+                // group for the next start.
+                outbox.send(workers, &mut unsent);
+                if !drained(p, unsent.1) {
                     return;
                 }
                 w
             }
         };
-        METRICS
+        p.metrics
             .in_flight_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        if workers.get(index).is_some_and(|tx| tx.send(work).is_ok()) {
-            unsent.0 -= 1;
-        } else {
-            super::control::release_bytes(bytes as u64);
-            logging::warning("a worker has stopped; the entry stays pending and is claimed again");
+        outbox.put(index, work, workers.len());
+        if matches!(route, Route::Spanning(_)) {
+            outbox.send(workers, &mut unsent);
+            if !drained(p, unsent.1) {
+                return;
+            }
         }
-        if matches!(route, Route::Spanning(_)) && !drained(unsent.0) {
-            return;
+    }
+    outbox.send(workers, &mut unsent);
+}
+
+/// Each worker's share of one claim, sent at once.
+struct Outbox(&'static Pipeline, Vec<Vec<Work>>);
+
+impl Outbox {
+    fn put(&mut self, worker: usize, work: Work, workers: usize) {
+        if self.1.len() < workers {
+            self.1.resize_with(workers, Vec::new);
         }
+        if let Some(share) = self.1.get_mut(worker) {
+            share.push(work);
+        }
+    }
+
+    /// Sends every share; `unsent` counts down what reached a worker.
+    fn send(&mut self, workers: &[Inbox], unsent: &mut Unsent) {
+        for (index, share) in self.1.iter_mut().enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let share = std::mem::take(share);
+            let (n, bytes) = (
+                share.len() as u64,
+                share.iter().map(|w| w.bytes as u64).sum::<u64>(),
+            );
+            if workers.get(index).is_some_and(|tx| tx.send(share).is_ok()) {
+                unsent.1 -= n;
+            } else {
+                self.0.release_bytes(bytes);
+                logging::warning(
+                    "a worker has stopped; its entries stay pending and are claimed again",
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Only after a panic are shares left unsent: their bytes are no longer held.
+        let bytes: u64 = self.1.iter().flatten().map(|w| w.bytes as u64).sum();
+        self.0.release_bytes(bytes);
+    }
+}
+
+/// Entries of a claim not handed to a worker: in flight already; given back when this drops (a
+/// worker stopped, the claimer panics, or it stops before a spanning entry).
+struct Unsent(&'static Pipeline, u64);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.0.settle_lost(self.1);
     }
 }
 
@@ -397,7 +497,7 @@ fn list_stream_keys(gil: &Gil) {
 }
 
 /// Restore on empty, then the legacy import, as the sidecar did at start-up.
-fn startup_tasks(gil: &Gil) {
+fn startup_tasks(p: &Pipeline, gil: &Gil) {
     let snap = settings::current();
     if snap.bool(Key::RestoreOnEmpty) {
         if !snap.snowflake_configured() {
@@ -417,7 +517,7 @@ fn startup_tasks(gil: &Gil) {
                         logging::warning(&format!(
                             "restore on empty failed (attempt {attempt}/{attempts}): {e}"
                         ));
-                        if attempt == attempts || control().stopping() {
+                        if attempt == attempts || p.control.stopping() {
                             logging::warning("restore on empty given up: run WB.RESTORE when Snowflake is reachable");
                             break;
                         }
@@ -441,11 +541,11 @@ fn startup_tasks(gil: &Gil) {
 
 /// Counts and reports entries removed from the stream before they were written: the application
 /// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
-fn report_trimmed(n: u64, stream_name: &str, what: &str) {
+fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
     if n == 0 {
         return;
     }
-    METRICS.lost_trimmed.fetch_add(n, Ordering::Relaxed);
+    p.metrics.lost_trimmed.fetch_add(n, Ordering::Relaxed);
     logging::warning(&format!(
         "TRIMMED {n} entries were removed from {stream_name} before they were written to Snowflake ({what}); \
          the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"

@@ -98,9 +98,6 @@ pub struct Control {
     /// Set when claimed entries may have been lost from module memory (a thread died holding them):
     /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
     pub recover: AtomicBool,
-    /// Application XADDs to the stream seen so far; the claimer reads it to tell whether Redis is
-    /// busy taking writes.
-    pub xadds: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
@@ -120,7 +117,6 @@ impl Control {
             restarts: std::sync::atomic::AtomicU64::new(0),
             failing_until_ms: std::sync::atomic::AtomicU64::new(0),
             recover: AtomicBool::new(false),
-            xadds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -162,6 +158,8 @@ impl Pipeline {
 pub struct Registry {
     pipelines: RwLock<Vec<&'static Pipeline>>,
     main: OnceLock<&'static Pipeline>,
+    /// The hash mappings in force and their figures ([`super::mapped`]), set at load.
+    pub mapped: RwLock<Option<Arc<super::mapped::Mapped>>>,
 }
 
 impl Registry {
@@ -169,6 +167,7 @@ impl Registry {
         Registry {
             pipelines: RwLock::new(Vec::new()),
             main: OnceLock::new(),
+            mapped: RwLock::new(None),
         }
     }
 
@@ -186,6 +185,16 @@ impl Registry {
             .iter()
             .find(|p| p.source == source)
             .copied()
+    }
+
+    /// The hash mappings in force, if any.
+    pub fn mapped(&self) -> Option<Arc<super::mapped::Mapped>> {
+        self.mapped.read().clone()
+    }
+
+    /// Puts `mapped` in force (at load).
+    pub fn set_mapped(&self, mapped: Option<super::mapped::Mapped>) {
+        *self.mapped.write() = mapped.map(Arc::new);
     }
 
     /// Every pipeline, in the order they were added.
@@ -216,6 +225,11 @@ pub static REGISTRY: Registry = Registry::new();
 /// The configured stream's pipeline (made on first use, after the settings are loaded).
 pub fn main() -> &'static Pipeline {
     REGISTRY.main_or(|| crate::settings::current().str(Key::RedisStream).to_string())
+}
+
+/// The hash mappings in force, if any.
+pub fn mapped() -> Option<Arc<super::mapped::Mapped>> {
+    REGISTRY.mapped()
 }
 
 /// The main pipeline's control.
@@ -486,8 +500,9 @@ fn now_ms() -> u64 {
 /// The most bytes of claimed entries the module holds at once (with `MAX_IN_FLIGHT` entries): the
 /// module's memory counts against `maxmemory`, so it stays small under any backlog.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// About how many bytes one claim reads under the lock.
-pub const CLAIM_CHUNK_BYTES: u64 = 8 << 20;
+/// About how many bytes one claim reads under the lock (each hold is bounded by time as well, see
+/// [`super::governor::HOLD_TARGET`]).
+pub const CLAIM_CHUNK_BYTES: u64 = 1 << 20;
 
 /// Whether SQL is only logged: `DRY_RUN=1`, or Snowflake incomplete with `ALLOW_NO_SNOWFLAKE=1`.
 pub fn dry_run(s: &Snapshot) -> bool {

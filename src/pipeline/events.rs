@@ -29,9 +29,8 @@ pub struct Events;
 impl Listener for Events {
     fn xadd(&self, key: &[u8]) {
         if key == settings::current().str(Key::RedisStream).as_bytes() {
-            let c = super::control();
-            c.xadds.fetch_add(1, Ordering::Relaxed);
-            c.wake();
+            crate::host::notify::want(false);
+            super::control().wake();
         }
     }
 

@@ -11,24 +11,25 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::control::{control, dry_run, State};
+use super::control::{dry_run, State};
 use super::sink;
 use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream;
-use crate::pipeline::control::METRICS;
+use crate::pipeline::control::Pipeline;
 use crate::pipeline::status;
 use crate::settings::{self, Key};
 use crate::sql::Tables;
 
-pub fn spawn() -> Result<JoinHandle<()>, String> {
+/// Starts the housekeeping thread of `pipeline`.
+pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the housekeeping context")?;
-    super::control::spawn_supervised("wb-housekeeping", move || run(&gil))
+    pipeline.spawn_supervised("wb-housekeeping", move || run(pipeline, &gil))
 }
 
-fn run(gil: &Gil) {
-    let c = control();
+fn run(p: &'static Pipeline, gil: &Gil) {
+    let c = &p.control;
     let mut last_metrics = Instant::now();
     let mut last_ping = Instant::now();
     let mut connected = false;
@@ -41,7 +42,7 @@ fn run(gil: &Gil) {
         let every = snap.uint(Key::MetricsIntervalSeconds);
         if every > 0 && last_metrics.elapsed() >= Duration::from_secs(every) {
             last_metrics = Instant::now();
-            log_metrics();
+            log_metrics(p);
         }
         if super::ack::retries_due() {
             gil.with(super::ack::drain);
@@ -61,22 +62,22 @@ fn run(gil: &Gil) {
             connected = true;
             last_ping = Instant::now();
             last_regression_check = Instant::now();
-            connect_check(gil);
+            connect_check(p, gil);
             continue;
         }
         let check_every = Duration::from_secs(if every > 0 { every } else { 60 });
         if last_regression_check.elapsed() >= check_every {
             last_regression_check = Instant::now();
-            if let Ok(client) = sink::client() {
-                regression_check(gil, &client);
+            if let Ok(client) = sink::client_of(p) {
+                regression_check(p, gil, &client);
             }
         }
         let ping_every = snap.uint(Key::SnowflakePingIntervalSeconds);
         if ping_every > 0 && last_ping.elapsed() >= Duration::from_secs(ping_every) {
             last_ping = Instant::now();
-            if let Err(e) = sink::client().and_then(|cl| cl.ping()) {
+            if let Err(e) = sink::client_of(p).and_then(|cl| cl.ping()) {
                 logging::warning(&format!("Snowflake keep-alive failed: {e}"));
-                METRICS.set_error(&e.to_string());
+                p.metrics.set_error(&e.to_string());
             }
         }
     }
@@ -102,7 +103,7 @@ fn warn_eviction(gil: &Gil, warned: &mut String) {
 }
 
 /// One metrics line with the figures operators watch.
-fn log_metrics() {
+fn log_metrics(p: &Pipeline) {
     let figures = status::report(false);
     let pick = |name: &str| {
         figures
@@ -127,7 +128,7 @@ fn log_metrics() {
         pick("batch_latency_p50_ms"),
         pick("batch_latency_p99_ms"),
     ));
-    let regression = METRICS.id_regression.lock().clone();
+    let regression = p.metrics.id_regression.lock().clone();
     if !regression.is_empty() {
         logging::warning(&format!("ID REGRESSION {regression}"));
     }
@@ -135,14 +136,14 @@ fn log_metrics() {
 
 /// At start (and after a promotion): connect with the start-up attempts, log the session when asked,
 /// and compare the newest applied entry ID with the stream's.
-fn connect_check(gil: &Gil) {
+fn connect_check(p: &'static Pipeline, gil: &Gil) {
     let snap = settings::current();
-    let c = control();
-    let client = match sink::client() {
+    let c = &p.control;
+    let client = match sink::client_of(p) {
         Ok(cl) => cl,
         Err(e) => {
             logging::warning(&format!("Snowflake client not usable: {e}"));
-            METRICS.set_error(&e.to_string());
+            p.metrics.set_error(&e.to_string());
             return;
         }
     };
@@ -164,16 +165,16 @@ fn connect_check(gil: &Gil) {
             logging::warning(&format!(
                 "Snowflake not reachable at start-up: {e} (the writer keeps retrying)"
             ));
-            METRICS.set_error(&e.to_string());
+            p.metrics.set_error(&e.to_string());
             return;
         }
     }
-    regression_check(gil, &client);
+    regression_check(p, gil, &client);
 }
 
 /// Compares the newest entry ID applied in Snowflake with the stream's newest: at start, then on
 /// every metrics interval (a stream recreated at run time, a clock set back), until resolved.
-fn regression_check(gil: &Gil, client: &crate::snowflake::Client) {
+fn regression_check(p: &Pipeline, gil: &Gil, client: &crate::snowflake::Client) {
     let snap = settings::current();
     let Ok(tables) = Tables::from_settings(&snap) else {
         return;
@@ -196,9 +197,9 @@ fn regression_check(gil: &Gil, client: &crate::snowflake::Client) {
                 "Snowflake has applied entry {applied} but the stream's newest entry is {newest_in_stream}: new entries with lower IDs would be taken as already applied. Was the stream recreated or the clock set back?"
             );
             logging::warning(&format!("ID REGRESSION {what}"));
-            *METRICS.id_regression.lock() = what;
+            *p.metrics.id_regression.lock() = what;
         } else {
-            METRICS.id_regression.lock().clear();
+            p.metrics.id_regression.lock().clear();
         }
     }
 }

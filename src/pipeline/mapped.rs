@@ -2,9 +2,8 @@
 //! ([`super::capture`]) and the writers ([`super::mapping_writer`]) read, and `WB.STATUS` reports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::mapping::Mappings;
 
@@ -32,8 +31,6 @@ pub struct Counters {
     pub failed: AtomicU64,
 }
 
-static MAPPED: RwLock<Option<Arc<Mapped>>> = RwLock::new(None);
-
 /// What one mapping's writer did, for `WB.STATUS`.
 #[derive(Default)]
 pub struct WriterFigures {
@@ -45,16 +42,6 @@ pub struct WriterFigures {
     pub last_error: Mutex<String>,
 }
 
-/// The mappings in force, if any.
-pub fn mapped() -> Option<Arc<Mapped>> {
-    MAPPED.read().clone()
-}
-
-/// Puts `mapped` in force (at load).
-pub fn set(mapped: Option<Mapped>) {
-    *MAPPED.write() = mapped.map(Arc::new);
-}
-
 /// Wakes the writer of mapping `index` (the capture of a change).
 pub fn wake(m: &Mapped, index: usize) {
     if let Some((tx, _)) = m.wakes.get(index) {
@@ -63,10 +50,7 @@ pub fn wake(m: &Mapped, index: usize) {
 }
 
 /// Each mapping's state and last error: `mapping.<name>.state`, `mapping.<name>.last_error`.
-pub fn texts() -> Vec<(String, String)> {
-    let Some(mapped) = mapped() else {
-        return Vec::new();
-    };
+pub fn texts(mapped: &Mapped) -> Vec<(String, String)> {
     mapped
         .mappings
         .mappings
@@ -88,10 +72,7 @@ pub fn texts() -> Vec<(String, String)> {
 }
 
 /// Each mapping's counters as status lines: `mapping.<name>.<figure>`.
-pub fn figures() -> Vec<(String, u64)> {
-    let Some(mapped) = mapped() else {
-        return Vec::new();
-    };
+pub fn figures(mapped: &Mapped) -> Vec<(String, u64)> {
     mapped
         .mappings
         .mappings

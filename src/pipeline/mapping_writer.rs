@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use redis_module::Context;
 
-use super::control::{control, dry_run, group_name, spawn_supervised, unconfigured};
-use super::mapped::{mapped, WriterFigures};
+use super::control::{control, dry_run, group_name, mapped, spawn_supervised, unconfigured};
+use super::mapped::WriterFigures;
 use super::retry::SinkError;
 use crate::host::gil::Gil;
 use crate::host::server::Phase;

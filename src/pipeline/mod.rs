@@ -5,6 +5,9 @@
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
 //!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
+//! - [`governor`]: how much the claimer may take per lock hold (about a millisecond's worth) and how
+//!   fast: full speed while Redis's main thread has room, `DRAIN_MIN_RECORDS_PER_SECOND` while it is
+//!   saturated.
 //! - [`worker`]: a pool of threads, each batching by count, bytes and linger time.
 //! - [`sink`]: turns a batch into SQL and commits it — to Snowflake, or to the log in dry run — with
 //!   retries; a statement Snowflake rejects is split until the entry at fault is found.
@@ -30,6 +33,7 @@ pub mod claim;
 pub mod control;
 pub mod events;
 pub mod faults;
+pub mod governor;
 pub mod housekeeping;
 pub mod import;
 pub mod mapped;
@@ -58,7 +62,8 @@ pub use control::{
 /// Starts the claimer and the workers (at load, on the main thread). They wait on their own for the
 /// server to finish loading before touching the stream.
 pub fn start() -> Result<(), String> {
-    let c = control();
+    let pipeline = control::main();
+    let c = &pipeline.control;
     // A module unloaded and loaded again may find its statics as they were (a Rust library is not
     // always unmapped by dlclose): start from a clean control state.
     c.stop.store(false, Ordering::Relaxed);
@@ -75,10 +80,10 @@ pub fn start() -> Result<(), String> {
         State::Starting
     });
     let workers = s.int(Key::Workers).clamp(1, 64) as usize;
-    let (senders, handles) = worker::spawn(workers)?;
-    let claimer = claim::spawn(senders)?;
-    let housekeeper = housekeeping::spawn()?;
-    let deadlines = waiters::spawn()?;
+    let (senders, handles) = worker::spawn(pipeline, workers)?;
+    let claimer = claim::spawn(pipeline, senders)?;
+    let housekeeper = housekeeping::spawn(pipeline)?;
+    let deadlines = waiters::spawn(pipeline)?;
     let writers = mapping_writer::spawn_all()?;
     let mut threads = c.threads.lock();
     threads.extend(handles);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::entry::Decoded;
 use crate::host::logging;
-use crate::pipeline::control::{Pipeline, METRICS};
+use crate::pipeline::control::Pipeline;
 use crate::settings::{self, Key, Snapshot};
 use crate::snowflake::{Client, ClientConfig, SnowflakeError};
 use crate::sql::{self, Planned, Tables};
@@ -113,6 +113,8 @@ impl Sink for DryRunSink {
 /// Commits to Snowflake through the SQL API.
 pub struct SnowflakeSink {
     pub client: Arc<Client>,
+    /// Whose counters and triage evidence its commits feed.
+    pub pipeline: &'static Pipeline,
 }
 
 impl Sink for SnowflakeSink {
@@ -120,7 +122,8 @@ impl Sink for SnowflakeSink {
         let tables = Tables::from_settings(snap).map_err(SinkError::blocked)?;
         for p in sql::plan(entries, &tables, snap.uint(Key::BatchMaxBytes) as usize) {
             log_planned(&p, snap, false);
-            METRICS
+            self.pipeline
+                .metrics
                 .statements
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let submitted = Instant::now();
@@ -136,7 +139,7 @@ impl Sink for SnowflakeSink {
                         other => other,
                     },
                 )?;
-            super::control::main().triage.accepted(table, submitted);
+            self.pipeline.triage.accepted(table, submitted);
             if snap.bool(Key::TraceSql) {
                 logging::info(&format!(
                     "{} done: handle {} rows affected {:?}",
@@ -162,11 +165,7 @@ impl SnowflakeSink {
             _ => None,
         });
         for e in events {
-            if super::control::main()
-                .verified
-                .fetch_add(1, Ordering::Relaxed)
-                >= limit
-            {
+            if self.pipeline.verified.fetch_add(1, Ordering::Relaxed) >= limit {
                 return;
             }
             let stmt = sql::queries::written_row(tables, &e.tracked_id, &e.track_id);
@@ -207,12 +206,13 @@ pub fn client_of(pipeline: &'static Pipeline) -> Result<Arc<Client>, SnowflakeEr
     Ok(c)
 }
 
-/// The sink the settings `snap` ask for.
-pub fn current(snap: &Snapshot) -> Result<Box<dyn Sink>, SinkError> {
+/// The sink the settings `snap` ask for, for `pipeline`.
+pub fn current(pipeline: &'static Pipeline, snap: &Snapshot) -> Result<Box<dyn Sink>, SinkError> {
     if crate::pipeline::control::dry_run(snap) {
         return Ok(Box::new(DryRunSink));
     }
     Ok(Box::new(SnowflakeSink {
-        client: client().map_err(SinkError::from)?,
+        client: client_of(pipeline).map_err(SinkError::from)?,
+        pipeline,
     }))
 }

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use redis_module::Context;
+
 use super::control::METRICS;
 pub use crate::host::server::{maxmemory_policy, role};
 use crate::host::stream;
@@ -20,6 +22,42 @@ pub fn eviction_warning(policy: &str) -> Option<String> {
             "maxmemory-policy {policy} can evict the stream and lose entries not yet written; use noeviction (or a volatile-* policy, the stream has no TTL)"
         )
     })
+}
+
+/// How long ago Redis received the oldest entry not yet written: the lowest pending entry, or else
+/// the first one not yet delivered to the group; 0 when there is none.
+fn oldest_unwritten_age_ms(
+    ctx: &Context,
+    stream_name: &str,
+    group: &str,
+    info: &stream::GroupInfo,
+) -> u64 {
+    let oldest = if info.pending > 0 {
+        stream::lowest_pending(ctx, stream_name, group)
+    } else if info.lag != Some(0) && !info.last_delivered_id.is_empty() {
+        let after = format!("({}", info.last_delivered_id);
+        stream::call_read(
+            ctx,
+            "XRANGE",
+            &[
+                stream_name.as_bytes(),
+                after.as_bytes(),
+                b"+",
+                b"COUNT",
+                b"1",
+            ],
+        )
+        .ok()
+        .and_then(|v| stream::parse_entries(&v).into_iter().next())
+        .map(|e| e.id)
+    } else {
+        None
+    };
+    let Some(id) = oldest.and_then(|id| crate::entry::EntryId::parse(&id).ok()) else {
+        return 0;
+    };
+    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    now.saturating_sub(id.ms)
 }
 
 /// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
@@ -89,6 +127,16 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         put("stream_length", stream::length(ctx, stream_name).into());
         put("pending", info.pending.into());
         put("lag", info.lag.unwrap_or(-1).into());
+        put(
+            "oldest_unwritten_age_ms",
+            oldest_unwritten_age_ms(
+                ctx,
+                stream_name,
+                &crate::pipeline::control::group_name(&s),
+                &info,
+            )
+            .into(),
+        );
         put("last_delivered_id", info.last_delivered_id.into());
         put(
             "dlq_length",
@@ -101,6 +149,16 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
             eviction_warning(&policy).unwrap_or_default().into(),
         );
     }
+    let drain = super::governor::published();
+    put("drain_mode", drain.mode.as_str().into());
+    put(
+        "main_thread_busy_pct",
+        drain.busy_pct.map_or(-1, |p| p as i64).into(),
+    );
+    put("drain_claim_chunk", drain.chunk.into());
+    put("drain_last_hold_us", drain.last_hold_us.into());
+    put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
+    put("lock_held_ms", crate::host::gil::held_ms().into());
     let m = &*METRICS;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     put("in_flight", get(&m.in_flight).into());
@@ -148,11 +206,13 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("last_error", m.last_error.lock().clone().into());
     put("blocked_code", m.blocked_code.lock().clone().into());
     put("id_regression", m.id_regression.lock().clone().into());
-    for (name, text) in crate::pipeline::mapped::texts() {
-        put(&name, text.into());
-    }
-    for (name, n) in crate::pipeline::mapped::figures() {
-        put(&name, (n as i64).into());
+    if let Some(mapped) = crate::pipeline::control::mapped() {
+        for (name, text) in crate::pipeline::mapped::texts(&mapped) {
+            put(&name, text.into());
+        }
+        for (name, n) in crate::pipeline::mapped::figures(&mapped) {
+            put(&name, (n as i64).into());
+        }
     }
     out
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis_module::{BlockedClient, RedisError, RedisResult, RedisValue};
 
+use super::control::Pipeline;
+
 struct Waiter {
     stream: String,
     id: String,
@@ -90,9 +92,9 @@ pub fn expire() {
 }
 
 /// The deadline thread: answers timed-out callers within about 10 ms of their deadline.
-pub fn spawn() -> Result<JoinHandle<()>, String> {
-    super::control::spawn_supervised("wb-deadlines", || {
-        let c = super::control();
+pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
+    pipeline.spawn_supervised("wb-deadlines", move || {
+        let c = &pipeline.control;
         while !c.stopping() {
             let idle = WAITERS.lock().is_empty();
             std::thread::sleep(Duration::from_millis(if idle { 50 } else { 10 }));

@@ -6,6 +6,7 @@
 //! batch with capped exponential backoff and jitter — for as long as it takes, with the backlog growing
 //! in the stream, never skipping. Only then are the entries acknowledged.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,14 +16,13 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::ack::{self, Settle};
-use super::control::{control, State};
+use super::control::{Pipeline, State};
 use super::retry::{self, Decision};
 use super::sink::{self, SinkError};
 use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::RawEntry;
-use crate::pipeline::control::METRICS;
 use crate::settings::{self, Key};
 
 /// One claimed entry on its way to Snowflake.
@@ -38,20 +38,25 @@ pub struct Work {
     pub group: Arc<str>,
 }
 
+/// A worker's inbox. The claimer sends each worker its share of one claim at once: one wake-up per
+/// claim and worker, not one per entry.
+pub type Inbox = Sender<Vec<Work>>;
+
 /// The senders, kept so `MODULE UNLOAD` can close the channels.
-static SENDERS: Mutex<Vec<Sender<Work>>> = Mutex::new(Vec::new());
+static SENDERS: Mutex<Vec<Inbox>> = Mutex::new(Vec::new());
 
 /// The workers' inboxes and threads.
-pub type Pool = (Vec<Sender<Work>>, Vec<JoinHandle<()>>);
+pub type Pool = (Vec<Inbox>, Vec<JoinHandle<()>>);
 
-pub fn spawn(n: usize) -> Result<Pool, String> {
+/// Starts `n` workers of `pipeline`.
+pub fn spawn(pipeline: &'static Pipeline, n: usize) -> Result<Pool, String> {
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
     for index in 0..n {
         let (tx, rx) = unbounded();
         let gil = Gil::new().ok_or("could not create a worker context")?;
-        let h = super::control::spawn_supervised(&format!("wb-worker-{index}"), move || {
-            run(&rx, &gil)
+        let h = pipeline.spawn_supervised(&format!("wb-worker-{index}"), move || {
+            run(pipeline, &rx, &gil)
         })?;
         senders.push(tx);
         handles.push(h);
@@ -67,27 +72,56 @@ pub fn close() {
 
 /// Entries a worker has taken from its inbox and not yet settled; if the worker dies, they are given
 /// back (see [`super::settle_lost`]).
-struct Holding(u64);
+struct Holding(&'static Pipeline, u64);
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        super::control::settle_lost(self.0);
+        self.0.settle_lost(self.1);
     }
 }
 
 /// Bytes of entries a worker holds, counted in `in_flight_bytes` until the batch is done with.
-struct HeldBytes(u64);
+struct HeldBytes(&'static Pipeline, u64);
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        super::control::release_bytes(self.0);
+        self.0.release_bytes(self.1);
     }
 }
 
-fn run(rx: &Receiver<Work>, gil: &Gil) {
-    let c = control();
+/// Entries received and not yet taken into a batch (the rest of a claim's share past a full
+/// batch); if the worker dies, they are given back like those it holds.
+struct Received(&'static Pipeline, VecDeque<Work>);
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        let bytes: usize = self.1.iter().map(|w| w.bytes).sum();
+        self.0.release_bytes(bytes as u64);
+        self.0.settle_lost(self.1.len() as u64);
+    }
+}
+
+impl Received {
+    /// The next entry: one received already, or the next share from the inbox (by `deadline`).
+    fn next(
+        &mut self,
+        rx: &Receiver<Vec<Work>>,
+        deadline: Instant,
+    ) -> Result<Work, RecvTimeoutError> {
+        loop {
+            if let Some(w) = self.1.pop_front() {
+                return Ok(w);
+            }
+            self.1.extend(rx.recv_deadline(deadline)?);
+        }
+    }
+}
+
+fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
+    let c = &p.control;
+    let mut received = Received(p, VecDeque::new());
     loop {
-        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+        let first = match received.next(rx, Instant::now() + Duration::from_millis(500)) {
             Ok(w) => w,
             Err(RecvTimeoutError::Timeout) if c.stopping() => return,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -101,12 +135,12 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
         let mut bytes = 0;
         let mut raws = Vec::new();
         let mut decoded = Vec::new();
-        let mut holding = Holding(0);
-        let mut held_bytes = HeldBytes(0);
+        let mut holding = Holding(p, 0);
+        let mut held_bytes = HeldBytes(p, 0);
         let mut next = Some(first);
         while let Some(w) = next.take() {
-            holding.0 += 1;
-            held_bytes.0 += w.bytes as u64;
+            holding.1 += 1;
+            held_bytes.1 += w.bytes as u64;
             crate::pipeline::faults::in_worker(&w.raw.id);
             bytes += w.bytes;
             raws.push(w.raw);
@@ -114,7 +148,7 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
             if raws.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
-            next = rx.recv_deadline(deadline).ok();
+            next = received.next(rx, deadline).ok();
         }
         // Demoted to a replica since these were claimed: send nothing; the new primary writes them.
         if c.state() == State::Replica {
@@ -122,12 +156,12 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
             continue;
         }
         c.committing.fetch_add(1, Ordering::Relaxed);
-        let settled = crate::host::ffi::guard("batch", || process(&raws, &decoded)).flatten();
+        let settled = crate::host::ffi::guard("batch", || process(p, &raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
                 // From here the acknowledgement queue holds them. Their bytes are released first,
                 // so whoever sees them settled (WB.FLUSH) never sees them still held.
-                holding.0 = 0;
+                holding.1 = 0;
                 drop(held_bytes);
                 ack::queue(&stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
@@ -148,20 +182,20 @@ fn run(rx: &Receiver<Work>, gil: &Gil) {
 }
 
 /// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
-fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
+fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
-    let outcome = commit_all(decoded)?;
+    let outcome = commit_all(p, decoded)?;
     let snap = settings::current();
     let dry = super::control::dry_run(&snap);
     let mut settles = Vec::with_capacity(raws.len());
-    let mut tally = METRICS.tally.lock();
+    let mut tally = p.metrics.tally.lock();
     let mut committed = 0u64;
     for ((raw, d), result) in raws.iter().zip(decoded).zip(outcome) {
         match (d, result) {
             (Decoded::Undecodable { reason, .. }, _) => {
                 d.tally(&mut tally);
                 if snap.bool(Key::AckInvalidJson) {
-                    METRICS.dropped_invalid.fetch_add(1, Ordering::Relaxed);
+                    p.metrics.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                     logging::warning(&format!(
                         "INVALID {} acknowledged without a copy (ACK_INVALID_JSON=1): {reason}",
                         raw.id
@@ -175,7 +209,7 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
                 }
             }
             (_, Err(reason)) => {
-                METRICS.failed.fetch_add(1, Ordering::Relaxed);
+                p.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 settles.push(Settle::DeadLetter {
                     entry: raw.clone(),
                     reason: format!("Snowflake rejected the entry: {reason}"),
@@ -194,12 +228,13 @@ fn process(raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
         }
     }
     drop(tally);
-    METRICS
+    p.metrics
         .entries_committed
         .fetch_add(committed, Ordering::Relaxed);
-    METRICS.batches.fetch_add(1, Ordering::Relaxed);
-    METRICS.record_latency(started.elapsed().as_millis() as u64);
-    METRICS.last_success_ms.store(
+    p.metrics.batches.fetch_add(1, Ordering::Relaxed);
+    p.metrics
+        .record_latency(started.elapsed().as_millis() as u64);
+    p.metrics.last_success_ms.store(
         chrono::Utc::now().timestamp_millis().max(0) as u64,
         Ordering::Relaxed,
     );
@@ -235,17 +270,18 @@ fn log_left_out(d: &Decoded) {
 /// Commits `entries`, retrying transient failures; on a data error, splits the batch until the
 /// entries Snowflake rejects are alone and lets the triage judge them. Returns each entry's result,
 /// or `None` when stopping.
-fn commit_all(entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
-    commit_from(entries, None)
+fn commit_all(p: &'static Pipeline, entries: &[Decoded]) -> Option<Vec<Result<(), String>>> {
+    commit_from(p, entries, None)
 }
 
 /// [`commit_all`] for part of a batch that first failed at `first_failure` (the evidence of the
 /// triage counts from there).
 fn commit_from(
+    p: &'static Pipeline,
     entries: &[Decoded],
     first_failure: Option<Instant>,
 ) -> Option<Vec<Result<(), String>>> {
-    let c = control();
+    let c = &p.control;
     let mut attempt: u32 = 0;
     let mut lone_failures: u32 = 0;
     let mut first_failure = first_failure;
@@ -253,11 +289,11 @@ fn commit_from(
         // One snapshot of the settings for the whole attempt: which sink, which tables, how long
         // to wait; the next attempt takes a fresh one, so a setting fixed meanwhile is seen.
         let snap = settings::current();
-        let result = sink::current(&snap).and_then(|s| s.commit(entries, &snap));
+        let result = sink::current(p, &snap).and_then(|s| s.commit(entries, &snap));
         let e = match result {
             Ok(()) => {
                 c.degraded.store(false, Ordering::Relaxed);
-                METRICS.set_blocked(None);
+                p.metrics.set_blocked(None);
                 return Some(vec![Ok(()); entries.len()]);
             }
             Err(e) => e,
@@ -266,14 +302,8 @@ fn commit_from(
         let decision = retry::decide(&e, entries.len(), attempt, |table, code| {
             lone_failures = lone_failures.saturating_add(1);
             let id = entries[0].id();
-            super::control::main().triage.judge(
-                table,
-                id,
-                code,
-                since,
-                lone_failures,
-                Instant::now(),
-            )
+            p.triage
+                .judge(table, id, code, since, lone_failures, Instant::now())
         });
         let blocked = match decision {
             Decision::Split => {
@@ -284,8 +314,8 @@ fn commit_from(
                     ));
                 }
                 let (left, right) = entries.split_at(entries.len() / 2);
-                let mut out = commit_from(left, Some(since))?;
-                out.extend(commit_from(right, Some(since))?);
+                let mut out = commit_from(p, left, Some(since))?;
+                out.extend(commit_from(p, right, Some(since))?);
                 return Some(out);
             }
             Decision::DeadLetter => {
@@ -301,10 +331,10 @@ fn commit_from(
         };
         attempt = attempt.saturating_add(1);
         c.degraded.store(true, Ordering::Relaxed);
-        METRICS.retries.fetch_add(1, Ordering::Relaxed);
-        METRICS.set_error(e.message());
+        p.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        p.metrics.set_error(e.message());
         if let Some(code) = &blocked {
-            METRICS.set_blocked(Some(code));
+            p.metrics.set_blocked(Some(code));
         }
         let blocked = blocked.is_some();
         let wait = retry::backoff(attempt, blocked, &snap);
