@@ -104,7 +104,7 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
             "ERR WB.WRITE SYNC cannot be used inside MULTI or a script; use WB.WRITE without SYNC",
         ));
     }
-    if sync && waiters::count() >= waiters::MAX_WAITERS {
+    if sync && waiters::count(pipeline::control::main()) >= waiters::MAX_WAITERS {
         return Err(err(format!(
             "BUSY {} WB.WRITE SYNC callers are already waiting; nothing was added: retry, or write without SYNC",
             waiters::MAX_WAITERS
@@ -114,7 +114,13 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
     match crate::host::stream::add_as_caller(ctx, &stream_name, payload) {
         Ok(id) if sync => {
             let blocked = crate::host::ffi::block(ctx);
-            waiters::register(&stream_name, &id, Instant::now() + timeout, blocked);
+            waiters::register(
+                pipeline::control::main(),
+                &stream_name,
+                &id,
+                Instant::now() + timeout,
+                blocked,
+            );
             pipeline::control().wake();
             Ok(RedisValue::NoReply)
         }

@@ -7,46 +7,19 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use redis_module::Context;
 
+use super::control::Pipeline;
+pub use super::state::Settle;
+use super::state::{Item, Retry};
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
-use crate::pipeline::control::METRICS;
-
-/// What to do with one settled entry.
-#[derive(Debug, Clone)]
-pub enum Settle {
-    /// Written (or nothing to write): acknowledge.
-    Ack { id: String },
-    /// Undecodable or rejected by Snowflake: copy to `<stream>:dlq` with the reason, acknowledge.
-    DeadLetter { entry: RawEntry, reason: String },
-}
-
-#[derive(Debug, Clone)]
-struct Item {
-    stream: String,
-    group: String,
-    settle: Settle,
-}
-
-static QUEUE: Mutex<Vec<Item>> = Mutex::new(Vec::new());
-
-/// Dead-letter copies that failed (the dead-letter key holds another type, Redis is out of memory,
-/// ...): retried with backoff, the entry still pending and in flight, never counted as done.
-struct Retry {
-    item: Item,
-    attempts: u32,
-    due: Instant,
-}
-
-static RETRIES: Mutex<Vec<Retry>> = Mutex::new(Vec::new());
 
 /// Moves the failed dead-letter copies that are due back to the queue; true when there are any
 /// (the caller then drains under the lock).
-pub fn retries_due() -> bool {
+pub fn retries_due(p: &Pipeline) -> bool {
     let now = Instant::now();
-    let mut r = RETRIES.lock();
+    let mut r = p.acks.retries.lock();
     if r.is_empty() {
         return false;
     }
@@ -56,9 +29,10 @@ pub fn retries_due() -> bool {
     if due.is_empty() {
         return false;
     }
-    let mut q = QUEUE.lock();
+    let mut q = p.acks.queue.lock();
     for x in due {
-        ATTEMPTS
+        p.acks
+            .attempts
             .lock()
             .push((x.item.settle_id().to_string(), x.attempts));
         q.push(x.item);
@@ -66,26 +40,14 @@ pub fn retries_due() -> bool {
     true
 }
 
-/// Attempts made so far of the dead-letter copies back in the queue (entry ID, attempts).
-static ATTEMPTS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
-
-impl Item {
-    fn settle_id(&self) -> &str {
-        match &self.settle {
-            Settle::Ack { id } => id,
-            Settle::DeadLetter { entry, .. } => &entry.id,
-        }
-    }
-}
-
 /// Entries waiting for their dead-letter copy to be written again.
-pub fn retrying() -> usize {
-    RETRIES.lock().len()
+pub fn retrying(p: &Pipeline) -> usize {
+    p.acks.retries.lock().len()
 }
 
 /// Queues settled entries of `stream`/`group`.
-pub fn queue(stream: &str, group: &str, settled: Vec<Settle>) {
-    let mut q = QUEUE.lock();
+pub fn queue(p: &Pipeline, stream: &str, group: &str, settled: Vec<Settle>) {
+    let mut q = p.acks.queue.lock();
     q.extend(settled.into_iter().map(|settle| Item {
         stream: stream.to_string(),
         group: group.to_string(),
@@ -94,8 +56,8 @@ pub fn queue(stream: &str, group: &str, settled: Vec<Settle>) {
 }
 
 /// Writes everything queued. Must run with the Redis lock held (or on the main thread).
-pub fn drain(ctx: &Context) {
-    let items: Vec<Item> = std::mem::take(&mut *QUEUE.lock());
+pub fn drain(p: &Pipeline, ctx: &Context) {
+    let items: Vec<Item> = std::mem::take(&mut *p.acks.queue.lock());
     if items.is_empty() {
         return;
     }
@@ -109,7 +71,7 @@ pub fn drain(ctx: &Context) {
             match &items[i].settle {
                 Settle::Ack { id } => {
                     ids.push(id);
-                    super::waiters::settled(stream_name, id, Ok(()));
+                    super::waiters::settled(p, stream_name, id, Ok(()));
                 }
                 Settle::DeadLetter { entry, reason } => {
                     let entry = with_fields(ctx, stream_name, entry);
@@ -117,14 +79,14 @@ pub fn drain(ctx: &Context) {
                         Err(e) if e != stream::DEMOTED => {
                             // Not done: keep it in flight and pending, and try again later.
                             let attempts: u32 = {
-                                let mut a = ATTEMPTS.lock();
+                                let mut a = p.acks.attempts.lock();
                                 let before = match a.iter().position(|(id, _)| *id == entry.id) {
                                     Some(i) => a.swap_remove(i).1,
                                     None => 0,
                                 };
                                 before + 1
                             };
-                            METRICS.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
+                            p.metrics.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
                             let wait = Duration::from_millis(500)
                                 .saturating_mul(1 << attempts.min(7))
                                 .min(Duration::from_secs(60));
@@ -133,11 +95,11 @@ pub fn drain(ctx: &Context) {
                                 entry.id,
                                 wait.as_millis()
                             );
-                            METRICS.set_error(&what);
+                            p.metrics.set_error(&what);
                             if attempts == 1 || attempts.is_power_of_two() {
                                 logging::warning(&what);
                             }
-                            RETRIES.lock().push(Retry {
+                            p.acks.retries.lock().push(Retry {
                                 item: items[i].clone(),
                                 attempts,
                                 due: Instant::now() + wait,
@@ -149,7 +111,7 @@ pub fn drain(ctx: &Context) {
                             // Demoted to a replica: the new primary settles it.
                         }
                         Ok(dlq_id) => {
-                            METRICS.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            p.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             logging::warning(&format!(
                                 "DEAD_LETTER {} -> {}:{} reason: {reason}",
                                 entry.id,
@@ -158,7 +120,7 @@ pub fn drain(ctx: &Context) {
                             ));
                         }
                     }
-                    super::waiters::settled(stream_name, &entry.id, Err(reason));
+                    super::waiters::settled(p, stream_name, &entry.id, Err(reason));
                 }
             }
             settled += 1;
@@ -172,13 +134,16 @@ pub fn drain(ctx: &Context) {
             }
         }
     }
-    METRICS.entries_acked.fetch_add(settled, Ordering::Relaxed);
-    let _ = METRICS
+    p.metrics
+        .entries_acked
+        .fetch_add(settled, Ordering::Relaxed);
+    let _ = p
+        .metrics
         .in_flight
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             Some(n.saturating_sub(settled))
         });
-    crate::pipeline::control().notify_settled();
+    p.control.notify_settled();
 }
 
 /// The entry with its original fields: as held, or read back from the stream (the pipeline keeps only

@@ -156,13 +156,13 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         ) {
             Budget::Claim(n) => n,
             Budget::Wait(d) => {
-                governor::publish(&governor, sizer.count(most));
+                governor::publish(p, &governor, sizer.count(most));
                 // Not woken by the application's XADDs: while yielding, they are why it waits.
                 pause(p, d.min(governor::SAMPLE_EVERY));
                 continue;
             }
         };
-        governor::publish(&governor, count);
+        governor::publish(p, &governor, count);
         let stream_name = snap.str(Key::RedisStream).to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
@@ -238,7 +238,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             read
         });
         let (waited, held) = hold;
-        governor::publish_hold(held, waited);
+        governor::publish_hold(p, held, waited);
         let (entries, next) = match read {
             Ok(r) => {
                 group_ready = Some(group.clone());

@@ -3,8 +3,10 @@
 //! A pipeline is one source stream and what runs it: its [`Control`] (the state word, the
 //! stop/pause/degraded flags, the wake-up and settled signals, its counted threads — started behind
 //! the panic guard, restarted after a panic), its counters ([`Metrics`]) and its triage evidence
-//! ([`Triage`]) and its Snowflake client. Commands, the report and the host's listener find pipelines in the registry; every
-//! pipeline thread and command reads this file, and it reads nothing of theirs.
+//! ([`Triage`]), its Snowflake client, and what its threads hand each other ([`super::state`]: the
+//! workers' inboxes, the settled entries, the `WB.WRITE SYNC` waiters, the drain figures). Commands,
+//! the report and the host's listener find pipelines in the registry; every pipeline thread and
+//! command reads this file, and it reads nothing of theirs but those values.
 //!
 //! Today the process runs one pipeline, the configured stream's ([`main`]); the free functions
 //! below ([`control`], [`spawn_thread`], [`METRICS`], ...) are that pipeline's. The settings stay
@@ -138,6 +140,14 @@ pub struct Pipeline {
     pub client: Mutex<Option<Arc<Client>>>,
     /// Read-backs done so far by `VERIFY_TRACKED_AFTER_WRITE` (capped by `VERIFY_TRACKED_LIMIT`).
     pub verified: AtomicU64,
+    /// Its workers' inboxes, kept so stopping can close them.
+    pub inboxes: Mutex<Vec<super::state::Inbox>>,
+    /// Settled entries waiting for one lock hold ([`super::ack`]).
+    pub acks: super::state::Acks,
+    /// `WB.WRITE ... SYNC` callers waiting for its entries ([`super::waiters`]).
+    pub waiters: Mutex<Vec<super::state::Waiter>>,
+    /// What its claimer last published ([`super::governor`]).
+    pub drain: super::state::DrainFigures,
 }
 
 impl Pipeline {
@@ -149,6 +159,10 @@ impl Pipeline {
             triage: Triage::new(),
             client: Mutex::new(None),
             verified: AtomicU64::new(0),
+            inboxes: Mutex::new(Vec::new()),
+            acks: Default::default(),
+            waiters: Mutex::new(Vec::new()),
+            drain: Default::default(),
         }
     }
 }

@@ -28,9 +28,13 @@ pub struct Events;
 
 impl Listener for Events {
     fn xadd(&self, key: &[u8]) {
-        if key == settings::current().str(Key::RedisStream).as_bytes() {
+        // The pipeline reading this stream, if any, wakes its claimer.
+        let Ok(name) = std::str::from_utf8(key) else {
+            return;
+        };
+        if let Some(p) = super::control::REGISTRY.find(name) {
             crate::host::notify::want(false);
-            super::control().wake();
+            p.control.wake();
         }
     }
 

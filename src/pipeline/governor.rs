@@ -17,8 +17,10 @@
 //!
 //! The figures are published for `WB.STATUS` (see [`published`]).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use super::control::Pipeline;
 
 /// Above this busy fraction (smoothed) the main thread counts as saturated. Measured on a 2-core
 /// host: ~0.9 under pipelined XADDs as fast as Redis takes them, ~0 while only the drain runs.
@@ -288,27 +290,26 @@ fn parse_stat(text: &str, ticks_per_second: u64) -> Option<Duration> {
 
 // --- what WB.STATUS shows --------------------------------------------------------------------------
 
-static MODE: AtomicU8 = AtomicU8::new(0);
-/// Busy fraction in per mille; `u64::MAX` when unknown.
-static BUSY_PERMILLE: AtomicU64 = AtomicU64::new(u64::MAX);
-static CHUNK: AtomicU64 = AtomicU64::new(0);
-static LAST_HOLD_US: AtomicU64 = AtomicU64::new(0);
-static LAST_LOCK_WAIT_US: AtomicU64 = AtomicU64::new(0);
-
 /// Publishes the claimer's view for `WB.STATUS`.
-pub fn publish(g: &Governor, chunk: usize) {
-    MODE.store(u8::from(g.mode == Mode::Yielding), Ordering::Relaxed);
+pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
+    let d = &p.drain;
+    d.mode
+        .store(u8::from(g.mode == Mode::Yielding), Ordering::Relaxed);
     let busy = g
         .busy
         .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
-    BUSY_PERMILLE.store(busy, Ordering::Relaxed);
-    CHUNK.store(chunk as u64, Ordering::Relaxed);
+    d.busy_permille.store(busy, Ordering::Relaxed);
+    d.chunk.store(chunk as u64, Ordering::Relaxed);
 }
 
 /// Records the last claim's lock hold and the wait to take the lock.
-pub fn publish_hold(held: Duration, waited: Duration) {
-    LAST_HOLD_US.store(held.as_micros() as u64, Ordering::Relaxed);
-    LAST_LOCK_WAIT_US.store(waited.as_micros() as u64, Ordering::Relaxed);
+pub fn publish_hold(p: &Pipeline, held: Duration, waited: Duration) {
+    p.drain
+        .last_hold_us
+        .store(held.as_micros() as u64, Ordering::Relaxed);
+    p.drain
+        .last_lock_wait_us
+        .store(waited.as_micros() as u64, Ordering::Relaxed);
 }
 
 /// What the claimer last published.
@@ -322,18 +323,19 @@ pub struct Published {
     pub last_lock_wait_us: u64,
 }
 
-pub fn published() -> Published {
-    let busy = BUSY_PERMILLE.load(Ordering::Relaxed);
+pub fn published(p: &Pipeline) -> Published {
+    let d = &p.drain;
+    let busy = d.busy_permille.load(Ordering::Relaxed);
     Published {
-        mode: if MODE.load(Ordering::Relaxed) == 1 {
+        mode: if d.mode.load(Ordering::Relaxed) == 1 {
             Mode::Yielding
         } else {
             Mode::Full
         },
         busy_pct: (busy != u64::MAX).then(|| (busy + 5) / 10),
-        chunk: CHUNK.load(Ordering::Relaxed),
-        last_hold_us: LAST_HOLD_US.load(Ordering::Relaxed),
-        last_lock_wait_us: LAST_LOCK_WAIT_US.load(Ordering::Relaxed),
+        chunk: d.chunk.load(Ordering::Relaxed),
+        last_hold_us: d.last_hold_us.load(Ordering::Relaxed),
+        last_lock_wait_us: d.last_lock_wait_us.load(Ordering::Relaxed),
     }
 }
 

@@ -44,8 +44,8 @@ fn run(p: &'static Pipeline, gil: &Gil) {
             last_metrics = Instant::now();
             log_metrics(p);
         }
-        if super::ack::retries_due() {
-            gil.with(super::ack::drain);
+        if super::ack::retries_due(p) {
+            gil.with(|ctx| super::ack::drain(p, ctx));
         }
         // Paused, the writer keeps off the Redis lock (MODULE UNLOAD waits for its threads).
         if !c.paused.load(std::sync::atomic::Ordering::Relaxed)

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod restore;
 pub mod retry;
 pub mod sink;
+pub mod state;
 pub mod status;
 pub mod triage;
 pub mod waiters;
@@ -116,7 +117,7 @@ pub fn shutdown(grace: Duration) {
         c.wait_settled(Duration::from_millis(10));
     }
     if let Some(ctx) = crate::host::stream::home() {
-        ack::drain(&ctx);
+        ack::drain(control::main(), &ctx);
     }
     c.set_state(State::Stopped);
 }
@@ -132,7 +133,7 @@ pub fn unload() -> Result<(), String> {
     }
     c.stop.store(true, Ordering::Relaxed);
     c.wake();
-    worker::close();
+    worker::close(control::main());
     // Wait (bounded) for every thread to return. This runs on the main thread, which holds the Redis
     // lock: a thread waiting for that lock cannot return until this call does, so rather than block
     // forever, refuse and let the operator repeat the command once it has.

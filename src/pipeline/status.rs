@@ -97,7 +97,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     );
     put(
         "sync_writers_waiting",
-        (crate::pipeline::waiters::count() as u64).into(),
+        (crate::pipeline::waiters::count(crate::pipeline::control::main()) as u64).into(),
     );
     put("stream", s.str(Key::RedisStream).into());
     put("group", crate::pipeline::control::group_name(&s).into());
@@ -149,7 +149,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
             eviction_warning(&policy).unwrap_or_default().into(),
         );
     }
-    let drain = super::governor::published();
+    let drain = super::governor::published(crate::pipeline::control::main());
     put("drain_mode", drain.mode.as_str().into());
     put(
         "main_thread_busy_pct",

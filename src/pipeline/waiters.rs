@@ -9,35 +9,26 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use redis_module::{BlockedClient, RedisError, RedisResult, RedisValue};
 
 use super::control::Pipeline;
-
-struct Waiter {
-    stream: String,
-    id: String,
-    deadline: Instant,
-    client: BlockedClient,
-}
-
-static WAITERS: Mutex<Vec<Waiter>> = Mutex::new(Vec::new());
+use super::state::Waiter;
 
 /// `WB.WRITE ... SYNC` callers waiting at once, at most; more are refused with `-BUSY` before their
 /// entry is added.
 pub const MAX_WAITERS: usize = 1000;
 
 /// Callers waiting now.
-pub fn count() -> usize {
-    WAITERS.lock().len()
+pub fn count(p: &Pipeline) -> usize {
+    p.waiters.lock().len()
 }
 
 fn reply(client: BlockedClient, r: RedisResult) {
     crate::host::ffi::reply_blocked("WB.WRITE SYNC", client, r);
 }
 
-pub fn register(stream: &str, id: &str, deadline: Instant, client: BlockedClient) {
-    WAITERS.lock().push(Waiter {
+pub fn register(p: &Pipeline, stream: &str, id: &str, deadline: Instant, client: BlockedClient) {
+    p.waiters.lock().push(Waiter {
         stream: stream.to_string(),
         id: id.to_string(),
         deadline,
@@ -47,9 +38,9 @@ pub fn register(stream: &str, id: &str, deadline: Instant, client: BlockedClient
 
 /// Called for every settled entry: `Ok` when committed (or nothing to write), `Err(reason)` when
 /// dead-lettered.
-pub fn settled(stream: &str, id: &str, outcome: Result<(), &str>) {
+pub fn settled(p: &Pipeline, stream: &str, id: &str, outcome: Result<(), &str>) {
     let found = {
-        let mut w = WAITERS.lock();
+        let mut w = p.waiters.lock();
         if w.is_empty() {
             return;
         }
@@ -69,10 +60,10 @@ pub fn settled(stream: &str, id: &str, outcome: Result<(), &str>) {
 }
 
 /// Answers the callers whose deadline has passed.
-pub fn expire() {
+pub fn expire(p: &Pipeline) {
     let now = Instant::now();
     let due: Vec<Waiter> = {
-        let mut w = WAITERS.lock();
+        let mut w = p.waiters.lock();
         if w.is_empty() {
             return;
         }
@@ -96,9 +87,9 @@ pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
     pipeline.spawn_supervised("wb-deadlines", move || {
         let c = &pipeline.control;
         while !c.stopping() {
-            let idle = WAITERS.lock().is_empty();
+            let idle = pipeline.waiters.lock().is_empty();
             std::thread::sleep(Duration::from_millis(if idle { 50 } else { 10 }));
-            expire();
+            expire(pipeline);
         }
     })
 }

@@ -12,38 +12,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 
-use super::ack::{self, Settle};
+use super::ack;
 use super::control::{Pipeline, State};
 use super::retry::{self, Decision};
 use super::sink::{self, SinkError};
+pub use super::state::{Inbox, Settle, Work};
 use crate::entry::Decoded;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::RawEntry;
 use crate::settings::{self, Key};
-
-/// One claimed entry on its way to Snowflake.
-#[derive(Debug)]
-pub struct Work {
-    /// The entry's ID, and its fields only when it is undecodable (see the claimer).
-    pub raw: RawEntry,
-    /// The entry's size in the stream, for the batch byte cap.
-    pub bytes: usize,
-    pub decoded: Decoded,
-    /// The stream and group it was claimed from (settles go back there); shared, not copied per entry.
-    pub stream: Arc<str>,
-    pub group: Arc<str>,
-}
-
-/// A worker's inbox. The claimer sends each worker its share of one claim at once: one wake-up per
-/// claim and worker, not one per entry.
-pub type Inbox = Sender<Vec<Work>>;
-
-/// The senders, kept so `MODULE UNLOAD` can close the channels.
-static SENDERS: Mutex<Vec<Inbox>> = Mutex::new(Vec::new());
 
 /// The workers' inboxes and threads.
 pub type Pool = (Vec<Inbox>, Vec<JoinHandle<()>>);
@@ -61,13 +41,13 @@ pub fn spawn(pipeline: &'static Pipeline, n: usize) -> Result<Pool, String> {
         senders.push(tx);
         handles.push(h);
     }
-    *SENDERS.lock() = senders.clone();
+    *pipeline.inboxes.lock() = senders.clone();
     Ok((senders, handles))
 }
 
-/// Closes the channels so idle workers exit.
-pub fn close() {
-    SENDERS.lock().clear();
+/// Closes `pipeline`'s channels so its idle workers exit.
+pub fn close(pipeline: &Pipeline) {
+    pipeline.inboxes.lock().clear();
 }
 
 /// Entries a worker has taken from its inbox and not yet settled; if the worker dies, they are given
@@ -163,10 +143,10 @@ fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
                 // so whoever sees them settled (WB.FLUSH) never sees them still held.
                 holding.1 = 0;
                 drop(held_bytes);
-                ack::queue(&stream_name, &group, settles);
+                ack::queue(p, &stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
                 c.notify_settled();
-                gil.with(ack::drain);
+                gil.with(|ctx| ack::drain(p, ctx));
             }
             None => {
                 // Stopping (or a bug, already logged): the batch stays pending, and is taken over
