@@ -578,5 +578,21 @@ mod tests {
         tx.send(()).expect("sent");
         t.join().expect("joined");
         assert_eq!(a.threads_alive(), 0);
+
+        // What the threads hand each other is each pipeline's own too.
+        a.acks.queue.lock().push(super::super::state::Item {
+            stream: "stream-a".into(),
+            group: "g".into(),
+            settle: super::super::state::Settle::Ack { id: "1-0".into() },
+        });
+        assert_eq!(
+            (a.acks.queue.lock().len(), b.acks.queue.lock().len()),
+            (1, 0)
+        );
+        let (inbox, _rx) = crossbeam_channel::unbounded();
+        b.inboxes.lock().push(inbox);
+        assert_eq!((a.inboxes.lock().len(), b.inboxes.lock().len()), (0, 1));
+        a.drain.chunk.store(7, Ordering::Relaxed);
+        assert_eq!(b.drain.chunk.load(Ordering::Relaxed), 0);
     }
 }
