@@ -296,18 +296,14 @@ fn a_replica_gets_the_primarys_captures_and_adds_none_of_its_own() {
     assert_eq!(exists, 0);
 }
 
-#[test]
-fn a_bad_mappings_file_stops_the_module_with_the_file_line_and_reason() {
+/// Loads the module into `server` with `text` as its mappings file, expects the load refused, and
+/// waits for `reason` in the server's log (`{path}` in it stands for the file's path).
+fn load_refused(server: &RedisServer, text: &str, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.yaml");
-    std::fs::write(
-        &path,
-        PERSONS_AND_CARS.replace("table: CARS", "table: CARS; DROP"),
-    )
-    .unwrap();
-    let server = RedisServer::start(Options::default().without_module());
-    let mut con = server.connection();
+    std::fs::write(&path, text).unwrap();
     let path = path.to_str().unwrap();
+    let mut con = server.connection();
     let err = redis::cmd("MODULE")
         .arg("LOADEX")
         .arg(common::redis_server::module_path().to_str().unwrap())
@@ -320,11 +316,20 @@ fn a_bad_mappings_file_stops_the_module_with_the_file_line_and_reason() {
         err.to_string().to_lowercase().contains("error loading"),
         "{err}"
     );
-    let needle =
-        format!("{path}:7: mappings[1]: table 'CARS; DROP' is not a valid Snowflake identifier");
+    let needle = reason.replace("{path}", path);
     server.wait_for("the reason in the log", Duration::from_secs(5), || {
         server.log().contains(&needle).then_some(())
     });
+}
+
+#[test]
+fn a_bad_mappings_file_stops_the_module_with_the_file_line_and_reason() {
+    let server = RedisServer::start(Options::default().without_module());
+    load_refused(
+        &server,
+        &PERSONS_AND_CARS.replace("table: CARS", "table: CARS; DROP"),
+        "{path}:7: mappings[1]: table 'CARS; DROP' is not a valid Snowflake identifier",
+    );
 }
 
 /// The tables of `PERSONS_AND_CARS`, in the emulator.
@@ -614,32 +619,15 @@ fn after_kill_9_mid_flight_every_row_equals_its_hash() {
 
 #[test]
 fn mappings_are_refused_on_a_cluster_enabled_server_rather_than_writing_into_foreign_slots() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.yaml");
-    std::fs::write(&path, PERSONS_AND_CARS).unwrap();
     let server = RedisServer::start(
         Options::default()
             .without_module()
             .conf("cluster-enabled yes")
             .conf("cluster-config-file nodes.conf"),
     );
-    let mut con = server.connection();
-    let err = redis::cmd("MODULE")
-        .arg("LOADEX")
-        .arg(common::redis_server::module_path().to_str().unwrap())
-        .arg("CONFIG")
-        .arg("writebehind.mappings-file")
-        .arg(path.to_str().unwrap())
-        .query::<redis::Value>(&mut con)
-        .expect_err("refused");
-    assert!(
-        err.to_string().to_lowercase().contains("error loading"),
-        "{err}"
+    load_refused(
+        &server,
+        PERSONS_AND_CARS,
+        "hash mappings do not run on a cluster-enabled server yet",
     );
-    server.wait_for("the reason in the log", Duration::from_secs(5), || {
-        server
-            .log()
-            .contains("hash mappings do not run on a cluster-enabled server yet")
-            .then_some(())
-    });
 }

@@ -119,16 +119,9 @@ extern "C" fn set_config(
 }
 
 fn string_of(s: *mut raw::RedisModuleString) -> String {
-    let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
-        return String::new();
-    };
-    let mut len = 0usize;
-    let p = unsafe { ptr_len(s, &mut len) };
-    if p.is_null() {
-        return String::new();
-    }
-    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
-    String::from_utf8_lossy(bytes).into_owned()
+    unsafe { super::ffi::string_bytes(s) }
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
 }
 
 /// Registers every setting and loads the values from redis.conf / `MODULE LOADEX`.

@@ -108,11 +108,10 @@ fn key_gone<'a>(info: *mut KeyInfo) -> Option<(&'a [u8], i64)> {
         return None;
     }
     let key = unsafe { (*info).key };
-    let (Some(name_of), Some(db_of), Some(ptr_len)) = (unsafe {
+    let (Some(name_of), Some(db_of)) = (unsafe {
         (
             raw::RedisModule_GetKeyNameFromModuleKey,
             raw::RedisModule_GetDbIdFromModuleKey,
-            raw::RedisModule_StringPtrLen,
         )
     }) else {
         return None;
@@ -120,16 +119,7 @@ fn key_gone<'a>(info: *mut KeyInfo) -> Option<(&'a [u8], i64)> {
     if key.is_null() {
         return None;
     }
-    let name = unsafe { name_of(key) };
-    if name.is_null() {
-        return None;
-    }
-    let mut len = 0usize;
-    let p = unsafe { ptr_len(name, &mut len) };
-    if p.is_null() {
-        return None;
-    }
-    let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    let name = unsafe { super::ffi::string_bytes(name_of(key)) }?;
     Some((name, i64::from(unsafe { db_of(key) })))
 }
 

@@ -32,6 +32,23 @@ pub fn guard<T>(where_: &str, body: impl FnOnce() -> T) -> Option<T> {
     }
 }
 
+/// The bytes of a server string, borrowed. `None` for a null string.
+///
+/// # Safety
+/// `s` is null or a string the server keeps alive for `'a` (a notification's key: the callback).
+pub unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [u8]> {
+    let ptr_len = unsafe { raw::RedisModule_StringPtrLen }?;
+    if s.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = unsafe { ptr_len(s, &mut len) };
+    if p.is_null() {
+        return None;
+    }
+    Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
 /// The longest error line a command replies with; longer texts are cut (they may carry data).
 const MAX_ERROR_BYTES: usize = 512;
 

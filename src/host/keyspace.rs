@@ -47,15 +47,9 @@ extern "C" fn on_key_event(
         let Some(listener) = super::listener() else {
             return;
         };
-        let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
+        let Some(name) = (unsafe { super::ffi::string_bytes(key) }) else {
             return;
         };
-        let mut len = 0usize;
-        let p = unsafe { ptr_len(key, &mut len) };
-        if p.is_null() {
-            return;
-        }
-        let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
         let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes();
         let ctx = Context::new(ctx);
         listener.key_event(event, name, &super::After { ctx: &ctx });

@@ -36,15 +36,9 @@ extern "C" fn on_stream_event(
         if event.to_bytes() != b"xadd" {
             return;
         }
-        let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
+        let Some(name) = (unsafe { crate::host::ffi::string_bytes(key) }) else {
             return;
         };
-        let mut len = 0usize;
-        let p = unsafe { ptr_len(key, &mut len) };
-        if p.is_null() {
-            return;
-        }
-        let name = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
         if let Some(listener) = super::listener() {
             listener.xadd(name);
         }
