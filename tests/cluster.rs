@@ -26,7 +26,7 @@ fn the_module_loads_on_every_node_of_a_cluster_that_survives_a_killed_primary() 
             let mut c = cluster.connection_for(&key);
             let _: String = q(&mut c, &["SET", &key, "v"]);
             // Replicated before the primary is killed below.
-            let acked: i64 = q(&mut c, &["WAIT", "1", "5000"]);
+            let acked: i64 = q(&mut c, &["WAIT", "1", "20000"]);
             assert_eq!(acked, 1);
             cluster.owner_of(cluster.slot_of(&key))
         })

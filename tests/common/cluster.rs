@@ -81,7 +81,32 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_formed(Duration::from_secs(30));
+        cluster.wait_replicas_in_sync(Duration::from_secs(60));
         cluster
+    }
+
+    /// Waits until every running replica's link to its primary is up (its first sync done), so a
+    /// write can be replicated (`WAIT`) before a primary is killed.
+    pub fn wait_replicas_in_sync(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let lagging: Vec<u16> = self
+                .running()
+                .filter(|n| {
+                    let info: String = q(&mut n.connection(), &["INFO", "replication"]);
+                    info.contains("master_link_status:") && !info.contains("master_link_status:up")
+                })
+                .map(|n| n.port)
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas on ports {lagging:?} did not finish their first sync in time"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until every running node reports `cluster_state:ok` and the same number of known nodes.
