@@ -1,8 +1,8 @@
 //! A real Redis Cluster (or Valkey cluster) on 127.0.0.1 for tests: `--cluster-enabled` servers with
 //! the module, joined by the server's own `redis-cli --cluster create`.
 //!
-//! Ports are picked at or below 55535, since each node also listens on its port + 10000 (the cluster
-//! bus). Readiness is polled with deadlines: every node says `cluster_state:ok` and knows every other.
+//! Each node also listens on its port + 10000 (the cluster bus); ports are picked so both stay out
+//! of the ephemeral range (see [`cluster_ports`]). Readiness is polled with deadlines: every node says `cluster_state:ok` and knows every other.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,14 +25,18 @@ pub fn cli_bin() -> PathBuf {
     server.with_file_name(name)
 }
 
-/// `n` ports, each free together with its cluster bus port, all at or below 55535.
+/// `n` ports, each free together with its cluster bus port (+10000). All are taken from 20000–22767,
+/// so the bus ports stay below 32768, where Linux hands out ephemeral ports: no client connection
+/// made while the nodes start can take a node's port first.
 fn cluster_ports(n: usize) -> Vec<u16> {
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 22_767;
     let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut next = 20_000 + (seed.wrapping_mul(2_654_435_761) % 35_000) as u16;
+    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    let mut next = FIRST + (seed % u64::from(LAST - FIRST)) as u16;
     let mut ports = Vec::new();
     while ports.len() < n {
-        next = if next >= 55_535 { 20_000 } else { next + 1 };
+        next = if next >= LAST { FIRST } else { next + 1 };
         if bindable(next) && bindable(next + 10_000) {
             ports.push(next);
         }
