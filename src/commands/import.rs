@@ -4,6 +4,7 @@
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text};
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, import};
 use crate::settings::{self, Key};
 
@@ -59,9 +60,20 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     }
     refuse_on_replica(ctx, "WB.IMPORT")?;
     background::run(ctx, "WB.IMPORT", true, move |gil| {
-        match import::run(&patterns, delete, gil, &s) {
+        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
+            REGISTRY
+                .served(ctx)
+                .iter()
+                .map(|p| p.names.clone())
+                .collect()
+        });
+        match import::run(&streams, &patterns, delete, gil, &s) {
             Ok(sum) => Ok(map(vec![
                 ("imported".into(), RedisValue::Integer(sum.imported as i64)),
+                (
+                    "elsewhere".into(),
+                    RedisValue::Integer(sum.elsewhere as i64),
+                ),
                 (
                     "already_imported".into(),
                     RedisValue::Integer(sum.already as i64),

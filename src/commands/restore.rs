@@ -4,6 +4,7 @@
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text, whole};
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, restore};
 use crate::settings::{self, Key};
 
@@ -71,19 +72,44 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
         ));
     }
     background::run(ctx, "WB.RESTORE", true, move |gil| {
-        match restore::run(&req, gil, &s) {
-            Ok(sum) => match sum.skipped {
-                Some(why) => Err(err(format!(
-                    "ERR restore skipped: {why} (WB.RESTORE FORCE restores anyway)"
-                ))),
-                None => Ok(map(vec![
-                    ("rows".into(), RedisValue::Integer(sum.rows as i64)),
-                    ("entries".into(), RedisValue::Integer(sum.entries as i64)),
-                    ("records".into(), RedisValue::Integer(sum.records as i64)),
-                ])),
-            },
-            Err(e) => Err(err(format!("ERR restore failed: {e}"))),
+        // Each stream this node serves (one, unless STREAM_SHARDS > 1) is restored with its rows.
+        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
+            REGISTRY
+                .served(ctx)
+                .iter()
+                .map(|p| p.names.clone())
+                .collect()
+        });
+        let mut total = restore::Summary::default();
+        let mut skipped: Vec<String> = Vec::new();
+        for names in &streams {
+            match restore::run(names, &req, gil, &s) {
+                Ok(sum) => match sum.skipped {
+                    Some(why) => skipped.push(why),
+                    None => {
+                        total.rows = total.rows.max(sum.rows);
+                        total.entries += sum.entries;
+                        total.records += sum.records;
+                    }
+                },
+                Err(e) => return Err(err(format!("ERR restore failed: {e}"))),
+            }
         }
+        if skipped.len() == streams.len() {
+            return Err(err(format!(
+                "ERR restore skipped: {} (WB.RESTORE FORCE restores anyway)",
+                if skipped.is_empty() {
+                    "this node serves none of the streams".to_string()
+                } else {
+                    skipped.join("; ")
+                }
+            )));
+        }
+        Ok(map(vec![
+            ("rows".into(), RedisValue::Integer(total.rows as i64)),
+            ("entries".into(), RedisValue::Integer(total.entries as i64)),
+            ("records".into(), RedisValue::Integer(total.records as i64)),
+        ]))
     })
 }
 

@@ -54,6 +54,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
     let mut governor = Governor::default();
     let mut sizer = ChunkSizer::default();
     let epoch = Instant::now();
+    let on_cluster = gil.with(crate::host::cluster::enabled);
     loop {
         if c.stopping() {
             return;
@@ -85,6 +86,22 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
                 continue;
             }
             Server::Primary => {}
+        }
+        // On a cluster, only the node serving the stream's slot drains it: not before the cluster
+        // is formed, not once the slot has moved away.
+        if on_cluster {
+            if let Err(why) = gil.with(|ctx| crate::host::cluster::serves(ctx, &p.source)) {
+                if c.state() != State::Elsewhere {
+                    logging::info(&format!("{why}: another primary drains it"));
+                }
+                c.set_state(State::Elsewhere);
+                recovering = true;
+                cursor = "0-0".into();
+                group_ready = None;
+                last_entries_read = None;
+                c.wait_wake(Duration::from_millis(200));
+                continue;
+            }
         }
         // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
         if !*started {
@@ -163,7 +180,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             }
         };
         governor::publish(p, &governor, count);
-        let stream_name = snap.str(Key::RedisStream).to_string();
+        let stream_name = p.source.clone();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
@@ -172,6 +189,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
             let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
+                crate::host::cluster::serves(ctx, &stream_name)?;
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
                 }
@@ -225,7 +243,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD falls
             // between this read and the wait.
             if read.as_ref().is_ok_and(|(entries, _)| entries.is_empty()) {
-                crate::host::notify::want(true);
+                p.idle();
             }
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
@@ -273,7 +291,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         if entries.is_empty() {
             if !recovering {
                 c.wait_wake(Duration::from_secs(1));
-                crate::host::notify::want(false);
+                p.busy();
             }
             continue;
         }
@@ -287,6 +305,19 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             snap.bool(Key::LogRaw),
         );
     }
+}
+
+/// With `STREAM_SHARDS` > 1, why an entry cannot be written from this shard stream: a row it writes
+/// belongs to another shard. Each row is written from one stream only, since the entry IDs of two
+/// streams are not comparable (a row remembers the newest entry applied to it).
+fn wrong_shard(p: &Pipeline, decoded: &entry::Decoded) -> Option<entry::DecodeError> {
+    let shard = p.names.shard?;
+    let (row, home) = shard.stray(&decoded.row_keys())?;
+    let home = p.names.sibling(home);
+    Some(entry::DecodeError::WrongShard {
+        row: crate::entry::rules::shown(row),
+        home,
+    })
 }
 
 /// Sleeps `d`, in short steps so stopping and pausing are seen at once.
@@ -390,6 +421,10 @@ fn dispatch(
                 id,
                 reason: entry::DecodeError::TooLarge { bytes, max },
             },
+            None => decoded,
+        };
+        let decoded = match wrong_shard(p, &decoded) {
+            Some(reason) => entry::Decoded::Undecodable { id, reason },
             None => decoded,
         };
         let route = route(&decoded.row_keys(), &raw.id, workers.len());
@@ -506,7 +541,7 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
             let mut req = crate::pipeline::restore::Request::from_settings(&snap);
             let attempts = snap.uint(Key::ConfigMaxAttempts).max(1);
             for attempt in 1..=attempts {
-                match crate::pipeline::restore::run(&req, gil, &snap) {
+                match crate::pipeline::restore::run(&p.names, &req, gil, &snap) {
                     Ok(sum) => {
                         if let Some(why) = sum.skipped {
                             logging::info(&format!("restore on empty skipped: {why}"));
@@ -530,8 +565,19 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
         }
     }
     let patterns = snap.list(Key::ExtraBridgeKeys);
-    if !patterns.is_empty() {
-        if let Err(e) = crate::pipeline::import::run(patterns, false, gil, &snap) {
+    if !patterns.is_empty()
+        && !super::control::REGISTRY
+            .imported_at_start
+            .swap(true, Ordering::Relaxed)
+    {
+        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
+            super::control::REGISTRY
+                .served(ctx)
+                .iter()
+                .map(|p| p.names.clone())
+                .collect()
+        });
+        if let Err(e) = crate::pipeline::import::run(&streams, patterns, false, gil, &snap) {
             logging::warning(&format!(
                 "legacy import failed: {e} (WB.IMPORT runs it again)"
             ));
