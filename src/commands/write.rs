@@ -1,6 +1,10 @@
-//! `WB.WRITE <json> [SYNC [timeout-ms]]`: one native command for validated writes, write-through with
-//! acknowledgement, and failover to Snowflake.
+//! `WB.WRITE [<stream>] <json> [SYNC [timeout-ms]]`: one native command for validated writes,
+//! write-through with acknowledgement, and failover to Snowflake.
 //!
+//! - The stream named first is the command's key, so a cluster routes the command to the node
+//!   serving it. It must be named with `STREAM_SHARDS` > 1 (`<stream>:{i}`, i = CRC-32 of the row id
+//!   modulo N; an entry whose rows belong to another shard is refused); with one stream it may be
+//!   left out, and then, on a cluster, the command must be sent to the node serving the stream.
 //! - The payload is checked by the same decoder the pipeline uses; an invalid one is refused with the
 //!   reason and nothing is added.
 //! - It is added to the stream (`XADD`, replicated) and the reply is its entry ID.
