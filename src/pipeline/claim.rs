@@ -26,21 +26,37 @@ use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
 use crate::settings::{self, Key};
 
-/// Starts the claimer of `pipeline`, feeding `workers`.
-pub fn spawn(pipeline: &'static Pipeline, workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
+/// Starts the claimer of `pipeline`. Its workers, housekeeper and deadline thread start when the
+/// claimer first finds its stream served by this node ([`crew`]): on a cluster, a node runs only a
+/// claimer for each shard stream it does not serve.
+pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
-    // Restarted after a panic: start-up tasks are not run again.
+    // Restarted after a panic: start-up tasks are not run again, the crew is not started again.
     let mut started = false;
+    let mut workers: Vec<Inbox> = Vec::new();
     pipeline.spawn_supervised("wb-claimer", move || {
-        run(pipeline, &gil, &workers, &mut started)
+        run(pipeline, &gil, &mut workers, &mut started)
     })
+}
+
+/// Starts the rest of `p`'s threads: `WORKERS` workers, the housekeeper and the deadline thread;
+/// gives back the workers' inboxes. Under the lock (each thread's context is made under it).
+fn crew(p: &'static Pipeline) -> Result<Vec<Inbox>, String> {
+    let n = settings::current().int(Key::Workers).clamp(1, 64) as usize;
+    let (inboxes, handles) = super::worker::spawn(p, n)?;
+    let housekeeper = super::housekeeping::spawn(p)?;
+    let deadlines = super::waiters::spawn(p)?;
+    let mut threads = p.control.threads.lock();
+    threads.extend(handles);
+    threads.extend([housekeeper, deadlines]);
+    Ok(inboxes)
 }
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
 
-fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
+fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
@@ -99,8 +115,21 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
                 cursor = "0-0".into();
                 group_ready = None;
                 last_entries_read = None;
-                c.wait_wake(Duration::from_millis(200));
+                // One look a second: a node takes the lock for the streams it does not serve
+                // only this often (the slot comes here by a failover or a resharding).
+                c.wait_wake(Duration::from_secs(1));
                 continue;
+            }
+        }
+        if workers.is_empty() {
+            match gil.with(|_| crew(p)) {
+                Ok(inboxes) => *workers = inboxes,
+                Err(e) => {
+                    logging::warning(&format!("{}: {e}; trying again", p.source));
+                    p.metrics.set_error(&e);
+                    c.wait_wake(Duration::from_secs(1));
+                    continue;
+                }
             }
         }
         // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.

@@ -187,6 +187,8 @@ impl Pipeline {
 /// loaded again finds it as it was, and [`super::start`] resets its control).
 pub struct Registry {
     pipelines: RwLock<Vec<&'static Pipeline>>,
+    /// The same, by stream name (an `XADD`'s notification looks its stream up here).
+    by_source: RwLock<Option<std::collections::HashMap<String, &'static Pipeline>>>,
     main: OnceLock<&'static Pipeline>,
     /// The hash mappings in force and their figures ([`super::mapped`]), set at load.
     pub mapped: RwLock<Option<Arc<super::mapped::Mapped>>>,
@@ -199,6 +201,7 @@ impl Registry {
     pub const fn new() -> Registry {
         Registry {
             pipelines: RwLock::new(Vec::new()),
+            by_source: RwLock::new(None),
             main: OnceLock::new(),
             mapped: RwLock::new(None),
             imported_at_start: AtomicBool::new(false),
@@ -209,16 +212,16 @@ impl Registry {
     pub fn add(&self, pipeline: Pipeline) -> &'static Pipeline {
         let p: &'static Pipeline = Box::leak(Box::new(pipeline));
         self.pipelines.write().push(p);
+        self.by_source
+            .write()
+            .get_or_insert_with(Default::default)
+            .insert(p.source.clone(), p);
         p
     }
 
     /// The pipeline reading `source`.
     pub fn find(&self, source: &str) -> Option<&'static Pipeline> {
-        self.pipelines
-            .read()
-            .iter()
-            .find(|p| p.source == source)
-            .copied()
+        self.by_source.read().as_ref()?.get(source).copied()
     }
 
     /// The hash mappings in force, if any.

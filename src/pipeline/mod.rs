@@ -52,7 +52,6 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::settings::Key;
 pub use control::{
     control, dry_run, group_name, release_bytes, session_state, settle_lost, spawn_supervised,
     spawn_thread, state, threads_alive, unconfigured, Control, State, CLAIM_CHUNK_BYTES,
@@ -88,14 +87,8 @@ fn start_one(pipeline: &'static control::Pipeline) -> Result<(), String> {
     } else {
         State::Starting
     });
-    let workers = s.int(Key::Workers).clamp(1, 64) as usize;
-    let (senders, handles) = worker::spawn(pipeline, workers)?;
-    let claimer = claim::spawn(pipeline, senders)?;
-    let housekeeper = housekeeping::spawn(pipeline)?;
-    let deadlines = waiters::spawn(pipeline)?;
-    let mut threads = c.threads.lock();
-    threads.extend(handles);
-    threads.extend([claimer, housekeeper, deadlines]);
+    let claimer = claim::spawn(pipeline)?;
+    c.threads.lock().push(claimer);
     Ok(())
 }
 
