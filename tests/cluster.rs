@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use common::cluster::Cluster;
 use common::emulator::Emulator;
 use common::redis_server::{q, q_err, status, Options};
+use common::visits::{add_stream_visits, assert_in_snowflake, visited};
 use common::wired;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SHARDS: u32 = 4;
 
@@ -26,23 +27,6 @@ fn shard_of(user: &str) -> u32 {
     crc32fast::hash(user.as_bytes()) % SHARDS
 }
 
-fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// A visited batch of one user: `n` records of tracks `t0..t4`.
-fn visited(user: &str, n: usize, seq: usize) -> String {
-    let ts = now();
-    let records: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"id": user, "page_name": "search", "query_row_count": "3",
-                "track_id": format!("t{}", (seq + i) % 5), "track_title": "T",
-                "track_type": "query", "track_url": "/t", "lastplus": ts, "action": "v"})
-        })
-        .collect();
-    json!({"key": format!("userdata-events:{user}/visited"), "records": records}).to_string()
-}
-
 /// Adds `per_user` entries for each of `users` users (numbered from `first`) to their shard
 /// streams, through the node serving each; waits until a replica has each write.
 fn spread(cluster: &Cluster, first: usize, users: usize, per_user: usize) -> usize {
@@ -53,7 +37,7 @@ fn spread(cluster: &Cluster, first: usize, users: usize, per_user: usize) -> usi
             by_stream
                 .entry(stream_of(shard_of(&user)))
                 .or_default()
-                .push(visited(&user, 1 + seq % 3, seq));
+                .push(visited(&user, 1 + seq % 3, seq as u64));
         }
     }
     let mut added = 0;
@@ -103,72 +87,17 @@ fn flush_all(cluster: &Cluster) {
 
 /// `tracked_id|track_id` -> visits, from every entry of every shard stream now.
 fn expected_visits(cluster: &Cluster) -> BTreeMap<String, i64> {
-    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    let mut out = BTreeMap::new();
     for shard in 0..SHARDS {
         let stream = stream_of(shard);
-        let mut c = cluster.connection_for(&stream);
-        let page: Vec<(String, BTreeMap<String, String>)> =
-            q(&mut c, &["XRANGE", &stream, "-", "+"]);
-        for (_, fields) in &page {
-            let v: Value = serde_json::from_str(&fields["value"]).expect("generated JSON");
-            for r in v["records"].as_array().expect("records") {
-                let key = format!(
-                    "{}|{}",
-                    r["id"].as_str().unwrap_or_default(),
-                    r["track_id"].as_str().unwrap_or_default()
-                );
-                *out.entry(key).or_default() += 1;
-            }
-        }
+        add_stream_visits(&mut cluster.connection_for(&stream), &stream, &mut out);
     }
     out
 }
 
-/// `tracked_id|track_id` -> `visited_count`, from Snowflake.
-fn actual_visits(emu: &Emulator) -> BTreeMap<String, i64> {
-    emu.sql("SELECT tracked_id, track_id, visited_count FROM TRACKED")
-        .into_iter()
-        .map(|r| {
-            let n = r[2]
-                .as_deref()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(-1.0) as i64;
-            (
-                format!(
-                    "{}|{}",
-                    r[0].clone().unwrap_or_default(),
-                    r[1].clone().unwrap_or_default()
-                ),
-                n,
-            )
-        })
-        .collect()
-}
-
 /// Every entry of every shard stream is in Snowflake exactly once, nothing is pending anywhere.
 fn assert_exactly_once(cluster: &Cluster, emu: &Emulator) -> i64 {
-    let expected = expected_visits(cluster);
-    let actual = actual_visits(emu);
-    let total: i64 = expected.values().sum();
-    assert!(total > 0, "no entries were generated");
-    let diffs: Vec<String> = expected
-        .keys()
-        .chain(actual.keys())
-        .filter(|k| expected.get(*k) != actual.get(*k))
-        .map(|k| {
-            format!(
-                "{k}: streams {:?} snowflake {:?}",
-                expected.get(k),
-                actual.get(k)
-            )
-        })
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "Snowflake differs from the streams ({} rows): {}",
-        diffs.len(),
-        diffs.join("; ")
-    );
+    let total = assert_in_snowflake(&expected_visits(cluster), emu);
     for i in cluster.primaries() {
         let st = status(&mut cluster.nodes[i].connection());
         assert_eq!(st["pending"], "0", "port {}: {st:?}", cluster.nodes[i].port);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::emulator::Emulator;
 use common::redis_server::{q, q_err, status, RedisServer};
+use common::visits::visited;
 use common::wired;
 use serde_json::{json, Value};
 
@@ -20,15 +21,6 @@ fn stream_of(shard: u32) -> String {
 
 fn shard_of(id: &str) -> u32 {
     crc32fast::hash(id.as_bytes()) % SHARDS
-}
-
-fn visited(user: &str, track: usize) -> String {
-    let ts = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
-    json!({"key": format!("userdata-events:{user}/visited"), "records": [
-        {"id": user, "page_name": "search", "query_row_count": "3", "track_id": format!("t{track}"),
-         "track_title": "T", "track_type": "query", "track_url": "/t", "lastplus": ts, "action": "v"}
-    ]})
-    .to_string()
 }
 
 fn flush(con: &mut redis::Connection) {
@@ -63,7 +55,13 @@ fn every_shard_stream_is_written_and_a_stray_entry_is_dead_lettered_with_its_hom
         for track in 0..(1 + i % 3) {
             let _: String = q(
                 &mut con,
-                &["XADD", &stream, "*", "value", &visited(user, track)],
+                &[
+                    "XADD",
+                    &stream,
+                    "*",
+                    "value",
+                    &visited(user, 1, track as u64),
+                ],
             );
             *expected.entry(user.clone()).or_default() += 1;
         }
@@ -86,7 +84,13 @@ fn every_shard_stream_is_written_and_a_stray_entry_is_dead_lettered_with_its_hom
     let wrong = (shard_of(stray) + 1) % SHARDS;
     let stray_id: String = q(
         &mut con,
-        &["XADD", &stream_of(wrong), "*", "value", &visited(stray, 0)],
+        &[
+            "XADD",
+            &stream_of(wrong),
+            "*",
+            "value",
+            &visited(stray, 1, 0),
+        ],
     );
     flush(&mut con);
 
@@ -126,11 +130,11 @@ fn every_shard_stream_is_written_and_a_stray_entry_is_dead_lettered_with_its_hom
         );
     }
     // WB.WRITE names the shard stream; without it, with shards, it says how.
-    let e = q_err(&mut con, &["WB.WRITE", &visited("user-1", 9)]);
+    let e = q_err(&mut con, &["WB.WRITE", &visited("user-1", 1, 9)]);
     assert!(e.contains("name the shard stream first"), "{e}");
     let e = q_err(
         &mut con,
-        &["WB.WRITE", &stream_of(wrong), &visited(stray, 1)],
+        &["WB.WRITE", &stream_of(wrong), &visited(stray, 1, 1)],
     );
     assert!(e.contains("nothing was added"), "{e}");
     let id: String = q(
@@ -138,7 +142,7 @@ fn every_shard_stream_is_written_and_a_stray_entry_is_dead_lettered_with_its_hom
         &[
             "WB.WRITE",
             &stream_of(shard_of("user-1")),
-            &visited("user-1", 9),
+            &visited("user-1", 1, 9),
             "SYNC",
             "20000",
         ],
@@ -160,7 +164,7 @@ fn an_empty_sharded_server_is_restored_each_row_into_its_own_shard_stream() {
                     &[
                         "WB.WRITE",
                         &stream_of(shard_of(user)),
-                        &visited(user, track),
+                        &visited(user, 1, track as u64),
                     ],
                 );
             }

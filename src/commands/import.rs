@@ -60,13 +60,7 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     }
     refuse_on_replica(ctx, "WB.IMPORT")?;
     background::run(ctx, "WB.IMPORT", true, move |gil| {
-        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
-            REGISTRY
-                .served(ctx)
-                .iter()
-                .map(|p| p.names.clone())
-                .collect()
-        });
+        let streams = REGISTRY.served_names(gil);
         match import::run(&streams, &patterns, delete, gil, &s) {
             Ok(sum) => Ok(map(vec![
                 ("imported".into(), RedisValue::Integer(sum.imported as i64)),

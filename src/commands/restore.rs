@@ -73,13 +73,7 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     }
     background::run(ctx, "WB.RESTORE", true, move |gil| {
         // Each stream this node serves (one, unless STREAM_SHARDS > 1) is restored with its rows.
-        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
-            REGISTRY
-                .served(ctx)
-                .iter()
-                .map(|p| p.names.clone())
-                .collect()
-        });
+        let streams = REGISTRY.served_names(gil);
         let mut total = restore::Summary::default();
         let mut skipped: Vec<String> = Vec::new();
         for names in &streams {

@@ -86,40 +86,39 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             c.wait_wake(Duration::from_millis(100));
             continue;
         }
-        match server(gil) {
+        // Not this node's to drain now: a replica, or on a cluster a node that does not serve the
+        // stream's slot (before the cluster is formed, once the slot has moved away). What it read
+        // is forgotten: when the stream is its own again, pending entries are taken over first.
+        let away = match server(gil) {
             Server::Loading => {
                 c.set_state(State::Loading);
                 c.wait_wake(Duration::from_millis(50));
                 continue;
             }
-            Server::Replica => {
-                c.set_state(State::Replica);
-                recovering = true;
-                cursor = "0-0".into();
-                group_ready = None;
-                last_entries_read = None;
-                c.wait_wake(Duration::from_millis(200));
-                continue;
-            }
-            Server::Primary => {}
-        }
-        // On a cluster, only the node serving the stream's slot drains it: not before the cluster
-        // is formed, not once the slot has moved away.
-        if on_cluster {
-            if let Err(why) = gil.with(|ctx| crate::host::cluster::serves(ctx, &p.source)) {
-                if c.state() != State::Elsewhere {
-                    logging::info(&format!("{why}: another primary drains it"));
+            Server::Replica => Some((State::Replica, Duration::from_millis(200))),
+            Server::Primary if on_cluster => {
+                match gil.with(|ctx| crate::host::cluster::serves(ctx, &p.source)) {
+                    Ok(()) => None,
+                    Err(why) => {
+                        if c.state() != State::Elsewhere {
+                            logging::info(&format!("{why}: another primary drains it"));
+                        }
+                        // One look a second: a node takes the lock for a stream it does not serve
+                        // only this often (the slot comes by a failover or a resharding).
+                        Some((State::Elsewhere, Duration::from_secs(1)))
+                    }
                 }
-                c.set_state(State::Elsewhere);
-                recovering = true;
-                cursor = "0-0".into();
-                group_ready = None;
-                last_entries_read = None;
-                // One look a second: a node takes the lock for the streams it does not serve
-                // only this often (the slot comes here by a failover or a resharding).
-                c.wait_wake(Duration::from_secs(1));
-                continue;
             }
+            Server::Primary => None,
+        };
+        if let Some((state, look_again)) = away {
+            c.set_state(state);
+            recovering = true;
+            cursor = "0-0".into();
+            group_ready = None;
+            last_entries_read = None;
+            c.wait_wake(look_again);
+            continue;
         }
         if workers.is_empty() {
             match gil.with(|_| crew(p)) {
@@ -599,13 +598,7 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
             .imported_at_start
             .swap(true, Ordering::Relaxed)
     {
-        let streams: Vec<crate::shard::Names> = gil.with(|ctx| {
-            super::control::REGISTRY
-                .served(ctx)
-                .iter()
-                .map(|p| p.names.clone())
-                .collect()
-        });
+        let streams = super::control::REGISTRY.served_names(gil);
         if let Err(e) = crate::pipeline::import::run(&streams, patterns, false, gil, &snap) {
             logging::warning(&format!(
                 "legacy import failed: {e} (WB.IMPORT runs it again)"

@@ -258,6 +258,12 @@ impl Registry {
             .collect()
     }
 
+    /// The key names of the streams this node serves now (see [`Registry::served`]). Takes the
+    /// lock through `gil`.
+    pub fn served_names(&self, gil: &crate::host::gil::Gil) -> Vec<crate::shard::Names> {
+        gil.with(|ctx| self.served(ctx).iter().map(|p| p.names.clone()).collect())
+    }
+
     /// The first pipeline, made for `source()` when there is none yet.
     pub fn main_or(&self, source: impl FnOnce() -> String) -> &'static Pipeline {
         self.main.get_or_init(|| {
