@@ -3,7 +3,7 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text};
+use super::{each_option, err, handle, map, refuse_inside_multi, refuse_on_replica};
 use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, import};
 use crate::settings::{self, Key};
@@ -19,24 +19,19 @@ pub struct Args {
 impl Args {
     pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
         let mut parsed = Args::default();
-        let mut i = 1;
-        while i < args.len() {
-            match text(args[i])?.to_ascii_uppercase().as_str() {
-                "MATCH" => {
-                    i += 1;
-                    parsed.pattern =
-                        Some(text(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
+        each_option(
+            args,
+            "WB.IMPORT",
+            "MATCH pattern or DELETE",
+            |name, options| {
+                match name {
+                    "MATCH" => parsed.pattern = Some(options.text()?.to_string()),
+                    "DELETE" => parsed.delete = true,
+                    _ => return Ok(false),
                 }
-                "DELETE" => parsed.delete = true,
-                other => {
-                    return Err(err(format!(
-                        "ERR unknown WB.IMPORT option {}: use MATCH pattern or DELETE",
-                        shown(other)
-                    )))
-                }
-            }
-            i += 1;
-        }
+                Ok(true)
+            },
+        )?;
         Ok(parsed)
     }
 }

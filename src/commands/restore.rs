@@ -3,7 +3,7 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text, whole};
+use super::{each_option, err, handle, map, refuse_inside_multi, refuse_on_replica, whole};
 use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, restore};
 use crate::settings::{self, Key};
@@ -21,32 +21,26 @@ pub struct Args {
 impl Args {
     pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
         let mut parsed = Args::default();
-        let mut i = 1;
-        while i < args.len() {
-            match text(args[i])?.to_ascii_uppercase().as_str() {
-                "FORCE" => parsed.force = true,
-                "DAYS" => {
-                    i += 1;
-                    let n = whole(args.get(i).ok_or(RedisError::WrongArity)?, "DAYS")?;
-                    if !(1..=3650).contains(&n) {
-                        return Err(err("ERR DAYS must be from 1 to 3650"));
+        each_option(
+            args,
+            "WB.RESTORE",
+            "FORCE, DAYS n or USER name",
+            |name, options| {
+                match name {
+                    "FORCE" => parsed.force = true,
+                    "DAYS" => {
+                        let n = whole(options.value()?, "DAYS")?;
+                        if !(1..=3650).contains(&n) {
+                            return Err(err("ERR DAYS must be from 1 to 3650"));
+                        }
+                        parsed.days = Some(n);
                     }
-                    parsed.days = Some(n);
+                    "USER" => parsed.user = Some(options.text()?.to_string()),
+                    _ => return Ok(false),
                 }
-                "USER" => {
-                    i += 1;
-                    parsed.user =
-                        Some(text(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
-                }
-                other => {
-                    return Err(err(format!(
-                        "ERR unknown WB.RESTORE option {}: use FORCE, DAYS n or USER name",
-                        shown(other)
-                    )))
-                }
-            }
-            i += 1;
-        }
+                Ok(true)
+            },
+        )?;
         Ok(parsed)
     }
 }
