@@ -71,6 +71,14 @@ fn whole(a: &[u8], what: &str) -> Result<u64, RedisError> {
         .map_err(|_| err(format!("ERR {what} must be a non-negative whole number")))
 }
 
+/// Refuses any argument after the command name.
+fn no_arguments(args: &[&[u8]]) -> Result<(), RedisError> {
+    if args.len() != 1 {
+        return Err(RedisError::WrongArity);
+    }
+    Ok(())
+}
+
 /// The arguments after an option's name, for the options that take a value.
 struct Options<'a, 'b> {
     rest: std::slice::Iter<'b, &'a [u8]>,
