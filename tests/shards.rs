@@ -202,3 +202,45 @@ fn an_empty_sharded_server_is_restored_each_row_into_its_own_shard_stream() {
     assert_eq!(visits_by_user(&emu), before);
     assert!(before.values().all(|n| *n == 2), "{before:?}");
 }
+
+#[test]
+fn a_stream_name_with_braces_cannot_head_a_family_and_the_module_says_why() {
+    let server = RedisServer::start(common::redis_server::Options::default().without_module());
+    let mut con = server.connection();
+    let so = common::redis_server::module_path().display().to_string();
+    let e = q_err(
+        &mut con,
+        &[
+            "MODULE",
+            "LOADEX",
+            &so,
+            "CONFIG",
+            "writebehind.redis-stream",
+            "{user}data",
+            "CONFIG",
+            "writebehind.stream-shards",
+            "4",
+        ],
+    );
+    assert!(e.contains("Error loading the extension"), "{e}");
+    assert!(
+        server
+            .log()
+            .contains("REDIS_STREAM '{user}data' has braces: with STREAM_SHARDS=4"),
+        "{}",
+        server.log()
+    );
+    // The same name with one stream is fine.
+    let ok: String = q(
+        &mut con,
+        &[
+            "MODULE",
+            "LOADEX",
+            &so,
+            "CONFIG",
+            "writebehind.redis-stream",
+            "{user}data",
+        ],
+    );
+    assert_eq!(ok, "OK");
+}
