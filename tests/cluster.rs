@@ -291,6 +291,13 @@ fn a_slot_moved_while_its_shard_stream_drains_is_finished_by_its_new_owner_exact
         Duration::from_secs(30),
         |st| st["shard.3.served"] == "0" && st["shard.3.state"] == "not-served",
     );
+    // A stream leaving with its slot is not a loss.
+    let log = cluster.nodes[from].log();
+    assert!(
+        log.contains(&format!("stream {moving} left this node with its slot")),
+        "{log}"
+    );
+    assert!(!log.contains("LOST"), "{log}");
     // New entries go to the new owner.
     added += spread(&cluster, 80, 20, 2);
     flush_all(&cluster);

@@ -33,3 +33,32 @@ pub fn serves(ctx: &Context, key: &str) -> Result<(), String> {
 pub fn elsewhere(error: &str) -> bool {
     error.starts_with(NOT_SERVED)
 }
+
+/// Whether `key`, about to be deleted on this node, leaves with its slot rather than for good: this
+/// node no longer serves the slot (the cluster drops a lost slot's keys), or the slot is being
+/// migrated away (`MIGRATE` during a resharding: this node's line of `CLUSTER NODES` lists it as
+/// `[<slot>->-<target>]`). Main thread; only for the module's own streams.
+pub fn leaving(ctx: &Context, key: &str) -> bool {
+    if !enabled(ctx) {
+        return false;
+    }
+    if serves(ctx, key).is_err() {
+        return true;
+    }
+    let stream = super::stream::call_read;
+    let Ok(redis_module::RedisValue::Integer(slot)) =
+        stream(ctx, "CLUSTER", &[b"KEYSLOT", key.as_bytes()])
+    else {
+        return false;
+    };
+    let nodes = stream(ctx, "CLUSTER", &[b"NODES"])
+        .ok()
+        .as_ref()
+        .and_then(super::stream::text)
+        .unwrap_or_default();
+    let migrating = format!("[{slot}->-");
+    nodes
+        .lines()
+        .find(|line| line.contains("myself"))
+        .is_some_and(|line| line.contains(&migrating))
+}

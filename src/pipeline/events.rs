@@ -9,6 +9,10 @@
 //! logged as a `LOST` warning. The writer then carries on with the stream the application creates
 //! next (the claimer re-creates its group at ID 0). Entries the module holds are still written.
 //!
+//! On a cluster, a stream deleted because it leaves with its slot (`MIGRATE` in a resharding, or a
+//! slot this node no longer serves) is not a loss: its entries live on at the node serving the
+//! slot, which drains them.
+//!
 //! A stream moved away is the same loss: `RENAME` or `MOVE` of the stream key deletes it under its
 //! name (the key event above), and `SWAPDB` of the stream's database puts another database's content
 //! under the name — the old stream, now in the other database, is judged there just after the swap,
@@ -56,24 +60,20 @@ impl Listener for Events {
                 let Ok(name) = std::str::from_utf8(key) else {
                     return;
                 };
-                if let Some(p) = REGISTRY.find(name) {
-                    stream_ends(p, how, None);
-                }
-            }
-            ServerEvent::KeyMoved { key, db } => {
-                if db != settings::current().int(Key::RedisDb) {
-                    return;
-                }
-                let Ok(name) = std::str::from_utf8(key) else {
+                let Some(p) = REGISTRY.find(name) else {
                     return;
                 };
-                if let Some(p) = REGISTRY.find(name) {
-                    // Its pending entries go with it: the node that serves the slot now takes
-                    // them over, and Snowflake applies each entry once.
+                let leaving = how == "deleted"
+                    && stream::home().is_some_and(|ctx| crate::host::cluster::leaving(&ctx, name));
+                if leaving {
+                    // Its entries, pending ones included, go with it: the node serving the slot
+                    // takes them over, and Snowflake applies each entry once.
                     logging::info(&format!(
                         "stream {name} left this node with its slot; the node serving the slot now drains it"
                     ));
                     p.control.wake();
+                } else {
+                    stream_ends(p, how, None);
                 }
             }
             ServerEvent::Flushed { db } => {
