@@ -64,7 +64,9 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
             pipeline::capture::load(ctx, &path)
         }),
         ("server events", events::register),
-        ("pipeline", |_| pipeline::start()),
+        ("pipeline", |ctx| {
+            pipeline::start(host::cluster::enabled(ctx))
+        }),
     ];
     let outcome = ffi::guard("module load", || {
         for (what, step) in steps {

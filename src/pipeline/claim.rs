@@ -26,14 +26,15 @@ use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
 use crate::settings::{self, Key};
 
-/// Starts the claimer of `pipeline`. Its workers, housekeeper and deadline thread start when the
-/// claimer first finds its stream served by this node ([`crew`]): on a cluster, a node runs only a
-/// claimer for each shard stream it does not serve.
-pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
+/// Starts the claimer of `pipeline`, and with `eager` its workers, housekeeper and deadline thread
+/// ([`crew`]) at once (at load, on the main thread). Otherwise — on a cluster — they start when the
+/// claimer first finds its stream served by this node: a node runs only a claimer for each shard
+/// stream it does not serve.
+pub fn spawn(pipeline: &'static Pipeline, eager: bool) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
     // Restarted after a panic: start-up tasks are not run again, the crew is not started again.
     let mut started = false;
-    let mut workers: Vec<Inbox> = Vec::new();
+    let mut workers: Vec<Inbox> = if eager { crew(pipeline)? } else { Vec::new() };
     pipeline.spawn_supervised("wb-claimer", move || {
         run(pipeline, &gil, &mut workers, &mut started)
     })

@@ -60,17 +60,18 @@ pub use control::{
 
 /// Starts the claimer and the workers of every pipeline, and the mappings' writers (at load, on the
 /// main thread). They wait on their own for the server to finish loading before touching a stream;
-/// on a cluster each claimer drains its stream only while this node serves the stream's slot.
-pub fn start() -> Result<(), String> {
+/// on a cluster (`cluster`) each claimer drains its stream only while this node serves the stream's
+/// slot, and its workers start the first time it does.
+pub fn start(cluster: bool) -> Result<(), String> {
     for pipeline in control::REGISTRY.all() {
-        start_one(pipeline)?;
+        start_one(pipeline, !cluster)?;
     }
     let writers = mapping_writer::spawn_all()?;
     control::main().control.threads.lock().extend(writers);
     Ok(())
 }
 
-fn start_one(pipeline: &'static control::Pipeline) -> Result<(), String> {
+fn start_one(pipeline: &'static control::Pipeline, eager: bool) -> Result<(), String> {
     let c = &pipeline.control;
     // A module unloaded and loaded again may find its statics as they were (a Rust library is not
     // always unmapped by dlclose): start from a clean control state.
@@ -87,7 +88,7 @@ fn start_one(pipeline: &'static control::Pipeline) -> Result<(), String> {
     } else {
         State::Starting
     });
-    let claimer = claim::spawn(pipeline)?;
+    let claimer = claim::spawn(pipeline, eager)?;
     c.threads.lock().push(claimer);
     Ok(())
 }
