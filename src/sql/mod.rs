@@ -31,8 +31,6 @@ pub mod stage;
 pub mod tracked;
 pub mod user;
 
-use std::collections::HashMap;
-
 use crate::entry::{CreateUser, Decoded, EntryId, Event};
 use crate::settings::{Key, Snapshot};
 use crate::statement::{Bind, Statement};
@@ -243,7 +241,7 @@ trait Chunk<'a>: Default {
 #[derive(Default)]
 struct TrackedChunk<'a> {
     entries: Vec<(EntryId, &'a [Event])>,
-    rows: HashMap<fold::RowKey<'a>, RowBound>,
+    rows: fold::FastMap<fold::RowKey<'a>, RowBound>,
     bound: usize,
 }
 
@@ -373,7 +371,7 @@ impl<'a> Chunk<'a> for TrackedChunk<'a> {
 #[derive(Default)]
 struct UserChunk<'a> {
     entries: Vec<&'a CreateUser>,
-    users: HashMap<&'a str, (usize, usize)>,
+    users: fold::FastMap<&'a str, (usize, usize)>,
     bound: usize,
 }
 
