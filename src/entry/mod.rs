@@ -31,6 +31,7 @@ pub use decode::{
     decode, CreateUser, DecodeError, Event, Note, RejectReason, Rejected, Shape, SkipReason,
     Skipped, TrackedBatch,
 };
+pub use fields::Field;
 pub use id::EntryId;
 pub use repair::Repair;
 pub use rules::{Action, BatchKey, KeyKind, StaleOverride};

@@ -23,7 +23,7 @@ use super::worker::{Inbox, Work};
 use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
-use crate::host::stream::{self, RawEntry};
+use crate::host::stream::{self, Claimed};
 use crate::settings::{self, Key};
 
 /// Starts the claimer of `pipeline`, feeding `workers`.
@@ -171,7 +171,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         let mut hold = (Duration::ZERO, Duration::ZERO);
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
-            let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
+            let read = (|| -> Result<(Claimed, Option<String>), String> {
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
                 }
@@ -184,7 +184,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
                     );
-                    Ok((step.entries, Some(step.next)))
+                    Ok((step.entries.into(), Some(step.next)))
                 } else {
                     // The group's read counter before and after tells whether entries were trimmed away
                     // between the last delivered entry and the next one (Redis counts every entry ever added).
@@ -199,7 +199,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
                         })
                         .or(last_entries_read);
                     let entries =
-                        stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
+                        stream::read_group_chunk(ctx, &stream_name, &group, &consumer, ">", count)?;
                     if !entries.is_empty() {
                         let after = stream::group_info(ctx, &stream_name, &group)
                             .and_then(|g| g.entries_read);
@@ -209,7 +209,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
                         if let (Some(b), Some(a)) = (before, after) {
                             let skipped = a - b - entries.len() as i64;
                             if skipped > 0 {
-                                let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
+                                let first = entries.first().map_or("?", |e| e.id);
                                 report_trimmed(
                                     p,
                                     skipped as u64,
@@ -343,7 +343,7 @@ fn drained(p: &Pipeline, unsent: u64) -> bool {
 /// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
     p: &'static Pipeline,
-    entries: Vec<RawEntry>,
+    entries: Claimed,
     workers: &[Inbox],
     stream_name: &str,
     group: &str,
@@ -357,11 +357,14 @@ fn dispatch(
         (stream_name.into(), group.into());
     let mut unsent = Unsent(p, entries.len() as u64);
     let mut outbox = Outbox(p, Vec::new());
-    for raw in entries {
-        crate::pipeline::faults::in_claimer(&raw);
+    // An entry's fields, read in place from the claim's buffer; one list reused for every entry.
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+    for raw in entries.iter() {
+        fields.clear();
+        fields.extend(raw.fields());
+        crate::pipeline::faults::in_claimer(raw.id, &fields);
         if log_raw {
-            let fields: Vec<String> = raw
-                .fields
+            let fields: Vec<String> = fields
                 .iter()
                 .map(|(k, v)| {
                     format!(
@@ -374,16 +377,19 @@ fn dispatch(
             logging::info(&format!("RAW {} {}", raw.id, fields.join(" ")));
         }
         // Redis only hands out well-formed IDs.
-        let id = EntryId::parse(&raw.id).unwrap_or_default();
+        let id = EntryId::parse(raw.id).unwrap_or_default();
         // The decoder never panics by design; if it ever does, the entry is dead-lettered with the
         // reason rather than claimed again and again.
-        let decoded = crate::host::ffi::guard(&format!("decoding entry {}", raw.id), || {
-            crate::pipeline::faults::in_decoder(&raw);
-            entry::decode(id, &raw.fields, rules)
+        let decoded = crate::host::ffi::guard("the decoder", || {
+            crate::pipeline::faults::in_decoder(raw.id, &fields);
+            entry::decode(id, &fields, rules)
         })
-        .unwrap_or(entry::Decoded::Undecodable {
-            id,
-            reason: entry::DecodeError::DecoderFailed,
+        .unwrap_or_else(|| {
+            logging::warning(&format!("entry {} could not be decoded", raw.id));
+            entry::Decoded::Undecodable {
+                id,
+                reason: entry::DecodeError::DecoderFailed,
+            }
         });
         let decoded = match super::sink::too_large(&decoded, raw.size(), &settings::current()) {
             Some((bytes, max)) => entry::Decoded::Undecodable {
@@ -392,17 +398,13 @@ fn dispatch(
             },
             None => decoded,
         };
-        let route = route(&decoded.row_keys(), &raw.id, workers.len());
+        let route = route(&decoded.row_keys(), raw.id, workers.len());
         // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
         // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
         // costs the module little.
         let bytes = raw.size();
-        let mut raw = raw;
-        if !decoded.is_undecodable() {
-            raw.fields = Vec::new();
-        }
         let work = Work {
-            raw,
+            raw: raw.to_raw(decoded.is_undecodable()),
             bytes,
             decoded,
             stream: std::sync::Arc::clone(&stream_name),
