@@ -131,12 +131,14 @@ impl RawEntry {
 /// and a value each, then freed again after decoding); the claimer reads the entries in place.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Claimed {
-    /// The strings, back to back.
+    /// The IDs, back to back (text, so reading one back needs no check).
+    ids: String,
+    /// The field names and values, back to back.
     bytes: Vec<u8>,
-    /// Where each string ends in `bytes` (it starts where the one before it ends).
+    /// Where each name or value ends in `bytes` (it starts where the one before it ends).
     ends: Vec<usize>,
-    /// Each entry's strings in `ends`: its ID, then name, value, name, value, ...
-    entries: Vec<std::ops::Range<usize>>,
+    /// Each entry: its ID in `ids`, its fields' names and values in `ends` (name, value, ...).
+    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
 /// One entry of a [`Claimed`] chunk, borrowed from it.
@@ -159,26 +161,33 @@ impl Claimed {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = ClaimedEntry<'_>> + '_ {
-        self.entries.iter().map(|r| self.entry(r.clone()))
+        self.entries.iter().map(|e| self.entry(e))
     }
 
     pub fn first(&self) -> Option<ClaimedEntry<'_>> {
-        self.entries.first().map(|r| self.entry(r.clone()))
+        self.entries.first().map(|e| self.entry(e))
     }
 
-    fn entry(&self, strings: std::ops::Range<usize>) -> ClaimedEntry<'_> {
-        // Only UTF-8 IDs are stored (see `start_entry`).
-        let id = std::str::from_utf8(self.string(strings.start)).unwrap_or_default();
+    fn entry(
+        &self,
+        (id, fields): &(std::ops::Range<usize>, std::ops::Range<usize>),
+    ) -> ClaimedEntry<'_> {
         ClaimedEntry {
-            id,
+            // Always a whole ID pushed by `start_entry`.
+            id: self.ids.get(id.clone()).unwrap_or_default(),
             claimed: self,
-            fields: strings.start + 1..strings.end,
+            fields: fields.clone(),
         }
     }
 
+    /// Where the `i`-th name or value ends (0 before the first).
+    fn end_of(&self, i: Option<usize>) -> usize {
+        i.and_then(|i| self.ends.get(i)).copied().unwrap_or(0)
+    }
+
     fn string(&self, i: usize) -> &[u8] {
-        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
-        &self.bytes[start..self.ends[i]]
+        let (start, end) = (self.end_of(i.checked_sub(1)), self.end_of(Some(i)));
+        self.bytes.get(start..end).unwrap_or_default()
     }
 
     fn push_string(&mut self, bytes: &[u8]) {
@@ -188,19 +197,17 @@ impl Claimed {
 
     /// Starts an entry with its ID; its fields follow with [`Claimed::push_field`].
     fn start_entry(&mut self, id: &[u8]) {
-        let first = self.ends.len();
-        match std::str::from_utf8(id) {
-            Ok(_) => self.push_string(id),
-            Err(_) => self.push_string(String::from_utf8_lossy(id).as_bytes()),
-        }
-        self.entries.push(first..first + 1);
+        let start = self.ids.len();
+        self.ids.push_str(&String::from_utf8_lossy(id));
+        let fields = self.ends.len();
+        self.entries.push((start..self.ids.len(), fields..fields));
     }
 
     fn push_field(&mut self, name: &[u8], value: &[u8]) {
         self.push_string(name);
         self.push_string(value);
-        if let Some(e) = self.entries.last_mut() {
-            e.end += 2;
+        if let Some((_, fields)) = self.entries.last_mut() {
+            fields.end += 2;
         }
     }
 
@@ -236,8 +243,8 @@ impl<'a> ClaimedEntry<'a> {
     /// Bytes held for this entry, as [`RawEntry::size`] counts them.
     pub fn size(&self) -> usize {
         let c = self.claimed;
-        let end = self.fields.end.checked_sub(1).map_or(0, |i| c.ends[i]);
-        let start = self.fields.start.checked_sub(1).map_or(0, |i| c.ends[i]);
+        let end = c.end_of(self.fields.end.checked_sub(1));
+        let start = c.end_of(self.fields.start.checked_sub(1));
         self.id.len() + end.saturating_sub(start)
     }
 
@@ -453,8 +460,9 @@ pub fn read_group_chunk(
                 i += 2;
             }
         }
-        // The buffer's first size is a guess from the first entry: most entries of a chunk are alike.
+        // The buffers' first size is a guess from the first entry: most entries of a chunk are alike.
         if out.entries.len() == 1 {
+            out.ids.reserve(out.ids.len() * list.len());
             out.bytes.reserve(out.bytes.len() * list.len());
             out.ends.reserve(out.ends.len() * list.len());
         }

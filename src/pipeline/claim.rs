@@ -357,6 +357,8 @@ fn dispatch(
         (stream_name.into(), group.into());
     let mut unsent = Unsent(p, entries.len() as u64);
     let mut outbox = Outbox(p, Vec::new());
+    // One snapshot of the settings for the whole claim, as for its rules.
+    let snap = settings::current();
     // An entry's fields, read in place from the claim's buffer; one list reused for every entry.
     let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
     for raw in entries.iter() {
@@ -391,7 +393,7 @@ fn dispatch(
                 reason: entry::DecodeError::DecoderFailed,
             }
         });
-        let decoded = match super::sink::too_large(&decoded, raw.size(), &settings::current()) {
+        let decoded = match super::sink::too_large(&decoded, raw.size(), &snap) {
             Some((bytes, max)) => entry::Decoded::Undecodable {
                 id,
                 reason: entry::DecodeError::TooLarge { bytes, max },
