@@ -19,6 +19,10 @@ Items (see docs/performance.md for what each means and its target):
   4 latency    XADD -> committed (acknowledged) at 100 entries/s, p50/p99
   5 memory     used_memory with a 1,000,000-entry backlog and Snowflake unreachable, with / without module
   6 restore    2,000 rows restored from the emulator; wb-migrate loading 10,000 records from a dump
+  7 mappings   hash changes written by a mapping beside userdata records, from a paused backlog
+  8 cluster    drain records/s to the fast sink: one stream against 12 shard streams (STREAM_SHARDS) on
+               3 primaries; 12 shard streams on 1 primary pinned to a core against 2 primaries pinned
+               to a core each
 
 Every server runs on a free 127.0.0.1 port in a temporary directory and is stopped by PID; all of it
 is removed on exit, also on Ctrl+C.
@@ -43,6 +47,7 @@ import threading
 import resource
 import time
 import urllib.request
+import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCOUNT, USER, DATABASE, SCHEMA = "BENCH", "WRITER", "WRITEBEHIND", "PUBLIC"
@@ -302,12 +307,14 @@ class Emulator:
 class Redis:
     """A redis-server 8, with or without the module, configured from the environment like production."""
 
-    def __init__(self, tools: Tools, module: bool, env: dict | None = None, module_path: str | None = None):
+    def __init__(self, tools: Tools, module: bool, env: dict | None = None, port: int | None = None,
+                 conf_extra: list[str] | None = None, cpus: set[int] | None = None,
+                 module_path: str | None = None):
         self.dir = tempfile.mkdtemp(prefix="redis-", dir=_workdir)
-        self.port = free_port()
+        self.port = port or free_port()
         conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
                 f"logfile {os.path.join(self.dir, 'redis.log')}", 'save ""', "appendonly no",
-                "enable-module-command yes"]
+                "enable-module-command yes"] + (conf_extra or [])
         if module:
             conf.append(f"loadmodule {module_path or tools.module}")
         conf_path = os.path.join(self.dir, "redis.conf")
@@ -315,8 +322,10 @@ class Redis:
             f.write("\n".join(conf) + "\n")
         # A clean environment: nothing from the caller's shell changes the module's settings.
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+        # Pinned to `cpus` (every thread of it, the module's included), when given.
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = spawn([tools.redis_server, conf_path], env={**base, **(env or {})},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
 
         def ready():
             if self.proc.poll() is not None:
@@ -1401,6 +1410,176 @@ def bench_mappings(tools, keys, cfg) -> dict:
     }
 
 
+def cluster_ports(n: int) -> list[int]:
+    """`n` ports free together with their cluster bus ports (+10000), all below the ephemeral range."""
+    ports, p = [], 20_000 + os.getpid() % 2_000
+    while len(ports) < n:
+        p += 1
+        ok = True
+        for q in (p, p + 10_000):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", q))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            ports.append(p)
+    return ports
+
+
+def start_cluster(tools, env: dict, primaries: int, pinned: bool = False) -> list[Redis]:
+    """`primaries` cluster-enabled servers with the module, formed by the server's own CLI (or, for
+    fewer than three, by giving each an even share of the slots and meeting them). `pinned`: node i
+    runs on CPU i only."""
+    nodes = [Redis(tools, True, env, port=port, cpus={i} if pinned else None,
+                   conf_extra=["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"])
+             for i, port in enumerate(cluster_ports(primaries))]
+    if primaries < 3:
+        # The CLI forms clusters of three or more primaries.
+        share = 16384 // primaries
+        for i, node in enumerate(nodes):
+            last = 16383 if i == primaries - 1 else (i + 1) * share - 1
+            node.conn().call("CLUSTER", "ADDSLOTSRANGE", i * share, last)
+            if i > 0:
+                node.conn().call("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
+        for node in nodes:
+            c = node.conn()
+            wait_until("cluster_state:ok", 60, lambda: "cluster_state:ok" in c.call("CLUSTER", "INFO")
+                       and f"cluster_known_nodes:{primaries}" in c.call("CLUSTER", "INFO"))
+        return nodes
+    cli = os.path.join(tools.bin_dir, "redis-cli")
+    out = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+                          "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True)
+    if out.returncode != 0 or "All 16384 slots covered" not in out.stdout:
+        for n in nodes:
+            n.stop()
+        raise RuntimeError(f"cluster create failed: {out.stdout[-2000:]} {out.stderr[-1000:]}")
+    for n in nodes:
+        c = n.conn()
+        wait_until("cluster_state:ok", 60, lambda: "cluster_state:ok" in c.call("CLUSTER", "INFO"))
+    return nodes
+
+
+def shard_of(user: str, shards: int) -> int:
+    return zlib.crc32(user.encode()) % shards
+
+
+CLUSTER_RUNS = (
+    # label, primaries, shard streams, each primary pinned to a core of its own
+    ("3 primaries, 1 stream", 3, 1, False),
+    ("3 primaries, 12 shard streams", 3, 12, False),
+    ("1 primary on 1 core, 12 shard streams", 1, 12, True),
+    ("2 primaries on 1 core each, 12 shard streams", 2, 12, True),
+)
+
+
+def bench_cluster(tools, keys, cfg) -> dict:
+    """Drain throughput as the write-behind is spread: one stream on a 3-primary cluster (one primary
+    drains everything) against 12 shard streams on the same 3 primaries; and, to see what a primary
+    with cores of its own adds on a 2-core host, 12 shard streams on 1 primary pinned to one core
+    against 2 primaries pinned to one core each. Each run drains the same paused backlog of 1-record
+    entries (500 users) to the emulator's fast sink, WB.RESUME on every node to WB.FLUSH returning
+    on every node."""
+    n, users = cfg.cluster_n, 500
+    sink = Emulator(tools, keys, sink=True)
+    runs = {}
+    try:
+        order = [run for rep in range(cfg.cluster_reps)
+                 for run in (CLUSTER_RUNS if rep % 2 == 0 else CLUSTER_RUNS[::-1])]
+        for label, primaries, shards, pinned in order:
+            env = module_env(sink.url, keys, **{**cfg.module_env, "STREAM_SHARDS": shards})
+            nodes = start_cluster(tools, env, primaries, pinned)
+            try:
+                cons = {node.port: node.conn(timeout=900) for node in nodes}
+                for c in cons.values():
+                    c.call("WB.PAUSE")
+                by_stream: dict[str, list] = {}
+                for i in range(n):
+                    user = f"bench{i % users:03d}-1"
+                    stream = STREAM if shards == 1 else f"{STREAM}:{{{shard_of(user, shards)}}}"
+                    by_stream.setdefault(stream, []).append(
+                        ["XADD", stream, "*", "value", e2e_payload(i, users)])
+                owner = {}
+                for stream, commands in by_stream.items():
+                    slot = cons[nodes[0].port].call("CLUSTER", "KEYSLOT", stream)
+                    for node in nodes:
+                        c = cons[node.port]
+                        try:
+                            c.call("EXISTS", stream)
+                        except RedisError:
+                            continue
+                        owner[stream] = node.port
+                        c.pipeline(commands)
+                        break
+                    else:
+                        raise RuntimeError(f"no node serves {stream} (slot {slot})")
+                busy = len(set(owner.values()))
+                cpu0 = {node.port: cpu_seconds(node.pid) for node in nodes}
+                sink.reset()
+                sink_cpu0 = cpu_seconds(sink.pid)
+                t0 = time.monotonic()
+                for c in cons.values():
+                    c.call("WB.RESUME")
+                errors: list[str] = []
+
+                def flush_one(c):
+                    try:
+                        flush(c, 600_000)
+                    except Exception as e:  # noqa: BLE001 - reported below
+                        errors.append(str(e))
+
+                threads = [threading.Thread(target=flush_one, args=(c,)) for c in cons.values()]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.monotonic() - t0
+                if errors:
+                    raise RuntimeError(f"WB.FLUSH: {errors}")
+                records = sum(int(c.status()["records_written"]) for c in cons.values())
+                cpu = sum(cpu_seconds(node.pid) - cpu0[node.port] for node in nodes)
+                sink_cpu = cpu_seconds(sink.pid) - sink_cpu0
+                runs.setdefault(label, []).append({
+                    "primaries": primaries,
+                    "shards": shards,
+                    "primaries_draining": busy,
+                    "records": records,
+                    "wall_s": round(wall, 3),
+                    "records_per_s": round(records / wall),
+                    "redis_cpu_us_per_record": round(cpu / max(records, 1) * 1e6, 2),
+                    # The sink is one Python process: near 100 %, it is what limits the drain.
+                    "sink_cpu_pct": round(sink_cpu / wall * 100),
+                    "redis_cpu_pct": round(cpu / wall * 100),
+                    "round_trips": sink.stats()["round_trips"],
+                })
+                last = runs[label][-1]
+                log(f"cluster bench {label}: {last['records_per_s']:,} records/s, "
+                    f"{busy} primaries draining, {last['redis_cpu_us_per_record']} CPU us/record")
+            finally:
+                for node in nodes:
+                    node.stop()
+    finally:
+        sink.stop()
+    summary = {
+        label: {k: median([r[k] for r in rs]) for k in
+                ("records_per_s", "redis_cpu_us_per_record", "redis_cpu_pct", "sink_cpu_pct", "primaries_draining")}
+        | {"runs": rs}
+        for label, rs in runs.items()
+    }
+    rate = lambda label: summary[label]["records_per_s"]  # noqa: E731
+    return {
+        "what": f"{n} 1-record entries over 500 users drained from a paused backlog to the fast sink, "
+                f"WB.RESUME to WB.FLUSH returning on every node; medians of {cfg.cluster_reps} interleaved runs",
+        "runs": summary,
+        "ratio_sharded_vs_one_stream": round(rate(CLUSTER_RUNS[1][0]) / max(rate(CLUSTER_RUNS[0][0]), 1), 3),
+        "ratio_two_vs_one_pinned_primary": round(rate(CLUSTER_RUNS[3][0]) / max(rate(CLUSTER_RUNS[2][0]), 1), 3),
+        "cores": os.cpu_count(),
+        "target": "drain grows with the primaries draining (bounded by the host's cores)",
+    }
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -1500,6 +1679,17 @@ def table(results: dict) -> str:
             g = rs["migrate"]
             rows.append((f"6 wb-migrate {g['records']:,} records", f"{g['wall_s']:.2f} s, {g['round_trips']} round trips",
                          "< 6 min (anchor)", yes(g["wall_s"] < 360 and g["exact"])))
+    if "cluster" in it:
+        cl = it["cluster"]
+        for label, r in cl["runs"].items():
+            rows.append((f"8 cluster drain, {label}",
+                         f"{r['records_per_s']:,.0f} records/s ({r['primaries_draining']} draining, "
+                         f"{r['redis_cpu_us_per_record']} CPU us/record; CPU redis {r['redis_cpu_pct']} %, "
+                         f"sink {r['sink_cpu_pct']} %)", "report", "-"))
+        rows.append(("8 cluster drain, 12 shard streams / 1 stream, 3 primaries",
+                     f"{cl['ratio_sharded_vs_one_stream']:.2f}x ({cl['cores']} cores)", "grows with primaries", "-"))
+        rows.append(("8 cluster drain, 2 / 1 primaries, a core each",
+                     f"{cl['ratio_two_vs_one_pinned_primary']:.2f}x", "grows with primaries", "-"))
     if "mappings" in it:
         mp = it["mappings"]
         m, u = mp["runs"]["mapping"], mp["runs"]["userdata"]
@@ -1514,6 +1704,7 @@ def table(results: dict) -> str:
 
 
 ITEMS = {"xadd": bench_xadd, "foreground": bench_foreground, "drain": bench_drain, "e2e": bench_e2e, "sidecar": bench_sidecar, "latency": bench_latency, "mappings": bench_mappings,
+         "cluster": bench_cluster,
          "memory": bench_memory, "restore": bench_restore}
 
 
@@ -1553,6 +1744,8 @@ def main() -> int:
         memory_n=200_000 if q else 1_000_000,
         memory_reps=1 if q else 2,
         restore_rows=2_000,
+        cluster_n=30_000 if q else 200_000,
+        cluster_reps=1 if q else 3,
         migrate_records=10_000,
         module_env=dict(kv.split("=", 1) for kv in a.module_env),
         baseline_module=os.path.abspath(a.baseline_module) if a.baseline_module else None,

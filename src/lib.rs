@@ -36,6 +36,7 @@ pub mod mapping;
 pub mod migrate;
 pub mod pipeline;
 pub mod settings;
+pub mod shard;
 pub mod snowflake;
 pub mod sql;
 pub mod statement;
@@ -46,10 +47,13 @@ use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 9] = [
+    let steps: [(&str, Step); 10] = [
         ("server detection", server::detect),
         ("settings", config::register),
         ("stream context", stream::init),
+        ("streams", |ctx| {
+            pipeline::control::open(host::cluster::enabled(ctx))
+        }),
         ("listener", |_| host::listen(&pipeline::events::Events)),
         ("INFO section", info::register),
         ("stream notifications", notify::register),
@@ -110,6 +114,7 @@ redis_module! {
         ["wb.dlq", commands::dlq::command, "write", 0, 0, 0, "admin dangerous"],
         ["wb.restore", commands::restore::command, "write", 0, 0, 0, "admin dangerous"],
         ["wb.import", commands::import::command, "write", 0, 0, 0, "admin dangerous"],
-        ["wb.write", commands::write::command, "write", 0, 0, 0, "write stream"],
+        // `getkeys-api`: the stream, when named first, is the key a cluster routes by.
+        ["wb.write", commands::write::command, "write getkeys-api", 0, 0, 0, "write stream"],
     ],
 }

@@ -142,6 +142,8 @@ settings! {
     // --- stream and consumer group -----------------------------------------------------------------
     RedisStream = "REDIS_STREAM" ["STREAM"], "userdata-stream", Kind::Name, Restart, Stream,
         "Stream the application writes to; its dead-letter stream is `<stream>:dlq`.";
+    StreamShards = "STREAM_SHARDS", "1", int(1, 256), Restart, Stream,
+        "Number of shard streams: above 1 the application writes to `<stream>:{0}` ... `<stream>:{N-1}` (the shard of an entry is CRC-32 of its row id modulo N), and each node drains the ones whose slots it serves as a primary (see docs/operations.md, cluster).";
     Group = "GROUP" ["REDIS_GROUP"], "snowflake-writer", Kind::Name, Restart, Stream,
         "Consumer group the writer reads through (created at ID 0 with MKSTREAM when missing).";
     Consumer = "CONSUMER" ["REDIS_CONSUMER"], "consumer-1", Kind::Name, Restart, Stream,

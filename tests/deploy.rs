@@ -92,8 +92,8 @@ fn module_statefulsets(all: &[Doc]) -> Vec<&Doc> {
         })
         .collect();
     assert!(
-        sets.len() >= 2,
-        "expected the single-pod StatefulSet and the Sentinel example's"
+        sets.len() >= 3,
+        "expected the single-pod StatefulSet, the Sentinel example's and the cluster example's"
     );
     sets
 }
@@ -338,7 +338,10 @@ fn probes_ask_redis_and_the_module_and_fail_on_error_replies() {
 #[test]
 fn pods_run_as_the_redis_user_with_resources_set() {
     let all = docs();
-    for set in all.iter().filter(|d| d.kind() == "StatefulSet") {
+    for set in all
+        .iter()
+        .filter(|d| matches!(d.kind(), "StatefulSet" | "Job"))
+    {
         let pod = &set.value["spec"]["template"]["spec"];
         assert_eq!(
             pod["securityContext"]["runAsNonRoot"].as_bool(),
@@ -419,13 +422,109 @@ fn network_policy_admits_the_app_and_lets_out_dns_and_https_only() {
 }
 
 #[test]
-fn kustomization_lists_existing_files_and_no_secret() {
-    let k: Value = serde_norway::from_str(&repo_file(&format!("{DIR}/kustomization.yaml")))
-        .expect("kustomization.yaml parses");
-    for r in list(&k["resources"]).iter().map(text) {
-        assert!(root().join(DIR).join(r).exists(), "{r} does not exist");
-        assert!(!r.contains("secret"), "a real Secret is created by hand");
+fn every_kustomization_lists_existing_files_and_no_secret() {
+    let mut files = Vec::new();
+    yaml_files(&root().join(DIR), &mut files);
+    let kustomizations: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "kustomization.yaml"))
+        .collect();
+    assert!(
+        kustomizations.len() >= 3,
+        "the base, the Valkey and the cluster kustomizations"
+    );
+    for path in kustomizations {
+        let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let k: Value = serde_norway::from_str(&source).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let dir = path.parent().expect("a kustomization is in a directory");
+        let resources = list(&k["resources"]);
+        assert!(!resources.is_empty(), "{path:?} lists no resources");
+        for r in resources.iter().map(text) {
+            assert!(dir.join(r).exists(), "{path:?}: {r} does not exist");
+            assert!(!r.contains("secret"), "a real Secret is created by hand");
+        }
     }
+}
+
+/// The text of a container's shell script (`sh -c <script>`).
+fn shell_script(container: &Value) -> &str {
+    let command: Vec<&str> = list(&container["command"]).iter().map(text).collect();
+    match command.as_slice() {
+        ["sh", "-c", script] => script,
+        other => panic!("expected `sh -c <script>`, got {other:?}"),
+    }
+}
+
+#[test]
+fn cluster_example_runs_six_cluster_nodes_and_a_job_that_forms_them_once() {
+    let all = docs();
+    let nodes = module_statefulsets(&all)
+        .into_iter()
+        .find(|d| d.file.contains("cluster"))
+        .expect("the cluster example's Redis StatefulSet");
+    let replicas = nodes.value["spec"]["replicas"].as_u64();
+    assert_eq!(replicas, Some(6), "3 primaries, each with a replica");
+    let line = command_line(the_container(nodes));
+    for want in [
+        "--cluster-enabled yes",
+        "--cluster-config-file /data/nodes.conf",
+    ] {
+        assert!(line.contains(want), "{}: `{line}` lacks {want}", nodes.file);
+    }
+    let shards = all
+        .iter()
+        .filter(|d| d.kind() == "ConfigMap" && d.file.contains("cluster"))
+        .find_map(|d| d.value["data"]["STREAM_SHARDS"].as_str())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("the cluster ConfigMap sets STREAM_SHARDS");
+    assert!(
+        shards >= 4 * 3,
+        "STREAM_SHARDS={shards}: at least 4 shard streams per primary spread them over all 3"
+    );
+    let service = text(&nodes.value["spec"]["serviceName"]);
+    let svc = all
+        .iter()
+        .find(|d| d.kind() == "Service" && d.name() == service)
+        .expect("the cluster's headless Service");
+    let ports: Vec<u64> = list(&svc.value["spec"]["ports"])
+        .iter()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(
+        ports,
+        [6379, 16379],
+        "{}: client port and cluster bus",
+        svc.file
+    );
+
+    let job = all
+        .iter()
+        .find(|d| d.kind() == "Job" && d.file.contains("cluster"))
+        .expect("a Job that forms the cluster");
+    let containers = list(&job.value["spec"]["template"]["spec"]["containers"]);
+    assert_eq!(containers.len(), 1, "{}", job.file);
+    let script = shell_script(&containers[0]);
+    let pods: Vec<String> = (0..6).map(|i| i.to_string()).collect();
+    for want in [
+        format!("service={service}"),
+        format!("for i in {}; do", pods.join(" ")),
+        "redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes".to_string(),
+        "grep -q '^cluster_state:ok'".to_string(),
+        "set -eu".to_string(),
+    ] {
+        assert!(
+            script.contains(&want),
+            "{}: the script lacks `{want}`",
+            job.file
+        );
+    }
+    let skip = script.find("cluster_state:ok").unwrap_or(usize::MAX);
+    let create = script.find("--cluster create").unwrap_or(0);
+    assert!(
+        skip < create,
+        "{}: the Job must skip a formed cluster before it creates one",
+        job.file
+    );
 }
 
 #[test]

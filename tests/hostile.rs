@@ -410,6 +410,17 @@ fn every_hostile_entry_ends_as_its_case_says_and_the_entries_after_it_are_writte
 // that die, demotion, a stream that disappears, a dead-letter stream that cannot be written, an
 // entry too large for any statement.
 
+/// `WB.FLUSH` (up to a minute), then waits until nothing is in flight; gives the status then.
+fn flush_and_settle(server: &RedisServer, con: &mut redis::Connection) -> BTreeMap<String, String> {
+    con.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let ok: String = q(con, &["WB.FLUSH", "60000"]);
+    assert_eq!(ok, "OK");
+    wait_status(server, "nothing in flight", Duration::from_secs(30), |st| {
+        st_int(st, "in_flight") == 0
+    })
+}
+
 fn st_int(st: &BTreeMap<String, String>, k: &str) -> i64 {
     st.get(k).and_then(|v| v.parse().ok()).unwrap_or(-1)
 }
@@ -937,16 +948,7 @@ fn a_stream_deleted_or_flushed_under_load_counts_every_entry_it_never_wrote() {
             _ => {}
         }
     }
-    con.set_read_timeout(Some(Duration::from_secs(90)))
-        .expect("timeout");
-    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
-    assert_eq!(ok, "OK");
-    let st = wait_status(
-        &server,
-        "nothing in flight",
-        Duration::from_secs(30),
-        |st| st_int(st, "in_flight") == 0,
-    );
+    let st = flush_and_settle(&server, &mut con);
     let written = visits(&emu, "load");
     let lost = st_int(&st, "lost_deleted") - 30;
     eprintln!(
@@ -1024,16 +1026,7 @@ fn a_stream_swapped_moved_or_renamed_away_counts_every_entry_it_never_wrote_and_
     for i in 0..50 {
         xadd(&mut con, &visit(&format!("after{i}-x"), "t"));
     }
-    con.set_read_timeout(Some(Duration::from_secs(90)))
-        .expect("timeout");
-    let ok: String = q(&mut con, &["WB.FLUSH", "60000"]);
-    assert_eq!(ok, "OK");
-    let st = wait_status(
-        &server,
-        "nothing in flight",
-        Duration::from_secs(30),
-        |st| st_int(st, "in_flight") == 0,
-    );
+    let st = flush_and_settle(&server, &mut con);
     let written = visits(&emu, "load");
     let lost_under_load = st_int(&st, "lost_deleted") - lost;
     eprintln!(

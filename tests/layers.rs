@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "entry",
             "mapping",
             "settings",
+            "shard",
             "snowflake",
             "sql",
             "statement",

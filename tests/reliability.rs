@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::emulator::Emulator;
 use common::redis_server::{q, status, Options, RedisServer};
+use common::visits::{assert_in_snowflake, stream_visits, visited};
 use common::wired;
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn soak() -> bool {
     std::env::var("WB_SOAK").is_ok_and(|v| v == "1")
@@ -32,23 +33,6 @@ fn soak() -> bool {
 /// The same, persisted with `appendfsync always`, so a `kill -9` loses no acknowledged write.
 fn durable(emu: &Emulator) -> Options {
     wired(emu).conf("appendonly yes").conf("appendfsync always")
-}
-
-fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// A visited batch of one user: `n` records, of tracks `t0..`.
-fn visited(user: &str, n: usize, seq: u64) -> String {
-    let ts = now();
-    let records: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"id": user, "page_name": "search", "query_row_count": "3",
-                "track_id": format!("t{}", (seq as usize + i) % 5), "track_title": "T",
-                "track_type": "query", "track_url": "/t", "lastplus": ts, "action": "v"})
-        })
-        .collect();
-    json!({"key": format!("userdata-events:{user}/visited"), "records": records}).to_string()
 }
 
 /// The `seq`-th generated entry: 1 to 3 visits of one of 40 users.
@@ -66,75 +50,9 @@ fn flush(con: &mut redis::Connection, timeout_ms: u64) {
         .expect("read timeout");
 }
 
-/// `tracked_id|track_id` -> visits, from every entry in the stream now.
-fn expected_visits(con: &mut redis::Connection, stream: &str) -> BTreeMap<String, i64> {
-    let mut out: BTreeMap<String, i64> = BTreeMap::new();
-    let mut from = "-".to_string();
-    loop {
-        let page: Vec<(String, BTreeMap<String, String>)> =
-            q(con, &["XRANGE", stream, &from, "+", "COUNT", "5000"]);
-        let Some((last, _)) = page.last() else {
-            break;
-        };
-        from = format!("({last}");
-        for (_, fields) in &page {
-            let v: Value = serde_json::from_str(&fields["value"]).expect("generated JSON");
-            for r in v["records"].as_array().expect("records") {
-                let key = format!(
-                    "{}|{}",
-                    r["id"].as_str().unwrap_or_default(),
-                    r["track_id"].as_str().unwrap_or_default()
-                );
-                *out.entry(key).or_default() += 1;
-            }
-        }
-    }
-    out
-}
-
-/// `tracked_id|track_id` -> `visited_count`, from Snowflake.
-fn actual_visits(emu: &Emulator) -> BTreeMap<String, i64> {
-    emu.sql("SELECT tracked_id, track_id, visited_count FROM TRACKED")
-        .into_iter()
-        .map(|r| {
-            let n = r[2]
-                .as_deref()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(-1.0) as i64;
-            (
-                format!(
-                    "{}|{}",
-                    r[0].clone().unwrap_or_default(),
-                    r[1].clone().unwrap_or_default()
-                ),
-                n,
-            )
-        })
-        .collect()
-}
-
 /// Every entry in the stream is in Snowflake exactly once: per-row visit counts equal the stream's.
 fn assert_exactly_once(con: &mut redis::Connection, emu: &Emulator) -> i64 {
-    let expected = expected_visits(con, "userdata-stream");
-    let actual = actual_visits(emu);
-    let total: i64 = expected.values().sum();
-    assert!(total > 0, "no entries were generated");
-    if expected != actual {
-        let mut diffs = Vec::new();
-        for k in expected.keys().chain(actual.keys()) {
-            let (e, a) = (expected.get(k), actual.get(k));
-            if e != a {
-                diffs.push(format!("{k}: stream {e:?} snowflake {a:?}"));
-            }
-        }
-        diffs.dedup();
-        panic!(
-            "Snowflake differs from the stream ({} of {} rows): {}",
-            diffs.len(),
-            expected.len(),
-            diffs.join("; ")
-        );
-    }
+    let total = assert_in_snowflake(&stream_visits(con, "userdata-stream"), emu);
     let st = status(con);
     assert_eq!(st["pending"], "0", "{st:?}");
     assert_eq!(st["dlq_length"], "0", "{st:?}");

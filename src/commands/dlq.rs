@@ -1,5 +1,7 @@
 //! `WB.DLQ LIST [count] | REPLAY <id ...|ALL> | PURGE [id ...]`: the dead-letter stream
-//! (`<stream>:dlq`), listed, moved back into the stream, or deleted.
+//! (`<stream>:dlq`), listed, moved back into the stream, or deleted. With `STREAM_SHARDS` > 1 it
+//! covers the dead-letter stream of every shard stream this node serves (each entry names its
+//! `source_stream`), and a replayed entry goes back to its own shard stream.
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
@@ -7,8 +9,8 @@ use super::{err, handle, refuse_on_replica, shown, text, whole};
 use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::stream;
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{self, background};
-use crate::settings::{self, Key};
 
 /// `WB.DLQ LIST` lists at most this many entries ...
 const LIST_MAX: usize = 1000;
@@ -86,42 +88,70 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 pub fn run(ctx: &Context, args: Args) -> RedisResult {
-    let s = settings::current();
-    let stream_name = s.str(Key::RedisStream).to_string();
-    let dlq = stream::dlq_name(&stream_name);
     let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
+    // The dead-letter streams of the streams this node serves (one, unless STREAM_SHARDS > 1),
+    // each entry naming its `source_stream`.
+    let streams: Vec<(String, String)> = REGISTRY
+        .served(&home)
+        .into_iter()
+        .map(|p| (p.source.clone(), p.names.dlq()))
+        .collect();
     match args {
         Args::List { count } => {
-            let count = count.to_string();
-            let listed = stream::call_read(
-                &home,
-                "XRANGE",
-                &[dlq.as_bytes(), b"-", b"+", b"COUNT", count.as_bytes()],
-            )
-            .map_err(err)?;
-            Ok(within_bytes(listed, LIST_MAX_BYTES))
+            let mut listed = Vec::new();
+            for (_, dlq) in &streams {
+                let left = (count as usize).saturating_sub(listed.len());
+                if left == 0 {
+                    break;
+                }
+                let left = left.to_string();
+                let part = stream::call_read(
+                    &home,
+                    "XRANGE",
+                    &[dlq.as_bytes(), b"-", b"+", b"COUNT", left.as_bytes()],
+                )
+                .map_err(err)?;
+                if let RedisValue::Array(entries) = part {
+                    listed.extend(entries);
+                }
+            }
+            Ok(within_bytes(RedisValue::Array(listed), LIST_MAX_BYTES))
         }
         Args::ReplayAll | Args::Replay { .. } => {
             refuse_on_replica(ctx, "WB.DLQ REPLAY")?;
             background::run(ctx, "WB.DLQ REPLAY", true, move |gil| {
-                let replayed = match &args {
-                    Args::Replay { ids } => replay_ids(gil, &stream_name, &dlq, ids),
-                    _ => replay_all(gil, &stream_name, &dlq),
+                let mut replayed = 0;
+                for (stream_name, dlq) in &streams {
+                    replayed += match &args {
+                        Args::Replay { ids } => replay_ids(gil, stream_name, dlq, ids),
+                        _ => replay_all(gil, stream_name, dlq),
+                    }
+                    .map_err(err)?;
                 }
-                .map_err(err)?;
                 Ok(RedisValue::Integer(replayed))
             })
         }
         Args::Purge { ids } if ids.is_empty() => {
-            let n = stream::length(&home, &dlq);
-            // UNLINK: a long dead-letter stream is freed off the main thread.
-            stream::call_write(&home, "UNLINK", &[dlq.as_bytes()]).map_err(err)?;
+            let mut n = 0;
+            for (_, dlq) in &streams {
+                n += stream::length(&home, dlq);
+                // UNLINK: a long dead-letter stream is freed off the main thread.
+                stream::call_write(&home, "UNLINK", &[dlq.as_bytes()]).map_err(err)?;
+            }
             Ok(RedisValue::Integer(n))
         }
         Args::Purge { ids } => {
-            let mut del: Vec<&[u8]> = vec![dlq.as_bytes()];
-            del.extend(ids.iter().map(|id| id.as_bytes()));
-            stream::call_write(&home, "XDEL", &del).map_err(err)
+            let mut n = 0;
+            for (_, dlq) in &streams {
+                let mut del: Vec<&[u8]> = vec![dlq.as_bytes()];
+                del.extend(ids.iter().map(|id| id.as_bytes()));
+                if let RedisValue::Integer(k) =
+                    stream::call_write(&home, "XDEL", &del).map_err(err)?
+                {
+                    n += k;
+                }
+            }
+            Ok(RedisValue::Integer(n))
         }
     }
 }

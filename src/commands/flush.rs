@@ -1,5 +1,7 @@
 //! `WB.FLUSH [timeout-ms]`: replies OK once every entry present at call time — in the userdata
-//! stream and in each mapping's stream — is committed, or `-TIMEOUT <n> entries still pending`.
+//! stream (each shard stream this node serves, with `STREAM_SHARDS` > 1) and in each mapping's
+//! stream — is committed, or `-TIMEOUT <n> entries still pending`. On a cluster, run it on every
+//! primary.
 
 use std::time::{Duration, Instant};
 
@@ -8,8 +10,9 @@ use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use super::{err, handle, whole};
 use crate::entry::EntryId;
 use crate::host::{ffi, stream};
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{self, background};
-use crate::settings::{self, Key};
+use crate::settings;
 
 /// How long `WB.FLUSH` waits without a timeout argument.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +49,9 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     let group = pipeline::group_name(&s);
     let home = stream::home().ok_or_else(|| err("ERR module not initialised"))?;
     // The userdata stream, and each mapping's stream: what each holds now is what must be written.
-    let mut streams = vec![s.str(Key::RedisStream).to_string()];
+    // On a cluster, the streams whose slots this node serves (another node flushes the others).
+    let pipelines = REGISTRY.served(&home);
+    let mut streams: Vec<String> = pipelines.iter().map(|p| p.source.clone()).collect();
     if let Some(m) = pipeline::control::mapped() {
         streams.extend(m.mappings.mappings.iter().map(|m| m.capture_stream()));
     }
@@ -90,8 +95,14 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
                 }
                 _ => {}
             }
-            pipeline::control().wake();
-            pipeline::control().wait_settled(Duration::from_millis(20));
+            for p in &pipelines {
+                p.control.wake();
+            }
+            let waiting_on = pipelines
+                .first()
+                .copied()
+                .unwrap_or(pipeline::control::main());
+            waiting_on.control.wait_settled(Duration::from_millis(20));
         }
     })
 }

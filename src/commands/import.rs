@@ -3,7 +3,8 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text};
+use super::{each_option, err, handle, map, refuse_inside_multi, refuse_on_replica};
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, import};
 use crate::settings::{self, Key};
 
@@ -18,24 +19,19 @@ pub struct Args {
 impl Args {
     pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
         let mut parsed = Args::default();
-        let mut i = 1;
-        while i < args.len() {
-            match text(args[i])?.to_ascii_uppercase().as_str() {
-                "MATCH" => {
-                    i += 1;
-                    parsed.pattern =
-                        Some(text(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
+        each_option(
+            args,
+            "WB.IMPORT",
+            "MATCH pattern or DELETE",
+            |name, options| {
+                match name {
+                    "MATCH" => parsed.pattern = Some(options.text()?.to_string()),
+                    "DELETE" => parsed.delete = true,
+                    _ => return Ok(false),
                 }
-                "DELETE" => parsed.delete = true,
-                other => {
-                    return Err(err(format!(
-                        "ERR unknown WB.IMPORT option {}: use MATCH pattern or DELETE",
-                        shown(other)
-                    )))
-                }
-            }
-            i += 1;
-        }
+                Ok(true)
+            },
+        )?;
         Ok(parsed)
     }
 }
@@ -59,9 +55,14 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     }
     refuse_on_replica(ctx, "WB.IMPORT")?;
     background::run(ctx, "WB.IMPORT", true, move |gil| {
-        match import::run(&patterns, delete, gil, &s) {
+        let streams = REGISTRY.served_names(gil);
+        match import::run(&streams, &patterns, delete, gil, &s) {
             Ok(sum) => Ok(map(vec![
                 ("imported".into(), RedisValue::Integer(sum.imported as i64)),
+                (
+                    "elsewhere".into(),
+                    RedisValue::Integer(sum.elsewhere as i64),
+                ),
                 (
                     "already_imported".into(),
                     RedisValue::Integer(sum.already as i64),

@@ -71,6 +71,55 @@ fn whole(a: &[u8], what: &str) -> Result<u64, RedisError> {
         .map_err(|_| err(format!("ERR {what} must be a non-negative whole number")))
 }
 
+/// Refuses any argument after the command name.
+fn no_arguments(args: &[&[u8]]) -> Result<(), RedisError> {
+    if args.len() != 1 {
+        return Err(RedisError::WrongArity);
+    }
+    Ok(())
+}
+
+/// The arguments after an option's name, for the options that take a value.
+struct Options<'a, 'b> {
+    rest: std::slice::Iter<'b, &'a [u8]>,
+}
+
+impl<'a> Options<'a, '_> {
+    /// The option's value: the next argument.
+    fn value(&mut self) -> Result<&'a [u8], RedisError> {
+        self.rest.next().copied().ok_or(RedisError::WrongArity)
+    }
+
+    /// The option's value as text.
+    fn text(&mut self) -> Result<&'a str, RedisError> {
+        text(self.value()?)
+    }
+}
+
+/// Walks the options after the command name: `on` gets each option's name, upper-cased, takes its
+/// value from the [`Options`] when it has one, and says whether it knows the option; an unknown
+/// one is refused with `usage`.
+fn each_option<'a>(
+    args: &[&'a [u8]],
+    command: &str,
+    usage: &str,
+    mut on: impl FnMut(&str, &mut Options<'a, '_>) -> Result<bool, RedisError>,
+) -> Result<(), RedisError> {
+    let mut options = Options {
+        rest: args.get(1..).unwrap_or_default().iter(),
+    };
+    while let Some(arg) = options.rest.next() {
+        let name = text(arg)?.to_ascii_uppercase();
+        if !on(&name, &mut options)? {
+            return Err(err(format!(
+                "ERR unknown {command} option {}: use {usage}",
+                shown(&name)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Commands that wait say so first inside MULTI and scripts, before any other check.
 fn refuse_inside_multi(ctx: &Context, name: &str) -> Result<(), RedisError> {
     if ffi::can_block(ctx) {

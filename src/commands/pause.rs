@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use super::handle;
-use crate::pipeline;
+use crate::pipeline::control::REGISTRY;
 
 /// `WB.PAUSE` and `WB.RESUME` take no argument; the command name says which.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,9 +15,7 @@ pub struct Args {
 
 impl Args {
     pub fn parse(args: &[&[u8]], paused: bool) -> Result<Args, RedisError> {
-        if args.len() != 1 {
-            return Err(RedisError::WrongArity);
-        }
+        super::no_arguments(args)?;
         Ok(Args { paused })
     }
 }
@@ -32,11 +30,12 @@ pub fn resume(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
+/// Pauses or resumes every stream's writer (and the mappings' writers, which follow the first).
 pub fn run(args: Args) -> RedisResult {
-    pipeline::control()
-        .paused
-        .store(args.paused, Ordering::Relaxed);
-    pipeline::control().wake();
+    for p in REGISTRY.all() {
+        p.control.paused.store(args.paused, Ordering::Relaxed);
+        p.control.wake();
+    }
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 

@@ -3,7 +3,8 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{err, handle, map, refuse_inside_multi, refuse_on_replica, shown, text, whole};
+use super::{each_option, err, handle, map, refuse_inside_multi, refuse_on_replica, whole};
+use crate::pipeline::control::REGISTRY;
 use crate::pipeline::{background, restore};
 use crate::settings::{self, Key};
 
@@ -20,32 +21,26 @@ pub struct Args {
 impl Args {
     pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
         let mut parsed = Args::default();
-        let mut i = 1;
-        while i < args.len() {
-            match text(args[i])?.to_ascii_uppercase().as_str() {
-                "FORCE" => parsed.force = true,
-                "DAYS" => {
-                    i += 1;
-                    let n = whole(args.get(i).ok_or(RedisError::WrongArity)?, "DAYS")?;
-                    if !(1..=3650).contains(&n) {
-                        return Err(err("ERR DAYS must be from 1 to 3650"));
+        each_option(
+            args,
+            "WB.RESTORE",
+            "FORCE, DAYS n or USER name",
+            |name, options| {
+                match name {
+                    "FORCE" => parsed.force = true,
+                    "DAYS" => {
+                        let n = whole(options.value()?, "DAYS")?;
+                        if !(1..=3650).contains(&n) {
+                            return Err(err("ERR DAYS must be from 1 to 3650"));
+                        }
+                        parsed.days = Some(n);
                     }
-                    parsed.days = Some(n);
+                    "USER" => parsed.user = Some(options.text()?.to_string()),
+                    _ => return Ok(false),
                 }
-                "USER" => {
-                    i += 1;
-                    parsed.user =
-                        Some(text(args.get(i).ok_or(RedisError::WrongArity)?)?.to_string());
-                }
-                other => {
-                    return Err(err(format!(
-                        "ERR unknown WB.RESTORE option {}: use FORCE, DAYS n or USER name",
-                        shown(other)
-                    )))
-                }
-            }
-            i += 1;
-        }
+                Ok(true)
+            },
+        )?;
         Ok(parsed)
     }
 }
@@ -71,19 +66,38 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
         ));
     }
     background::run(ctx, "WB.RESTORE", true, move |gil| {
-        match restore::run(&req, gil, &s) {
-            Ok(sum) => match sum.skipped {
-                Some(why) => Err(err(format!(
-                    "ERR restore skipped: {why} (WB.RESTORE FORCE restores anyway)"
-                ))),
-                None => Ok(map(vec![
-                    ("rows".into(), RedisValue::Integer(sum.rows as i64)),
-                    ("entries".into(), RedisValue::Integer(sum.entries as i64)),
-                    ("records".into(), RedisValue::Integer(sum.records as i64)),
-                ])),
-            },
-            Err(e) => Err(err(format!("ERR restore failed: {e}"))),
+        // Each stream this node serves (one, unless STREAM_SHARDS > 1) is restored with its rows.
+        let streams = REGISTRY.served_names(gil);
+        let mut total = restore::Summary::default();
+        let mut skipped: Vec<String> = Vec::new();
+        for names in &streams {
+            match restore::run(names, &req, gil, &s) {
+                Ok(sum) => match sum.skipped {
+                    Some(why) => skipped.push(why),
+                    None => {
+                        total.rows = total.rows.max(sum.rows);
+                        total.entries += sum.entries;
+                        total.records += sum.records;
+                    }
+                },
+                Err(e) => return Err(err(format!("ERR restore failed: {e}"))),
+            }
         }
+        if skipped.len() == streams.len() {
+            return Err(err(format!(
+                "ERR restore skipped: {} (WB.RESTORE FORCE restores anyway)",
+                if skipped.is_empty() {
+                    "this node serves none of the streams".to_string()
+                } else {
+                    skipped.join("; ")
+                }
+            )));
+        }
+        Ok(map(vec![
+            ("rows".into(), RedisValue::Integer(total.rows as i64)),
+            ("entries".into(), RedisValue::Integer(total.entries as i64)),
+            ("records".into(), RedisValue::Integer(total.records as i64)),
+        ]))
     })
 }
 

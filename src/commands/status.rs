@@ -12,9 +12,7 @@ pub struct Args;
 
 impl Args {
     pub fn parse(args: &[&[u8]]) -> Result<Args, RedisError> {
-        if args.len() != 1 {
-            return Err(RedisError::WrongArity);
-        }
+        super::no_arguments(args)?;
         Ok(Args)
     }
 }

@@ -1,6 +1,10 @@
-//! `WB.WRITE <json> [SYNC [timeout-ms]]`: one native command for validated writes, write-through with
-//! acknowledgement, and failover to Snowflake.
+//! `WB.WRITE [<stream>] <json> [SYNC [timeout-ms]]`: one native command for validated writes,
+//! write-through with acknowledgement, and failover to Snowflake.
 //!
+//! - The stream named first is the command's key, so a cluster routes the command to the node
+//!   serving it. It must be named with `STREAM_SHARDS` > 1 (`<stream>:{i}`, i = CRC-32 of the row id
+//!   modulo N; an entry whose rows belong to another shard is refused); with one stream it may be
+//!   left out, and then, on a cluster, the command must be sent to the node serving the stream.
 //! - The payload is checked by the same decoder the pipeline uses; an invalid one is refused with the
 //!   reason and nothing is added.
 //! - It is added to the stream (`XADD`, replicated) and the reply is its entry ID.
@@ -21,8 +25,9 @@ use std::time::{Duration, Instant};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::entry::{self, Decoded, EntryId, Rules};
-use crate::host::ffi::can_block;
+use crate::host::ffi::{self, can_block};
 use crate::host::logging;
+use crate::pipeline::control::{Pipeline, REGISTRY};
 use crate::pipeline::{self, sink, waiters};
 use crate::settings::{self, Key};
 use crate::sql::{direct, Tables};
@@ -49,6 +54,8 @@ const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_millis(5_000);
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Args<'a> {
+    /// The stream named first (`WB.WRITE <stream> <json> ...`), when it is.
+    pub stream: Option<&'a [u8]>,
     /// The JSON payload, as given.
     pub payload: &'a [u8],
     /// With `SYNC`: how long the caller waits for the commit.
@@ -56,19 +63,29 @@ pub struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    pub fn parse(args: &[&'a [u8]]) -> Result<Args<'a>, RedisError> {
-        let payload = *args.get(1).ok_or(RedisError::WrongArity)?;
-        let sync = match args.len() {
-            2 => None,
-            3 | 4 => {
-                let option = String::from_utf8_lossy(args[2]);
+    /// `is_stream` tells a configured stream's name (a payload is JSON, never such a name).
+    pub fn parse(
+        args: &[&'a [u8]],
+        is_stream: impl Fn(&[u8]) -> bool,
+    ) -> Result<Args<'a>, RedisError> {
+        let first = *args.get(1).ok_or(RedisError::WrongArity)?;
+        let (stream, rest) = if is_stream(first) {
+            (Some(first), &args[2..])
+        } else {
+            (None, &args[1..])
+        };
+        let payload = *rest.first().ok_or(RedisError::WrongArity)?;
+        let sync = match rest.len() {
+            1 => None,
+            2 | 3 => {
+                let option = String::from_utf8_lossy(rest[1]);
                 if !option.eq_ignore_ascii_case("SYNC") {
                     return Err(err(format!(
                         "ERR unknown WB.WRITE option '{}': use SYNC [timeout-ms]",
                         crate::entry::rules::shown(&option)
                     )));
                 }
-                let timeout = match args.get(3) {
+                let timeout = match rest.get(2) {
                     Some(a) => {
                         Duration::from_millis(String::from_utf8_lossy(a).parse::<u64>().map_err(
                             |_| err("ERR timeout-ms must be a non-negative whole number"),
@@ -80,16 +97,55 @@ impl<'a> Args<'a> {
             }
             _ => return Err(RedisError::WrongArity),
         };
-        Ok(Args { payload, sync })
+        Ok(Args {
+            stream,
+            payload,
+            sync,
+        })
     }
 }
 
+/// Whether `name` is one of the configured streams.
+fn is_stream(name: &[u8]) -> bool {
+    std::str::from_utf8(name).is_ok_and(|n| REGISTRY.find(n).is_some())
+}
+
 pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    super::handle(ctx, "WB.WRITE", &args, |args| run(ctx, Args::parse(args)?))
+    // Registered with `getkeys-api`: the stream, when named first, is the command's key, so a
+    // cluster routes the command to the node serving it.
+    if ffi::keys_request(ctx) {
+        if args.get(1).is_some_and(|a| is_stream(a.as_slice())) {
+            ffi::declare_key(ctx, 1);
+        }
+        return Ok(RedisValue::NoReply);
+    }
+    super::handle(ctx, "WB.WRITE", &args, |args| {
+        run(ctx, Args::parse(args, is_stream)?)
+    })
+}
+
+/// The pipeline a write goes to: the stream named, or the one stream when there is one.
+fn target(stream: Option<&[u8]>) -> Result<&'static Pipeline, RedisError> {
+    let shards = settings::current().uint(Key::StreamShards);
+    match stream {
+        Some(name) => std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| REGISTRY.find(n))
+            .ok_or_else(|| err("ERR not a configured stream")),
+        None if shards > 1 => Err(err(format!(
+            "ERR STREAM_SHARDS={shards}: name the shard stream first, WB.WRITE <stream>:{{i}} <json> [SYNC [timeout-ms]], i = CRC-32 of the row id modulo {shards}"
+        ))),
+        None => Ok(pipeline::control::main()),
+    }
 }
 
 pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
-    let Args { payload, sync } = args;
+    let Args {
+        stream,
+        payload,
+        sync,
+    } = args;
+    let p = target(stream)?;
     let timeout = sync.unwrap_or_default();
     let sync = sync.is_some();
     let s = settings::current();
@@ -99,29 +155,31 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
     if let Some(why) = refusal(&decoded) {
         return Err(err(format!("ERR invalid payload: {why}")));
     }
+    if let Some((row, home)) = p.names.shard.and_then(|sh| sh.stray(&decoded.row_keys())) {
+        return Err(err(format!(
+            "ERR row id '{}' belongs to {}, not {}: nothing was added",
+            crate::entry::rules::shown(row),
+            p.names.sibling(home),
+            p.source
+        )));
+    }
     if sync && !can_block(ctx) {
         return Err(err(
             "ERR WB.WRITE SYNC cannot be used inside MULTI or a script; use WB.WRITE without SYNC",
         ));
     }
-    if sync && waiters::count(pipeline::control::main()) >= waiters::MAX_WAITERS {
+    if sync && waiters::count(p) >= waiters::MAX_WAITERS {
         return Err(err(format!(
             "BUSY {} WB.WRITE SYNC callers are already waiting; nothing was added: retry, or write without SYNC",
             waiters::MAX_WAITERS
         )));
     }
-    let stream_name = s.str(Key::RedisStream).to_string();
-    match crate::host::stream::add_as_caller(ctx, &stream_name, payload) {
+    let stream_name = p.source.as_str();
+    match crate::host::stream::add_as_caller(ctx, stream_name, payload) {
         Ok(id) if sync => {
             let blocked = crate::host::ffi::block(ctx);
-            waiters::register(
-                pipeline::control::main(),
-                &stream_name,
-                &id,
-                Instant::now() + timeout,
-                blocked,
-            );
-            pipeline::control().wake();
+            waiters::register(p, stream_name, &id, Instant::now() + timeout, blocked);
+            p.control.wake();
             Ok(RedisValue::NoReply)
         }
         Ok(id) => Ok(RedisValue::BulkString(id)),
@@ -157,7 +215,8 @@ fn failover(decoded: &Decoded) -> RedisResult {
             ))
         })?;
     }
-    crate::pipeline::control::METRICS
+    pipeline::control::main()
+        .metrics
         .failovers
         .fetch_add(1, Ordering::Relaxed);
     logging::warning(&format!(
@@ -173,25 +232,36 @@ mod tests {
     use super::super::tests::{refusal, words};
     use super::*;
 
+    fn none(_: &[u8]) -> bool {
+        false
+    }
+
+    fn shard(name: &[u8]) -> bool {
+        name.starts_with(b"s:{")
+    }
+
     #[test]
     fn write_is_asynchronous_unless_sync() {
         assert_eq!(
-            Args::parse(&words(&["WB.WRITE", "{}"])).ok(),
+            Args::parse(&words(&["WB.WRITE", "{}"]), none).ok(),
             Some(Args {
+                stream: None,
                 payload: b"{}",
                 sync: None
             })
         );
         assert_eq!(
-            Args::parse(&words(&["WB.WRITE", "{}", "sync"])).ok(),
+            Args::parse(&words(&["WB.WRITE", "{}", "sync"]), none).ok(),
             Some(Args {
+                stream: None,
                 payload: b"{}",
                 sync: Some(DEFAULT_SYNC_TIMEOUT)
             })
         );
         assert_eq!(
-            Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "20"])).ok(),
+            Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "20"]), none).ok(),
             Some(Args {
+                stream: None,
                 payload: b"{}",
                 sync: Some(Duration::from_millis(20))
             })
@@ -199,18 +269,50 @@ mod tests {
     }
 
     #[test]
-    fn write_refuses_unknown_options_and_bad_timeouts() {
-        assert_eq!(refusal(Args::parse(&words(&["WB.WRITE"]))), "Wrong Arity");
+    fn write_takes_a_stream_named_first_as_its_key() {
         assert_eq!(
-            refusal(Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "1", "2"]))),
+            Args::parse(&words(&["WB.WRITE", "s:{1}", "{}", "SYNC", "20"]), shard).ok(),
+            Some(Args {
+                stream: Some(b"s:{1}"),
+                payload: b"{}",
+                sync: Some(Duration::from_millis(20))
+            })
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE", "s:{1}"]), shard)),
             "Wrong Arity"
         );
         assert_eq!(
-            refusal(Args::parse(&words(&["WB.WRITE", "{}", "ASYNC"]))),
+            refusal(Args::parse(
+                &words(&["WB.WRITE", "s:{1}", "{}", "SYNC", "1", "2"]),
+                shard
+            )),
+            "Wrong Arity"
+        );
+    }
+
+    #[test]
+    fn write_refuses_unknown_options_and_bad_timeouts() {
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE"]), none)),
+            "Wrong Arity"
+        );
+        assert_eq!(
+            refusal(Args::parse(
+                &words(&["WB.WRITE", "{}", "SYNC", "1", "2"]),
+                none
+            )),
+            "Wrong Arity"
+        );
+        assert_eq!(
+            refusal(Args::parse(&words(&["WB.WRITE", "{}", "ASYNC"]), none)),
             "ERR unknown WB.WRITE option ''ASYNC'': use SYNC [timeout-ms]"
         );
         assert_eq!(
-            refusal(Args::parse(&words(&["WB.WRITE", "{}", "SYNC", "soon"]))),
+            refusal(Args::parse(
+                &words(&["WB.WRITE", "{}", "SYNC", "soon"]),
+                none
+            )),
             "ERR timeout-ms must be a non-negative whole number"
         );
     }

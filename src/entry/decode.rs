@@ -251,6 +251,8 @@ pub enum DecodeError {
     DecoderFailed,
     #[error("entry too large: its records bind {bytes} bytes, more than one statement may carry ({max} bytes: BATCH_MAX_BYTES or 1 MiB); split it into smaller entries and replay them")]
     TooLarge { bytes: usize, max: usize },
+    #[error("row id '{row}' belongs to shard stream {home}, not this one: with STREAM_SHARDS the shard of an entry is CRC-32 of its row id (the key's id, or the user_email) modulo the number of shards; replay it there")]
+    WrongShard { row: String, home: String },
 }
 
 impl DecodeError {
@@ -269,6 +271,7 @@ impl DecodeError {
             DecodeError::NoRecordInList => "no_record_in_list",
             DecodeError::DecoderFailed => "decoder_failed",
             DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::WrongShard { .. } => "wrong_shard",
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum ServerEvent<'a> {
         db: i64,
         how: &'static str,
     },
+    /// On a cluster, a key is about to leave this node with its slot: moved by `MIGRATE` (a
+    /// resharding), or dropped because another node now serves its slot. Its data lives on there.
+    KeyMoved { key: &'a [u8], db: i64 },
     /// A database is about to be flushed (`db` is -1 for `FLUSHALL`).
     Flushed { db: i64 },
     /// Two databases were just swapped (`SWAPDB first second`).
@@ -62,7 +65,7 @@ pub enum ServerEvent<'a> {
 }
 
 extern "C" fn on_event(
-    _ctx: *mut raw::RedisModuleCtx,
+    ctx: *mut raw::RedisModuleCtx,
     eid: raw::RedisModuleEvent,
     sub: u64,
     data: *mut c_void,
@@ -81,7 +84,11 @@ extern "C" fn on_event(
                     3 => "overwritten",
                     _ => "deleted",
                 };
-                listener.server_event(ServerEvent::KeyGone { key, db, how });
+                if sub == 0 && moving_away(ctx, key) {
+                    listener.server_event(ServerEvent::KeyMoved { key, db });
+                } else {
+                    listener.server_event(ServerEvent::KeyGone { key, db, how });
+                }
             }
         } else if eid.id == EVENT_FLUSHDB {
             if sub == SUBEVENT_FLUSHDB_START && !data.is_null() {
@@ -100,6 +107,30 @@ extern "C" fn on_event(
             listener.server_event(ServerEvent::Changed);
         }
     });
+}
+
+/// Whether a key deleted on a cluster node leaves with its slot rather than for good: deleted by
+/// `MIGRATE`, or while this node no longer serves the key's slot (the cluster drops a lost slot's keys).
+fn moving_away(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> bool {
+    if ctx.is_null() {
+        return false;
+    }
+    let ctx = redis_module::Context::new(ctx);
+    if !super::cluster::enabled(&ctx) {
+        return false;
+    }
+    let command = unsafe { raw::RedisModule_GetCurrentCommandName }
+        .map(|name| unsafe { name(ctx.ctx) })
+        .filter(|p| !p.is_null())
+        .map(|p| {
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_bytes()
+                .to_ascii_lowercase()
+        });
+    if command.as_deref() == Some(b"migrate".as_slice()) {
+        return true;
+    }
+    std::str::from_utf8(key).is_ok_and(|k| super::cluster::serves(&ctx, k).is_err())
 }
 
 /// The name and database of the key about to go.

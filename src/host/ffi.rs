@@ -133,6 +133,19 @@ pub fn can_block(ctx: &Context) -> bool {
         == 0
 }
 
+/// Whether the server only asks which arguments of the command are keys (a command registered
+/// with `getkeys-api`: cluster routing, `COMMAND GETKEYS`, ACL key checks).
+pub fn keys_request(ctx: &Context) -> bool {
+    unsafe { raw::RedisModule_IsKeysPositionRequest }.is_some_and(|f| unsafe { f(ctx.ctx) } != 0)
+}
+
+/// Answers a keys request: argument `pos` is a key.
+pub fn declare_key(ctx: &Context, pos: i32) {
+    if let Some(f) = unsafe { raw::RedisModule_KeyAtPos } {
+        unsafe { f(ctx.ctx, pos as std::ffi::c_int) };
+    }
+}
+
 /// Blocks the calling client until a background thread replies with [`reply_blocked`].
 pub fn block(ctx: &Context) -> BlockedClient {
     ctx.block_client()

@@ -8,6 +8,9 @@
 //! ([`super::After::run`]), which the server runs once the notification is done, atomically with the
 //! command: its writes reach the AOF and the replicas inside the command's own `MULTI`/`EXEC`.
 //!
+//! Only keys under the watched prefixes ([`register`]) reach the listener: for any other key the
+//! callback costs a few byte comparisons.
+//!
 //! The module's own writes to mapped keys (removing the `#` field, deleting a key for `-`/`~`, a
 //! write-through rename) are made inside [`quiet`], where notifications are not passed on, so they
 //! are never captured a second time.
@@ -20,6 +23,16 @@ use redis_module::{raw, Context};
 thread_local! {
     /// Set while the module writes mapped keys itself (main thread only).
     static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The key prefixes whose keys are passed on (set at load).
+static WATCHED: parking_lot::RwLock<Vec<Vec<u8>>> = parking_lot::RwLock::new(Vec::new());
+
+/// The prefix of a write-through key (`__{<key>}`), watched besides the prefixes given.
+const WRITE_THROUGH: &[u8] = b"__{";
+
+fn watched(key: &[u8]) -> bool {
+    key.starts_with(WRITE_THROUGH) || WATCHED.read().iter().any(|p| key.starts_with(p))
 }
 
 /// Runs `body` without passing on the notifications its writes cause.
@@ -50,6 +63,9 @@ extern "C" fn on_key_event(
         let Some(name) = (unsafe { super::ffi::string_bytes(key) }) else {
             return;
         };
+        if !watched(name) {
+            return;
+        }
         let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes();
         let ctx = Context::new(ctx);
         listener.key_event(event, name, &super::After { ctx: &ctx });
@@ -58,8 +74,10 @@ extern "C" fn on_key_event(
 }
 
 /// Subscribes to the events of every key class except streams (which [`super::notify`] follows):
-/// any command that can change, replace or remove a hash.
-pub fn register(ctx: &Context) -> Result<(), String> {
+/// any command that can change, replace or remove a hash, of a key under one of `prefixes` (or a
+/// write-through key).
+pub fn register(ctx: &Context, prefixes: Vec<Vec<u8>>) -> Result<(), String> {
+    *WATCHED.write() = prefixes;
     let classes = raw::REDISMODULE_NOTIFY_GENERIC
         | raw::REDISMODULE_NOTIFY_STRING
         | raw::REDISMODULE_NOTIFY_LIST

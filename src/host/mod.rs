@@ -5,6 +5,7 @@
 //! pipeline registers at load — so no file of the host imports from a layer above it.
 //!
 //! - [`gil`]: the server lock taken from a background thread, as a guard value.
+//! - [`cluster`]: whether this node serves a key's slot (checked before every write on a cluster).
 //! - [`stream`]: every command the module runs on a stream (`XREADGROUP`, `XACK`, `XADD`, ...).
 //! - [`notify`]: the keyspace notification of an `XADD`, passed on as [`Listener::xadd`].
 //! - [`keyspace`]: notifications of every other key class, for hash mappings ([`Listener::key_event`]),
@@ -17,6 +18,7 @@
 //! - [`logging`]: the server log. [`alloc`]: the server's allocator. [`server`]: which server this is.
 
 pub mod alloc;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod ffi;

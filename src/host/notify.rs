@@ -7,19 +7,25 @@
 //! Redis call, no allocation, nothing that could slow the write.
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis_module::{raw, Context};
 
-/// Set by the pipeline's claimer, under the Redis lock, when a read found nothing new and it is
-/// about to wait; cleared by the first notification that wakes it. While the claimer is busy
-/// (draining or yielding), an XADD's notification returns at once: nothing to compare, no shared
-/// state touched.
-static WANTED: AtomicBool = AtomicBool::new(false);
+/// How many claimers wait for new entries: each counts itself in, under the Redis lock, when a
+/// read found nothing new and it is about to wait, and out when it wakes. While every claimer is
+/// busy (draining or yielding), an XADD's notification returns at once: nothing to compare, no
+/// shared state touched.
+static WANTED: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether the next `XADD` is to be passed on to the listener (see [`WANTED`]).
+/// Counts a waiting claimer in (`true`) or out (`false`); each call out matches one call in.
 pub fn want(wanted: bool) {
-    WANTED.store(wanted, Ordering::Relaxed);
+    if wanted {
+        WANTED.fetch_add(1, Ordering::Relaxed);
+    } else {
+        let _ = WANTED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
+    }
 }
 
 extern "C" fn on_stream_event(
@@ -29,7 +35,7 @@ extern "C" fn on_stream_event(
     key: *mut raw::RedisModuleString,
 ) -> c_int {
     crate::host::ffi::guard("stream notification", || {
-        if !WANTED.load(Ordering::Relaxed) || event.is_null() || key.is_null() {
+        if WANTED.load(Ordering::Relaxed) == 0 || event.is_null() || key.is_null() {
             return;
         }
         let event = unsafe { std::ffi::CStr::from_ptr(event) };

@@ -558,16 +558,12 @@ pub fn add(ctx: &Context, stream: &str, fields: &[(&[u8], &[u8])]) -> Result<Str
     text(&reply).ok_or_else(|| "XADD gave no ID".into())
 }
 
-/// The dead-letter stream of a stream.
-pub fn dlq_name(stream: &str) -> String {
-    format!("{stream}:dlq")
-}
-
-/// Copies an entry to the dead-letter stream, unchanged, plus `reason`, `source_stream` and
+/// Copies an entry to the dead-letter stream `dlq`, unchanged, plus `reason`, `source_stream` and
 /// `source_id`; then acknowledges it. Both happen under the caller's one lock hold.
 pub fn dead_letter(
     ctx: &Context,
     stream: &str,
+    dlq: &str,
     group: &str,
     entry: &RawEntry,
     reason: &str,
@@ -585,7 +581,7 @@ pub fn dead_letter(
     fields.push((b"reason", one_line.as_bytes()));
     fields.push((b"source_stream", stream.as_bytes()));
     fields.push((b"source_id", entry.id.as_bytes()));
-    let id = add(ctx, &dlq_name(stream), &fields)?;
+    let id = add(ctx, dlq, &fields)?;
     // The copy is written: a failed acknowledgement must not make the caller write it again.
     if let Err(e) = ack(ctx, stream, group, &[entry.id.as_str()]) {
         crate::host::logging::warning(&format!("XACK of dead-lettered {} failed: {e}", entry.id));

@@ -61,6 +61,25 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
     if items.is_empty() {
         return;
     }
+    // On a cluster, the stream's slot may have moved away since the entries were claimed: they
+    // are pending on the node serving it now, which writes them again (Snowflake applies each
+    // entry once). Nothing is written here.
+    if let Err(why) = crate::host::cluster::serves(ctx, &p.source) {
+        for item in &items {
+            super::waiters::settled(
+                p,
+                &item.stream,
+                item.settle_id(),
+                Err("the stream's slot moved to another node, which writes the entry"),
+            );
+        }
+        logging::info(&format!(
+            "{why}: {} settled entries left pending for the node serving it now",
+            items.len()
+        ));
+        p.settle_lost(items.len() as u64);
+        return;
+    }
     let mut settled = 0u64;
     let mut i = 0;
     while i < items.len() {
@@ -75,7 +94,14 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
                 }
                 Settle::DeadLetter { entry, reason } => {
                     let entry = with_fields(ctx, stream_name, entry);
-                    match stream::dead_letter(ctx, stream_name, group, &entry, reason) {
+                    match stream::dead_letter(
+                        ctx,
+                        stream_name,
+                        &p.names.dlq(),
+                        group,
+                        &entry,
+                        reason,
+                    ) {
                         Err(e) if e != stream::DEMOTED => {
                             // Not done: keep it in flight and pending, and try again later.
                             let attempts: u32 = {
@@ -115,7 +141,7 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
                             logging::warning(&format!(
                                 "DEAD_LETTER {} -> {}:{} reason: {reason}",
                                 entry.id,
-                                stream::dlq_name(stream_name),
+                                p.names.dlq(),
                                 dlq_id
                             ));
                         }

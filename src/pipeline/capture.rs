@@ -64,7 +64,16 @@ pub fn load(ctx: &Context, path: &str) -> Result<(), String> {
         wakes: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
     }));
     if any {
-        keyspace::register(ctx)?;
+        let prefixes = mapped()
+            .map(|m| {
+                m.mappings
+                    .mappings
+                    .iter()
+                    .map(|m| m.key_prefix.as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default();
+        keyspace::register(ctx, prefixes)?;
     }
     Ok(())
 }
@@ -146,13 +155,14 @@ fn capture(ctx: &Context, key: &[u8]) {
 
 /// The key's fields when it is a hash; `None` when it is gone or holds another type.
 fn read_hash(ctx: &Context, key: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let kind = stream::call_read(ctx, "TYPE", &[key]).ok()?;
-    if stream::text(&kind).as_deref() != Some("hash") {
-        return None;
-    }
+    // One read: another type answers WRONGTYPE, and a key that is gone answers an empty list (a
+    // hash has at least one field).
     let RedisValue::Array(items) = stream::call_read(ctx, "HGETALL", &[key]).ok()? else {
         return None;
     };
+    if items.is_empty() {
+        return None;
+    }
     let items: Vec<Vec<u8>> = items.iter().filter_map(stream::bytes).collect();
     Some(
         items

@@ -26,21 +26,37 @@ use crate::host::logging;
 use crate::host::stream::{self, Claimed};
 use crate::settings::{self, Key};
 
-/// Starts the claimer of `pipeline`, feeding `workers`.
-pub fn spawn(pipeline: &'static Pipeline, workers: Vec<Inbox>) -> Result<JoinHandle<()>, String> {
+/// Starts the claimer of `pipeline`. Its workers, housekeeper and deadline thread start when the
+/// claimer first finds its stream served by this node ([`crew`]): on a cluster, a node runs only a
+/// claimer for each shard stream it does not serve.
+pub fn spawn(pipeline: &'static Pipeline) -> Result<JoinHandle<()>, String> {
     let gil = Gil::new().ok_or("could not create the claimer context")?;
-    // Restarted after a panic: start-up tasks are not run again.
+    // Restarted after a panic: start-up tasks are not run again, the crew is not started again.
     let mut started = false;
+    let mut workers: Vec<Inbox> = Vec::new();
     pipeline.spawn_supervised("wb-claimer", move || {
-        run(pipeline, &gil, &workers, &mut started)
+        run(pipeline, &gil, &mut workers, &mut started)
     })
+}
+
+/// Starts the rest of `p`'s threads: `WORKERS` workers, the housekeeper and the deadline thread;
+/// gives back the workers' inboxes. Under the lock (each thread's context is made under it).
+fn crew(p: &'static Pipeline) -> Result<Vec<Inbox>, String> {
+    let n = settings::current().int(Key::Workers).clamp(1, 64) as usize;
+    let (inboxes, handles) = super::worker::spawn(p, n)?;
+    let housekeeper = super::housekeeping::spawn(p)?;
+    let deadlines = super::waiters::spawn(p)?;
+    let mut threads = p.control.threads.lock();
+    threads.extend(handles);
+    threads.extend([housekeeper, deadlines]);
+    Ok(inboxes)
 }
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
 
-fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
+fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
     // After a start or a promotion, pending entries are taken over first.
     let mut recovering = true;
@@ -54,6 +70,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
     let mut governor = Governor::default();
     let mut sizer = ChunkSizer::default();
     let epoch = Instant::now();
+    let on_cluster = gil.with(crate::host::cluster::enabled);
     loop {
         if c.stopping() {
             return;
@@ -69,22 +86,50 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             c.wait_wake(Duration::from_millis(100));
             continue;
         }
-        match server(gil) {
+        // Not this node's to drain now: a replica, or on a cluster a node that does not serve the
+        // stream's slot (before the cluster is formed, once the slot has moved away). What it read
+        // is forgotten: when the stream is its own again, pending entries are taken over first.
+        let away = match server(gil) {
             Server::Loading => {
                 c.set_state(State::Loading);
                 c.wait_wake(Duration::from_millis(50));
                 continue;
             }
-            Server::Replica => {
-                c.set_state(State::Replica);
-                recovering = true;
-                cursor = "0-0".into();
-                group_ready = None;
-                last_entries_read = None;
-                c.wait_wake(Duration::from_millis(200));
-                continue;
+            Server::Replica => Some((State::Replica, Duration::from_millis(200))),
+            Server::Primary if on_cluster => {
+                match gil.with(|ctx| crate::host::cluster::serves(ctx, &p.source)) {
+                    Ok(()) => None,
+                    Err(why) => {
+                        if c.state() != State::Elsewhere {
+                            logging::info(&format!("{why}: another primary drains it"));
+                        }
+                        // One look a second: a node takes the lock for a stream it does not serve
+                        // only this often (the slot comes by a failover or a resharding).
+                        Some((State::Elsewhere, Duration::from_secs(1)))
+                    }
+                }
             }
-            Server::Primary => {}
+            Server::Primary => None,
+        };
+        if let Some((state, look_again)) = away {
+            c.set_state(state);
+            recovering = true;
+            cursor = "0-0".into();
+            group_ready = None;
+            last_entries_read = None;
+            c.wait_wake(look_again);
+            continue;
+        }
+        if workers.is_empty() {
+            match gil.with(|_| crew(p)) {
+                Ok(inboxes) => *workers = inboxes,
+                Err(e) => {
+                    logging::warning(&format!("{}: {e}; trying again", p.source));
+                    p.metrics.set_error(&e);
+                    c.wait_wake(Duration::from_secs(1));
+                    continue;
+                }
+            }
         }
         // Start-up tasks (restore, legacy import) run once, when this server is first a ready primary.
         if !*started {
@@ -163,7 +208,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             }
         };
         governor::publish(p, &governor, count);
-        let stream_name = snap.str(Key::RedisStream).to_string();
+        let stream_name = p.source.clone();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 
@@ -172,6 +217,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
             let read = (|| -> Result<(Claimed, Option<String>), String> {
+                crate::host::cluster::serves(ctx, &stream_name)?;
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
                 }
@@ -225,7 +271,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD falls
             // between this read and the wait.
             if read.as_ref().is_ok_and(|(entries, _)| entries.is_empty()) {
-                crate::host::notify::want(true);
+                p.idle();
             }
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
@@ -273,7 +319,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
         if entries.is_empty() {
             if !recovering {
                 c.wait_wake(Duration::from_secs(1));
-                crate::host::notify::want(false);
+                p.busy();
             }
             continue;
         }
@@ -287,6 +333,19 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &[Inbox], started: &mut bool) {
             snap.bool(Key::LogRaw),
         );
     }
+}
+
+/// With `STREAM_SHARDS` > 1, why an entry cannot be written from this shard stream: a row it writes
+/// belongs to another shard. Each row is written from one stream only, since the entry IDs of two
+/// streams are not comparable (a row remembers the newest entry applied to it).
+fn wrong_shard(p: &Pipeline, decoded: &entry::Decoded) -> Option<entry::DecodeError> {
+    let shard = p.names.shard?;
+    let (row, home) = shard.stray(&decoded.row_keys())?;
+    let home = p.names.sibling(home);
+    Some(entry::DecodeError::WrongShard {
+        row: crate::entry::rules::shown(row),
+        home,
+    })
 }
 
 /// Sleeps `d`, in short steps so stopping and pausing are seen at once.
@@ -400,6 +459,10 @@ fn dispatch(
             },
             None => decoded,
         };
+        let decoded = match wrong_shard(p, &decoded) {
+            Some(reason) => entry::Decoded::Undecodable { id, reason },
+            None => decoded,
+        };
         let route = route(decoded.row_keys_each(), raw.id, workers.len());
         // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
         // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
@@ -510,7 +573,7 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
             let mut req = crate::pipeline::restore::Request::from_settings(&snap);
             let attempts = snap.uint(Key::ConfigMaxAttempts).max(1);
             for attempt in 1..=attempts {
-                match crate::pipeline::restore::run(&req, gil, &snap) {
+                match crate::pipeline::restore::run(&p.names, &req, gil, &snap) {
                     Ok(sum) => {
                         if let Some(why) = sum.skipped {
                             logging::info(&format!("restore on empty skipped: {why}"));
@@ -534,8 +597,13 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
         }
     }
     let patterns = snap.list(Key::ExtraBridgeKeys);
-    if !patterns.is_empty() {
-        if let Err(e) = crate::pipeline::import::run(patterns, false, gil, &snap) {
+    if !patterns.is_empty()
+        && !super::control::REGISTRY
+            .imported_at_start
+            .swap(true, Ordering::Relaxed)
+    {
+        let streams = super::control::REGISTRY.served_names(gil);
+        if let Err(e) = crate::pipeline::import::run(&streams, patterns, false, gil, &snap) {
             logging::warning(&format!(
                 "legacy import failed: {e} (WB.IMPORT runs it again)"
             ));

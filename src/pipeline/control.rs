@@ -35,6 +35,8 @@ pub enum State {
     Replica,
     Unconfigured,
     Paused,
+    /// On a cluster: this node does not serve the stream's slot (another primary drains it).
+    Elsewhere,
     Running,
     DryRun,
     Retrying,
@@ -50,6 +52,7 @@ impl State {
             State::Replica => "replica",
             State::Unconfigured => "unconfigured",
             State::Paused => "paused",
+            State::Elsewhere => "not-served",
             State::Running => "running",
             State::DryRun => "dry-run",
             State::Retrying => "retrying",
@@ -59,12 +62,13 @@ impl State {
     }
 
     fn from_u8(n: u8) -> State {
-        const ALL: [State; 10] = [
+        const ALL: [State; 11] = [
             State::Starting,
             State::Loading,
             State::Replica,
             State::Unconfigured,
             State::Paused,
+            State::Elsewhere,
             State::Running,
             State::DryRun,
             State::Retrying,
@@ -131,8 +135,10 @@ impl Default for Control {
 
 /// One pipeline: a source stream, its control, its counters and its triage evidence.
 pub struct Pipeline {
-    /// The stream it reads (`REDIS_STREAM`, a restart-only setting).
+    /// The stream it reads (`REDIS_STREAM`, or one shard stream of it; restart-only settings).
     pub source: String,
+    /// The names of the keys it writes for its stream (dead-letter stream, marker, import set).
+    pub names: crate::shard::Names,
     pub control: Control,
     pub metrics: Metrics,
     pub triage: Triage,
@@ -148,12 +154,21 @@ pub struct Pipeline {
     pub waiters: Mutex<Vec<super::state::Waiter>>,
     /// What its claimer last published ([`super::governor`]).
     pub drain: super::state::DrainFigures,
+    /// Its claimer waits for the next `XADD` to its stream.
+    idle: AtomicBool,
 }
 
 impl Pipeline {
     pub fn new(source: impl Into<String>) -> Pipeline {
+        let source = source.into();
+        Pipeline::named(crate::shard::Names::new(&source, false))
+    }
+
+    /// A pipeline over `names.stream`, writing the keys `names` gives.
+    pub fn named(names: crate::shard::Names) -> Pipeline {
         Pipeline {
-            source: source.into(),
+            source: names.stream.clone(),
+            names,
             control: Control::new(),
             metrics: Metrics::default(),
             triage: Triage::new(),
@@ -163,6 +178,7 @@ impl Pipeline {
             acks: Default::default(),
             waiters: Mutex::new(Vec::new()),
             drain: Default::default(),
+            idle: AtomicBool::new(false),
         }
     }
 }
@@ -171,17 +187,24 @@ impl Pipeline {
 /// loaded again finds it as it was, and [`super::start`] resets its control).
 pub struct Registry {
     pipelines: RwLock<Vec<&'static Pipeline>>,
+    /// The same, by stream name (an `XADD`'s notification looks its stream up here).
+    by_source: RwLock<Option<std::collections::HashMap<String, &'static Pipeline>>>,
     main: OnceLock<&'static Pipeline>,
     /// The hash mappings in force and their figures ([`super::mapped`]), set at load.
     pub mapped: RwLock<Option<Arc<super::mapped::Mapped>>>,
+    /// The start-up legacy import has been run (once per process, by the first pipeline whose
+    /// stream this node serves, over every stream it serves then).
+    pub imported_at_start: AtomicBool,
 }
 
 impl Registry {
     pub const fn new() -> Registry {
         Registry {
             pipelines: RwLock::new(Vec::new()),
+            by_source: RwLock::new(None),
             main: OnceLock::new(),
             mapped: RwLock::new(None),
+            imported_at_start: AtomicBool::new(false),
         }
     }
 
@@ -189,16 +212,16 @@ impl Registry {
     pub fn add(&self, pipeline: Pipeline) -> &'static Pipeline {
         let p: &'static Pipeline = Box::leak(Box::new(pipeline));
         self.pipelines.write().push(p);
+        self.by_source
+            .write()
+            .get_or_insert_with(Default::default)
+            .insert(p.source.clone(), p);
         p
     }
 
     /// The pipeline reading `source`.
     pub fn find(&self, source: &str) -> Option<&'static Pipeline> {
-        self.pipelines
-            .read()
-            .iter()
-            .find(|p| p.source == source)
-            .copied()
+        self.by_source.read().as_ref()?.get(source).copied()
     }
 
     /// The hash mappings in force, if any.
@@ -214,6 +237,31 @@ impl Registry {
     /// Every pipeline, in the order they were added.
     pub fn all(&self) -> Vec<&'static Pipeline> {
         self.pipelines.read().clone()
+    }
+
+    /// Adds a pipeline for each of `streams` that has none yet (at load; a module loaded again finds
+    /// its pipelines as they were).
+    pub fn open(&self, streams: Vec<crate::shard::Names>) {
+        for names in streams {
+            if self.find(&names.stream).is_none() {
+                self.add(Pipeline::named(names));
+            }
+        }
+    }
+
+    /// The pipelines whose stream's slot this node serves now (every one on a standalone server).
+    /// Under the lock.
+    pub fn served(&self, ctx: &redis_module::Context) -> Vec<&'static Pipeline> {
+        self.all()
+            .into_iter()
+            .filter(|p| crate::host::cluster::serves(ctx, &p.source).is_ok())
+            .collect()
+    }
+
+    /// The key names of the streams this node serves now (see [`Registry::served`]). Takes the
+    /// lock through `gil`.
+    pub fn served_names(&self, gil: &crate::host::gil::Gil) -> Vec<crate::shard::Names> {
+        gil.with(|ctx| self.served(ctx).iter().map(|p| p.names.clone()).collect())
     }
 
     /// The first pipeline, made for `source()` when there is none yet.
@@ -235,6 +283,20 @@ impl Default for Registry {
 
 /// The pipelines of this process.
 pub static REGISTRY: Registry = Registry::new();
+
+/// Makes the pipelines of the configured streams (at load): `REDIS_STREAM`, or its
+/// `STREAM_SHARDS` shard streams. On a cluster (`cluster`) or with shards, the keys of each stream
+/// carry its hash tag.
+pub fn open(cluster: bool) -> Result<(), String> {
+    let s = crate::settings::current();
+    let stream = s.str(Key::RedisStream);
+    let shards = s.uint(Key::StreamShards).max(1) as u32;
+    if let Some(why) = crate::shard::refusal(stream, shards, cluster) {
+        return Err(why);
+    }
+    REGISTRY.open(crate::shard::Names::family(stream, shards, cluster));
+    Ok(())
+}
 
 /// The configured stream's pipeline (made on first use, after the settings are loaded).
 pub fn main() -> &'static Pipeline {
@@ -399,6 +461,23 @@ impl Pipeline {
                 }
             }
         })
+    }
+
+    /// Its claimer found nothing new and waits for an `XADD` (called under the Redis lock, so no
+    /// `XADD` falls between its read and this).
+    pub fn idle(&self) {
+        if !self.idle.swap(true, Ordering::Relaxed) {
+            crate::host::notify::want(true);
+        }
+    }
+
+    /// Its claimer is busy again; true when it was waiting.
+    pub fn busy(&self) -> bool {
+        let was = self.idle.swap(false, Ordering::Relaxed);
+        if was {
+            crate::host::notify::want(false);
+        }
+        was
     }
 
     /// Gives back `bytes` of claimed entries the module no longer holds.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis_module::Context;
 
 use crate::host::{logging, stream, Figure, Listener, ServerEvent};
-use crate::pipeline::control::METRICS;
+use crate::pipeline::control::{Pipeline, REGISTRY};
 use crate::settings::{self, Key};
 
 /// The pipeline as the host's listener.
@@ -33,8 +33,9 @@ impl Listener for Events {
             return;
         };
         if let Some(p) = super::control::REGISTRY.find(name) {
-            crate::host::notify::want(false);
-            p.control.wake();
+            if p.busy() {
+                p.control.wake();
+            }
         }
     }
 
@@ -49,18 +50,45 @@ impl Listener for Events {
                 super::shutdown(grace);
             }
             ServerEvent::KeyGone { key, db, how } => {
-                let s = settings::current();
-                if key == s.str(Key::RedisStream).as_bytes() && db == s.int(Key::RedisDb) {
-                    stream_ends(how, None);
+                if db != settings::current().int(Key::RedisDb) {
+                    return;
+                }
+                let Ok(name) = std::str::from_utf8(key) else {
+                    return;
+                };
+                if let Some(p) = REGISTRY.find(name) {
+                    stream_ends(p, how, None);
+                }
+            }
+            ServerEvent::KeyMoved { key, db } => {
+                if db != settings::current().int(Key::RedisDb) {
+                    return;
+                }
+                let Ok(name) = std::str::from_utf8(key) else {
+                    return;
+                };
+                if let Some(p) = REGISTRY.find(name) {
+                    // Its pending entries go with it: the node that serves the slot now takes
+                    // them over, and Snowflake applies each entry once.
+                    logging::info(&format!(
+                        "stream {name} left this node with its slot; the node serving the slot now drains it"
+                    ));
+                    p.control.wake();
                 }
             }
             ServerEvent::Flushed { db } => {
                 if db == -1 || db == settings::current().int(Key::RedisDb) {
-                    stream_ends("flushed (FLUSHDB/FLUSHALL)", None);
+                    for p in REGISTRY.all() {
+                        stream_ends(p, "flushed (FLUSHDB/FLUSHALL)", None);
+                    }
                 }
             }
             ServerEvent::Swapped { first, second } => on_swapdb(first, second),
-            ServerEvent::Changed => super::control().wake(),
+            ServerEvent::Changed => {
+                for p in REGISTRY.all() {
+                    p.control.wake();
+                }
+            }
         }
     }
 
@@ -69,7 +97,7 @@ impl Listener for Events {
     }
 
     fn stopping(&self) -> bool {
-        super::control().stopping()
+        REGISTRY.all().iter().any(|p| p.control.stopping())
     }
 }
 
@@ -87,39 +115,42 @@ fn on_swapdb(first: i64, second: i64) {
     if old_home == ours {
         return;
     }
-    stream_ends(
-        &format!("swapped away (SWAPDB: it is now in database {old_home})"),
-        Some(old_home as i32),
-    );
+    for p in REGISTRY.all() {
+        stream_ends(
+            p,
+            &format!("swapped away (SWAPDB: it is now in database {old_home})"),
+            Some(old_home as i32),
+        );
+    }
 }
 
-/// The stream is about to go (main thread, data still there), or has just moved to database `moved_to`:
-/// count and report what was never written.
-fn stream_ends(how: &str, moved_to: Option<i32>) {
+/// The stream of `p` is about to go (main thread, data still there), or has just moved to database
+/// `moved_to`: count and report what was never written.
+fn stream_ends(p: &Pipeline, how: &str, moved_to: Option<i32>) {
     // The loss is judged on a replica by its primary: a replica writes nothing anyway.
     let Some(ctx) = stream::home() else { return };
     if stream::is_replica(&ctx) {
         return;
     }
     let s = settings::current();
-    let stream_name = s.str(Key::RedisStream).to_string();
+    let stream_name = p.source.as_str();
     let group = super::control::group_name(&s);
-    let held = METRICS.in_flight.load(Ordering::Relaxed) as i64;
+    let held = p.metrics.in_flight.load(Ordering::Relaxed) as i64;
     let lost = match moved_to {
-        None => never_written(&ctx, &stream_name, &group, held),
+        None => never_written(&ctx, stream_name, &group, held),
         Some(db) => stream::in_db(&ctx, db, s.int(Key::RedisDb) as i32, |ctx| {
-            never_written(ctx, &stream_name, &group, held)
+            never_written(ctx, stream_name, &group, held)
         })
         .unwrap_or(0),
     };
-    super::control().wake();
+    p.control.wake();
     if lost == 0 {
         logging::info(&format!(
             "stream {stream_name} was {how}; every entry in it had been written"
         ));
         return;
     }
-    METRICS.lost_deleted.fetch_add(lost, Ordering::Relaxed);
+    p.metrics.lost_deleted.fetch_add(lost, Ordering::Relaxed);
     logging::warning(&format!(
         "LOST {lost} entries of {stream_name} were never written to Snowflake: the stream was {how} \
          before they were (counted in lost_deleted); the writer carries on with the stream the \

@@ -359,7 +359,14 @@ fn settle(
         for (i, e) in entries.iter().enumerate() {
             let why = refused.get(&i).copied();
             if let Some(why) = why {
-                let _ = stream::dead_letter(ctx, stream_name, group, e, why);
+                let _ = stream::dead_letter(
+                    ctx,
+                    stream_name,
+                    &mapping.dead_letter_stream(),
+                    group,
+                    e,
+                    why,
+                );
             }
             let Ok(ch) = decode(mapping, &e.fields) else {
                 continue;

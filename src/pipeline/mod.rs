@@ -52,18 +52,25 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::settings::Key;
-use control::METRICS;
 pub use control::{
     control, dry_run, group_name, release_bytes, session_state, settle_lost, spawn_supervised,
     spawn_thread, state, threads_alive, unconfigured, Control, State, CLAIM_CHUNK_BYTES,
     MAX_IN_FLIGHT_BYTES,
 };
 
-/// Starts the claimer and the workers (at load, on the main thread). They wait on their own for the
-/// server to finish loading before touching the stream.
+/// Starts the claimer and the workers of every pipeline, and the mappings' writers (at load, on the
+/// main thread). They wait on their own for the server to finish loading before touching a stream;
+/// on a cluster each claimer drains its stream only while this node serves the stream's slot.
 pub fn start() -> Result<(), String> {
-    let pipeline = control::main();
+    for pipeline in control::REGISTRY.all() {
+        start_one(pipeline)?;
+    }
+    let writers = mapping_writer::spawn_all()?;
+    control::main().control.threads.lock().extend(writers);
+    Ok(())
+}
+
+fn start_one(pipeline: &'static control::Pipeline) -> Result<(), String> {
     let c = &pipeline.control;
     // A module unloaded and loaded again may find its statics as they were (a Rust library is not
     // always unmapped by dlclose): start from a clean control state.
@@ -80,16 +87,8 @@ pub fn start() -> Result<(), String> {
     } else {
         State::Starting
     });
-    let workers = s.int(Key::Workers).clamp(1, 64) as usize;
-    let (senders, handles) = worker::spawn(pipeline, workers)?;
-    let claimer = claim::spawn(pipeline, senders)?;
-    let housekeeper = housekeeping::spawn(pipeline)?;
-    let deadlines = waiters::spawn(pipeline)?;
-    let writers = mapping_writer::spawn_all()?;
-    let mut threads = c.threads.lock();
-    threads.extend(handles);
-    threads.extend(writers);
-    threads.extend([claimer, housekeeper, deadlines]);
+    let claimer = claim::spawn(pipeline)?;
+    c.threads.lock().push(claimer);
     Ok(())
 }
 
@@ -108,49 +107,77 @@ pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// remembers the last entry applied). The grace only lets the statements in progress finish instead
 /// of being abandoned mid-way; claiming stops at once.
 pub fn shutdown(grace: Duration) {
-    let c = control();
-    c.stop.store(true, Ordering::Relaxed);
-    c.set_state(State::Stopping);
-    c.wake();
+    let all = control::REGISTRY.all();
+    for p in &all {
+        let c = &p.control;
+        c.stop.store(true, Ordering::Relaxed);
+        c.set_state(State::Stopping);
+        c.wake();
+    }
     let deadline = Instant::now() + grace.min(MAX_SHUTDOWN_GRACE);
-    while c.committing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        c.wait_settled(Duration::from_millis(10));
+    for p in &all {
+        let c = &p.control;
+        while c.committing.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            c.wait_settled(Duration::from_millis(10));
+        }
     }
     if let Some(ctx) = crate::host::stream::home() {
-        ack::drain(control::main(), &ctx);
+        for p in &all {
+            ack::drain(p, &ctx);
+        }
     }
-    c.set_state(State::Stopped);
+    for p in &all {
+        p.control.set_state(State::Stopped);
+    }
 }
 
 /// For `MODULE UNLOAD`: stops and joins the threads if nothing is in flight, else refuses with why.
 pub fn unload() -> Result<(), String> {
-    let c = control();
-    let in_flight = METRICS.in_flight.load(Ordering::Relaxed);
-    if !c.paused.load(Ordering::Relaxed) || in_flight > 0 {
+    let all = control::REGISTRY.all();
+    let in_flight: u64 = all
+        .iter()
+        .map(|p| p.metrics.in_flight.load(Ordering::Relaxed))
+        .sum();
+    if all
+        .iter()
+        .any(|p| !p.control.paused.load(Ordering::Relaxed))
+        || in_flight > 0
+    {
         return Err(format!(
             "the writer is running ({in_flight} entries in flight): run WB.PAUSE, wait until WB.STATUS shows in_flight 0, then MODULE UNLOAD"
         ));
     }
-    c.stop.store(true, Ordering::Relaxed);
-    c.wake();
-    worker::close(control::main());
+    for p in &all {
+        p.control.stop.store(true, Ordering::Relaxed);
+        p.control.wake();
+        worker::close(p);
+    }
     // Wait (bounded) for every thread to return. This runs on the main thread, which holds the Redis
     // lock: a thread waiting for that lock cannot return until this call does, so rather than block
     // forever, refuse and let the operator repeat the command once it has.
+    let alive = || -> usize {
+        all.iter()
+            .map(|p| p.control.alive.load(Ordering::SeqCst))
+            .sum()
+    };
     let deadline = Instant::now() + Duration::from_secs(2);
-    while c.alive.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while alive() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    c.set_state(State::Stopped);
-    let left = c.alive.load(Ordering::SeqCst);
+    for p in &all {
+        p.control.set_state(State::Stopped);
+    }
+    let left = alive();
     if left > 0 {
         return Err(format!(
             "{left} writer threads are still stopping; run MODULE UNLOAD again"
         ));
     }
-    let handles: Vec<JoinHandle<()>> = c.threads.lock().drain(..).collect();
-    for h in handles {
-        let _ = h.join();
+    for p in &all {
+        let handles: Vec<JoinHandle<()>> = p.control.threads.lock().drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
     }
     crate::host::gil::free_retired();
     Ok(())

@@ -156,6 +156,8 @@ struct Builder<W: FnMut(&[String]) -> Result<(), String>> {
     visited: bool,
     saved: bool,
     bounds: Bounds,
+    /// With `STREAM_SHARDS` > 1: the shard restored; rows of other shards are passed over.
+    shard: Option<crate::shard::Shard>,
     /// The user whose records are being grouped.
     user: Option<String>,
     /// Records by entry key, with their size.
@@ -181,6 +183,7 @@ impl<W: FnMut(&[String]) -> Result<(), String>> Builder<W> {
             visited: s.bool(Key::RestoreIncludeVisited),
             saved: s.bool(Key::RestoreIncludeSaved),
             bounds,
+            shard: None,
             user: None,
             groups: BTreeMap::new(),
             grouped_bytes: 0,
@@ -198,13 +201,22 @@ impl<W: FnMut(&[String]) -> Result<(), String>> Builder<W> {
         self.peak_bytes = self.peak_bytes.max(self.grouped_bytes + self.chunk_bytes);
     }
 
+    /// Whether the row keyed by `id` is written from the shard restored.
+    fn mine(&self, id: &str) -> bool {
+        self.shard
+            .is_none_or(|s| crate::shard::shard_of(id.as_bytes(), s.count) == s.index)
+    }
+
     fn push(&mut self, r: Row) -> Result<(), String> {
         if self.user.as_deref() != Some(r.tracked_id.as_str()) {
             self.flush_groups()?;
             self.user = Some(r.tracked_id.clone());
-            if let Some(e) = &r.user_email {
+            if let Some(e) = r.user_email.as_deref().filter(|e| self.mine(e)) {
                 self.emit(json!({"user_email": e}).to_string(), 0)?;
             }
+        }
+        if !self.mine(&r.tracked_id) {
+            return Ok(());
         }
         let record = |action: &str, at: &Option<String>| {
             json!({"id": r.tracked_id, "page_name": r.page_name, "query_row_count": r.query_row_count,
@@ -322,9 +334,19 @@ fn entries_of(rows: &[Row], s: &Snapshot) -> Vec<String> {
 /// Runs a restore (on a background thread: it waits for Snowflake). The result is read one
 /// partition at a time and the entries are added as they are made, so what the restore holds is
 /// bounded (see [`Builder`]) however many rows qualify.
-pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
-    let stream_name = s.str(Key::RedisStream).to_string();
-    let marker = s.str(Key::RestoreMarkKey).to_string();
+///
+/// With `STREAM_SHARDS` > 1 it restores the shard stream `names` into its own stream, keeping the
+/// rows whose row id falls in that shard, and its own marker (`RESTORE_MARK_KEY:{i}`).
+pub fn run(
+    names: &crate::shard::Names,
+    req: &Request,
+    gil: &Gil,
+    s: &Snapshot,
+) -> Result<Summary, String> {
+    let stream_name = names.stream.clone();
+    let marker = names.marker(s.str(Key::RestoreMarkKey));
+    // On a cluster, only the node serving the stream's slot restores it (the marker shares it).
+    gil.with(|ctx| crate::host::cluster::serves(ctx, &stream_name))?;
     let whole = req.user.is_none();
     // Conditions, and where an interrupted run stopped.
     let (len, mark) = gil.with(|ctx| {
@@ -369,6 +391,7 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
             return Ok(());
         }
         gil.with(|ctx| -> Result<(), String> {
+            crate::host::cluster::serves(ctx, &stream_name)?;
             for e in chunk {
                 stream::add(
                     ctx,
@@ -385,6 +408,7 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
         })
     };
     let mut builder = Builder::new(s, BOUNDS, start, write);
+    builder.shard = names.shard;
     let mut rows = 0usize;
     let mut partitions = 0usize;
     let mut too_few: Option<usize> = None;
@@ -439,7 +463,10 @@ pub fn run(req: &Request, gil: &Gil, s: &Snapshot) -> Result<Summary, String> {
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
             entries
         );
-        gil.with(|ctx| stream::call_write(ctx, "SET", &[marker.as_bytes(), done.as_bytes()]))?;
+        gil.with(|ctx| {
+            crate::host::cluster::serves(ctx, &stream_name)?;
+            stream::call_write(ctx, "SET", &[marker.as_bytes(), done.as_bytes()])
+        })?;
     }
     logging::info(&format!(
         "RESTORE done: {rows} rows, {entries} entries ({records} records){}; read in {partitions} partitions, \

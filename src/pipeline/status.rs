@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::Context;
 
-use super::control::METRICS;
+use super::control::{Pipeline, REGISTRY};
 pub use crate::host::server::{maxmemory_policy, role};
 use crate::host::stream;
 pub use crate::host::Figure;
@@ -60,106 +60,27 @@ fn oldest_unwritten_age_ms(
     now.saturating_sub(id.ms)
 }
 
-/// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
-/// report, when no command may run, and only counters are given.
-pub fn report(live: bool) -> Vec<(String, Figure)> {
-    let home = stream::home().filter(|_| live);
+/// The figures of one stream (its length, what is pending and not delivered, its dead letters),
+/// read under the lock.
+fn stream_figures(ctx: &Context, p: &Pipeline, group: &str) -> Vec<(&'static str, Figure)> {
+    let stream_name = p.source.as_str();
+    let info = stream::group_info(ctx, stream_name, group).unwrap_or_default();
+    let oldest = oldest_unwritten_age_ms(ctx, stream_name, group, &info);
+    vec![
+        ("stream_length", stream::length(ctx, stream_name).into()),
+        ("pending", info.pending.into()),
+        ("lag", info.lag.unwrap_or(-1).into()),
+        ("oldest_unwritten_age_ms", oldest.into()),
+        ("last_delivered_id", info.last_delivered_id.into()),
+        ("dlq_length", stream::length(ctx, &p.names.dlq()).into()),
+    ]
+}
+
+/// The counters of one pipeline.
+fn counters(p: &Pipeline) -> Vec<(String, Figure)> {
     let mut out: Vec<(String, Figure)> = Vec::new();
     let mut put = |k: &str, v: Figure| out.push((k.to_string(), v));
-    let s = settings::current();
-    // While Redis loads its AOF/RDB the main thread holds the lock the claimer waits for, so the
-    // claimer cannot record `loading` itself: the server's own flag says it.
-    let loading = home.as_ref().is_some_and(crate::host::server::loading);
-    let state = match crate::pipeline::control::state() {
-        "starting" | "running" | "retrying" if loading => "loading",
-        s => s,
-    };
-    put("state", state.into());
-    if let Some(ctx) = home.as_ref() {
-        put("role", role(ctx).into());
-    }
-    put("version", env!("CARGO_PKG_VERSION").into());
-    put("server", crate::host::server::current().describe().into());
-    put(
-        "threads_alive",
-        (crate::pipeline::control::threads_alive() as u64).into(),
-    );
-    put(
-        "thread_restarts",
-        crate::pipeline::control()
-            .restarts
-            .load(Ordering::Relaxed)
-            .into(),
-    );
-    put(
-        "background_commands",
-        (crate::pipeline::background::running() as u64).into(),
-    );
-    put(
-        "sync_writers_waiting",
-        (crate::pipeline::waiters::count(crate::pipeline::control::main()) as u64).into(),
-    );
-    put("stream", s.str(Key::RedisStream).into());
-    put("group", crate::pipeline::control::group_name(&s).into());
-    put("consumer", s.str(Key::Consumer).into());
-    put("db", s.int(Key::RedisDb).into());
-    put(
-        "dry_run",
-        u64::from(crate::pipeline::control::dry_run(&s)).into(),
-    );
-    put(
-        "snowflake",
-        if s.snowflake_configured() {
-            "configured"
-        } else {
-            "unconfigured"
-        }
-        .into(),
-    );
-    put(
-        "snowflake_session",
-        crate::pipeline::control::session_state().into(),
-    );
-    if let Some(ctx) = home.as_ref() {
-        let stream_name = s.str(Key::RedisStream);
-        let info = stream::group_info(ctx, stream_name, &crate::pipeline::control::group_name(&s))
-            .unwrap_or_default();
-        put("stream_length", stream::length(ctx, stream_name).into());
-        put("pending", info.pending.into());
-        put("lag", info.lag.unwrap_or(-1).into());
-        put(
-            "oldest_unwritten_age_ms",
-            oldest_unwritten_age_ms(
-                ctx,
-                stream_name,
-                &crate::pipeline::control::group_name(&s),
-                &info,
-            )
-            .into(),
-        );
-        put("last_delivered_id", info.last_delivered_id.into());
-        put(
-            "dlq_length",
-            stream::length(ctx, &stream::dlq_name(stream_name)).into(),
-        );
-        let policy = maxmemory_policy(ctx);
-        put("maxmemory_policy", policy.as_str().into());
-        put(
-            "eviction_warning",
-            eviction_warning(&policy).unwrap_or_default().into(),
-        );
-    }
-    let drain = super::governor::published(crate::pipeline::control::main());
-    put("drain_mode", drain.mode.as_str().into());
-    put(
-        "main_thread_busy_pct",
-        drain.busy_pct.map_or(-1, |p| p as i64).into(),
-    );
-    put("drain_claim_chunk", drain.chunk.into());
-    put("drain_last_hold_us", drain.last_hold_us.into());
-    put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
-    put("lock_held_ms", crate::host::gil::held_ms().into());
-    let m = &*METRICS;
+    let m = &p.metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     put("in_flight", get(&m.in_flight).into());
     put("in_flight_bytes", get(&m.in_flight_bytes).into());
@@ -206,13 +127,242 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("last_error", m.last_error.lock().clone().into());
     put("blocked_code", m.blocked_code.lock().clone().into());
     put("id_regression", m.id_regression.lock().clone().into());
-    if let Some(mapped) = crate::pipeline::control::mapped() {
-        for (name, text) in crate::pipeline::mapped::texts(&mapped) {
-            put(&name, text.into());
-        }
-        for (name, n) in crate::pipeline::mapped::figures(&mapped) {
-            put(&name, (n as i64).into());
+    out
+}
+
+/// Figures that combine over streams by their largest value, not their sum.
+const BY_MAX: &[&str] = &[
+    "batch_latency_p50_ms",
+    "batch_latency_p99_ms",
+    "last_success_ms",
+    "oldest_unwritten_age_ms",
+];
+
+/// The figures of several streams as one: numbers added (or the largest, [`BY_MAX`]; an unknown
+/// `lag` of -1 makes the total unknown), the first non-empty text; in first-seen order.
+fn totals(parts: Vec<Vec<(String, Figure)>>) -> Vec<(String, Figure)> {
+    let mut out: Vec<(String, Figure)> = Vec::new();
+    for part in parts {
+        for (k, v) in part {
+            let Some(slot) = out.iter_mut().find(|(name, _)| *name == k) else {
+                out.push((k, v));
+                continue;
+            };
+            slot.1 = match (&slot.1, v) {
+                (Figure::Int(a), Figure::Int(b)) if BY_MAX.contains(&k.as_str()) => {
+                    Figure::Int((*a).max(b))
+                }
+                (Figure::Int(a), Figure::Int(b)) if k == "lag" && (*a < 0 || b < 0) => {
+                    Figure::Int(-1)
+                }
+                (Figure::Int(a), Figure::Int(b)) => Figure::Int(a.saturating_add(b)),
+                (Figure::Text(a), Figure::Text(b)) if a.is_empty() => Figure::Text(b),
+                (kept, _) => kept.clone(),
+            };
         }
     }
     out
 }
+
+/// The state of several streams in one word: the one that most needs an operator's eye.
+fn summary_state<'a>(states: impl Iterator<Item = &'a str>) -> &'a str {
+    const ORDER: &[&str] = &[
+        "failed",
+        "blocked",
+        "retrying",
+        "stopping",
+        "stopped",
+        "paused",
+        "loading",
+        "replica",
+        "unconfigured",
+        "starting",
+        "dry-run",
+        "running",
+    ];
+    let states: Vec<&str> = states.collect();
+    ORDER
+        .iter()
+        .find_map(|w| states.iter().find(|s| *s == w).copied())
+        .or_else(|| states.first().copied())
+        .unwrap_or("not-served")
+}
+
+/// Every figure, in display order. Runs on the main thread; `live` is false while Redis writes a crash
+/// report, when no command may run, and only counters are given.
+///
+/// With one stream (the default) the figures are that stream's. With `STREAM_SHARDS` > 1 the
+/// top-level figures are the totals over the shard streams this node serves (`state`: the one
+/// most in need of attention, `not-served` when it serves none), and `shard.<i>.*` gives each
+/// shard stream's own, `shard.<i>.served` saying whether this node drains it now.
+pub fn report(live: bool) -> Vec<(String, Figure)> {
+    let home = stream::home().filter(|_| live);
+    let mut out: Vec<(String, Figure)> = Vec::new();
+    let mut put = |k: &str, v: Figure| out.push((k.to_string(), v));
+    let s = settings::current();
+    let all = REGISTRY.all();
+    let served: Vec<bool> = all
+        .iter()
+        .map(|p| {
+            home.as_ref()
+                .is_none_or(|ctx| crate::host::cluster::serves(ctx, &p.source).is_ok())
+        })
+        .collect();
+    let group = crate::pipeline::control::group_name(&s);
+    // While Redis loads its AOF/RDB the main thread holds the lock the claimer waits for, so the
+    // claimer cannot record `loading` itself: the server's own flag says it.
+    let loading = home.as_ref().is_some_and(crate::host::server::loading);
+    let state_of = |p: &Pipeline| match p.state() {
+        "starting" | "running" | "retrying" if loading => "loading",
+        s => s,
+    };
+    let state = summary_state(
+        all.iter()
+            .zip(&served)
+            .filter(|(_, served)| **served)
+            .map(|(p, _)| state_of(p)),
+    );
+    put("state", state.into());
+    if let Some(ctx) = home.as_ref() {
+        put("role", role(ctx).into());
+    }
+    put("version", env!("CARGO_PKG_VERSION").into());
+    put("server", crate::host::server::current().describe().into());
+    let sum = |f: &dyn Fn(&Pipeline) -> u64| -> u64 { all.iter().map(|p| f(p)).sum() };
+    put("threads_alive", sum(&|p| p.threads_alive() as u64).into());
+    put(
+        "thread_restarts",
+        sum(&|p| p.control.restarts.load(Ordering::Relaxed)).into(),
+    );
+    put(
+        "background_commands",
+        (crate::pipeline::background::running() as u64).into(),
+    );
+    put(
+        "sync_writers_waiting",
+        sum(&|p| crate::pipeline::waiters::count(p) as u64).into(),
+    );
+    put("stream", s.str(Key::RedisStream).into());
+    put("stream_shards", s.int(Key::StreamShards).into());
+    put(
+        "streams_served",
+        (served.iter().filter(|s| **s).count() as u64).into(),
+    );
+    put("group", group.as_str().into());
+    put("consumer", s.str(Key::Consumer).into());
+    put("db", s.int(Key::RedisDb).into());
+    put(
+        "dry_run",
+        u64::from(crate::pipeline::control::dry_run(&s)).into(),
+    );
+    put(
+        "snowflake",
+        if s.snowflake_configured() {
+            "configured"
+        } else {
+            "unconfigured"
+        }
+        .into(),
+    );
+    let sessions: Vec<&str> = all.iter().map(|p| p.session_state()).collect();
+    put(
+        "snowflake_session",
+        ["failing", "dry-run", "ok", "idle"]
+            .into_iter()
+            .find(|w| sessions.contains(w))
+            .unwrap_or("idle")
+            .into(),
+    );
+    let per_stream: Vec<Vec<(&'static str, Figure)>> = match home.as_ref() {
+        Some(ctx) => all.iter().map(|p| stream_figures(ctx, p, &group)).collect(),
+        None => Vec::new(),
+    };
+    if let Some(ctx) = home.as_ref() {
+        let mut mine: Vec<Vec<(String, Figure)>> = per_stream
+            .iter()
+            .zip(&served)
+            .filter(|(_, served)| **served)
+            .map(|(f, _)| f.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+            .collect();
+        if all.len() > 1 {
+            // One stream's newest delivered entry is not comparable with another's.
+            for f in &mut mine {
+                f.retain(|(k, _)| k != "last_delivered_id");
+            }
+        }
+        let mut figures = totals(mine);
+        // A node serving none of the streams has nothing of theirs: zero, not missing.
+        for name in [
+            "stream_length",
+            "pending",
+            "lag",
+            "oldest_unwritten_age_ms",
+            "dlq_length",
+        ] {
+            if !figures.iter().any(|(k, _)| k == name) {
+                figures.push((name.to_string(), Figure::Int(0)));
+            }
+        }
+        out.extend(figures);
+        let policy = maxmemory_policy(ctx);
+        out.push(("maxmemory_policy".into(), policy.as_str().into()));
+        out.push((
+            "eviction_warning".into(),
+            eviction_warning(&policy).unwrap_or_default().into(),
+        ));
+    }
+    let mut put = |k: &str, v: Figure| out.push((k.to_string(), v));
+    let drain = super::governor::published(crate::pipeline::control::main());
+    put("drain_mode", drain.mode.as_str().into());
+    put(
+        "main_thread_busy_pct",
+        drain.busy_pct.map_or(-1, |p| p as i64).into(),
+    );
+    put("drain_claim_chunk", drain.chunk.into());
+    put("drain_last_hold_us", drain.last_hold_us.into());
+    put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
+    put("lock_held_ms", crate::host::gil::held_ms().into());
+    let each: Vec<Vec<(String, Figure)>> = all.iter().map(|p| counters(p)).collect();
+    let mut shards: Vec<(String, Figure)> = Vec::new();
+    if all.len() > 1 {
+        for (i, p) in all.iter().enumerate() {
+            let prefix = format!("shard.{i}.");
+            shards.push((format!("{prefix}stream"), p.source.as_str().into()));
+            shards.push((format!("{prefix}served"), u64::from(served[i]).into()));
+            shards.push((format!("{prefix}state"), state_of(p).into()));
+            if let Some(f) = per_stream.get(i) {
+                shards.extend(f.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())));
+            }
+            shards.extend(
+                each[i]
+                    .iter()
+                    .filter(|(k, _)| SHARD_COUNTERS.contains(&k.as_str()))
+                    .map(|(k, v)| (format!("{prefix}{k}"), v.clone())),
+            );
+        }
+    }
+    out.extend(totals(each));
+    out.extend(shards);
+    if let Some(mapped) = crate::pipeline::control::mapped() {
+        for (name, text) in crate::pipeline::mapped::texts(&mapped) {
+            out.push((name, text.into()));
+        }
+        for (name, n) in crate::pipeline::mapped::figures(&mapped) {
+            out.push((name, (n as i64).into()));
+        }
+    }
+    out
+}
+
+/// The counters `shard.<i>.*` repeats for each shard stream.
+const SHARD_COUNTERS: &[&str] = &[
+    "in_flight",
+    "entries_read",
+    "entries_committed",
+    "records_written",
+    "dead_lettered",
+    "retries",
+    "batch_latency_p99_ms",
+    "last_success_ms",
+    "last_error",
+];

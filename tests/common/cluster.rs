@@ -31,9 +31,15 @@ pub fn cli_bin() -> PathBuf {
 fn cluster_ports(n: usize) -> Vec<u16> {
     const FIRST: u16 = 20_000;
     const LAST: u16 = 22_767;
+    // Clusters of one test process take turns from one cursor, so two tests starting clusters at
+    // once never pick the same free port before either binds it.
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
     let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
-    let mut next = FIRST + (seed % u64::from(LAST - FIRST)) as u16;
+    let mut cursor = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = cursor.unwrap_or_else(|| {
+        let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+        FIRST + (seed % u64::from(LAST - FIRST)) as u16
+    });
     let mut ports = Vec::new();
     while ports.len() < n {
         next = if next >= LAST { FIRST } else { next + 1 };
@@ -41,6 +47,7 @@ fn cluster_ports(n: usize) -> Vec<u16> {
             ports.push(next);
         }
     }
+    *cursor = Some(next);
     ports
 }
 
@@ -230,6 +237,88 @@ impl Cluster {
                 }
             })
             .collect()
+    }
+
+    /// The cluster node ID of node `i`.
+    pub fn node_id(&self, i: usize) -> String {
+        q(&mut self.nodes[i].connection(), &["CLUSTER", "MYID"])
+    }
+
+    /// Moves `slot` from node `from` to node `to` the way a resharding does: the slot is marked
+    /// importing and migrating, its keys are moved with `MIGRATE` (a few per call), then every
+    /// node is told the new owner. `between` runs after each `MIGRATE` call.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize, mut between: impl FnMut()) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot = slot.to_string();
+        let mut src = self.nodes[from].connection();
+        let mut dst = self.nodes[to].connection();
+        let _: String = q(
+            &mut dst,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+        );
+        let _: String = q(
+            &mut src,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+        );
+        let port = self.nodes[to].port.to_string();
+        loop {
+            let keys: Vec<String> = q(&mut src, &["CLUSTER", "GETKEYSINSLOT", &slot, "2"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "10000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let _: String = q(&mut src, &args);
+            between();
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].pid().is_some() {
+                let _: String = q(
+                    &mut self.nodes[i].connection(),
+                    &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id],
+                );
+            }
+        }
+        self.wait_formed(Duration::from_secs(30));
+    }
+
+    /// Every key on every running node lies in a slot that node serves, as a primary or as a
+    /// replica of the primary serving it. Returns how many keys were looked at.
+    pub fn assert_keys_where_served(&self) -> usize {
+        let mut seen = 0;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].pid().is_none() {
+                continue;
+            }
+            let mut c = self.nodes[i].connection();
+            let info: String = q(&mut c, &["INFO", "replication"]);
+            let primary_port = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_port:"))
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            let serving = match primary_port {
+                Some(port) => self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("a known primary"),
+                None => i,
+            };
+            let keys: Vec<String> = q(&mut c, &["KEYS", "*"]);
+            for key in keys {
+                seen += 1;
+                let owner = self.owner_of(self.slot_of(&key));
+                assert_eq!(
+                    owner,
+                    serving,
+                    "node on port {} holds {key} (slot {}) served by the node on port {}",
+                    self.nodes[i].port,
+                    self.slot_of(&key),
+                    self.nodes[owner].port
+                );
+            }
+        }
+        seen
     }
 
     /// `redis-cli --cluster check` against a running node: its output, and whether it found no problem.

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod emulator;
 pub mod redis_server;
+pub mod visits;
 
 use emulator::Emulator;
 use redis_server::Options;
