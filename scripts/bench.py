@@ -11,7 +11,8 @@ Items (see docs/performance.md for what each means and its target):
   1+ foreground  the module's cost to Redis's clients: XADD ratio saturated and at half load, p99 XADD
                latency at half load, CPU us per drained record by thread, main-thread time taken per
                drained record, the group's lag over each run
-  2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers
+  2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers (`--workers`);
+               `--baseline-module` interleaves a second build for a before/after, `--profile` records perf
   3 e2e        10,000 records over 500 users into the emulator's real SQL engine: wall time, round trips
   3' sidecar   30,000 entries drained by the module and by a batched Python sidecar, on the real engine
                and on the fast sink, in one run: ratios, statements per 10,000 records
@@ -307,14 +308,15 @@ class Redis:
     """A redis-server 8, with or without the module, configured from the environment like production."""
 
     def __init__(self, tools: Tools, module: bool, env: dict | None = None, port: int | None = None,
-                 conf_extra: list[str] | None = None, cpus: set[int] | None = None):
+                 conf_extra: list[str] | None = None, cpus: set[int] | None = None,
+                 module_path: str | None = None):
         self.dir = tempfile.mkdtemp(prefix="redis-", dir=_workdir)
         self.port = port or free_port()
         conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
                 f"logfile {os.path.join(self.dir, 'redis.log')}", 'save ""', "appendonly no",
                 "enable-module-command yes"] + (conf_extra or [])
         if module:
-            conf.append(f"loadmodule {tools.module}")
+            conf.append(f"loadmodule {module_path or tools.module}")
         conf_path = os.path.join(self.dir, "redis.conf")
         with open(conf_path, "w") as f:
             f.write("\n".join(conf) + "\n")
@@ -714,13 +716,40 @@ def bench_foreground(tools, keys, cfg) -> dict:
 # --- 2. drain rate ----------------------------------------------------------------------------------
 
 
+def start_profiler(cfg, pid: int, name: str):
+    """`perf record` (DWARF call graphs) of `pid` into `<--profile>/<name>.data` while a drain runs (nothing without
+    `--profile`)."""
+    if not cfg.profile:
+        return None
+    os.makedirs(cfg.profile, exist_ok=True)
+    out = os.path.join(cfg.profile, f"{name}.data")
+    # DWARF call graphs: the module is built without frame pointers.
+    proc = spawn(["perf", "record", "--call-graph", "dwarf,16384", "-F", "499", "-p", str(pid), "-o", out],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # perf writes its file's header once it is attached to every thread.
+    wait_until("perf record", 30, lambda: os.path.exists(out) and os.path.getsize(out) > 0)
+    return proc
+
+
+def stop_profiler(proc) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        if proc in _children:
+            _children.remove(proc)
+
+
 def bench_drain(tools, keys, cfg) -> dict:
+    """Item 2; with `--baseline-module`, the same runs of a second build of the module interleaved
+    with this one's (order reversed every other repetition), for a before/after of one run."""
     sink = Emulator(tools, keys, sink=True)
-    per = {w: [] for w in cfg.workers}
+    builds = [("module", tools.module)] + ([("baseline", cfg.baseline_module)] if cfg.baseline_module else [])
+    per = {(b, w): [] for b, _ in builds for w in cfg.workers}
+    variants = [(b, path, w) for w in cfg.workers for b, path in builds]
     try:
         for rep in range(cfg.reps):
-            for w in cfg.workers if rep % 2 == 0 else list(reversed(cfg.workers)):
-                r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, 'WORKERS': w}))
+            for build, path, w in variants if rep % 2 == 0 else list(reversed(variants)):
+                r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, 'WORKERS': w}), module_path=path)
                 try:
                     con = r.conn()
                     wait_until("the writer", 30, lambda: con.status()["state"] == "running")
@@ -733,9 +762,11 @@ def bench_drain(tools, keys, cfg) -> dict:
                     cpu_r, cpu_s = cpu_seconds(r.pid), cpu_seconds(sink.pid)
                     threads0 = thread_cpu(r.pid)
                     t0 = time.monotonic()
+                    profiler = start_profiler(cfg, r.pid, f"{build}-w{w}-rep{rep + 1}")
                     con.call("WB.RESUME")
                     flush(con, 600_000)
                     wall = time.monotonic() - t0
+                    stop_profiler(profiler)
                     cpu_r, cpu_s = cpu_seconds(r.pid) - cpu_r, cpu_seconds(sink.pid) - cpu_s
                     by_thread = cpu_delta(threads0, thread_cpu(r.pid))
                     st = con.status()
@@ -754,16 +785,18 @@ def bench_drain(tools, keys, cfg) -> dict:
                         "round_trips": stats["round_trips"],
                         "batch_latency_p50_ms": int(st["batch_latency_p50_ms"]),
                     }
-                    per[w].append(run)
-                    log(f"drain rep {rep + 1}/{cfg.reps} workers={w} {run['records_per_s']:,} records/s, "
-                        f"{run['redis_cpu_s_per_10k']} CPU s/10k, {run['round_trips']} round trips")
+                    per[(build, w)].append(run)
+                    log(f"drain rep {rep + 1}/{cfg.reps} {build} workers={w} {run['records_per_s']:,} records/s, "
+                        f"{run['redis_cpu_us_per_record']} CPU us/record ("
+                        + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_us_per_record_by_thread"].items() if v >= 0.05)
+                        + f"), {run['round_trips']} round trips")
                 finally:
                     r.stop()
     finally:
         sink.stop()
-    summary = {}
-    for w, runs in per.items():
-        summary[str(w)] = {
+    summaries = {b: {} for b, _ in builds}
+    for (build, w), runs in per.items():
+        summaries[build][str(w)] = {
             "median_records_per_s": median([x["records_per_s"] for x in runs]),
             "median_redis_cpu_s_per_10k": median([x["redis_cpu_s_per_10k"] for x in runs]),
             "median_redis_cpu_us_per_record": median([x["redis_cpu_us_per_record"] for x in runs]),
@@ -773,11 +806,14 @@ def bench_drain(tools, keys, cfg) -> dict:
             "median_sink_cpu_s_per_10k": median([x["sink_cpu_s_per_10k"] for x in runs]),
             "runs": runs,
         }
+    summary = summaries["module"]
     best = max(s["median_records_per_s"] for s in summary.values())
     return {
         "what": "records/s from a pre-filled stream (1-record entries, 500 users) to the emulator's fast sink, WB.RESUME to WB.FLUSH returning",
         "entries": cfg.drain_n,
         "by_workers": summary,
+        **({"baseline_module": cfg.baseline_module, "baseline_by_workers": summaries["baseline"]}
+           if cfg.baseline_module else {}),
         "best_median_records_per_s": best,
         "target": ">= 50000 records/s",
         "met": best >= 50_000,
@@ -1600,8 +1636,9 @@ def table(results: dict) -> str:
                              f"lock {pr['lock_held_us_per_record']:.2f})", "(report)", "-"))
     if "drain" in it:
         d = it["drain"]
-        for w, s in d["by_workers"].items():
-            rows.append((f"2 drain to fast sink, {w} worker{'s' if w != '1' else ''}",
+        builds = [("", d["by_workers"])] + ([(" (baseline)", d["baseline_by_workers"])] if "baseline_by_workers" in d else [])
+        for (label, by_workers), (w, s) in ((b, x) for b in builds for x in b[1].items()):
+            rows.append((f"2 drain to fast sink, {w} worker{'s' if w != '1' else ''}{label}",
                          f"{s['median_records_per_s']:,.0f} rec/s, {s['median_redis_cpu_us_per_record']:.2f} CPU us/rec ("
                          + ", ".join(f"{k} {v:.2f}" for k, v in s["median_cpu_us_per_record_by_thread"].items() if v >= 0.05) + ")",
                          ">= 50,000 rec/s", yes(s["median_records_per_s"] >= 50_000)))
@@ -1680,6 +1717,12 @@ def main() -> int:
     p.add_argument("--reps", type=int, help="repetitions of the interleaved items 1 and 2")
     p.add_argument("--module-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a module setting for every server with the module (repeatable), e.g. MAX_IN_FLIGHT=5000")
+    p.add_argument("--workers", default="1,2,4", help="item 2's WORKERS values, comma-separated")
+    p.add_argument("--drain-entries", type=int, help="item 2's pre-filled entries (default 200,000; --quick 50,000)")
+    p.add_argument("--baseline-module", metavar="PATH",
+                   help="item 2 also runs this build of the module, interleaved with the current one (a before/after)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="item 2 records each drain with `perf record --call-graph dwarf` into DIR (one perf.data per run)")
     p.add_argument("--redis-server", required=True)
     p.add_argument("--module", required=True)
     p.add_argument("--python", required=True)
@@ -1691,8 +1734,8 @@ def main() -> int:
         reps=a.reps or (2 if q else 5),
         xadd_n=500_000 if q else 2_000_000,
         half_load_s=5 if q else 10,
-        workers=[1, 2, 4],
-        drain_n=50_000 if q else 200_000,
+        workers=[int(x) for x in a.workers.split(",") if x.strip()],
+        drain_n=a.drain_entries or (50_000 if q else 200_000),
         e2e_n=10_000,
         sidecar_n=30_000,
         sidecar_batches=[200, 500, 1000],
@@ -1705,6 +1748,8 @@ def main() -> int:
         cluster_reps=1 if q else 3,
         migrate_records=10_000,
         module_env=dict(kv.split("=", 1) for kv in a.module_env),
+        baseline_module=os.path.abspath(a.baseline_module) if a.baseline_module else None,
+        profile=os.path.abspath(a.profile) if a.profile else None,
     )
     only = [x.strip() for x in a.only.split(",") if x.strip()]
     unknown = [x for x in only if x not in ITEMS]

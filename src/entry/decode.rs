@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use std::borrow::Cow;
 
-use super::fields::{self, FieldError, Payload};
+use super::fields::{self, Field, FieldError, Payload};
 use super::json::{Item, Leaf, Name, Obj, Records, Top};
 use super::repair::Repair;
 use super::rules::{
@@ -280,11 +280,8 @@ impl DecodeError {
 ///
 /// The payload is read straight into the members the rules need ([`super::json`]), its strings
 /// borrowed from `fields`; a payload that needed a repair is read from its repaired text.
-pub fn decode(id: EntryId, fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Decoded {
-    if fields
-        .iter()
-        .any(|(k, _)| k.as_slice() == RESTORED_FIELD.as_bytes())
-    {
+pub fn decode<F: Field>(id: EntryId, fields: &[F], rules: &Rules) -> Decoded {
+    if fields.iter().any(|f| f.name() == RESTORED_FIELD.as_bytes()) {
         return Decoded::Restored { id };
     }
     let result = match fields::select_payload(fields, rules) {

@@ -11,6 +11,32 @@ use super::json::{type_name, Skipped, Top};
 use super::repair::{close_truncated, quote_bare_lastplus, Repair, RepairRefused};
 use super::Rules;
 
+/// One field of a stream entry, name and value as bytes: owned (`(Vec<u8>, Vec<u8>)`, as tests and
+/// the migration tool build them) or borrowed from a claim's buffer (`(&[u8], &[u8])`, as the
+/// claimer reads them), so the decoder needs no copy of either.
+pub trait Field {
+    fn name(&self) -> &[u8];
+    fn value(&self) -> &[u8];
+}
+
+impl Field for (Vec<u8>, Vec<u8>) {
+    fn name(&self) -> &[u8] {
+        &self.0
+    }
+    fn value(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl Field for (&[u8], &[u8]) {
+    fn name(&self) -> &[u8] {
+        self.0
+    }
+    fn value(&self) -> &[u8] {
+        self.1
+    }
+}
+
 /// The field that held the payload, its document, and what was repaired to read it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selected {
@@ -53,18 +79,24 @@ impl FieldError {
 
 /// The field names to inspect, in order: `value`, then `FALLBACK_JSON_FIELDS` (duplicates dropped).
 pub fn candidates(rules: &Rules) -> Vec<&str> {
-    let mut names: Vec<&str> = vec!["value"];
-    for f in &rules.fallback_json_fields {
-        if !names.contains(&f.as_str()) {
-            names.push(f.as_str());
-        }
-    }
-    names
+    candidate_names(rules).collect()
+}
+
+/// [`candidates`] without collecting them (the decoder looks at them for every entry).
+fn candidate_names(rules: &Rules) -> impl Iterator<Item = &str> {
+    let fallbacks = &rules.fallback_json_fields;
+    std::iter::once("value").chain(
+        fallbacks
+            .iter()
+            .enumerate()
+            .filter(|&(i, f)| f != "value" && !fallbacks[..i].contains(f))
+            .map(|(_, f)| f.as_str()),
+    )
 }
 
 /// Picks the payload: the first candidate field (in order) that yields a JSON object or list.
 /// When none does, the error is the first candidate's (the field the producer most likely meant).
-pub fn select(fields: &[(Vec<u8>, Vec<u8>)], rules: &Rules) -> Result<Selected, FieldError> {
+pub fn select<F: Field>(fields: &[F], rules: &Rules) -> Result<Selected, FieldError> {
     first_candidate(fields, rules, |name, raw| read_document(name, raw, rules))
 }
 
@@ -80,8 +112,8 @@ pub enum Payload<'a> {
 
 /// [`select`] for the decoder: the same choice, the same reasons, the payload read into the
 /// members it needs ([`Top`]) with its strings borrowed from `fields`.
-pub fn select_payload<'a>(
-    fields: &'a [(Vec<u8>, Vec<u8>)],
+pub fn select_payload<'a, F: Field>(
+    fields: &'a [F],
     rules: &Rules,
 ) -> Result<(Payload<'a>, Option<Repair>), FieldError> {
     first_candidate(fields, rules, |name, raw| {
@@ -95,18 +127,17 @@ pub fn select_payload<'a>(
     })
 }
 
-fn first_candidate<'a, T>(
-    fields: &'a [(Vec<u8>, Vec<u8>)],
+fn first_candidate<'a, T, F: Field>(
+    fields: &'a [F],
     rules: &Rules,
     mut read: impl FnMut(&str, &'a [u8]) -> Result<T, FieldError>,
 ) -> Result<T, FieldError> {
-    let names = candidates(rules);
     let mut first_error: Option<FieldError> = None;
-    for name in &names {
-        let Some((_, raw)) = fields.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) else {
+    for name in candidate_names(rules) {
+        let Some(field) = fields.iter().find(|f| f.name() == name.as_bytes()) else {
             continue;
         };
-        match read(name, raw) {
+        match read(name, field.value()) {
             Ok(sel) => return Ok(sel),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -114,19 +145,19 @@ fn first_candidate<'a, T>(
         }
     }
     Err(first_error.unwrap_or_else(|| FieldError::NoField {
-        looked: names.join(", "),
+        looked: candidates(rules).join(", "),
         present: present_fields(fields),
     }))
 }
 
-fn present_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
+fn present_fields<F: Field>(fields: &[F]) -> String {
     if fields.is_empty() {
         return "(none)".to_string();
     }
     let mut names: Vec<String> = fields
         .iter()
         .take(10)
-        .map(|(k, _)| super::rules::shown(&String::from_utf8_lossy(k)))
+        .map(|f| super::rules::shown(&String::from_utf8_lossy(f.name())))
         .collect();
     if fields.len() > 10 {
         names.push(format!("and {} more", fields.len() - 10));
@@ -295,6 +326,23 @@ mod tests {
         let fields = f(&[("payload", br#"{"a":2}"#), ("body", br#"{"a":4}"#)]);
         assert_eq!(select(&fields, &rules).unwrap().field, "body");
         assert_eq!(candidates(&rules), ["value", "body"]);
+        let repeated = Rules {
+            fallback_json_fields: vec!["payload".into(), "value".into(), "payload".into()],
+            ..Rules::default()
+        };
+        assert_eq!(candidates(&repeated), ["value", "payload"]);
+    }
+
+    #[test]
+    fn borrowed_fields_select_like_owned_ones() {
+        let owned = f(&[("payload", br#"{"a":2}"#), ("value", b"not json")]);
+        let borrowed: Vec<(&[u8], &[u8])> = owned
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        let rules = Rules::default();
+        assert_eq!(select(&borrowed, &rules), select(&owned, &rules));
+        assert_eq!(select(&borrowed, &rules).unwrap().field, "payload");
     }
 
     #[test]
@@ -318,7 +366,7 @@ mod tests {
             e.to_string(),
             "no JSON field: looked for value, payload, data, the entry has fields 'foo', 'bar\\n'"
         );
-        let e = select(&[], &Rules::default()).unwrap_err();
+        let e = select::<(Vec<u8>, Vec<u8>)>(&[], &Rules::default()).unwrap_err();
         assert!(e.to_string().ends_with("(none)"), "{e}");
     }
 

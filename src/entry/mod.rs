@@ -31,6 +31,7 @@ pub use decode::{
     decode, CreateUser, DecodeError, Event, Note, RejectReason, Rejected, Shape, SkipReason,
     Skipped, TrackedBatch,
 };
+pub use fields::Field;
 pub use id::EntryId;
 pub use repair::Repair;
 pub use rules::{Action, BatchKey, KeyKind, StaleOverride};
@@ -162,19 +163,25 @@ impl Decoded {
     /// says), or a create-user's e-mail. Empty for entries that write nothing. The pipeline sends
     /// every entry touching one row key to one worker, so the rows are updated in stream order.
     pub fn row_keys(&self) -> Vec<&str> {
-        match self {
-            Decoded::CreateUser(u) => vec![u.email.as_str()],
-            Decoded::Tracked(b) => {
-                let mut keys: Vec<&str> = Vec::with_capacity(1);
-                for e in &b.events {
-                    if !keys.contains(&e.tracked_id.as_str()) {
-                        keys.push(&e.tracked_id);
-                    }
-                }
-                keys
+        let mut keys: Vec<&str> = Vec::with_capacity(1);
+        for k in self.row_keys_each() {
+            if !keys.contains(&k) {
+                keys.push(k);
             }
-            _ => Vec::new(),
         }
+        keys
+    }
+
+    /// [`Decoded::row_keys`] one by one, repeats included, without collecting them (the claimer
+    /// routes every entry by them).
+    pub fn row_keys_each(&self) -> impl Iterator<Item = &str> {
+        let (user, events) = match self {
+            Decoded::CreateUser(u) => (Some(u.email.as_str()), &[][..]),
+            Decoded::Tracked(b) => (None, b.events.as_slice()),
+            _ => (None, &[][..]),
+        };
+        user.into_iter()
+            .chain(events.iter().map(|e| e.tracked_id.as_str()))
     }
 
     /// Whether the entry goes to the dead-letter stream.
@@ -296,6 +303,38 @@ pub struct Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_is_routed_by_its_records_ids_or_its_users_email() {
+        let rules = Rules {
+            skip_freshness: true,
+            ..Rules::default()
+        };
+        let decode = |json: &str| {
+            decode(
+                EntryId::new(1, 0),
+                &[(b"value".to_vec(), json.as_bytes().to_vec())],
+                &rules,
+            )
+        };
+        let batch = decode(
+            r#"{"key":"userdata-events:bob-1/visited","records":[
+                {"id":"bob-1","track_id":"a","lastplus":"2025-11-03 12:00:00"},
+                {"id":"amy-2","track_id":"b","lastplus":"2025-11-03 12:00:00"},
+                {"id":"bob-1","track_id":"c","lastplus":"2025-11-03 12:00:00"}]}"#,
+        );
+        assert_eq!(batch.row_keys(), ["bob-1", "amy-2"]);
+        assert_eq!(
+            batch.row_keys_each().collect::<Vec<_>>(),
+            ["bob-1", "amy-2", "bob-1"]
+        );
+        let user = decode(r#"{"user_email":"amy@example.com"}"#);
+        assert_eq!(
+            user.row_keys_each().collect::<Vec<_>>(),
+            ["amy@example.com"]
+        );
+        assert_eq!(decode(r#"{"diag":"ping"}"#).row_keys_each().count(), 0);
+    }
 
     #[test]
     fn rules_default_is_the_seed_defaults_and_matches_the_settings_table() {

@@ -23,7 +23,7 @@ use super::worker::{Inbox, Work};
 use crate::entry::{self, EntryId, Rules};
 use crate::host::gil::Gil;
 use crate::host::logging;
-use crate::host::stream::{self, RawEntry};
+use crate::host::stream::{self, Claimed};
 use crate::settings::{self, Key};
 
 /// Starts the claimer of `pipeline`, and with `eager` its workers, housekeeper and deadline thread
@@ -217,7 +217,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let mut hold = (Duration::ZERO, Duration::ZERO);
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
-            let read = (|| -> Result<(Vec<RawEntry>, Option<String>), String> {
+            let read = (|| -> Result<(Claimed, Option<String>), String> {
                 crate::host::cluster::serves(ctx, &stream_name)?;
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
@@ -231,7 +231,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
                     );
-                    Ok((step.entries, Some(step.next)))
+                    Ok((step.entries.into(), Some(step.next)))
                 } else {
                     // The group's read counter before and after tells whether entries were trimmed away
                     // between the last delivered entry and the next one (Redis counts every entry ever added).
@@ -246,7 +246,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         })
                         .or(last_entries_read);
                     let entries =
-                        stream::read_group(ctx, &stream_name, &group, &consumer, ">", count)?;
+                        stream::read_group_chunk(ctx, &stream_name, &group, &consumer, ">", count)?;
                     if !entries.is_empty() {
                         let after = stream::group_info(ctx, &stream_name, &group)
                             .and_then(|g| g.entries_read);
@@ -256,7 +256,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         if let (Some(b), Some(a)) = (before, after) {
                             let skipped = a - b - entries.len() as i64;
                             if skipped > 0 {
-                                let first = entries.first().map(|e| e.id.as_str()).unwrap_or("?");
+                                let first = entries.first().map_or("?", |e| e.id);
                                 report_trimmed(
                                     p,
                                     skipped as u64,
@@ -378,8 +378,8 @@ enum Route {
     Spanning(usize),
 }
 
-fn route(row_keys: &[&str], entry_id: &str, workers: usize) -> Route {
-    let mut owners = row_keys.iter().map(|k| worker_of(k, workers));
+fn route<'a>(row_keys: impl IntoIterator<Item = &'a str>, entry_id: &str, workers: usize) -> Route {
+    let mut owners = row_keys.into_iter().map(|k| worker_of(k, workers));
     match owners.next() {
         None => Route::To(worker_of(entry_id, workers)),
         Some(first) if owners.all(|w| w == first) => Route::To(first),
@@ -403,7 +403,7 @@ fn drained(p: &Pipeline, unsent: u64) -> bool {
 /// Decodes entries and sends each to the worker owning its rows (see [`route`]).
 fn dispatch(
     p: &'static Pipeline,
-    entries: Vec<RawEntry>,
+    entries: Claimed,
     workers: &[Inbox],
     stream_name: &str,
     group: &str,
@@ -417,11 +417,16 @@ fn dispatch(
         (stream_name.into(), group.into());
     let mut unsent = Unsent(p, entries.len() as u64);
     let mut outbox = Outbox(p, Vec::new());
-    for raw in entries {
-        crate::pipeline::faults::in_claimer(&raw);
+    // One snapshot of the settings for the whole claim, as for its rules.
+    let snap = settings::current();
+    // An entry's fields, read in place from the claim's buffer; one list reused for every entry.
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+    for raw in entries.iter() {
+        fields.clear();
+        fields.extend(raw.fields());
+        crate::pipeline::faults::in_claimer(raw.id, &fields);
         if log_raw {
-            let fields: Vec<String> = raw
-                .fields
+            let fields: Vec<String> = fields
                 .iter()
                 .map(|(k, v)| {
                     format!(
@@ -434,18 +439,21 @@ fn dispatch(
             logging::info(&format!("RAW {} {}", raw.id, fields.join(" ")));
         }
         // Redis only hands out well-formed IDs.
-        let id = EntryId::parse(&raw.id).unwrap_or_default();
+        let id = EntryId::parse(raw.id).unwrap_or_default();
         // The decoder never panics by design; if it ever does, the entry is dead-lettered with the
         // reason rather than claimed again and again.
-        let decoded = crate::host::ffi::guard(&format!("decoding entry {}", raw.id), || {
-            crate::pipeline::faults::in_decoder(&raw);
-            entry::decode(id, &raw.fields, rules)
+        let decoded = crate::host::ffi::guard("the decoder", || {
+            crate::pipeline::faults::in_decoder(raw.id, &fields);
+            entry::decode(id, &fields, rules)
         })
-        .unwrap_or(entry::Decoded::Undecodable {
-            id,
-            reason: entry::DecodeError::DecoderFailed,
+        .unwrap_or_else(|| {
+            logging::warning(&format!("entry {} could not be decoded", raw.id));
+            entry::Decoded::Undecodable {
+                id,
+                reason: entry::DecodeError::DecoderFailed,
+            }
         });
-        let decoded = match super::sink::too_large(&decoded, raw.size(), &settings::current()) {
+        let decoded = match super::sink::too_large(&decoded, raw.size(), &snap) {
             Some((bytes, max)) => entry::Decoded::Undecodable {
                 id,
                 reason: entry::DecodeError::TooLarge { bytes, max },
@@ -456,17 +464,13 @@ fn dispatch(
             Some(reason) => entry::Decoded::Undecodable { id, reason },
             None => decoded,
         };
-        let route = route(&decoded.row_keys(), &raw.id, workers.len());
+        let route = route(decoded.row_keys_each(), raw.id, workers.len());
         // Only an undecodable entry keeps its fields in memory (for its dead-letter copy); any other is
         // read back from the stream in the rare case Snowflake rejects it, so a large in-flight window
         // costs the module little.
         let bytes = raw.size();
-        let mut raw = raw;
-        if !decoded.is_undecodable() {
-            raw.fields = Vec::new();
-        }
         let work = Work {
-            raw,
+            raw: raw.to_raw(decoded.is_undecodable()),
             bytes,
             decoded,
             stream: std::sync::Arc::clone(&stream_name),
@@ -637,13 +641,10 @@ mod tests {
     #[test]
     fn entries_go_to_the_worker_of_their_rows_not_of_their_key() {
         // Every entry writing row key "bob-1" reaches one worker, whatever its key names.
-        assert_eq!(route(&["bob-1"], "1-0", 4), route(&["bob-1"], "2-0", 4));
-        assert_eq!(
-            route(&["bob-1"], "1-0", 4),
-            Route::To(worker_of("bob-1", 4))
-        );
+        assert_eq!(route(["bob-1"], "1-0", 4), route(["bob-1"], "2-0", 4));
+        assert_eq!(route(["bob-1"], "1-0", 4), Route::To(worker_of("bob-1", 4)));
         // Nothing to write: spread by the entry's ID.
-        assert_eq!(route(&[], "7-0", 4), Route::To(worker_of("7-0", 4)));
+        assert_eq!(route([], "7-0", 4), Route::To(worker_of("7-0", 4)));
     }
 
     #[test]
@@ -653,10 +654,13 @@ mod tests {
             .find_map(|k| (worker_of(&k, 4) != worker_of("u0", 4)).then_some(("u0".to_string(), k)))
             .expect("two keys on different workers");
         assert_eq!(
-            route(&[&a, &b], "1-0", 4),
+            route([a.as_str(), &b], "1-0", 4),
             Route::Spanning(worker_of(&a, 4))
         );
-        assert_eq!(route(&[&a, &a], "1-0", 4), Route::To(worker_of(&a, 4)));
-        assert_eq!(route(&[&a, &b], "1-0", 1), Route::To(0));
+        assert_eq!(
+            route([a.as_str(), &a], "1-0", 4),
+            Route::To(worker_of(&a, 4))
+        );
+        assert_eq!(route([a.as_str(), &b], "1-0", 1), Route::To(0));
     }
 }

@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 
 use parking_lot::Mutex;
 
-use crate::host::stream::RawEntry;
+use crate::entry::Field;
 
 static ENABLED: LazyLock<bool> =
     LazyLock::new(|| std::env::var("WB_TEST_FAULTS").is_ok_and(|v| v == "1"));
@@ -42,15 +42,14 @@ static FIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 /// Entry IDs a worker is to panic on.
 static WORKER: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-fn asked(entry: &RawEntry) -> Option<&[u8]> {
+fn asked<F: Field>(fields: &[F]) -> Option<&[u8]> {
     if !*ENABLED {
         return None;
     }
-    entry
-        .fields
+    fields
         .iter()
-        .find(|(k, _)| k == b"wb-test-panic")
-        .map(|(_, v)| v.as_slice())
+        .find(|f| f.name() == b"wb-test-panic")
+        .map(Field::value)
 }
 
 fn first_time(id: &str) -> bool {
@@ -60,25 +59,25 @@ fn first_time(id: &str) -> bool {
         .insert(id.to_string())
 }
 
-/// Called while decoding `entry`.
-pub fn in_decoder(entry: &RawEntry) {
-    if asked(entry) == Some(b"decoder") {
-        panic!("injected decoder fault on {}", entry.id);
+/// Called while decoding the entry `id`.
+pub fn in_decoder<F: Field>(id: &str, fields: &[F]) {
+    if asked(fields) == Some(b"decoder") {
+        panic!("injected decoder fault on {id}");
     }
 }
 
 /// Called by the claimer for each claimed entry, before it is sent to a worker.
-pub fn in_claimer(entry: &RawEntry) {
-    match asked(entry) {
-        Some(b"claimer-always") => panic!("injected claimer fault on {}", entry.id),
-        Some(b"claimer") if first_time(&entry.id) => {
-            panic!("injected claimer fault on {}", entry.id)
+pub fn in_claimer<F: Field>(id: &str, fields: &[F]) {
+    match asked(fields) {
+        Some(b"claimer-always") => panic!("injected claimer fault on {id}"),
+        Some(b"claimer") if first_time(id) => {
+            panic!("injected claimer fault on {id}")
         }
-        Some(b"worker") if first_time(&entry.id) => {
+        Some(b"worker") if first_time(id) => {
             WORKER
                 .lock()
                 .get_or_insert_with(HashSet::new)
-                .insert(entry.id.clone());
+                .insert(id.to_string());
         }
         _ => {}
     }

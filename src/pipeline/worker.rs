@@ -136,7 +136,7 @@ fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
             continue;
         }
         c.committing.fetch_add(1, Ordering::Relaxed);
-        let settled = crate::host::ffi::guard("batch", || process(p, &raws, &decoded)).flatten();
+        let settled = crate::host::ffi::guard("batch", || process(p, raws, &decoded)).flatten();
         match settled {
             Some(settles) => {
                 // From here the acknowledgement queue holds them. Their bytes are released first,
@@ -162,7 +162,8 @@ fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
 }
 
 /// Commits a batch and says how to settle each entry; `None` when stopping before it committed.
-fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Option<Vec<Settle>> {
+/// Takes the entries, so each settle moves its entry's ID instead of copying it.
+fn process(p: &'static Pipeline, raws: Vec<RawEntry>, decoded: &[Decoded]) -> Option<Vec<Settle>> {
     let started = Instant::now();
     let outcome = commit_all(p, decoded)?;
     let snap = settings::current();
@@ -170,7 +171,7 @@ fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Opti
     let mut settles = Vec::with_capacity(raws.len());
     let mut tally = p.metrics.tally.lock();
     let mut committed = 0u64;
-    for ((raw, d), result) in raws.iter().zip(decoded).zip(outcome) {
+    for ((raw, d), result) in raws.into_iter().zip(decoded).zip(outcome) {
         match (d, result) {
             (Decoded::Undecodable { reason, .. }, _) => {
                 d.tally(&mut tally);
@@ -180,10 +181,10 @@ fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Opti
                         "INVALID {} acknowledged without a copy (ACK_INVALID_JSON=1): {reason}",
                         raw.id
                     ));
-                    settles.push(Settle::Ack { id: raw.id.clone() });
+                    settles.push(Settle::Ack { id: raw.id });
                 } else {
                     settles.push(Settle::DeadLetter {
-                        entry: raw.clone(),
+                        entry: raw,
                         reason: reason.to_string(),
                     });
                 }
@@ -191,7 +192,7 @@ fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Opti
             (_, Err(reason)) => {
                 p.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 settles.push(Settle::DeadLetter {
-                    entry: raw.clone(),
+                    entry: raw,
                     reason: format!("Snowflake rejected the entry: {reason}"),
                 });
             }
@@ -203,7 +204,7 @@ fn process(p: &'static Pipeline, raws: &[RawEntry], decoded: &[Decoded]) -> Opti
                 if !dry && matches!(d, Decoded::Tracked(_) | Decoded::CreateUser(_)) {
                     committed += 1;
                 }
-                settles.push(Settle::Ack { id: raw.id.clone() });
+                settles.push(Settle::Ack { id: raw.id });
             }
         }
     }

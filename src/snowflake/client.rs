@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 use zeroize::Zeroize;
 
@@ -242,11 +243,8 @@ impl Client {
         statement: &Statement,
         request: &mut Request,
     ) -> Result<QueryResult, SnowflakeError> {
-        let mut body = self.body(&statement.sql);
-        if !statement.binds.is_empty() {
-            body.insert("bindings".into(), bindings(&statement.binds));
-        }
-        self.run(Value::Object(body), request, None)
+        let body = self.body(&statement.sql, &statement.binds, None);
+        self.run(body, request, None)
     }
 
     /// Runs a read whose result may be larger than memory should hold: each partition is handed to
@@ -257,11 +255,8 @@ impl Client {
         statement: &Statement,
         each: EachPartition<'_>,
     ) -> Result<QueryResult, SnowflakeError> {
-        let mut body = self.body(&statement.sql);
-        if !statement.binds.is_empty() {
-            body.insert("bindings".into(), bindings(&statement.binds));
-        }
-        self.run(Value::Object(body), &mut Request::default(), Some(each))
+        let body = self.body(&statement.sql, &statement.binds, None);
+        self.run(body, &mut Request::default(), Some(each))
     }
 
     /// Runs several statements in one request (`MULTI_STATEMENT_COUNT`), e.g. an explicit
@@ -279,12 +274,9 @@ impl Client {
                 "execute_multi was given no statements",
             ));
         }
-        let mut body = self.body(&parts.join(";\n"));
-        body.insert(
-            "parameters".into(),
-            json!({ "MULTI_STATEMENT_COUNT": parts.len().to_string() }),
-        );
-        self.run(Value::Object(body), &mut Request::default(), None)
+        let count = parts.len().to_string();
+        let body = self.body(&parts.join(";\n"), &[], Some(&count));
+        self.run(body, &mut Request::default(), None)
     }
 
     /// Reads the result of a statement by its handle (e.g. one of a multi-statement request).
@@ -348,35 +340,32 @@ impl Client {
         }
     }
 
-    fn body(&self, sql: &str) -> Map<String, Value> {
-        let mut body = Map::new();
-        body.insert("statement".into(), Value::String(sql.to_string()));
-        body.insert(
-            "timeout".into(),
-            Value::from(self.cfg.request_timeout.as_secs().max(1)),
-        );
-        for (name, value) in [
-            ("database", &self.cfg.database),
-            ("schema", &self.cfg.schema),
-            ("warehouse", &self.cfg.warehouse),
-            ("role", &self.cfg.role),
-        ] {
-            if let Some(v) = value {
-                body.insert(name.into(), Value::String(v.clone()));
-            }
-        }
-        body
+    /// The request's JSON text (`statements`: `MULTI_STATEMENT_COUNT`, for a multi-statement request).
+    fn body(&self, sql: &str, binds: &[Bind], statements: Option<&str>) -> String {
+        let body = Submit {
+            statement: sql,
+            timeout: self.cfg.request_timeout.as_secs().max(1),
+            database: self.cfg.database.as_deref(),
+            schema: self.cfg.schema.as_deref(),
+            warehouse: self.cfg.warehouse.as_deref(),
+            role: self.cfg.role.as_deref(),
+            bindings: Bindings(binds),
+            parameters: statements.map(|n| Parameters {
+                multi_statement_count: n,
+            }),
+        };
+        // Strings, numbers and maps with string keys always serialise.
+        serde_json::to_string(&body).unwrap_or_default()
     }
 
     /// Submits a statement and returns its complete result.
     fn run(
         &self,
-        body: Value,
+        text: String,
         request: &mut Request,
         each: Option<EachPartition<'_>>,
     ) -> Result<QueryResult, SnowflakeError> {
         let deadline = Instant::now() + self.cfg.request_timeout;
-        let text = body.to_string();
         let (status, reply) = self.with_retries(deadline, |_, bearer| {
             let url = submit_url(&self.cfg.base_url, &request.id, request.sent);
             let answer = self.call("POST", &url, Some(&text), bearer, deadline);
@@ -667,7 +656,17 @@ pub fn request_id_of(statement: &Statement) -> Uuid {
     for b in &statement.binds {
         h.update([0u8]);
         h.update(b.sql_type().as_bytes());
-        match b.sql_value() {
+        // The value as sent, without copying a batch's (large) text bind.
+        let fixed;
+        let value = match b {
+            Bind::Text(text) => Some(text.as_str()),
+            Bind::Fixed(n) => {
+                fixed = n.to_string();
+                Some(fixed.as_str())
+            }
+            Bind::Null => None,
+        };
+        match value {
             Some(v) => {
                 h.update([1u8]);
                 h.update((v.len() as u64).to_le_bytes());
@@ -687,20 +686,67 @@ fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
     format!("{base}/api/v2/statements?requestId={request_id}{retry}")
 }
 
+/// A statement request's body, serialised straight from the statement: a batch's bind is most of
+/// the request, and is escaped once into the body text, never copied into a value tree first.
+#[derive(Serialize)]
+struct Submit<'a> {
+    statement: &'a str,
+    timeout: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warehouse: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Bindings::is_empty")]
+    bindings: Bindings<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Parameters<'a>>,
+}
+
+#[derive(Serialize)]
+struct Parameters<'a> {
+    #[serde(rename = "MULTI_STATEMENT_COUNT")]
+    multi_statement_count: &'a str,
+}
+
 /// The `bindings` object: `{"1": {"type": "TEXT", "value": "..."}, ...}`.
-fn bindings(binds: &[Bind]) -> Value {
-    let map: Map<String, Value> = binds
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let value = b.sql_value().map_or(Value::Null, Value::String);
-            (
-                (i + 1).to_string(),
-                json!({ "type": b.sql_type(), "value": value }),
-            )
-        })
-        .collect();
-    Value::Object(map)
+struct Bindings<'a>(&'a [Bind]);
+
+impl Bindings<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Bindings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (i, b) in self.0.iter().enumerate() {
+            map.serialize_entry(&(i + 1).to_string(), &BindJson(b))?;
+        }
+        map.end()
+    }
+}
+
+/// One bind: its type, and its value as a string (or null).
+struct BindJson<'a>(&'a Bind);
+
+impl Serialize for BindJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("type", self.0.sql_type())?;
+        match self.0 {
+            Bind::Text(text) => map.serialize_entry("value", text)?,
+            Bind::Fixed(n) => map.serialize_entry("value", &n.to_string())?,
+            Bind::Null => map.serialize_entry("value", &None::<&str>)?,
+        }
+        map.end()
+    }
 }
 
 /// Reads a response body of at most `cap` bytes. A longer one is refused (permanent: the same
@@ -830,6 +876,7 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_body_past_its_cap_is_refused_after_one_byte_more() {
@@ -874,6 +921,44 @@ mod tests {
         // A wrong passphrase is refused without being shown.
         let e = Client::new(cfg("hunter2-guess")).err().unwrap();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_request_body_carries_the_statement_its_binds_and_the_session() {
+        use std::io::Write;
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
+            .unwrap();
+        let mut cfg = ClientConfig::new(
+            "http://127.0.0.1:9",
+            "acct",
+            "writer",
+            AuthConfig::KeyPair {
+                private_key_path: key.path().to_path_buf(),
+                passphrase: Some("test-passphrase".into()),
+            },
+        );
+        cfg.database = Some("DB".into());
+        let client = Client::new(cfg).unwrap();
+        let bind = r#"[[{"title":"a \"quoted\" ünï\u0001"}]]"#;
+        let body: Value = serde_json::from_str(&client.body(
+            "MERGE ?",
+            &[Bind::Text(bind.into()), Bind::Fixed(3)],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(body["statement"], "MERGE ?");
+        assert_eq!(body["database"], "DB");
+        assert!(body.get("role").is_none() && body.get("parameters").is_none());
+        assert!(body["timeout"].as_u64().is_some_and(|t| t >= 1));
+        assert_eq!(body["bindings"]["1"]["value"], bind);
+        assert_eq!(
+            body["bindings"]["2"],
+            json!({"type": "FIXED", "value": "3"})
+        );
+        let multi: Value = serde_json::from_str(&client.body("BEGIN", &[], Some("2"))).unwrap();
+        assert!(multi.get("bindings").is_none());
+        assert_eq!(multi["parameters"], json!({"MULTI_STATEMENT_COUNT": "2"}));
     }
 
     #[test]
@@ -930,7 +1015,12 @@ mod tests {
 
     #[test]
     fn binds_become_positional_typed_bindings() {
-        let b = bindings(&[Bind::Text("a'b".into()), Bind::Fixed(-7), Bind::Null]);
+        let b = serde_json::to_value(Bindings(&[
+            Bind::Text("a'b".into()),
+            Bind::Fixed(-7),
+            Bind::Null,
+        ]))
+        .unwrap();
         assert_eq!(
             b,
             json!({

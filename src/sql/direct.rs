@@ -28,9 +28,10 @@ pub fn plan(decoded: &Decoded, tables: &Tables) -> Option<Vec<Statement>> {
             let mut rows = super::fold::Rows::new();
             rows.add(id, &b.events);
             let mut json = super::LinkArray::default();
-            for (key, links) in rows.links() {
-                tracked::push_links(key, &links, |o| json.push(o));
-            }
+            let mut buf = Vec::new();
+            rows.each_links(|key, links| {
+                tracked::push_links(key, links, &mut buf, |o| json.push(o))
+            });
             let json = json.finish();
             Some(vec![Statement::new(sql, vec![Bind::Text(json)])])
         }

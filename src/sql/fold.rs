@@ -28,11 +28,14 @@
 //! `missing` form: the first link is sent twice when the two forms differ (a leading delete), marked
 //! for existing rows only ([`Kind::Existing`]) and for missing rows only ([`Kind::Missing`]).
 
-use std::collections::HashMap;
-
 use chrono::NaiveDateTime;
 
 use crate::entry::{Action, CreateUser, EntryId, Event};
+
+/// The maps a batch is folded with, keyed by row or user: FxHash, not the standard library's
+/// SipHash, which showed in the worker's profile. A key set chosen to collide can only slow one
+/// batch (bounded by `BATCH_MAX_ENTRIES` and `BATCH_MAX_BYTES`), never change its result.
+pub type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// What a run of events does to a row that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -174,11 +177,24 @@ pub struct Link<'a> {
 
 /// The links of one row from its entries' folds, in stream order (distinct, ascending entries).
 pub fn chain<'a>(per_entry: &[(EntryId, Fold<'a>)]) -> Vec<Link<'a>> {
+    let mut links = Vec::with_capacity(per_entry.len() + 1);
+    chain_into(per_entry, &mut Vec::new(), &mut links);
+    links
+}
+
+/// [`chain`] into `links` (cleared first), with `suffix` as room for the suffix folds: a batch's
+/// rows reuse both.
+pub fn chain_into<'a>(
+    per_entry: &[(EntryId, Fold<'a>)],
+    suffix: &mut Vec<Fold<'a>>,
+    links: &mut Vec<Link<'a>>,
+) {
+    links.clear();
+    suffix.clear();
     let Some(&(last, _)) = per_entry.last() else {
-        return Vec::new();
+        return;
     };
     // Suffix folds, built from the end.
-    let mut suffix: Vec<Fold<'a>> = Vec::with_capacity(per_entry.len());
     for (_, f) in per_entry.iter().rev() {
         let s = match suffix.last() {
             Some(after) => f.then(*after),
@@ -187,8 +203,7 @@ pub fn chain<'a>(per_entry: &[(EntryId, Fold<'a>)]) -> Vec<Link<'a>> {
         suffix.push(s);
     }
     suffix.reverse();
-    let mut links = Vec::with_capacity(per_entry.len() + 1);
-    for (i, ((entry, _), s)) in per_entry.iter().zip(&suffix).enumerate() {
+    for (i, ((entry, _), s)) in per_entry.iter().zip(suffix.iter()).enumerate() {
         let prev = i.checked_sub(1).map(|p| per_entry[p].0);
         let link = |kind, effect| Link {
             entry: *entry,
@@ -213,7 +228,6 @@ pub fn chain<'a>(per_entry: &[(EntryId, Fold<'a>)]) -> Vec<Link<'a>> {
             None => links.push(link(Kind::Existing, s.existing)),
         }
     }
-    links
 }
 
 /// The TRACKED row key: (`tracked_id`, `track_id`).
@@ -222,7 +236,7 @@ pub type RowKey<'a> = (&'a str, &'a str);
 /// Per row key, in order of first appearance, the folds of the entries that touch it.
 #[derive(Debug, Default)]
 pub struct Rows<'a> {
-    index: HashMap<RowKey<'a>, usize>,
+    index: FastMap<RowKey<'a>, usize>,
     rows: Vec<(RowKey<'a>, Vec<(EntryId, Fold<'a>)>)>,
 }
 
@@ -256,14 +270,29 @@ impl<'a> Rows<'a> {
     /// Every row's links, rows in order of first appearance.
     pub fn links(&mut self) -> impl Iterator<Item = (RowKey<'a>, Vec<Link<'a>>)> + '_ {
         self.rows.iter_mut().map(|(key, folds)| {
-            if !folds.windows(2).all(|w| w[0].0 < w[1].0) {
-                // Entries arrived out of order (the migration tool reads dumps in any order): put
-                // them in stream order; an entry seen twice is the same entry, kept once.
-                folds.sort_by_key(|(id, _)| *id);
-                folds.dedup_by_key(|(id, _)| *id);
-            }
+            in_stream_order(folds);
             (*key, chain(folds))
         })
+    }
+
+    /// Hands every row's links to `each`, rows in order of first appearance: [`Rows::links`]
+    /// with one list of links reused for every row (the worker's path).
+    pub fn each_links(&mut self, mut each: impl FnMut(RowKey<'a>, &[Link<'a>])) {
+        let (mut suffix, mut links) = (Vec::new(), Vec::new());
+        for (key, folds) in &mut self.rows {
+            in_stream_order(folds);
+            chain_into(folds, &mut suffix, &mut links);
+            each(*key, &links);
+        }
+    }
+}
+
+/// Puts a row's folds in stream order. Entries may arrive out of order (the migration tool reads
+/// dumps in any order); an entry seen twice is the same entry, kept once.
+fn in_stream_order(folds: &mut Vec<(EntryId, Fold<'_>)>) {
+    if !folds.windows(2).all(|w| w[0].0 < w[1].0) {
+        folds.sort_by_key(|(id, _)| *id);
+        folds.dedup_by_key(|(id, _)| *id);
     }
 }
 
@@ -280,7 +309,7 @@ pub struct UserLink<'a> {
 
 /// The USER links of a set of create-user entries (any order), users in order of first appearance.
 pub fn user_links<'a>(users: &[&'a CreateUser]) -> Vec<UserLink<'a>> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: FastMap<&str, usize> = FastMap::default();
     let mut per_user: Vec<Vec<&'a CreateUser>> = Vec::new();
     for u in users {
         let next = per_user.len();

@@ -31,8 +31,6 @@ pub mod stage;
 pub mod tracked;
 pub mod user;
 
-use std::collections::HashMap;
-
 use crate::entry::{CreateUser, Decoded, EntryId, Event};
 use crate::settings::{Key, Snapshot};
 use crate::statement::{Bind, Statement};
@@ -223,8 +221,9 @@ trait Chunk<'a>: Default {
     type Item: Copy;
     /// What joining `item` changes, worked out once for both the size check and the join.
     type Joined;
-    /// What `item` would change, and the bound if it joined.
-    fn join(&self, item: Self::Item) -> (Self::Joined, usize);
+    /// What `item` would change, and the bound if it joined (`&mut`: a chunk may keep what it
+    /// worked out in room of its own, reused for every item).
+    fn join(&mut self, item: Self::Item) -> (Self::Joined, usize);
     /// Joins `item` with what [`Chunk::join`] worked out for it against this very chunk.
     fn push(&mut self, item: Self::Item, joined: (Self::Joined, usize));
     fn add(&mut self, item: Self::Item) {
@@ -243,8 +242,11 @@ trait Chunk<'a>: Default {
 #[derive(Default)]
 struct TrackedChunk<'a> {
     entries: Vec<(EntryId, &'a [Event])>,
-    rows: HashMap<fold::RowKey<'a>, RowBound>,
+    rows: fold::FastMap<fold::RowKey<'a>, RowBound>,
     bound: usize,
+    /// The rows the last joined item touches, each with its bound's bytes before and its bound
+    /// after (see [`TrackedChunk::touched`]); kept for the next item, so joining allocates nothing.
+    touched: Vec<(fold::RowKey<'a>, usize, RowBound)>,
 }
 
 /// What bounds one row's links: how many entries touch it (one link each, plus one when the row's
@@ -290,14 +292,12 @@ impl RowBound {
 }
 
 impl<'a> TrackedChunk<'a> {
-    /// The rows' bounds after `item` joined (only the rows it touches), and the new total.
-    fn touched(
-        &self,
-        (id, events): (EntryId, &'a [Event]),
-    ) -> (Vec<(fold::RowKey<'a>, usize, RowBound)>, usize) {
+    /// The rows' bounds after `item` joined (only the rows it touches, into `self.touched`), and
+    /// the new total.
+    fn touched(&mut self, (id, events): (EntryId, &'a [Event])) -> usize {
         // Each touched row with its bound's bytes before and the bound after; a row is looked up once.
-        let mut touched: Vec<(fold::RowKey<'a>, usize, RowBound)> =
-            Vec::with_capacity(events.len());
+        let touched = &mut self.touched;
+        touched.clear();
         for e in events {
             let key = (e.tracked_id.as_str(), e.track_id.as_str());
             let i = match touched.iter().position(|(k, ..)| *k == key) {
@@ -314,10 +314,10 @@ impl<'a> TrackedChunk<'a> {
             }
         }
         let mut total = self.bound;
-        for (_, before, b) in &touched {
+        for (_, before, b) in touched.iter() {
             total = total - before + b.bytes();
         }
-        (touched, total)
+        total
     }
 
     fn objects(&mut self) -> Vec<String> {
@@ -325,25 +325,26 @@ impl<'a> TrackedChunk<'a> {
         for (id, events) in &self.entries {
             rows.add(*id, events);
         }
-        let mut out = Vec::new();
-        for (key, links) in rows.links() {
-            tracked::push_links(key, &links, |o| out.push(o.to_string()));
-        }
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        rows.each_links(|key, links| {
+            tracked::push_links(key, links, &mut buf, |o| out.push(o.to_string()))
+        });
         out
     }
 }
 
 impl<'a> Chunk<'a> for TrackedChunk<'a> {
     type Item = (EntryId, &'a [Event]);
-    type Joined = Vec<(fold::RowKey<'a>, usize, RowBound)>;
+    /// Held in `self.touched`.
+    type Joined = ();
 
-    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
-        self.touched(item)
+    fn join(&mut self, item: Self::Item) -> (Self::Joined, usize) {
+        ((), self.touched(item))
     }
 
-    fn push(&mut self, item: Self::Item, (touched, total): (Self::Joined, usize)) {
+    fn push(&mut self, item: Self::Item, ((), total): (Self::Joined, usize)) {
         self.rows
-            .extend(touched.into_iter().map(|(k, _, b)| (k, b)));
+            .extend(self.touched.drain(..).map(|(k, _, b)| (k, b)));
         self.bound = total;
         self.entries.push(item);
     }
@@ -362,9 +363,9 @@ impl<'a> Chunk<'a> for TrackedChunk<'a> {
             rows.add(*id, events);
         }
         let mut out = LinkArray::with_capacity(self.bound);
-        for (key, links) in rows.links() {
-            tracked::push_links(key, &links, |o| out.push(o));
-        }
+        // One buffer for every link object of the statement.
+        let mut buf = Vec::with_capacity(512);
+        rows.each_links(|key, links| tracked::push_links(key, links, &mut buf, |o| out.push(o)));
         out.finish()
     }
 }
@@ -373,7 +374,7 @@ impl<'a> Chunk<'a> for TrackedChunk<'a> {
 #[derive(Default)]
 struct UserChunk<'a> {
     entries: Vec<&'a CreateUser>,
-    users: HashMap<&'a str, (usize, usize)>,
+    users: fold::FastMap<&'a str, (usize, usize)>,
     bound: usize,
 }
 
@@ -408,7 +409,7 @@ impl<'a> Chunk<'a> for UserChunk<'a> {
     type Item = &'a CreateUser;
     type Joined = (usize, usize);
 
-    fn join(&self, item: Self::Item) -> (Self::Joined, usize) {
+    fn join(&mut self, item: Self::Item) -> (Self::Joined, usize) {
         self.touched(item)
     }
 

@@ -134,15 +134,19 @@ struct LinkJson<'a> {
     url: Option<&'a str>,
 }
 
-/// Hands each of a row's links, as a JSON object, to `emit`. The objects are written into one
-/// buffer reused for the row, and their times and entry IDs are formatted on the stack: a link
-/// costs no heap allocation of its own.
-pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str)) {
+/// Hands each of a row's links, as a JSON object, to `emit`. The objects are written into `buf`
+/// (cleared first; the caller reuses it for every row of a batch), and their times and entry IDs
+/// are formatted on the stack: a link costs no heap allocation of its own.
+pub fn push_links(
+    key: RowKey<'_>,
+    links: &[Link<'_>],
+    buf: &mut Vec<u8>,
+    mut emit: impl FnMut(&str),
+) {
     let Some(first) = links.first() else {
         return;
     };
     let at = first.last.utc_ts();
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
     for l in links {
         let e: &Effect = &l.effect;
         let j = LinkJson {
@@ -167,8 +171,8 @@ pub fn push_links(key: RowKey<'_>, links: &[Link<'_>], mut emit: impl FnMut(&str
         };
         buf.clear();
         // Serialising plain strings and numbers into memory cannot fail, and yields UTF-8.
-        if serde_json::to_writer(&mut buf, &j).is_ok() {
-            if let Ok(text) = std::str::from_utf8(&buf) {
+        if serde_json::to_writer(&mut *buf, &j).is_ok() {
+            if let Ok(text) = std::str::from_utf8(buf) {
                 emit(text);
             }
         }
@@ -303,10 +307,12 @@ mod tests {
         for (id, events) in entries {
             rows.add(*id, events);
         }
-        let mut out = Vec::new();
-        for (key, links) in rows.links() {
-            push_links(key, &links, |o| out.push(serde_json::from_str(o).unwrap()));
-        }
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        rows.each_links(|key, links| {
+            push_links(key, links, &mut buf, |o| {
+                out.push(serde_json::from_str(o).unwrap())
+            })
+        });
         serde_json::Value::Array(out)
     }
 
