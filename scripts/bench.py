@@ -1539,7 +1539,8 @@ def bench_cluster(tools, keys, cfg) -> dict:
                 if errors:
                     raise RuntimeError(f"WB.FLUSH: {errors}")
                 records = sum(int(c.status()["records_written"]) for c in cons.values())
-                cpu = sum(cpu_seconds(node.pid) - cpu0[node.port] for node in nodes)
+                per_node = [cpu_seconds(node.pid) - cpu0[node.port] for node in nodes]
+                cpu = sum(per_node)
                 sink_cpu = cpu_seconds(sink.pid) - sink_cpu0
                 runs.setdefault(label, []).append({
                     "primaries": primaries,
@@ -1552,6 +1553,8 @@ def bench_cluster(tools, keys, cfg) -> dict:
                     # The sink is one Python process: near 100 %, it is what limits the drain.
                     "sink_cpu_pct": round(sink_cpu / wall * 100),
                     "redis_cpu_pct": round(cpu / wall * 100),
+                    # How the drain's work spreads: the busiest primary's share of the CPU.
+                    "busiest_primary_cpu_share_pct": round(max(per_node) / max(cpu, 1e-9) * 100),
                     "round_trips": sink.stats()["round_trips"],
                 })
                 last = runs[label][-1]
@@ -1564,7 +1567,8 @@ def bench_cluster(tools, keys, cfg) -> dict:
         sink.stop()
     summary = {
         label: {k: median([r[k] for r in rs]) for k in
-                ("records_per_s", "redis_cpu_us_per_record", "redis_cpu_pct", "sink_cpu_pct", "primaries_draining")}
+                ("records_per_s", "redis_cpu_us_per_record", "redis_cpu_pct", "sink_cpu_pct", "primaries_draining",
+                 "busiest_primary_cpu_share_pct")}
         | {"runs": rs}
         for label, rs in runs.items()
     }
@@ -1685,7 +1689,8 @@ def table(results: dict) -> str:
             rows.append((f"8 cluster drain, {label}",
                          f"{r['records_per_s']:,.0f} records/s ({r['primaries_draining']} draining, "
                          f"{r['redis_cpu_us_per_record']} CPU us/record; CPU redis {r['redis_cpu_pct']} %, "
-                         f"sink {r['sink_cpu_pct']} %)", "report", "-"))
+                         f"busiest primary {r['busiest_primary_cpu_share_pct']} % of it, sink {r['sink_cpu_pct']} %)",
+                         "report", "-"))
         rows.append(("8 cluster drain, 12 shard streams / 1 stream, 3 primaries",
                      f"{cl['ratio_sharded_vs_one_stream']:.2f}x ({cl['cores']} cores)", "grows with primaries", "-"))
         rows.append(("8 cluster drain, 2 / 1 primaries, a core each",
