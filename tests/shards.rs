@@ -203,25 +203,29 @@ fn an_empty_sharded_server_is_restored_each_row_into_its_own_shard_stream() {
     assert!(before.values().all(|n| *n == 2), "{before:?}");
 }
 
+/// `MODULE LOADEX <module> CONFIG <name> <value> ...` on `con`.
+fn loadex(con: &mut redis::Connection, configs: &[(&str, &str)]) -> redis::RedisResult<String> {
+    let mut cmd = redis::cmd("MODULE");
+    cmd.arg("LOADEX")
+        .arg(common::redis_server::module_path().display().to_string());
+    for (name, value) in configs {
+        cmd.arg("CONFIG")
+            .arg(format!("writebehind.{name}"))
+            .arg(*value);
+    }
+    cmd.query(con)
+}
+
 #[test]
 fn a_stream_name_with_braces_cannot_head_a_family_and_the_module_says_why() {
     let server = RedisServer::start(common::redis_server::Options::default().without_module());
     let mut con = server.connection();
-    let so = common::redis_server::module_path().display().to_string();
-    let e = q_err(
+    let e = loadex(
         &mut con,
-        &[
-            "MODULE",
-            "LOADEX",
-            &so,
-            "CONFIG",
-            "writebehind.redis-stream",
-            "{user}data",
-            "CONFIG",
-            "writebehind.stream-shards",
-            "4",
-        ],
-    );
+        &[("redis-stream", "{user}data"), ("stream-shards", "4")],
+    )
+    .expect_err("the load is refused")
+    .to_string();
     assert!(e.contains("Error loading the extension"), "{e}");
     assert!(
         server
@@ -231,16 +235,6 @@ fn a_stream_name_with_braces_cannot_head_a_family_and_the_module_says_why() {
         server.log()
     );
     // The same name with one stream is fine.
-    let ok: String = q(
-        &mut con,
-        &[
-            "MODULE",
-            "LOADEX",
-            &so,
-            "CONFIG",
-            "writebehind.redis-stream",
-            "{user}data",
-        ],
-    );
+    let ok = loadex(&mut con, &[("redis-stream", "{user}data")]).expect("loaded");
     assert_eq!(ok, "OK");
 }
