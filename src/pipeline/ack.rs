@@ -5,6 +5,7 @@
 //! lock, write the acknowledgements of batches that committed during the grace period.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_module::Context;
@@ -46,11 +47,11 @@ pub fn retrying(p: &Pipeline) -> usize {
 }
 
 /// Queues settled entries of `stream`/`group`.
-pub fn queue(p: &Pipeline, stream: &str, group: &str, settled: Vec<Settle>) {
+pub fn queue(p: &Pipeline, stream: &Arc<str>, group: &Arc<str>, settled: Vec<Settle>) {
     let mut q = p.acks.queue.lock();
     q.extend(settled.into_iter().map(|settle| Item {
-        stream: stream.to_string(),
-        group: group.to_string(),
+        stream: Arc::clone(stream),
+        group: Arc::clone(group),
         settle,
     }));
 }

@@ -45,8 +45,9 @@ pub enum Settle {
 
 #[derive(Debug, Clone)]
 pub struct Item {
-    pub stream: String,
-    pub group: String,
+    /// Shared by the entries of a claim (no copy of the names per entry).
+    pub stream: std::sync::Arc<str>,
+    pub group: std::sync::Arc<str>,
     pub settle: Settle,
 }
 
