@@ -96,10 +96,10 @@ impl Shard {
     /// The first of `row_ids` that belongs to another shard, with its shard. A row id is what a
     /// row is keyed by: a record's `id` for TRACKED (the id segment of the entry's key), the
     /// `user_email` for USER.
-    pub fn stray<'a>(&self, row_ids: &[&'a str]) -> Option<(&'a str, u32)> {
+    pub fn stray<'a>(&self, row_ids: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, u32)> {
         row_ids
-            .iter()
-            .map(|id| (*id, shard_of(id.as_bytes(), self.count)))
+            .into_iter()
+            .map(|id| (id, shard_of(id.as_bytes(), self.count)))
             .find(|(_, s)| *s != self.index)
     }
 }
@@ -265,9 +265,9 @@ mod tests {
             .map(|i| format!("u{i}"))
             .find(|u| shard_of(u.as_bytes(), 4) != 2)
             .expect("some user is elsewhere");
-        assert_eq!(third.stray(&[home[0].as_str(), home[1].as_str()]), None);
+        assert_eq!(third.stray([home[0].as_str(), home[1].as_str()]), None);
         assert_eq!(
-            third.stray(&[home[0].as_str(), away.as_str()]),
+            third.stray([home[0].as_str(), away.as_str()]),
             Some((away.as_str(), shard_of(away.as_bytes(), 4)))
         );
         assert_eq!(Names::family("s", 1, false)[0].shard, None);

@@ -155,7 +155,11 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
     if let Some(why) = refusal(&decoded) {
         return Err(err(format!("ERR invalid payload: {why}")));
     }
-    if let Some((row, home)) = p.names.shard.and_then(|sh| sh.stray(&decoded.row_keys())) {
+    if let Some((row, home)) = p
+        .names
+        .shard
+        .and_then(|sh| sh.stray(decoded.row_keys_each()))
+    {
         return Err(err(format!(
             "ERR row id '{}' belongs to {}, not {}: nothing was added",
             crate::entry::rules::shown(row),

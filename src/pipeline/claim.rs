@@ -341,7 +341,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
 /// streams are not comparable (a row remembers the newest entry applied to it).
 fn wrong_shard(p: &Pipeline, decoded: &entry::Decoded) -> Option<entry::DecodeError> {
     let shard = p.names.shard?;
-    let (row, home) = shard.stray(&decoded.row_keys())?;
+    let (row, home) = shard.stray(decoded.row_keys_each())?;
     let home = p.names.sibling(home);
     Some(entry::DecodeError::WrongShard {
         row: crate::entry::rules::shown(row),

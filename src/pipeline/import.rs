@@ -42,8 +42,8 @@ fn home<'a>(
     };
     let decoded = crate::entry::decode(crate::entry::EntryId::default(), fields, rules);
     let index = decoded
-        .row_keys()
-        .first()
+        .row_keys_each()
+        .next()
         .map_or(0, |id| crate::shard::shard_of(id.as_bytes(), shard.count));
     let name = first.sibling(index);
     streams.iter().find(|n| n.stream == name)
