@@ -94,7 +94,7 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     let streams: Vec<(String, String)> = REGISTRY
         .served(&home)
         .into_iter()
-        .map(|p| (p.source.clone(), p.names.dlq()))
+        .map(|p| (p.source().to_string(), p.names.dlq()))
         .collect();
     match args {
         Args::List { count } => {

@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, args: Args) -> RedisResult {
     // The userdata stream, and each mapping's stream: what each holds now is what must be written.
     // On a cluster, the streams whose slots this node serves (another node flushes the others).
     let pipelines = REGISTRY.served(&home);
-    let mut streams: Vec<String> = pipelines.iter().map(|p| p.source.clone()).collect();
+    let mut streams: Vec<String> = pipelines.iter().map(|p| p.source().to_string()).collect();
     if let Some(m) = pipeline::control::mapped() {
         streams.extend(m.mappings.mappings.iter().map(|m| m.capture_stream()));
     }

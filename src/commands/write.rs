@@ -164,7 +164,7 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
             "ERR row id '{}' belongs to {}, not {}: nothing was added",
             crate::entry::rules::shown(row),
             p.names.sibling(home),
-            p.source
+            p.source()
         )));
     }
     if sync && !can_block(ctx) {
@@ -178,7 +178,7 @@ pub fn run(ctx: &Context, args: Args<'_>) -> RedisResult {
             waiters::MAX_WAITERS
         )));
     }
-    let stream_name = p.source.as_str();
+    let stream_name = p.source();
     match crate::host::stream::add_as_caller(ctx, stream_name, payload) {
         Ok(id) if sync => {
             let blocked = crate::host::ffi::block(ctx);

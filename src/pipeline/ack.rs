@@ -65,7 +65,7 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
     // On a cluster, the stream's slot may have moved away since the entries were claimed: they
     // are pending on the node serving it now, which writes them again (Snowflake applies each
     // entry once). Nothing is written here.
-    if let Err(why) = crate::host::cluster::serves(ctx, &p.source) {
+    if let Err(why) = crate::host::cluster::serves(ctx, p.source()) {
         for item in &items {
             super::waiters::settled(
                 p,

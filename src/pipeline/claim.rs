@@ -98,7 +98,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             }
             Server::Replica => Some((State::Replica, Duration::from_millis(200))),
             Server::Primary if on_cluster => {
-                match gil.with(|ctx| crate::host::cluster::serves(ctx, &p.source)) {
+                match gil.with(|ctx| crate::host::cluster::serves(ctx, p.source())) {
                     Ok(()) => None,
                     Err(why) => {
                         if c.state() != State::Elsewhere {
@@ -125,7 +125,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             match gil.with(|_| crew(p)) {
                 Ok(inboxes) => *workers = inboxes,
                 Err(e) => {
-                    logging::warning(&format!("{}: {e}; trying again", p.source));
+                    logging::warning(&format!("{}: {e}; trying again", p.source()));
                     p.metrics.set_error(&e);
                     c.wait_wake(Duration::from_secs(1));
                     continue;
@@ -209,7 +209,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             }
         };
         governor::publish(p, &governor, count);
-        let stream_name = p.source.clone();
+        let stream_name = p.source().to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
 

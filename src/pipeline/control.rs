@@ -135,9 +135,8 @@ impl Default for Control {
 
 /// One pipeline: a source stream, its control, its counters and its triage evidence.
 pub struct Pipeline {
-    /// The stream it reads (`REDIS_STREAM`, or one shard stream of it; restart-only settings).
-    pub source: String,
-    /// The names of the keys it writes for its stream (dead-letter stream, marker, import set).
+    /// Its stream (`REDIS_STREAM`, or one shard stream of it; restart-only settings) and the names
+    /// of the keys it writes for it (dead-letter stream, marker, import set).
     pub names: crate::shard::Names,
     pub control: Control,
     pub metrics: Metrics,
@@ -167,7 +166,6 @@ impl Pipeline {
     /// A pipeline over `names.stream`, writing the keys `names` gives.
     pub fn named(names: crate::shard::Names) -> Pipeline {
         Pipeline {
-            source: names.stream.clone(),
             names,
             control: Control::new(),
             metrics: Metrics::default(),
@@ -215,7 +213,7 @@ impl Registry {
         self.by_source
             .write()
             .get_or_insert_with(Default::default)
-            .insert(p.source.clone(), p);
+            .insert(p.source().to_string(), p);
         p
     }
 
@@ -254,7 +252,7 @@ impl Registry {
     pub fn served(&self, ctx: &redis_module::Context) -> Vec<&'static Pipeline> {
         self.all()
             .into_iter()
-            .filter(|p| crate::host::cluster::serves(ctx, &p.source).is_ok())
+            .filter(|p| crate::host::cluster::serves(ctx, p.source()).is_ok())
             .collect()
     }
 
@@ -461,6 +459,11 @@ impl Pipeline {
                 }
             }
         })
+    }
+
+    /// The stream it reads.
+    pub fn source(&self) -> &str {
+        &self.names.stream
     }
 
     /// Its claimer found nothing new and waits for an `XADD` (called under the Redis lock, so no

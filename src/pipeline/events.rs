@@ -133,7 +133,7 @@ fn stream_ends(p: &Pipeline, how: &str, moved_to: Option<i32>) {
         return;
     }
     let s = settings::current();
-    let stream_name = p.source.as_str();
+    let stream_name = p.source();
     let group = super::control::group_name(&s);
     let held = p.metrics.in_flight.load(Ordering::Relaxed) as i64;
     let lost = match moved_to {

@@ -200,7 +200,7 @@ fn regression_check(p: &Pipeline, gil: &Gil, client: &crate::snowflake::Client) 
                 .and_then(|row| row.first().cloned().flatten())
         })
         .and_then(|text| EntryId::from_sort_key(&text).ok());
-    let stream_name = p.source.clone();
+    let stream_name = p.source().to_string();
     let newest_in_stream = gil.with(|ctx| stream::last_generated_id(ctx, &stream_name));
     let newest_in_stream = EntryId::parse(&newest_in_stream).unwrap_or_default();
     if let Some(applied) = newest_applied {

@@ -63,7 +63,7 @@ fn oldest_unwritten_age_ms(
 /// The figures of one stream (its length, what is pending and not delivered, its dead letters),
 /// read under the lock.
 fn stream_figures(ctx: &Context, p: &Pipeline, group: &str) -> Vec<(&'static str, Figure)> {
-    let stream_name = p.source.as_str();
+    let stream_name = p.source();
     let info = stream::group_info(ctx, stream_name, group).unwrap_or_default();
     let oldest = oldest_unwritten_age_ms(ctx, stream_name, group, &info);
     vec![
@@ -205,7 +205,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         .iter()
         .map(|p| {
             home.as_ref()
-                .is_none_or(|ctx| crate::host::cluster::serves(ctx, &p.source).is_ok())
+                .is_none_or(|ctx| crate::host::cluster::serves(ctx, p.source()).is_ok())
         })
         .collect();
     let group = crate::pipeline::control::group_name(&s);
@@ -327,7 +327,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     if all.len() > 1 {
         for (i, p) in all.iter().enumerate() {
             let prefix = format!("shard.{i}.");
-            shards.push((format!("{prefix}stream"), p.source.as_str().into()));
+            shards.push((format!("{prefix}stream"), p.source().into()));
             shards.push((format!("{prefix}served"), u64::from(served[i]).into()));
             shards.push((format!("{prefix}state"), state_of(p).into()));
             if let Some(f) = per_stream.get(i) {
