@@ -97,7 +97,9 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                 continue;
             }
             Server::Replica => Some((State::Replica, Duration::from_millis(200))),
-            Server::Primary if on_cluster => {
+            // Once reading, the check inside each read's own lock hold is enough: a refusal there
+            // forgets the group, and the next turn looks here again.
+            Server::Primary if on_cluster && group_ready.is_none() => {
                 match gil.with(|ctx| crate::host::cluster::serves(ctx, p.source())) {
                     Ok(()) => None,
                     Err(why) => {
@@ -293,7 +295,8 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             }
             Err(e) => {
                 // The stream or group was deleted, or Redis refused: re-create and retry shortly.
-                if group_ready.is_some() {
+                // A slot that moved away is not a failure: the next turn says `not-served`.
+                if group_ready.is_some() && !crate::host::cluster::elsewhere(&e) {
                     logging::warning(&format!(
                         "reading {stream_name} through {group} failed: {e}"
                     ));
