@@ -45,13 +45,13 @@ pub fn leaving(ctx: &Context, key: &str) -> bool {
     if serves(ctx, key).is_err() {
         return true;
     }
-    let stream = super::stream::call_read;
+    let read = super::stream::call_read;
     let Ok(redis_module::RedisValue::Integer(slot)) =
-        stream(ctx, "CLUSTER", &[b"KEYSLOT", key.as_bytes()])
+        read(ctx, "CLUSTER", &[b"KEYSLOT", key.as_bytes()])
     else {
         return false;
     };
-    let nodes = stream(ctx, "CLUSTER", &[b"NODES"])
+    let nodes = read(ctx, "CLUSTER", &[b"NODES"])
         .ok()
         .as_ref()
         .and_then(super::stream::text)
