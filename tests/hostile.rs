@@ -1280,8 +1280,7 @@ fn an_entry_snowflake_refuses_for_good_is_dead_lettered_without_holding_up_the_r
     // Snowflake now refuses every statement: the entries wait (the triage sees several entries
     // failing alike and blocks; at most the quarantine of a lone entry moves one aside), and once
     // it accepts again every other entry is written.
-    emu.clear_faults();
-    emu.fault(json!({"next": 1_000_000, "status": 400, "message": "refused"}));
+    emu.replace_faults(json!({"next": 1_000_000, "status": 400, "message": "refused"}));
     let retries = st_int(&status(&mut con), "retries");
     for i in 0..5 {
         xadd(&mut con, &visit(&format!("outage{i}-x"), "t"));

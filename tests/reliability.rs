@@ -303,8 +303,7 @@ fn snowflake_refusing_then_failing_then_hanging_leaves_redis_responsive_and_lose
             json!({"next": 1_000_000, "hang": true, "hang_ms": 2_000}),
         ),
     ] {
-        emu.clear_faults();
-        emu.fault(fault);
+        emu.replace_faults(fault);
         let until = Instant::now() + phase;
         let mut con = server.connection();
         while Instant::now() < until {

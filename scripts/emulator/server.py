@@ -233,6 +233,15 @@ class Faults:
         with self.lock:
             self.pending.clear()
 
+    def replace(self, specs: list[dict[str, Any]]) -> None:
+        """Swaps every pending fault for `specs` at once: no request slips through between."""
+        specs = [dict(spec) for spec in specs]
+        for spec in specs:
+            spec["next"] = int(spec.get("next", 1))
+            spec.setdefault("on", "submit")
+        with self.lock:
+            self.pending[:] = specs
+
     def take(self, kind: str, body: bytes = b"") -> dict[str, Any] | None:
         with self.lock:
             for spec in self.pending:
@@ -890,6 +899,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self.dispatch("POST")
 
+    def do_PUT(self) -> None:  # noqa: N802
+        self.dispatch("PUT")
+
     def do_DELETE(self) -> None:  # noqa: N802
         self.dispatch("DELETE")
 
@@ -1025,11 +1037,14 @@ class Handler(BaseHTTPRequestHandler):
                 stats = json.loads(json.dumps(em.stats))
             stats["pending_faults"] = len(em.faults.pending)
             self.send_json(200, stats)
-        elif path == "/_emulator/faults" and method == "POST":
+        elif path == "/_emulator/faults" and method in ("POST", "PUT"):
             body = self.read_json()
             specs = body.get("faults") if "faults" in body else [body]
-            for spec in specs:
-                em.faults.add(spec)
+            if method == "PUT":
+                em.faults.replace(specs)
+            else:
+                for spec in specs:
+                    em.faults.add(spec)
             self.send_json(200, {"pending": len(em.faults.pending)})
         elif path == "/_emulator/faults" and method == "DELETE":
             em.faults.clear()

@@ -289,6 +289,13 @@ impl Emulator {
         self.control("POST", "faults", Some(spec));
     }
 
+    /// Replaces every pending fault with `spec` in one step: no request is served fault-free
+    /// between the old fault and the new one, as it could be between [`Self::clear_faults`] and
+    /// [`Self::fault`].
+    pub fn replace_faults(&self, spec: Value) {
+        self.control("PUT", "faults", Some(spec));
+    }
+
     pub fn clear_faults(&self) {
         self.control("DELETE", "faults", None);
     }
