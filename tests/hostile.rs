@@ -604,13 +604,8 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
     // Without Snowflake nothing is ever written: every WB.FLUSH and WB.WRITE ... SYNC that is let
     // wait waits for its whole timeout.
     let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
-    let pid = server.pid().expect("pid");
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    let before = threads();
+    let threads = || server.thread_names().len();
+    let before = server.settled_threads();
     let bulk = |parts: &[&str]| {
         let mut out = format!("*{}\r\n", parts.len());
         for p in parts {
@@ -713,15 +708,10 @@ fn a_background_command_whose_thread_cannot_start_gets_a_clear_error_and_the_ser
     let mut con = server.connection();
     con.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let pid = server.pid().expect("pid");
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    let threads = || server.thread_names().len();
     let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
+    let before = server.settled_threads();
     let before_status = status(&mut con);
-    let before = threads();
     let mut slowest = Duration::ZERO;
     // More refused starts than the executor has places: a place leaked by a refusal would turn
     // the later ones into "already waiting" refusals.

@@ -207,6 +207,37 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The names of the server's threads now (`/proc/<pid>/task/*/comm`); empty when it is not
+    /// running.
+    pub fn thread_names(&self) -> Vec<String> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .map(|name| name.trim_end().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The server's thread count once the module's start-up work has finished (its `wb-startup`
+    /// thread is gone): a baseline later counts can be held to. Counted before that, a start-up
+    /// thread still exiting would be in the baseline and never in a later count.
+    pub fn settled_threads(&self) -> usize {
+        self.wait_for(
+            "the start-up thread to finish",
+            Duration::from_secs(30),
+            || {
+                let names = self.thread_names();
+                (!names.is_empty() && !names.iter().any(|n| n == "wb-startup"))
+                    .then_some(names.len())
+            },
+        )
+    }
+
     fn wait_ready(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
