@@ -784,12 +784,16 @@ def bench_drain(tools, keys, cfg) -> dict:
                         "batches": int(st["batches"]) - int(base["batches"]),
                         "round_trips": stats["round_trips"],
                         "batch_latency_p50_ms": int(st["batch_latency_p50_ms"]),
+                        # The Redis lock held by the module's threads: time Redis's own clients
+                        # would have waited for, had they been there.
+                        "lock_held_us_per_record": round(
+                            (int(st["lock_held_ms"]) - int(base["lock_held_ms"])) * 1000 / records, 2),
                     }
                     per[(build, w)].append(run)
                     log(f"drain rep {rep + 1}/{cfg.reps} {build} workers={w} {run['records_per_s']:,} records/s, "
                         f"{run['redis_cpu_us_per_record']} CPU us/record ("
                         + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_us_per_record_by_thread"].items() if v >= 0.05)
-                        + f"), {run['round_trips']} round trips")
+                        + f"), lock held {run['lock_held_us_per_record']} us/record, {run['round_trips']} round trips")
                 finally:
                     r.stop()
     finally:
@@ -804,6 +808,7 @@ def bench_drain(tools, keys, cfg) -> dict:
                 t: median([x["cpu_us_per_record_by_thread"].get(t, 0.0) for x in runs])
                 for t in sorted({t for x in runs for t in x["cpu_us_per_record_by_thread"]})},
             "median_sink_cpu_s_per_10k": median([x["sink_cpu_s_per_10k"] for x in runs]),
+            "median_lock_held_us_per_record": median([x["lock_held_us_per_record"] for x in runs]),
             "runs": runs,
         }
     summary = summaries["module"]

@@ -211,6 +211,54 @@ impl Claimed {
         }
     }
 
+    /// Reads an `XREADGROUP` reply of one stream from its RESP2 text:
+    /// `*1 *2 $<stream> *<n> (*2 $<id> (*<2k> ($<name> $<value>)… | *-1))…`. `None` for any other
+    /// text (the entries read so far are then to be discarded).
+    fn read_resp(&mut self, proto: &[u8]) -> Option<()> {
+        let mut r = Resp {
+            bytes: proto,
+            at: 0,
+        };
+        match r.array()? {
+            None | Some(0) => return (r.at == proto.len()).then_some(()),
+            Some(1) => {}
+            Some(_) => return None,
+        }
+        if r.array()? != Some(2) {
+            return None;
+        }
+        r.bulk()?;
+        let n = r.array()??;
+        // A count is never larger than the text that holds its entries.
+        self.entries.reserve(n.min(proto.len() / 8));
+        for _ in 0..n {
+            if r.array()? != Some(2) {
+                return None;
+            }
+            self.start_entry(r.bulk()?);
+            // A nil field list: the entry was deleted while pending.
+            if let Some(k) = r.array()? {
+                if k % 2 != 0 {
+                    return None;
+                }
+                for _ in 0..k / 2 {
+                    let (name, value) = (r.bulk()?, r.bulk()?);
+                    self.push_field(name, value);
+                }
+            }
+            // The buffers' first size is a guess from the first entry (most entries are alike),
+            // none larger than the text.
+            if self.entries.len() == 1 {
+                let more = n - 1;
+                let guess = |first: usize, most: usize| first.saturating_mul(more).min(most);
+                self.ids.reserve(guess(self.ids.len(), proto.len()));
+                self.bytes.reserve(guess(self.bytes.len(), proto.len()));
+                self.ends.reserve(guess(self.ends.len(), proto.len() / 4));
+            }
+        }
+        (r.at == proto.len()).then_some(())
+    }
+
     /// Every entry as an owned [`RawEntry`].
     pub fn to_entries(&self) -> Vec<RawEntry> {
         self.iter().map(|e| e.to_raw(true)).collect()
@@ -437,6 +485,21 @@ pub fn read_group_chunk(
     };
     // [[stream, [[id, [field, value, ...]], ...]]]
     let mut out = Claimed::default();
+    // The reply's RESP text, read in one pass. Walking it element by element through the module
+    // API would have the server build a reply object for every entry and every field list, all
+    // under the lock. A text this reader does not expect (it never should) is walked the slow way.
+    // SAFETY: `streams` is this call's root reply, alive until the end of the function.
+    if let Some(proto) = unsafe { crate::host::ffi::reply_proto(streams.get_raw()) } {
+        if out.read_resp(proto).is_some() {
+            return Ok(out);
+        }
+        out = Claimed::default();
+        if !UNEXPECTED_REPLY_TEXT.swap(true, Ordering::Relaxed) {
+            crate::host::logging::warning(
+                "an XREADGROUP reply's text is not as expected; claims read it element by element (slower)",
+            );
+        }
+    }
     let Some(Ok(CallReply::Array(pair))) = streams.get(0) else {
         return Ok(out);
     };
@@ -468,6 +531,61 @@ pub fn read_group_chunk(
         }
     }
     Ok(out)
+}
+
+/// Set once an `XREADGROUP` reply's text could not be read (said once in the log).
+static UNEXPECTED_REPLY_TEXT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A reader of RESP2 text (the replies of `RM_Call` without the `3` flag): arrays and bulk strings.
+struct Resp<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Resp<'a> {
+    /// A header line `<kind><integer>\r\n`, giving its integer.
+    fn header(&mut self, kind: u8) -> Option<i64> {
+        let rest = self.bytes.get(self.at..)?;
+        if *rest.first()? != kind {
+            return None;
+        }
+        let (negative, digits_at) = match rest.get(1)? {
+            b'-' => (true, 2),
+            _ => (false, 1),
+        };
+        let mut n: i64 = 0;
+        let mut i = digits_at;
+        while let Some(d) = rest.get(i).filter(|b| b.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+            i += 1;
+        }
+        if i == digits_at || rest.get(i..i + 2)? != b"\r\n" {
+            return None;
+        }
+        self.at += i + 2;
+        Some(if negative { -n } else { n })
+    }
+
+    /// An array's length; `Some(None)` for a nil array.
+    fn array(&mut self) -> Option<Option<usize>> {
+        match self.header(b'*')? {
+            -1 => Some(None),
+            n => usize::try_from(n).ok().map(Some),
+        }
+    }
+
+    /// A bulk string, borrowed.
+    fn bulk(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.header(b'$')?).ok()?;
+        let end = self.at.checked_add(n)?;
+        let s = self.bytes.get(self.at..end)?;
+        if self.bytes.get(end..end.checked_add(2)?)? != b"\r\n" {
+            return None;
+        }
+        self.at = end + 2;
+        Some(s)
+    }
 }
 
 /// Runs `f` on a string reply's bytes, borrowed from the reply; `false` for any other reply.
@@ -702,6 +820,81 @@ mod tests {
             assert!(c.to_raw(false).fields.is_empty());
         }
         assert!(Claimed::default().is_empty());
+    }
+
+    /// The RESP2 text a server sends for an `XREADGROUP` of one stream.
+    fn resp(stream: &str, entries: &[RawEntry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let bulk = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n");
+        };
+        out.extend_from_slice(b"*1\r\n*2\r\n");
+        bulk(&mut out, stream.as_bytes());
+        out.extend_from_slice(format!("*{}\r\n", entries.len()).as_bytes());
+        for e in entries {
+            out.extend_from_slice(b"*2\r\n");
+            bulk(&mut out, e.id.as_bytes());
+            if e.fields.is_empty() {
+                out.extend_from_slice(b"*-1\r\n");
+            } else {
+                out.extend_from_slice(format!("*{}\r\n", 2 * e.fields.len()).as_bytes());
+                for (k, v) in &e.fields {
+                    bulk(&mut out, k);
+                    bulk(&mut out, v);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_claim_is_read_from_the_reply_text_exactly_as_from_its_elements() {
+        let entries = vec![
+            raw(
+                "1700000000000-0",
+                &[("value", b"{\"a\":1}"), ("extra", b"")],
+            ),
+            raw("1700000000000-1", &[]),
+            raw("1700000000001-12", &[("payload", b"\0\r\n\xff$3\r\n*")]),
+        ];
+        let text = resp("userdata-stream:{3}", &entries);
+        let mut claimed = Claimed::default();
+        assert_eq!(claimed.read_resp(&text), Some(()));
+        assert_eq!(claimed, Claimed::from(entries.clone()));
+        // Nothing new: a nil reply or no entries.
+        for empty in [&b"*-1\r\n"[..], b"*0\r\n", &resp("s", &[])] {
+            let mut c = Claimed::default();
+            assert_eq!(c.read_resp(empty), Some(()), "{empty:?}");
+            assert!(c.is_empty());
+        }
+    }
+
+    #[test]
+    fn reply_text_cut_short_or_malformed_is_refused_without_a_panic() {
+        let text = resp("s", &[raw("1-0", &[("value", b"xyz")]), raw("2-0", &[])]);
+        for cut in 0..text.len() {
+            let mut c = Claimed::default();
+            assert_eq!(c.read_resp(&text[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = text.clone();
+        longer.extend_from_slice(b"*0\r\n");
+        let bad: [&[u8]; 9] = [
+            &longer,
+            b"+OK\r\n",
+            b"*2\r\n",
+            b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*1\r\n$1\r\nk\r\n",
+            b"*1\r\n*2\r\n$1\r\ns\r\n*99999999999999999999\r\n",
+            b"*1\r\n*2\r\n$1\r\ns\r\n*9223372036854775807\r\n",
+            b"*1\r\n*2\r\n$18446744073709551615\r\ns\r\n",
+            b"*1\r\n*2\r\n$-5\r\ns\r\n",
+            b"*1\r\n*2\r\n$1\r\nsXX*0\r\n",
+        ];
+        for b in bad {
+            let mut c = Claimed::default();
+            assert_eq!(c.read_resp(b), None, "{b:?}");
+        }
     }
 
     #[test]
