@@ -49,24 +49,6 @@ pub unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> Option<&'a [
     Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
-/// The RESP text of a call's reply, nested elements included, borrowed from it. `None` when the
-/// server gives none.
-///
-/// # Safety
-/// `reply` is null or a live reply of `RedisModule_Call` that outlives `'a`.
-pub unsafe fn reply_proto<'a>(reply: *mut raw::RedisModuleCallReply) -> Option<&'a [u8]> {
-    let proto = unsafe { raw::RedisModule_CallReplyProto }?;
-    if reply.is_null() {
-        return None;
-    }
-    let mut len = 0usize;
-    let p = unsafe { proto(reply, &mut len) };
-    if p.is_null() {
-        return None;
-    }
-    Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
-}
-
 /// The longest error line a command replies with; longer texts are cut (they may carry data).
 const MAX_ERROR_BYTES: usize = 512;
 

@@ -489,7 +489,7 @@ pub fn read_group_chunk(
     // API would have the server build a reply object for every entry and every field list, all
     // under the lock. A text this reader does not expect (it never should) is walked the slow way.
     // SAFETY: `streams` is this call's root reply, alive until the end of the function.
-    if let Some(proto) = unsafe { crate::host::ffi::reply_proto(streams.get_raw()) } {
+    if let Some(proto) = unsafe { reply_proto(streams.get_raw()) } {
         if out.read_resp(proto).is_some() {
             return Ok(out);
         }
@@ -531,6 +531,24 @@ pub fn read_group_chunk(
         }
     }
     Ok(out)
+}
+
+/// The RESP text of a call's reply, nested elements included, borrowed from it. `None` when the
+/// server gives none.
+///
+/// # Safety
+/// `reply` is null or a live reply of `RedisModule_Call` that outlives `'a`.
+unsafe fn reply_proto<'a>(reply: *mut raw::RedisModuleCallReply) -> Option<&'a [u8]> {
+    let proto = unsafe { raw::RedisModule_CallReplyProto }?;
+    if reply.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = unsafe { proto(reply, &mut len) };
+    if p.is_null() {
+        return None;
+    }
+    Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
 /// Set once an `XREADGROUP` reply's text could not be read (said once in the log).
