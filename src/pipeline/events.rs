@@ -132,8 +132,12 @@ fn stream_ends(p: &Pipeline, how: &str, moved_to: Option<i32>) {
     if stream::is_replica(&ctx) {
         return;
     }
-    let s = settings::current();
     let stream_name = p.source();
+    // On a cluster, a shard stream this node does not serve is another node's to report.
+    if crate::host::cluster::serves(&ctx, stream_name).is_err() {
+        return;
+    }
+    let s = settings::current();
     let group = super::control::group_name(&s);
     let held = p.metrics.in_flight.load(Ordering::Relaxed) as i64;
     let lost = match moved_to {
