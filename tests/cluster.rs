@@ -1,17 +1,21 @@
-//! The module on a real cluster: 3 primaries (and 3 replicas) on 127.0.0.1, with sharded streams.
+//! The module on a real cluster: 3 primaries (and 3 replicas) on loopback addresses, with sharded
+//! streams.
 //!
 //! Each primary drains the shard streams whose slots it serves and writes no key anywhere else:
-//! through writes spread over every shard, a primary killed mid-drain, and a slot moved while its
-//! shard stream drains. Snowflake ends with every entry applied exactly once.
+//! through writes spread over every shard, a primary killed mid-drain, a slot moved while its
+//! shard stream drains, and every node coming back at once under a new address (the Kubernetes
+//! example's `rejoin.sh`). Snowflake ends with every entry applied exactly once.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{cli_bin, Cluster};
 use common::emulator::Emulator;
-use common::redis_server::{q, q_err, status, Options};
+use common::redis_server::{q, q_err, status, Options, RedisServer};
 use common::visits::{add_stream_visits, assert_in_snowflake, visited};
 use common::wired;
 use serde_json::json;
@@ -351,4 +355,110 @@ fn the_module_loads_on_every_node_of_a_cluster_that_survives_a_killed_primary() 
     let v: String = q(&mut cluster.connection_for("k0"), &["GET", "k0"]);
     assert_eq!(v, "v");
     assert_eq!(cluster.primaries().len(), 3);
+}
+
+/// Starts the Kubernetes example's `rejoin.sh` beside a node, as each pod of the example does as it
+/// starts: every node of `cluster` is a peer, at its address now (itself included: the script
+/// skips it).
+fn rejoin_beside(node: &RedisServer, cluster: &Cluster) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/cluster/rejoin.sh");
+    Command::new("sh")
+        .arg(script)
+        .arg(node.host())
+        .arg(node.port.to_string())
+        .arg(node.dir.path().join("nodes.conf"))
+        .args(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("{}:{}", n.host(), n.port)),
+        )
+        .env("REDIS_CLI", cli_bin())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh runs")
+}
+
+/// Waits for a `rejoin.sh` to end, and holds it to ending well.
+fn wait_helper(mut helper: Child, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = helper.try_wait().expect("the helper's status") {
+            assert!(exit.success(), "rejoin.sh: {exit}");
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = helper.kill();
+            panic!("rejoin.sh did not end in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cluster_whose_every_node_comes_back_under_a_new_address_forms_again_and_writes_each_entry_once(
+) {
+    let emu = Emulator::start();
+    let addresses =
+        |net: u8| -> Vec<String> { (1..=6).map(|i| format!("127.77.{net}.{i}")).collect() };
+    let mut cluster = Cluster::start_at(&addresses(0), 1, sharded(&emu).conf("appendonly yes"));
+    // A fresh node is left alone: it must stay empty for `redis-cli --cluster create`.
+    let fresh = RedisServer::start(
+        Options::default()
+            .host("127.77.2.1")
+            .conf("cluster-enabled yes")
+            .conf("cluster-config-file nodes.conf"),
+    );
+    wait_helper(rejoin_beside(&fresh, &cluster), Duration::from_secs(30));
+    let info: String = q(&mut fresh.connection(), &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_known_nodes:1"), "{info}");
+    drop(fresh);
+
+    let first = spread(&cluster, 0, 40, 3);
+    wait_replicated(&cluster);
+    flush_all(&cluster);
+    // More entries, still in their streams (the writers paused) when every node stops.
+    for i in cluster.primaries() {
+        let _: String = q(&mut cluster.nodes[i].connection(), &["WB.PAUSE"]);
+    }
+    let second = spread(&cluster, 40, 40, 3);
+    wait_replicated(&cluster);
+    for node in &mut cluster.nodes {
+        node.stop();
+    }
+
+    // Every node comes back at once, each under a new address, with its nodes.conf and data.
+    let new = addresses(1);
+    let mut helpers = Vec::new();
+    for (i, host) in new.iter().enumerate() {
+        cluster.nodes[i].opts.host = Some(host.clone());
+    }
+    for i in 0..cluster.nodes.len() {
+        helpers.push(rejoin_beside(&cluster.nodes[i], &cluster));
+        cluster.nodes[i].launch();
+    }
+    for helper in helpers {
+        wait_helper(helper, Duration::from_secs(60));
+    }
+    cluster.wait_formed(Duration::from_secs(60));
+    cluster.wait_replicas_in_sync(Duration::from_secs(60));
+    for node in cluster.running() {
+        let nodes: String = q(&mut node.connection(), &["CLUSTER", "NODES"]);
+        assert!(
+            !nodes.contains("127.77.0.") && nodes.lines().count() == 6,
+            "{}: {nodes}",
+            node.host()
+        );
+    }
+    assert_eq!(cluster.primaries().len(), 3);
+    let (report, clean) = cluster.check();
+    assert!(clean, "{report}");
+
+    flush_all(&cluster);
+    let visits = assert_exactly_once(&cluster, &emu);
+    let keys = cluster.assert_keys_where_served();
+    eprintln!(
+        "MEASURED every node back under a new address: {first} + {second} entries, {visits} visits applied once, {keys} keys where served"
+    );
 }

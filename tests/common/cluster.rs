@@ -1,4 +1,4 @@
-//! A real Redis Cluster (or Valkey cluster) on 127.0.0.1 for tests: `--cluster-enabled` servers with
+//! A real Redis Cluster (or Valkey cluster) on loopback addresses (127.0.0.1 unless told) for tests: `--cluster-enabled` servers with
 //! the module, joined by the server's own `redis-cli --cluster create`.
 //!
 //! Each node also listens on its port + 10000 (the cluster bus); ports are picked so both stay out
@@ -54,13 +54,21 @@ fn cluster_ports(n: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `primaries` primaries with `replicas` replicas each and forms the cluster.
     pub fn start(primaries: usize, replicas: usize, opts: Options) -> Cluster {
-        let count = primaries * (1 + replicas);
-        let nodes: Vec<RedisServer> = cluster_ports(count)
+        let hosts = vec!["127.0.0.1".to_string(); primaries * (1 + replicas)];
+        Cluster::start_at(&hosts, replicas, opts)
+    }
+
+    /// [`Cluster::start`] with one node on each of `hosts` (loopback addresses), `replicas` per
+    /// primary.
+    pub fn start_at(hosts: &[String], replicas: usize, opts: Options) -> Cluster {
+        let nodes: Vec<RedisServer> = cluster_ports(hosts.len())
             .into_iter()
-            .map(|port| {
+            .zip(hosts)
+            .map(|(port, host)| {
                 RedisServer::start(
                     opts.clone()
                         .port(port)
+                        .host(host)
                         .conf("cluster-enabled yes")
                         .conf("cluster-config-file nodes.conf")
                         .conf("cluster-node-timeout 2000")
@@ -74,7 +82,7 @@ impl Cluster {
             cluster
                 .nodes
                 .iter()
-                .map(|n| format!("127.0.0.1:{}", n.port)),
+                .map(|n| format!("{}:{}", n.host(), n.port)),
         );
         args.extend([
             "--cluster-replicas".into(),
@@ -266,7 +274,15 @@ impl Cluster {
             if keys.is_empty() {
                 break;
             }
-            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "10000", "KEYS"];
+            let mut args = vec![
+                "MIGRATE",
+                self.nodes[to].host(),
+                &port,
+                "",
+                "0",
+                "10000",
+                "KEYS",
+            ];
             args.extend(keys.iter().map(String::as_str));
             let _: String = q(&mut src, &args);
             between();
@@ -325,7 +341,11 @@ impl Cluster {
     pub fn check(&self) -> (String, bool) {
         let node = self.running().next().expect("a running node");
         let out = Command::new(cli_bin())
-            .args(["--cluster", "check", &format!("127.0.0.1:{}", node.port)])
+            .args([
+                "--cluster",
+                "check",
+                &format!("{}:{}", node.host(), node.port),
+            ])
             .output()
             .expect("cli runs");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

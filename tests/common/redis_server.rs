@@ -80,6 +80,9 @@ pub struct Options {
     pub env: BTreeMap<String, String>,
     /// The port to listen on; a free one when `None`.
     pub port: Option<u16>,
+    /// The loopback address to listen on and connect from (`127.0.0.1` when `None`): a cluster
+    /// node given another address comes back as a node whose IP changed.
+    pub host: Option<String>,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             conf: Vec::new(),
             env: BTreeMap::new(),
             port: None,
+            host: None,
         }
     }
 }
@@ -109,6 +113,10 @@ impl Options {
     }
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.into());
         self
     }
     pub fn without_module(mut self) -> Self {
@@ -154,6 +162,11 @@ impl RedisServer {
         server
     }
 
+    /// The address the server listens on.
+    pub fn host(&self) -> &str {
+        self.opts.host.as_deref().unwrap_or("127.0.0.1")
+    }
+
     pub fn conf_path(&self) -> PathBuf {
         self.dir.path().join("redis.conf")
     }
@@ -163,8 +176,9 @@ impl RedisServer {
     }
 
     fn write_conf(&self) {
+        let host = self.host();
         let mut conf = format!(
-            "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nappendonly no\nloglevel verbose\nenable-module-command yes\nenable-debug-command yes\n",
+            "port {}\nbind {host}\nbind-source-addr {host}\ndir {}\nlogfile {}\nsave \"\"\nappendonly no\nloglevel verbose\nenable-module-command yes\nenable-debug-command yes\n",
             self.port,
             self.dir.path().display(),
             self.log_path().display()
@@ -263,7 +277,7 @@ impl RedisServer {
     }
 
     fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
+        let client = redis::Client::open(format!("redis://{}:{}/", self.host(), self.port))?;
         client.get_connection_with_timeout(Duration::from_secs(2))
     }
 
