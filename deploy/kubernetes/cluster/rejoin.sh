@@ -9,17 +9,27 @@
 # node ID at a new address takes the new address, and the cluster forms again as it was, slots,
 # replicas and data included.
 #
-# SELF is this node's address (the pod IP), PORT its client port (the bus is PORT + 10000),
+# SELF is this node's address or host name (the pod's own name resolves to its IP through
+# /etc/hosts), PORT its client port (the bus is PORT + 10000),
 # NODES_CONF its cluster-config-file, each PEER a host name or IPv4 address of another node, with
 # `:<port>` when its port is not PORT (names are resolved now; one that does not resolve yet is
 # skipped: that pod meets this one when it starts). A node whose nodes.conf names no other node is left alone: a fresh node must stay empty
 # for `redis-cli --cluster create` (cluster-create.yaml). Never fails the pod: every step may fail.
 set -u
-self=$1
 port=$2
 conf=$3
-shift 3
 cli=${REDIS_CLI:-redis-cli}
+
+# An IPv4 address as it is, a name resolved (empty when it does not resolve).
+address() {
+  case "$1" in
+    *[!0-9.]*) getent hosts "$1" | awk '{ print $1; exit }' ;;
+    *) echo "$1" ;;
+  esac
+}
+self=$(address "$1")
+[ -n "$self" ] || exit 0
+shift 3
 
 grep -E '^[0-9a-f]{40} ' "$conf" 2>/dev/null | grep -q -v ' myself,' || exit 0
 
@@ -35,10 +45,7 @@ for peer in "$@"; do
   host=${peer%:*}
   peer_port=${peer##*:}
   [ "$host" != "$peer" ] || peer_port=$port
-  case "$host" in
-    *[!0-9.]*) ip=$(getent hosts "$host" | awk '{ print $1; exit }') ;;
-    *) ip=$host ;;
-  esac
+  ip=$(address "$host")
   [ -n "$ip" ] || continue
   [ "$ip:$peer_port" != "$self:$port" ] || continue
   "$cli" -h "$self" -p "$port" CLUSTER MEET "$ip" "$peer_port" >/dev/null 2>&1 || true
