@@ -47,8 +47,9 @@ use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 10] = [
+    let steps: [(&str, Step); 11] = [
         ("server detection", server::detect),
+        ("module options", host::cluster::declare_options),
         ("settings", config::register),
         ("stream context", stream::init),
         ("streams", |ctx| {

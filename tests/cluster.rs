@@ -261,8 +261,42 @@ fn sharded_streams_are_drained_by_their_primaries_exactly_once_through_a_killed_
     );
 }
 
+/// How a slot is moved between primaries.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// `CLUSTER SETSLOT` + `MIGRATE`, as `redis-cli --cluster reshard` does.
+    Migrate,
+    /// Valkey 9's atomic slot migration (`CLUSTER MIGRATESLOTS`).
+    Atomic,
+}
+
 #[test]
 fn a_slot_moved_while_its_shard_stream_drains_is_finished_by_its_new_owner_exactly_once() {
+    a_slot_moved_mid_drain(Move::Migrate);
+}
+
+#[test]
+fn a_slot_moved_by_atomic_slot_migration_mid_drain_is_finished_by_its_new_owner_exactly_once() {
+    let info: redis::Value = q(
+        &mut RedisServer::start(Options::default()).connection(),
+        &["COMMAND", "INFO", "cluster|migrateslots"],
+    );
+    if matches!(&info, redis::Value::Array(a) if a.iter().all(|c| *c == redis::Value::Nil)) {
+        // Redis has no atomic slot migration; Valkey has had it since 9.0.
+        let server = common::redis_server::redis_server_bin();
+        assert!(
+            !server.to_string_lossy().contains("valkey"),
+            "{}: no CLUSTER MIGRATESLOTS",
+            server.display()
+        );
+        return;
+    }
+    a_slot_moved_mid_drain(Move::Atomic);
+}
+
+/// Shard stream 3's slot moves from its primary to another while batches of it are in flight
+/// (statements slowed, some answers lost); the new owner finishes it, each entry applied once.
+fn a_slot_moved_mid_drain(how: Move) {
     let emu = Emulator::start();
     let cluster = Cluster::start(3, 0, sharded(&emu));
     let mut added = spread(&cluster, 0, 40, 3);
@@ -285,7 +319,10 @@ fn a_slot_moved_while_its_shard_stream_drains_is_finished_by_its_new_owner_exact
         Duration::from_secs(60),
         |st| int(st, "shard.3.in_flight") > 0,
     );
-    cluster.move_slot(slot, from, to, || {});
+    match how {
+        Move::Migrate => cluster.move_slot(slot, from, to, || {}),
+        Move::Atomic => cluster.migrate_slot_atomically(slot, from, to),
+    }
     assert_eq!(cluster.owner_of(slot), to);
     // The old owner stops draining it; the new owner takes over its pending entries.
     wait_status(
@@ -315,7 +352,7 @@ fn a_slot_moved_while_its_shard_stream_drains_is_finished_by_its_new_owner_exact
     let (report, clean) = cluster.check();
     assert!(clean, "{report}");
     eprintln!(
-        "MEASURED slot move: {added} entries ({total} visits); {moving} moved from port {} to port {} mid-drain; \
+        "MEASURED slot move ({how:?}): {added} entries ({total} visits); {moving} moved from port {} to port {} mid-drain; \
          every visit applied once; {keys} keys, each on a node serving its slot",
         cluster.nodes[from].port, cluster.nodes[to].port
     );

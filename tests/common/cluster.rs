@@ -298,6 +298,36 @@ impl Cluster {
         self.wait_formed(Duration::from_secs(30));
     }
 
+    /// Moves `slot` from node `from` to node `to` with Valkey's atomic slot migration (`CLUSTER
+    /// MIGRATESLOTS`): the source copies the slot to the target and hands it over; waits until
+    /// every node sees the new owner.
+    pub fn migrate_slot_atomically(&self, slot: u16, from: usize, to: usize) {
+        let (slot, to_id) = (slot.to_string(), self.node_id(to));
+        let _: String = q(
+            &mut self.nodes[from].connection(),
+            &[
+                "CLUSTER",
+                "MIGRATESLOTS",
+                "SLOTSRANGE",
+                &slot,
+                &slot,
+                "NODE",
+                &to_id,
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let slot: u16 = slot.parse().expect("a slot");
+        while self.owner_of(slot) != to {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} did not reach port {} in time",
+                self.nodes[to].port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_formed(Duration::from_secs(30));
+    }
+
     /// Every key on every running node lies in a slot that node serves, as a primary or as a
     /// replica of the primary serving it. Returns how many keys were looked at.
     pub fn assert_keys_where_served(&self) -> usize {
