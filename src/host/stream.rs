@@ -471,8 +471,7 @@ pub fn read_group_chunk(
         .replicate()
         .errors_as_replies()
         .build();
-    // This runs under the Redis lock for every chunk: the reply is copied once, straight into the
-    // entries, without an intermediate value tree.
+    // This runs under the Redis lock for every chunk.
     let res: CallResult = ctx.call_ext("XREADGROUP", &opts, &args[..]);
     let streams = match res {
         Ok(CallReply::Array(streams)) => streams,
@@ -483,54 +482,33 @@ pub fn read_group_chunk(
                 .unwrap_or_else(|| "XREADGROUP failed".into()))
         }
     };
-    // [[stream, [[id, [field, value, ...]], ...]]]
-    let mut out = Claimed::default();
-    // The reply's RESP text, read in one pass. Walking it element by element through the module
-    // API would have the server build a reply object for every entry and every field list, all
-    // under the lock. A text this reader does not expect (it never should) is walked the slow way.
+    // The reply's RESP text, read in one pass straight into the claim's buffer. Walking it element
+    // by element through the module API would have the server build a reply object for every
+    // entry and every field list, all under the lock. A text this reader does not expect (it never
+    // should) is read the generic, slower way.
     // SAFETY: `streams` is this call's root reply, alive until the end of the function.
     if let Some(proto) = unsafe { reply_proto(streams.get_raw()) } {
+        let mut out = Claimed::default();
         if out.read_resp(proto).is_some() {
             return Ok(out);
         }
-        out = Claimed::default();
         if !UNEXPECTED_REPLY_TEXT.swap(true, Ordering::Relaxed) {
             crate::host::logging::warning(
-                "an XREADGROUP reply's text is not as expected; claims read it element by element (slower)",
+                "an XREADGROUP reply's text is not as expected; claims read it the slower way",
             );
         }
     }
-    let Some(Ok(CallReply::Array(pair))) = streams.get(0) else {
-        return Ok(out);
+    // [[stream, [[id, [field, value, ...]], ...]]]
+    let RedisValue::Array(pair) = streams.get(0).map_or(RedisValue::Null, |r| match r {
+        Ok(r) => value(&r),
+        Err(_) => RedisValue::Null,
+    }) else {
+        return Ok(Claimed::default());
     };
-    let Some(Ok(CallReply::Array(list))) = pair.get(1) else {
-        return Ok(out);
-    };
-    out.entries.reserve(list.len());
-    for item in list.iter() {
-        let Ok(CallReply::Array(entry)) = item else {
-            continue;
-        };
-        if !with_bytes(&entry.get(0), |id| out.start_entry(id)) {
-            continue;
-        }
-        if let Some(Ok(CallReply::Array(kv))) = entry.get(1) {
-            let mut i = 0;
-            while i + 1 < kv.len() {
-                with_bytes(&kv.get(i), |k| {
-                    with_bytes(&kv.get(i + 1), |v| out.push_field(k, v));
-                });
-                i += 2;
-            }
-        }
-        // The buffers' first size is a guess from the first entry: most entries of a chunk are alike.
-        if out.entries.len() == 1 {
-            out.ids.reserve(out.ids.len() * list.len());
-            out.bytes.reserve(out.bytes.len() * list.len());
-            out.ends.reserve(out.ends.len() * list.len());
-        }
-    }
-    Ok(out)
+    Ok(pair
+        .get(1)
+        .map(|list| Claimed::from(parse_entries(list)))
+        .unwrap_or_default())
 }
 
 /// The RESP text of a call's reply, nested elements included, borrowed from it. `None` when the
@@ -604,19 +582,6 @@ impl<'a> Resp<'a> {
         self.at = end + 2;
         Some(s)
     }
-}
-
-/// Runs `f` on a string reply's bytes, borrowed from the reply; `false` for any other reply.
-fn with_bytes(r: &Option<CallResult>, f: impl FnOnce(&[u8])) -> bool {
-    match r {
-        Some(Ok(CallReply::String(s))) => f(s.as_bytes()),
-        Some(Ok(CallReply::VerbatimString(s))) => match s.to_parts() {
-            Some((_, data)) => f(&data),
-            None => return false,
-        },
-        _ => return false,
-    }
-    true
 }
 
 /// What one `XAUTOCLAIM` step returned.
