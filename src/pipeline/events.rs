@@ -54,15 +54,17 @@ impl Listener for Events {
                 super::shutdown(grace);
             }
             ServerEvent::KeyGone { key, db, how } => {
+                // Every key deleted anywhere passes here: a key that names none of the module's
+                // streams costs one map lookup, not a settings snapshot.
+                let Some((name, p)) = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|name| Some((name, REGISTRY.find(name)?)))
+                else {
+                    return;
+                };
                 if db != settings::current().int(Key::RedisDb) {
                     return;
                 }
-                let Ok(name) = std::str::from_utf8(key) else {
-                    return;
-                };
-                let Some(p) = REGISTRY.find(name) else {
-                    return;
-                };
                 let leaving = how == "deleted"
                     && stream::home().is_some_and(|ctx| crate::host::cluster::leaving(&ctx, name));
                 if leaving {
