@@ -222,10 +222,15 @@ class Faults:
         self.pending: list[dict[str, Any]] = []
         self.applied = 0
 
-    def add(self, spec: dict[str, Any]) -> None:
+    @staticmethod
+    def _normalised(spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         spec["next"] = int(spec.get("next", 1))
         spec.setdefault("on", "submit")
+        return spec
+
+    def add(self, spec: dict[str, Any]) -> None:
+        spec = self._normalised(spec)
         with self.lock:
             self.pending.append(spec)
 
@@ -235,10 +240,7 @@ class Faults:
 
     def replace(self, specs: list[dict[str, Any]]) -> None:
         """Swaps every pending fault for `specs` at once: no request slips through between."""
-        specs = [dict(spec) for spec in specs]
-        for spec in specs:
-            spec["next"] = int(spec.get("next", 1))
-            spec.setdefault("on", "submit")
+        specs = [self._normalised(spec) for spec in specs]
         with self.lock:
             self.pending[:] = specs
 

@@ -302,21 +302,20 @@ impl Cluster {
     /// MIGRATESLOTS`): the source copies the slot to the target and hands it over; waits until
     /// every node sees the new owner.
     pub fn migrate_slot_atomically(&self, slot: u16, from: usize, to: usize) {
-        let (slot, to_id) = (slot.to_string(), self.node_id(to));
+        let (range, to_id) = (slot.to_string(), self.node_id(to));
         let _: String = q(
             &mut self.nodes[from].connection(),
             &[
                 "CLUSTER",
                 "MIGRATESLOTS",
                 "SLOTSRANGE",
-                &slot,
-                &slot,
+                &range,
+                &range,
                 "NODE",
                 &to_id,
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(60);
-        let slot: u16 = slot.parse().expect("a slot");
         while self.owner_of(slot) != to {
             assert!(
                 Instant::now() < deadline,
