@@ -85,6 +85,8 @@ def log(msg: str) -> None:
 
 _children: list[subprocess.Popen] = []
 _workdir: str | None = None
+# Lines added to every server's configuration (`--redis-conf`).
+_redis_conf: list[str] = []
 
 
 def spawn(args: list[str], **kw) -> subprocess.Popen:
@@ -314,7 +316,7 @@ class Redis:
         self.port = port or free_port()
         conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
                 f"logfile {os.path.join(self.dir, 'redis.log')}", 'save ""', "appendonly no",
-                "enable-module-command yes"] + (conf_extra or [])
+                "enable-module-command yes"] + _redis_conf + (conf_extra or [])
         if module:
             conf.append(f"loadmodule {module_path or tools.module}")
         conf_path = os.path.join(self.dir, "redis.conf")
@@ -346,6 +348,13 @@ class Redis:
 
     def conn(self, timeout: float = 60.0) -> Conn:
         return Conn(self.port, timeout)
+
+    def aof_bytes(self) -> int:
+        """The size of the append-only files (0 with the AOF off)."""
+        total = 0
+        for root, _dirs, files in os.walk(self.dir):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files if ".aof" in f)
+        return total
 
     def log(self) -> str:
         try:
@@ -761,6 +770,7 @@ def bench_drain(tools, keys, cfg) -> dict:
                     sink.reset()
                     cpu_r, cpu_s = cpu_seconds(r.pid), cpu_seconds(sink.pid)
                     threads0 = thread_cpu(r.pid)
+                    aof0 = r.aof_bytes()
                     t0 = time.monotonic()
                     profiler = start_profiler(cfg, r.pid, f"{build}-w{w}-rep{rep + 1}")
                     con.call("WB.RESUME")
@@ -788,12 +798,15 @@ def bench_drain(tools, keys, cfg) -> dict:
                         # would have waited for, had they been there.
                         "lock_held_us_per_record": round(
                             (int(st["lock_held_ms"]) - int(base["lock_held_ms"])) * 1000 / records, 2),
+                        # What draining writes to the AOF (with `--redis-conf 'appendonly yes'`).
+                        "aof_bytes_per_record": round((r.aof_bytes() - aof0) / records, 1),
                     }
                     per[(build, w)].append(run)
                     log(f"drain rep {rep + 1}/{cfg.reps} {build} workers={w} {run['records_per_s']:,} records/s, "
                         f"{run['redis_cpu_us_per_record']} CPU us/record ("
                         + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_us_per_record_by_thread"].items() if v >= 0.05)
-                        + f"), lock held {run['lock_held_us_per_record']} us/record, {run['round_trips']} round trips")
+                        + f"), lock held {run['lock_held_us_per_record']} us/record, {run['round_trips']} round trips"
+                        + (f", AOF {run['aof_bytes_per_record']} bytes/record" if run["aof_bytes_per_record"] else ""))
                 finally:
                     r.stop()
     finally:
@@ -1719,7 +1732,7 @@ ITEMS = {"xadd": bench_xadd, "foreground": bench_foreground, "drain": bench_drai
 
 
 def main() -> int:
-    global _workdir
+    global _workdir, _redis_conf
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller N and fewer repetitions (a smoke run)")
     p.add_argument("--out", default=os.path.join(REPO, "target/bench/results.json"))
@@ -1727,6 +1740,8 @@ def main() -> int:
     p.add_argument("--reps", type=int, help="repetitions of the interleaved items 1 and 2")
     p.add_argument("--module-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a module setting for every server with the module (repeatable), e.g. MAX_IN_FLIGHT=5000")
+    p.add_argument("--redis-conf", action="append", default=[], metavar="LINE",
+                   help="a line added to every server's configuration, e.g. 'appendonly yes' (repeatable)")
     p.add_argument("--workers", default="1,2,4", help="item 2's WORKERS values, comma-separated")
     p.add_argument("--drain-entries", type=int, help="item 2's pre-filled entries (default 200,000; --quick 50,000)")
     p.add_argument("--baseline-module", metavar="PATH",
@@ -1766,6 +1781,7 @@ def main() -> int:
     if unknown:
         p.error(f"unknown item(s) {unknown}; choose from {list(ITEMS)}")
 
+    _redis_conf = list(a.redis_conf)
     _workdir = tempfile.mkdtemp(prefix="wb-bench-")
     atexit.register(cleanup)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
