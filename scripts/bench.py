@@ -793,6 +793,7 @@ def bench_drain(tools, keys, cfg) -> dict:
                         "sink_cpu_s_per_10k": round(cpu_s / records * 10_000, 4),
                         "batches": int(st["batches"]) - int(base["batches"]),
                         "round_trips": stats["round_trips"],
+                        "request_bytes_per_record": round(stats["bytes_received"] / records, 1),
                         "batch_latency_p50_ms": int(st["batch_latency_p50_ms"]),
                         # The Redis lock held by the module's threads: time Redis's own clients
                         # would have waited for, had they been there.
@@ -805,7 +806,8 @@ def bench_drain(tools, keys, cfg) -> dict:
                     log(f"drain rep {rep + 1}/{cfg.reps} {build} workers={w} {run['records_per_s']:,} records/s, "
                         f"{run['redis_cpu_us_per_record']} CPU us/record ("
                         + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_us_per_record_by_thread"].items() if v >= 0.05)
-                        + f"), lock held {run['lock_held_us_per_record']} us/record, {run['round_trips']} round trips"
+                        + f"), lock held {run['lock_held_us_per_record']} us/record, {run['round_trips']} round trips, "
+                        f"{run['request_bytes_per_record']} request bytes/record"
                         + (f", AOF {run['aof_bytes_per_record']} bytes/record" if run["aof_bytes_per_record"] else ""))
                 finally:
                     r.stop()

@@ -445,8 +445,8 @@ fn simulate(s: &mut State, p: &Planned) {
         let (key, last) = match p.target {
             Target::Tracked => {
                 let key = (
-                    text(&l, "tracked_id").unwrap_or_default(),
-                    text(&l, "track_id").unwrap_or_default(),
+                    text(&l, "i").unwrap_or_default(),
+                    text(&l, "t").unwrap_or_default(),
                 );
                 let cur = s.tracked.get(&key);
                 let kind_ok =
@@ -460,14 +460,14 @@ fn simulate(s: &mut State, p: &Planned) {
                 )
             }
             Target::User => {
-                let email = text(&l, "user_email").unwrap_or_default();
+                let email = text(&l, "m").unwrap_or_default();
                 let last = s.users.get(&email).map(|u| u.last_entry_id.clone());
                 (email, last)
             }
         };
         let last = last.unwrap_or_default();
-        let entry = text(&l, "entry").unwrap_or_default();
-        let prev = text(&l, "prev").unwrap_or_default();
+        let entry = text(&l, "e").unwrap_or_default();
+        let prev = text(&l, "p").unwrap_or_default();
         if entry > last && prev <= last {
             let twice = chosen.insert(key.clone(), l);
             assert!(
@@ -480,45 +480,43 @@ fn simulate(s: &mut State, p: &Planned) {
         match p.target {
             Target::Tracked => {
                 let key = (
-                    text(&l, "tracked_id").unwrap_or_default(),
-                    text(&l, "track_id").unwrap_or_default(),
+                    text(&l, "i").unwrap_or_default(),
+                    text(&l, "t").unwrap_or_default(),
                 );
                 let r = s.tracked.entry(key).or_default();
-                r.visited_count += l["visits"].as_i64().unwrap_or_default();
+                r.visited_count += l["n"].as_i64().unwrap_or_default();
                 r.visited_dts = later(r.visited_dts, time(&l, "v"));
                 r.saved_dts = later(r.saved_dts, time(&l, "s"));
                 r.deleted_dts = later(r.deleted_dts, time(&l, "d"));
-                if let Some(saved) = l.get("saved").and_then(Value::as_i64) {
+                if let Some(saved) = l.get("f").and_then(Value::as_i64) {
                     r.saved = saved;
                 }
                 for (slot, k) in [
-                    (&mut r.username, "username"),
-                    (&mut r.page_name, "page_name"),
-                    (&mut r.title, "title"),
-                    (&mut r.track_type, "type"),
-                    (&mut r.url, "url"),
+                    (&mut r.username, "u"),
+                    (&mut r.page_name, "g"),
+                    (&mut r.title, "h"),
+                    (&mut r.track_type, "y"),
+                    (&mut r.url, "w"),
                 ] {
                     if let Some(v) = text(&l, k) {
                         *slot = Some(v);
                     }
                 }
-                if let Some(q) = l.get("query_row_count").and_then(Value::as_i64) {
+                if let Some(q) = l.get("q").and_then(Value::as_i64) {
                     r.query_row_count = Some(q);
                 }
-                r.last_entry_id = text(&l, "last").or_else(|| text(&l, "entry"));
-                r.updated_dts = time(&l, "at");
+                r.last_entry_id = text(&l, "l").or_else(|| text(&l, "e"));
+                r.updated_dts = time(&l, "a");
             }
             Target::User => {
-                let email = text(&l, "user_email").unwrap_or_default();
+                let email = text(&l, "m").unwrap_or_default();
                 let row = s.users.entry(email).or_insert_with(|| UserRow {
-                    created_dts: text(&l, "created").unwrap_or_default(),
+                    created_dts: text(&l, "c").unwrap_or_default(),
                     ..UserRow::default()
                 });
-                row.username = text(&l, "username").unwrap_or_default();
-                row.updated_dts = text(&l, "at").unwrap_or_default();
-                row.last_entry_id = text(&l, "last")
-                    .or_else(|| text(&l, "entry"))
-                    .unwrap_or_default();
+                row.username = text(&l, "u").unwrap_or_default();
+                row.updated_dts = text(&l, "a").unwrap_or_default();
+                row.last_entry_id = text(&l, "l").or_else(|| text(&l, "e")).unwrap_or_default();
             }
         }
     }

@@ -645,6 +645,6 @@ mod tests {
         );
         let sql = &planned[0].statement.sql;
         assert!(!sql.contains("DROP") && !sql.contains("x'y"));
-        assert_eq!(json_of(&planned[0])[0]["title"], title);
+        assert_eq!(json_of(&planned[0])[0]["h"], title);
     }
 }

@@ -86,7 +86,7 @@ pub const TS_FORMAT: &str = "YYYY-MM-DD HH24:MI:SS";
 
 /// Bytes of a link's JSON besides its strings (names, entry IDs, times, numbers, punctuation),
 /// as an upper bound; a unit test pins it.
-pub const LINK_FIXED_BYTES: usize = 400;
+pub const LINK_FIXED_BYTES: usize = 320;
 
 /// How a statement treats `last_entry_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,18 +99,40 @@ pub enum Position {
 
 /// One link as it travels in the batch JSON. What is usual is left out: `prev` for a row's first
 /// entry, `last` when it is `entry`, `k` when the link is for any row.
+///
+/// Names are one letter: a batch holds thousands of links, and each name is written, escaped
+/// twice (once into the link, once into the request body), hashed into the request ID, sent and
+/// parsed again by the warehouse for every link. [`merge_sql_from`] reads them as `f.value:<name>`:
+///
+/// | name | value | | name | value |
+/// |---|---|---|---|---|
+/// | `i` | `tracked_id` | | `v` | last visit time |
+/// | `t` | `track_id` | | `s` | last save time |
+/// | `e` | entry (sort text) | | `d` | last delete time |
+/// | `p` | previous entry | | `f` | saved flag (0/1) |
+/// | `l` | last entry of the suffix | | `u` | username |
+/// | `a` | time of the change | | `g` | page name |
+/// | `k` | kind (`m` missing row, `n` existing row) | | `q` | query row count |
+/// | `n` | visits to add | | `h` | track title |
+/// | | | | `y` | track type |
+/// | | | | `w` | track URL |
 #[derive(Debug, Serialize)]
 struct LinkJson<'a> {
+    #[serde(rename = "i")]
     tracked_id: &'a str,
+    #[serde(rename = "t")]
     track_id: &'a str,
+    #[serde(rename = "e")]
     entry: SortText,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "p", skip_serializing_if = "Option::is_none")]
     prev: Option<SortText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "l", skip_serializing_if = "Option::is_none")]
     last: Option<SortText>,
+    #[serde(rename = "a")]
     at: &'a TsText,
     #[serde(skip_serializing_if = "Option::is_none")]
     k: Option<&'static str>,
+    #[serde(rename = "n")]
     visits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     v: Option<TsText>,
@@ -118,19 +140,19 @@ struct LinkJson<'a> {
     s: Option<TsText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     d: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "f", skip_serializing_if = "Option::is_none")]
     saved: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "g", skip_serializing_if = "Option::is_none")]
     page_name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "q", skip_serializing_if = "Option::is_none")]
     query_row_count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "h", skip_serializing_if = "Option::is_none")]
     title: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "y", skip_serializing_if = "Option::is_none")]
     track_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "w", skip_serializing_if = "Option::is_none")]
     url: Option<&'a str>,
 }
 
@@ -224,22 +246,22 @@ COALESCE(e.track_url, cur.track_url) AS track_url, \
 {last_entry_id} AS last_entry_id, \
 e.updated_dts \
 FROM (\
-SELECT f.value:tracked_id::VARCHAR AS tracked_id, \
-f.value:track_id::VARCHAR AS track_id, \
-f.value:entry::VARCHAR AS entry, \
-COALESCE(f.value:prev::VARCHAR, '') AS prev, \
-COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
+SELECT f.value:i::VARCHAR AS tracked_id, \
+f.value:t::VARCHAR AS track_id, \
+f.value:e::VARCHAR AS entry, \
+COALESCE(f.value:p::VARCHAR, '') AS prev, \
+COALESCE(f.value:l::VARCHAR, f.value:e::VARCHAR) AS last_entry_id, \
 {at}, \
 COALESCE(f.value:k::VARCHAR, 'b') AS k, \
-f.value:visits::NUMBER(38,0) AS visits, \
+f.value:n::NUMBER(38,0) AS visits, \
 {v}, {s}, {d}, \
-f.value:saved::NUMBER(1,0) AS saved, \
-f.value:username::VARCHAR AS username, \
-f.value:page_name::VARCHAR AS page_name, \
-f.value:query_row_count::NUMBER(38,0) AS query_row_count, \
-f.value:title::VARCHAR AS track_title, \
-f.value:type::VARCHAR AS track_type, \
-f.value:url::VARCHAR AS track_url \
+f.value:f::NUMBER(1,0) AS saved, \
+f.value:u::VARCHAR AS username, \
+f.value:g::VARCHAR AS page_name, \
+f.value:q::NUMBER(38,0) AS query_row_count, \
+f.value:h::VARCHAR AS track_title, \
+f.value:y::VARCHAR AS track_type, \
+f.value:w::VARCHAR AS track_url \
 {from}\
 ) e \
 LEFT JOIN {table} cur ON cur.tracked_id = e.tracked_id AND cur.track_id = e.track_id \
@@ -270,7 +292,7 @@ s.last_entry_id, s.updated_dts)",
         visited = later("visited_dts", "v_ts"),
         saved = later("saved_dts", "s_ts"),
         deleted = later("deleted_dts", "d_ts"),
-        at = ts("at", "updated_dts"),
+        at = ts("a", "updated_dts"),
         v = ts("v", "v_ts"),
         s = ts("s", "s_ts"),
         d = ts("d", "d_ts"),
@@ -325,20 +347,20 @@ mod tests {
         )]);
         assert_eq!(v.as_array().map(Vec::len), Some(1));
         let l = &v[0];
-        assert_eq!(l["entry"], entry.sort_key());
+        assert_eq!(l["e"], entry.sort_key());
         // A first entry that is also the last, for any row: left out.
-        assert!(l.get("prev").is_none() && l.get("last").is_none() && l.get("k").is_none());
-        assert_eq!(l["visits"], 1);
-        assert_eq!(l["saved"], 0);
+        assert!(l.get("p").is_none() && l.get("l").is_none() && l.get("k").is_none());
+        assert_eq!(l["n"], 1);
+        assert_eq!(l["f"], 0);
         assert_eq!(l["v"], "2025-11-03 12:19:55");
         assert_eq!(l["d"], "2025-11-03 12:19:55");
         assert!(l.get("s").is_none());
-        assert_eq!(l["at"], "2025-11-03 12:20:00");
-        assert_eq!(l["track_id"], "it's \"x\"");
-        assert_eq!(l["title"], "'; DROP TABLE TRACKED; --\u{0}");
-        assert_eq!(l["query_row_count"], 25);
-        assert_eq!(l["type"], "QUERY");
-        assert!(l.get("page_name").is_none() && l.get("url").is_none());
+        assert_eq!(l["a"], "2025-11-03 12:20:00");
+        assert_eq!(l["t"], "it's \"x\"");
+        assert_eq!(l["h"], "'; DROP TABLE TRACKED; --\u{0}");
+        assert_eq!(l["q"], 25);
+        assert_eq!(l["y"], "QUERY");
+        assert!(l.get("g").is_none() && l.get("w").is_none());
     }
 
     #[test]

@@ -15,16 +15,24 @@ use super::tracked::{Source, TS_FORMAT};
 use crate::entry::id::SortText;
 use crate::entry::rules::TsText;
 
+/// One user link in the batch JSON, with the one-letter names of TRACKED links
+/// ([`super::tracked`]): `m` the user's email, `u` username, `e`/`p`/`l` the entries, `c` the
+/// creation time, `a` the time of the change.
 #[derive(Debug, Serialize)]
 struct UserJson<'a> {
+    #[serde(rename = "m")]
     user_email: &'a str,
+    #[serde(rename = "u")]
     username: &'a str,
+    #[serde(rename = "e")]
     entry: SortText,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "p", skip_serializing_if = "Option::is_none")]
     prev: Option<SortText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "l", skip_serializing_if = "Option::is_none")]
     last: Option<SortText>,
+    #[serde(rename = "c")]
     created: TsText,
+    #[serde(rename = "a")]
     at: TsText,
 }
 
@@ -65,13 +73,13 @@ pub fn merge_sql_from(table: &str, source: Source<'_>) -> String {
         "MERGE INTO {table} t USING (\
 SELECT e.user_email, e.username, e.last_entry_id, e.created_dts, e.updated_dts \
 FROM (\
-SELECT f.value:user_email::VARCHAR AS user_email, \
-f.value:username::VARCHAR AS username, \
-f.value:entry::VARCHAR AS entry, \
-COALESCE(f.value:prev::VARCHAR, '') AS prev, \
-COALESCE(f.value:last::VARCHAR, f.value:entry::VARCHAR) AS last_entry_id, \
-TO_TIMESTAMP_NTZ(f.value:created::VARCHAR, '{TS_FORMAT}') AS created_dts, \
-TO_TIMESTAMP_NTZ(f.value:at::VARCHAR, '{TS_FORMAT}') AS updated_dts \
+SELECT f.value:m::VARCHAR AS user_email, \
+f.value:u::VARCHAR AS username, \
+f.value:e::VARCHAR AS entry, \
+COALESCE(f.value:p::VARCHAR, '') AS prev, \
+COALESCE(f.value:l::VARCHAR, f.value:e::VARCHAR) AS last_entry_id, \
+TO_TIMESTAMP_NTZ(f.value:c::VARCHAR, '{TS_FORMAT}') AS created_dts, \
+TO_TIMESTAMP_NTZ(f.value:a::VARCHAR, '{TS_FORMAT}') AS updated_dts \
 {from}\
 ) e \
 LEFT JOIN {table} cur ON cur.user_email = e.user_email \
@@ -110,15 +118,15 @@ mod tests {
         });
         let v = serde_json::Value::Array(out);
         assert_eq!(v.as_array().map(Vec::len), Some(2));
-        assert_eq!(v[0]["user_email"], "o'brien@example.com");
-        assert_eq!(v[0]["username"], "o'brien");
-        assert_eq!(v[0]["entry"], a.id.sort_key());
-        assert!(v[0].get("prev").is_none());
-        assert_eq!(v[1]["prev"], a.id.sort_key());
-        assert_eq!(v[0]["last"], b.id.sort_key());
-        assert!(v[1].get("last").is_none());
-        assert_eq!(v[0]["created"], "2025-11-03 12:20:00");
-        assert_eq!(v[0]["at"], "2025-11-03 12:20:01");
+        assert_eq!(v[0]["m"], "o'brien@example.com");
+        assert_eq!(v[0]["u"], "o'brien");
+        assert_eq!(v[0]["e"], a.id.sort_key());
+        assert!(v[0].get("p").is_none());
+        assert_eq!(v[1]["p"], a.id.sort_key());
+        assert_eq!(v[0]["l"], b.id.sort_key());
+        assert!(v[1].get("l").is_none());
+        assert_eq!(v[0]["c"], "2025-11-03 12:20:00");
+        assert_eq!(v[0]["a"], "2025-11-03 12:20:01");
         for link in v.as_array().unwrap() {
             let strings = 2 * "o'brien@example.com".len();
             assert!(link.to_string().len() + 4 <= LINK_FIXED_BYTES + strings);
@@ -131,6 +139,6 @@ mod tests {
         assert_eq!(sql.matches('?').count(), 1);
         assert!(sql.contains("e.entry > COALESCE(cur.last_entry_id, '')"));
         assert!(!sql.contains("GROUP BY") && !sql.contains("MAX("));
-        assert!(sql.contains(&format!("f.value:at::VARCHAR, '{TS_FORMAT}')")));
+        assert!(sql.contains(&format!("f.value:a::VARCHAR, '{TS_FORMAT}')")));
     }
 }
