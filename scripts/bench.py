@@ -446,7 +446,7 @@ def flush(con: Conn, timeout_ms: int) -> None:
 def bench_xadd(tools, keys, cfg) -> dict:
     """Variants, interleaved: without the module; with it draining to the sink; with it draining to a
     sink at the lowest CPU priority (the sink's own CPU stands in for Snowflake's, which is not on the
-    Redis host); with it loaded but paused (the XADD notification hook alone)."""
+    Redis host); with it loaded but paused (its threads parked: the module's presence alone)."""
     sink = Emulator(tools, keys, sink=True)
     idle_sink = Emulator(tools, keys, sink=True, nice=True)
     order = ["with", "without", "with_idle_sink", "paused"]
@@ -575,10 +575,12 @@ def main_thread_name(threads: dict[str, float]) -> str:
     return "valkey-server" if "valkey-server" in threads else "redis-server"
 
 
-def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, n: int, clients: int, pipeline: int) -> dict:
-    """One redis-benchmark XADD run against a fresh server, with the module draining meanwhile or
-    without it; CPU by thread, records drained, lock time and lag over the run."""
-    r = Redis(tools, module, module_env(sink.url, keys, **cfg.module_env) if module else None)
+def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, n: int, clients: int, pipeline: int,
+                   module_path: str | None = None) -> dict:
+    """One redis-benchmark XADD run against a fresh server, with the module (`module_path`, or the
+    build under test) draining meanwhile or without it; CPU by thread, records drained, lock time and
+    lag over the run."""
+    r = Redis(tools, module, module_env(sink.url, keys, **cfg.module_env) if module else None, module_path=module_path)
     try:
         con = r.conn()
         if module:
@@ -629,17 +631,27 @@ def per_record(run: dict, without_main_cpu_s: float) -> dict:
 def bench_foreground(tools, keys, cfg) -> dict:
     """The module's cost to Redis's own clients, side by side in one run: saturated (redis-benchmark
     -c 50 -P 16) and at about half that rate (fewer clients, shallower pipelines, chosen in this run), each
-    with the module draining to the fast sink and without it, interleaved."""
+    with the module draining to the fast sink and without it, interleaved; with `--baseline-module`,
+    that build's runs too, in the same rotation."""
     sink = Emulator(tools, keys, sink=True)
+    variants = ["with", "without"] + (["baseline"] if cfg.baseline_module else [])
+    paths = {"with": None, "without": None, "baseline": cfg.baseline_module}
+
+    def order(rep):
+        return variants if rep % 2 == 0 else list(reversed(variants))
+
+    def one(variant, n, clients, pipeline):
+        return foreground_run(tools, keys, cfg, sink, variant != "without", n, clients, pipeline, paths[variant])
+
     try:
-        sat = {"with": [], "without": []}
+        sat = {v: [] for v in variants}
         for rep in range(cfg.reps):
-            for variant in (["with", "without"] if rep % 2 == 0 else ["without", "with"]):
-                run = foreground_run(tools, keys, cfg, sink, variant == "with", cfg.xadd_n, 50, 16)
+            for variant in order(rep):
+                run = one(variant, cfg.xadd_n, 50, 16)
                 sat[variant].append(run)
                 log(f"foreground saturated rep {rep + 1}/{cfg.reps} {variant:8s} {run['xadd_per_s']:,} XADD/s"
                     + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')}, "
-                       f"yielding {run['lag'].get('yielding_share')}" if variant == "with" else ""))
+                       f"yielding {run['lag'].get('yielding_share')}" if variant != "without" else ""))
         saturated = median([x["xadd_per_s"] for x in sat["without"]])
         # Half load: redis-benchmark has no rate limit, so the load is made lighter by its shape: one
         # client with shallower pipelines, then more clients, until the rate without the module reaches
@@ -660,14 +672,15 @@ def bench_foreground(tools, keys, cfg) -> dict:
         clients, pipeline = (int(x) for x in shape.replace("-c ", "").replace("-P ", "").split())
         half_n = max(20_000, int(calibration[shape] * cfg.half_load_s))
         log(f"foreground half load: {shape} ({calibration[shape]:,}/s without the module; saturated {saturated:,.0f}/s)")
-        half = {"with": [], "without": []}
+        half = {v: [] for v in variants}
         for rep in range(cfg.reps):
-            for variant in (["with", "without"] if rep % 2 == 0 else ["without", "with"]):
-                run = foreground_run(tools, keys, cfg, sink, variant == "with", half_n, clients, pipeline)
+            for variant in order(rep):
+                run = one(variant, half_n, clients, pipeline)
                 half[variant].append(run)
                 log(f"foreground half rep {rep + 1}/{cfg.reps} {variant:8s} {run['xadd_per_s']:,} XADD/s p99 {run['p99_ms']} ms"
-                    + (f", lag peak {run['lag'].get('max')} last {run['lag'].get('last')}, yielding "
-                       f"{run['lag'].get('yielding_share')}" if variant == "with" else ""))
+                    + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')} last "
+                       f"{run['lag'].get('last')}, yielding {run['lag'].get('yielding_share')}"
+                       if variant != "without" else ""))
     finally:
         sink.stop()
 
@@ -690,6 +703,19 @@ def bench_foreground(tools, keys, cfg) -> dict:
     ratio_half = med(half["with"], "xadd_per_s") / med(half["without"], "xadd_per_s")
     p99_ratio = med(half["with"], "p99_ms") / max(med(half["without"], "p99_ms"), 1e-3)
     bounded = all(x["lag"].get("bounded", False) for x in half["with"])
+    baseline = {}
+    if "baseline" in sat:
+        baseline = {"baseline": {
+            "module": cfg.baseline_module,
+            "saturated_ratio_with_without": round(med(sat["baseline"], "xadd_per_s") / med(sat["without"], "xadd_per_s"), 4),
+            "saturated_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in sat["baseline"]]),
+            "saturated_yielding_share": median([x["lag"].get("yielding_share", 0) for x in sat["baseline"]]),
+            "half_ratio_with_without": round(med(half["baseline"], "xadd_per_s") / med(half["without"], "xadd_per_s"), 4),
+            "half_p99_ratio_with_without": round(med(half["baseline"], "p99_ms") / max(med(half["without"], "p99_ms"), 1e-3), 3),
+            "half_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in half["baseline"]]),
+            "half_median_lag_peak": median([x["lag"].get("max", 0) for x in half["baseline"]]),
+            "half_yielding_share": median([x["lag"].get("yielding_share", 0) for x in half["baseline"]]),
+        }}
     return {
         "what": "redis-benchmark XADD of a 1-record batch, fresh server per run, with the module draining to the fast sink and without, interleaved; saturated (-c 50 -P 16) and at about half that rate (clients and pipeline depth chosen in this run)",
         "saturated": {
@@ -711,6 +737,7 @@ def bench_foreground(tools, keys, cfg) -> dict:
             "median_main_thread_busy": {"with": med(half["with"], "main_thread_busy"), "without": med(half["without"], "main_thread_busy")},
             "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(half["with"], half["without"])],
             "median_yielding_share": median([x["lag"].get("yielding_share", 0) for x in half["with"]]),
+            "median_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in half["with"]]),
             "p99_ratio_with_without": round(p99_ratio, 3),
             "lag_bounded": bounded,
             "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with"]]),
@@ -719,6 +746,7 @@ def bench_foreground(tools, keys, cfg) -> dict:
         },
         "target": "saturated ratio >= 0.95; half load: lag bounded, p99 <= 1.1x",
         "met": ratio_sat >= 0.95 and bounded and p99_ratio <= 1.1,
+        **baseline,
     }
 
 
@@ -1650,6 +1678,13 @@ def table(results: dict) -> str:
                      yes(h["p99_ratio_with_without"] <= 1.1)))
         rows.append(("1+ lag at half load", f"peak {h['median_lag_peak']:,} entries, bounded: {h['lag_bounded']}",
                      "bounded", yes(h["lag_bounded"])))
+        b = f.get("baseline")
+        if b:
+            rows.append(("1+ baseline build: saturated ratio; half load ratio, p99",
+                         f"{b['saturated_ratio_with_without']:.3f} (drained {b['saturated_drain_records_per_s']:,.0f} rec/s, "
+                         f"yielding {b['saturated_yielding_share']}); {b['half_ratio_with_without']:.3f}, "
+                         f"{b['half_p99_ratio_with_without']:.2f}x (drained {b['half_drain_records_per_s']:,.0f} rec/s, "
+                         f"lag peak {b['half_median_lag_peak']:,})", "(compare)", "-"))
         for label, part in (("saturated", s_), ("half load", h)):
             pr = part["per_record"]
             if pr:

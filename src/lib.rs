@@ -4,8 +4,8 @@
 //! # Layout
 //! The data path, from the application's `XADD` to the `XACK`, one line per module:
 //!
-//! - [`host::notify`]: the `XADD` notification wakes the pipeline; nothing else runs on the XADD.
-//! - [`pipeline::claim`]: claims entries through the consumer group, bounded, pending ones first.
+//! - [`pipeline::claim`]: claims entries through the consumer group, bounded, pending ones first;
+//!   nothing of the module runs on the application's XADD (an idle claimer looks again shortly).
 //! - [`entry`]: decodes an entry's fields and applies the seed's rules (pure, no Redis, no network).
 //! - [`sql`]: turns a batch of decoded entries into bound, idempotent MERGE statements (pure).
 //! - [`pipeline::worker`] and [`pipeline::sink`]: batch, commit, retry; [`snowflake`]: the SQL API v2
@@ -42,12 +42,12 @@ pub mod sql;
 pub mod statement;
 pub mod text;
 
-use host::{config, events, ffi, info, logging, notify, server, stream};
+use host::{config, events, ffi, info, logging, server, stream};
 use redis_module::{redis_module, Context, RedisString, Status};
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     type Step = fn(&Context) -> Result<(), String>;
-    let steps: [(&str, Step); 11] = [
+    let steps: [(&str, Step); 10] = [
         ("server detection", server::detect),
         ("module options", host::cluster::declare_options),
         ("settings", config::register),
@@ -57,7 +57,6 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         }),
         ("listener", |_| host::listen(&pipeline::events::Events)),
         ("INFO section", info::register),
-        ("stream notifications", notify::register),
         ("mappings", |ctx| {
             let path = settings::current()
                 .str(settings::Key::MappingsFile)

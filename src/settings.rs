@@ -212,7 +212,7 @@ settings! {
     ClaimChunk = "CLAIM_CHUNK", "1000", int(1, 100_000), Live, Pipeline,
         "Most entries read per XREADGROUP call under the lock; the claimer reads fewer when a hold would last over about 1 ms or read over 1 MiB.";
     DrainMinRecordsPerSecond = "DRAIN_MIN_RECORDS_PER_SECOND", "1000", int(1, 10_000_000), Live, Pipeline,
-        "While Redis's main thread is saturated the drain yields to it (WB.STATUS drain_mode yielding) but still claims at least this many stream entries per second, so the backlog keeps moving; at full speed otherwise. A value above the drain's full rate turns yielding off.";
+        "While Redis's main thread is saturated the drain yields to it (WB.STATUS drain_mode yielding): it holds the lock only in the time the clients leave, but still claims at least this many stream entries per second, so the backlog keeps moving; at full speed otherwise. Set it to at least the sustained write rate for a backlog that cannot grow under load; a value above the drain's full rate turns yielding off.";
     ShutdownGraceMs = "SHUTDOWN_GRACE_MS", "5000", int(0, 600_000), Live, Pipeline,
         "On SHUTDOWN, how long in-flight batches get to commit; the rest stay pending.";
     BackgroundNice = "BACKGROUND_NICE", "10", int(0, 19), Restart, Pipeline,

@@ -89,6 +89,11 @@ pub fn held_ms() -> u64 {
     HELD_NS.load(Ordering::Relaxed) / 1_000_000
 }
 
+/// How long the module's threads have held the Redis lock since start (holds that have ended).
+pub fn held() -> std::time::Duration {
+    std::time::Duration::from_nanos(HELD_NS.load(Ordering::Relaxed))
+}
+
 impl Gil {
     /// Hands the context over to [`free_retired`] instead of freeing it now: for a thread that
     /// already holds the Redis lock (the main thread), where freeing it would wait for that lock.

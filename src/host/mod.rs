@@ -7,7 +7,6 @@
 //! - [`gil`]: the server lock taken from a background thread, as a guard value.
 //! - [`cluster`]: whether this node serves a key's slot (checked before every write on a cluster).
 //! - [`stream`]: every command the module runs on a stream (`XREADGROUP`, `XACK`, `XADD`, ...).
-//! - [`notify`]: the keyspace notification of an `XADD`, passed on as [`Listener::xadd`].
 //! - [`keyspace`]: notifications of every other key class, for hash mappings ([`Listener::key_event`]),
 //!   with work scheduled to run inside the command ([`After`]).
 //! - [`events`]: server events (loading, role change, shutdown, a key deleted, a flush), decoded
@@ -26,7 +25,6 @@ pub mod gil;
 pub mod info;
 pub mod keyspace;
 pub mod logging;
-pub mod notify;
 pub mod server;
 pub mod stream;
 
@@ -38,8 +36,6 @@ pub use info::Figure;
 /// What the host tells the layers above. Implemented by the pipelines' registry and registered once
 /// at load ([`listen`]); until then the host answers as if nothing listened.
 pub trait Listener: Sync {
-    /// An `XADD` to `key` (main thread, inside the application's write: keep it short).
-    fn xadd(&self, key: &[u8]);
     /// A command touched `key` (main thread, inside the command; only while mappings are configured).
     /// Work that writes goes through `after`, never here.
     fn key_event(&self, _event: &[u8], _key: &[u8], _after: &After<'_>) {}

@@ -7,8 +7,8 @@
 //! memory stays bounded however long the stream grows. Decoding happens off the lock.
 //!
 //! How much it claims, and how often, the [`governor`](super::governor) decides: each hold is sized
-//! to last about a millisecond, and while Redis's main thread is saturated the claims slow down to
-//! `DRAIN_MIN_RECORDS_PER_SECOND`.
+//! to last about a millisecond, and while Redis's main thread is saturated the claims are paced to
+//! the time its clients leave, down to `DRAIN_MIN_RECORDS_PER_SECOND`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -53,6 +53,17 @@ fn crew(p: &'static Pipeline) -> Result<Vec<Inbox>, String> {
     Ok(inboxes)
 }
 
+/// An idle claimer looks for new entries again after [`IDLE_LOOK_MIN`], doubling the wait each time
+/// it finds none, up to [`IDLE_LOOK_MAX`]: a stream written every few milliseconds is looked at as
+/// often, an idle one forty times a second, each look one short lock hold.
+///
+/// Nothing of the module runs on the application's `XADD`. A keyspace notification would wake the
+/// claimer at once, but the server makes a module context for every notification it delivers,
+/// whether or not anyone waits: it cost ~10 % of pipelined `XADD` throughput (docs/performance.md).
+/// `WB.WRITE` and `WB.FLUSH` wake the claimer themselves.
+const IDLE_LOOK_MIN: Duration = Duration::from_millis(1);
+const IDLE_LOOK_MAX: Duration = Duration::from_millis(25);
+
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
@@ -70,6 +81,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
     let mut main_thread = MainThread::new();
     let mut governor = Governor::default();
     let mut sizer = ChunkSizer::default();
+    let mut idle_look = IDLE_LOOK_MIN;
     let epoch = Instant::now();
     let on_cluster = gil.with(crate::host::cluster::enabled);
     loop {
@@ -196,15 +208,16 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             .max(1) as usize;
         // Bounded by time too: as many as fit in one short hold (at full speed; while yielding the
         // floor comes first, in few holds).
+        let fits = sizer.count_within(most, governor.hold_target());
         let count = match governor.budget(
             epoch.elapsed(),
             snap.uint(Key::DrainMinRecordsPerSecond),
-            sizer.count(most),
+            fits,
             most,
         ) {
             Budget::Claim(n) => n,
             Budget::Wait(d) => {
-                governor::publish(p, &governor, sizer.count(most));
+                governor::publish(p, &governor, fits);
                 // Not woken by the application's XADDs: while yielding, they are why it waits.
                 pause(p, d.min(governor::SAMPLE_EVERY));
                 continue;
@@ -271,11 +284,6 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     Ok((entries, None))
                 }
             })();
-            // Nothing new: the next XADD wakes the claimer. Set under the lock, so no XADD falls
-            // between this read and the wait.
-            if read.as_ref().is_ok_and(|(entries, _)| entries.is_empty()) {
-                p.idle();
-            }
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
             if let Ok((entries, _)) = &read {
@@ -310,6 +318,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         };
         sizer.record(held, entries.len());
         governor.spent(entries.len());
+        governor.held(lock_asked.duration_since(epoch) + waited, held);
         if !entries.is_empty() {
             avg_entry_bytes =
                 entries.iter().map(|e| e.size() as u64).sum::<u64>() / entries.len() as u64;
@@ -322,11 +331,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         }
         if entries.is_empty() {
             if !recovering {
-                c.wait_wake(Duration::from_secs(1));
-                p.busy();
+                c.wait_wake(idle_look);
+                idle_look = (idle_look * 2).min(IDLE_LOOK_MAX);
             }
             continue;
         }
+        idle_look = IDLE_LOOK_MIN;
         dispatch(
             p,
             entries,

@@ -153,8 +153,6 @@ pub struct Pipeline {
     pub waiters: Mutex<Vec<super::state::Waiter>>,
     /// What its claimer last published ([`super::governor`]).
     pub drain: super::state::DrainFigures,
-    /// Its claimer waits for the next `XADD` to its stream.
-    idle: AtomicBool,
 }
 
 impl Pipeline {
@@ -176,7 +174,6 @@ impl Pipeline {
             acks: Default::default(),
             waiters: Mutex::new(Vec::new()),
             drain: Default::default(),
-            idle: AtomicBool::new(false),
         }
     }
 }
@@ -185,7 +182,7 @@ impl Pipeline {
 /// loaded again finds it as it was, and [`super::start`] resets its control).
 pub struct Registry {
     pipelines: RwLock<Vec<&'static Pipeline>>,
-    /// The same, by stream name (an `XADD`'s notification looks its stream up here).
+    /// The same, by stream name.
     by_source: RwLock<Option<std::collections::HashMap<String, &'static Pipeline>>>,
     main: OnceLock<&'static Pipeline>,
     /// The hash mappings in force and their figures ([`super::mapped`]), set at load.
@@ -464,23 +461,6 @@ impl Pipeline {
     /// The stream it reads.
     pub fn source(&self) -> &str {
         &self.names.stream
-    }
-
-    /// Its claimer found nothing new and waits for an `XADD` (called under the Redis lock, so no
-    /// `XADD` falls between its read and this).
-    pub fn idle(&self) {
-        if !self.idle.swap(true, Ordering::Relaxed) {
-            crate::host::notify::want(true);
-        }
-    }
-
-    /// Its claimer is busy again; true when it was waiting.
-    pub fn busy(&self) -> bool {
-        let was = self.idle.swap(false, Ordering::Relaxed);
-        if was {
-            crate::host::notify::want(false);
-        }
-        was
     }
 
     /// Gives back `bytes` of claimed entries the module no longer holds.

@@ -1,5 +1,5 @@
-//! What the pipeline does when the host speaks: an `XADD` to its stream wakes the claimer, a server
-//! event wakes it, stops it, or counts what a deleted stream took with it; `INFO` asks for the report.
+//! What the pipeline does when the host speaks: a server event wakes the claimer, stops it, or
+//! counts what a deleted stream took with it; `INFO` asks for the report.
 //! Registered with the host at load as its [`Listener`].
 //!
 //! The stream's end: when the stream key is deleted (`DEL`, `UNLINK`, an expiry, an eviction under an
@@ -31,18 +31,6 @@ use crate::settings::{self, Key};
 pub struct Events;
 
 impl Listener for Events {
-    fn xadd(&self, key: &[u8]) {
-        // The pipeline reading this stream, if any, wakes its claimer.
-        let Ok(name) = std::str::from_utf8(key) else {
-            return;
-        };
-        if let Some(p) = super::control::REGISTRY.find(name) {
-            if p.busy() {
-                p.control.wake();
-            }
-        }
-    }
-
     fn key_event(&self, event: &[u8], key: &[u8], after: &crate::host::After<'_>) {
         super::capture::on_key_event(event, key, after);
     }

@@ -7,11 +7,18 @@
 //!
 //! - [`MainThread`] samples how busy the main thread is, every ~100 ms: its CPU time plus its time
 //!   waiting for a CPU (`/proc/self/task/<pid>/schedstat`, or `stat` ticks where schedstat is
-//!   missing) over wall time. Linux only; elsewhere it says nothing and the drain runs at full speed.
-//! - [`Governor`] (pure, no clock of its own) turns the samples into a [`Mode`]: `Full` while the
-//!   main thread has room; `Yielding` while it is saturated (busy ≥ 85 %, smoothed), when claims are paced to
-//!   `DRAIN_MIN_RECORDS_PER_SECOND` entries per second, about ten holds a second. The floor keeps
-//!   the drain moving under sustained load; it never stops.
+//!   missing) over the time it could run — wall time less the time the module's own threads held
+//!   the Redis lock ([`busy_fraction`]). Linux only; elsewhere it says nothing and the drain runs at
+//!   full speed.
+//! - [`Governor`] (pure, no clock of its own) turns the samples into the share of time the drain may
+//!   hold the lock: the whole of its usual share (half: each hold is followed by a pause as long)
+//!   while the main thread has room, less while it is busier than [`SATURATED`], down to none. The
+//!   share follows the samples, down fast and up more slowly, so it settles where the main thread is
+//!   85 % busy: the drain takes what the clients leave, and no more. Below its whole share the mode
+//!   is `Yielding`, and claims are paced (each hold followed by a wait that keeps holds to the
+//!   share); whatever the share, `DRAIN_MIN_RECORDS_PER_SECOND` entries per second are still claimed,
+//!   about ten holds a second. The floor keeps the drain moving under sustained load; it never
+//!   stops.
 //! - [`ChunkSizer`] bounds each hold by time ([`HOLD_TARGET`]) as well as by bytes and entries, from
 //!   the time per entry the last holds took.
 //!
@@ -25,8 +32,18 @@ use super::control::Pipeline;
 /// Above this busy fraction (smoothed) the main thread counts as saturated. Measured on a 2-core
 /// host: ~0.9 under pipelined XADDs as fast as Redis takes them, ~0 while only the drain runs.
 pub const SATURATED: f64 = 0.85;
-/// Below this the drain goes back to full speed (the gap avoids flapping at the threshold).
-pub const RELAXED: f64 = 0.65;
+/// The share of the time the drain holds the lock at full speed: each hold is followed by a pause
+/// as long ([`crate::host::gil::Gil::with`]).
+pub const FULL_SHARE: f64 = 0.5;
+/// How far one sample moves the share, per unit of busy fraction above [`SATURATED`] (down) or
+/// below it (up), in units of [`FULL_SHARE`]: a saturated main thread (busy ~0.95 and more) takes
+/// the share to none in two or three samples; an idle one gives it back in two or three samples,
+/// one that is nearly saturated only slowly.
+const SHARE_DOWN: f64 = 4.0;
+const SHARE_UP: f64 = 0.5;
+/// While yielding, holds shorten with the share (a hold is what a client waits for), down to this
+/// fraction of [`HOLD_TARGET`].
+const YIELD_HOLD_MIN: f64 = 0.2;
 /// How often the main thread is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The longest one claim may hold the Redis lock, as far as the chunk size can steer it.
@@ -38,7 +55,7 @@ const YIELD_HOLDS_PER_SECOND: u64 = 10;
 pub enum Mode {
     /// The main thread has room: drain as fast as the pipeline goes.
     Full,
-    /// The main thread is saturated: drain at the floor rate only.
+    /// The main thread is saturated: drain in the time its clients leave, at least at the floor rate.
     Yielding,
 }
 
@@ -60,13 +77,17 @@ pub enum Budget {
     Wait(Duration),
 }
 
-/// The drain's mode and, while yielding, its token bucket. Time is given by the caller (time since
-/// any fixed start), so the decisions are testable without a clock.
+/// The drain's mode, its share of the lock and, while yielding, its pacing and token bucket. Time is
+/// given by the caller (time since any fixed start), so the decisions are testable without a clock.
 #[derive(Debug, Clone)]
 pub struct Governor {
     mode: Mode,
     /// The smoothed busy fraction; `None` when it cannot be measured.
     busy: Option<f64>,
+    /// The share of the time the drain may hold the lock, from none to [`FULL_SHARE`].
+    share: f64,
+    /// While yielding, when the next paced claim may start.
+    next_claim: Duration,
     /// Entries the yielding drain may claim now.
     tokens: f64,
     /// When the tokens were last topped up.
@@ -78,6 +99,8 @@ impl Default for Governor {
         Governor {
             mode: Mode::Full,
             busy: None,
+            share: FULL_SHARE,
+            next_claim: Duration::ZERO,
             tokens: 0.0,
             refilled: None,
         }
@@ -93,11 +116,29 @@ impl Governor {
         self.busy
     }
 
+    /// The share of the time the drain may hold the lock now.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// How long one claim should hold the lock: [`HOLD_TARGET`] at full speed, shorter with the
+    /// share while yielding (a client that arrives during a hold waits for all of it).
+    pub fn hold_target(&self) -> Duration {
+        match self.mode {
+            Mode::Full => HOLD_TARGET,
+            Mode::Yielding => {
+                HOLD_TARGET.mul_f64((self.share / FULL_SHARE).clamp(YIELD_HOLD_MIN, 1.0))
+            }
+        }
+    }
+
     /// Takes one sample of the main thread's busy fraction (`None`: not measurable, which means full
-    /// speed). Samples are smoothed over a few periods, and the mode changes with hysteresis.
+    /// speed). Samples are smoothed over two periods; the share moves by how far the smoothed figure
+    /// is from [`SATURATED`].
     pub fn observe(&mut self, sample: Option<f64>) {
         let Some(sample) = sample.filter(|s| s.is_finite()) else {
             self.busy = None;
+            self.share = FULL_SHARE;
             self.mode = Mode::Full;
             return;
         };
@@ -107,24 +148,37 @@ impl Governor {
             None => sample,
         };
         self.busy = Some(busy);
-        self.mode = match self.mode {
-            Mode::Full if busy >= SATURATED => {
-                // Start with no tokens saved up: the first yielding claim comes a period later.
-                self.tokens = 0.0;
-                self.refilled = None;
-                Mode::Yielding
-            }
-            Mode::Yielding if busy < RELAXED => Mode::Full,
-            m => m,
+        let gain = if busy > SATURATED {
+            SHARE_DOWN
+        } else {
+            SHARE_UP
         };
+        self.share = (self.share + gain * (SATURATED - busy) * FULL_SHARE).clamp(0.0, FULL_SHARE);
+        let mode = if self.share >= FULL_SHARE {
+            Mode::Full
+        } else {
+            Mode::Yielding
+        };
+        if self.mode == Mode::Full && mode == Mode::Yielding {
+            // Start with no tokens saved up: the first floor claim comes a period later.
+            self.tokens = 0.0;
+            self.refilled = None;
+        }
+        self.mode = mode;
     }
 
     /// How many entries may be claimed at `now` (`floor`: the minimum entries per second; `want`:
     /// what the claimer would read at full speed, bounded by hold time; `most`: the bound by count,
-    /// bytes and in-flight entries alone). While yielding, holds are few, and the floor wins over the
-    /// hold-time bound: a hold slowed down by a busy host must not slow the drain below the floor.
+    /// bytes and in-flight entries alone). While yielding, a paced claim reads `want` once the last
+    /// hold is its share of the time since it began ([`Governor::held`]); claims for the floor are
+    /// few and large, and the floor wins over the hold-time bound: a hold slowed down by a busy host
+    /// must not slow the drain below the floor.
     pub fn budget(&mut self, now: Duration, floor: u64, want: usize, most: usize) -> Budget {
         if self.mode == Mode::Full {
+            return Budget::Claim(want.max(1));
+        }
+        let paced = self.share > 0.0;
+        if paced && now >= self.next_claim {
             return Budget::Claim(want.max(1));
         }
         let want = most.max(1);
@@ -140,9 +194,23 @@ impl Governor {
             .max(1.0)
             .min(want as f64);
         if self.tokens >= step {
-            Budget::Claim((self.tokens.floor() as usize).clamp(1, want))
+            return Budget::Claim((self.tokens.floor() as usize).clamp(1, want));
+        }
+        // (At least a microsecond: tokens a hair short of a step must not read as no wait at all.)
+        let for_tokens =
+            Duration::from_secs_f64((step - self.tokens) / floor).max(Duration::from_micros(1));
+        Budget::Wait(if paced {
+            for_tokens.min(self.next_claim - now)
         } else {
-            Budget::Wait(Duration::from_secs_f64((step - self.tokens) / floor))
+            for_tokens
+        })
+    }
+
+    /// Records a claim's hold, which began at `start` and lasted `held`: while yielding, the next
+    /// paced claim waits until the hold is the drain's share of the time since `start`.
+    pub fn held(&mut self, start: Duration, held: Duration) {
+        if self.share > 0.0 {
+            self.next_claim = start + held.div_f64(self.share);
         }
     }
 
@@ -164,12 +232,17 @@ pub struct ChunkSizer {
 
 impl ChunkSizer {
     /// The entries the next claim may read: at most `max` (the count and byte bounds), at most what
-    /// fits in the hold target, at least one.
+    /// fits in [`HOLD_TARGET`], at least one.
     pub fn count(&self, max: usize) -> usize {
+        self.count_within(max, HOLD_TARGET)
+    }
+
+    /// [`ChunkSizer::count`] for a hold of at most `target`.
+    pub fn count_within(&self, max: usize, target: Duration) -> usize {
         let max = max.max(1);
         match self.per_entry_ns {
             Some(ns) if ns > 0.0 => {
-                let fit = (HOLD_TARGET.as_nanos() as f64 / ns).floor() as usize;
+                let fit = (target.as_nanos() as f64 / ns).floor() as usize;
                 fit.clamp(1, max)
             }
             // Unknown yet: a small first read measures the cost.
@@ -194,7 +267,8 @@ impl ChunkSizer {
 
 /// Samples Redis's main thread (its thread ID is the process ID).
 pub struct MainThread {
-    last: Option<(Instant, Duration)>,
+    /// The last sample: when, the main thread's demand, the module's lock held, both cumulative.
+    last: Option<(Instant, Duration, Duration)>,
     source: Source,
 }
 
@@ -231,22 +305,44 @@ impl MainThread {
         self.source != Source::None
             && self
                 .last
-                .is_none_or(|(then, _)| now.duration_since(then) >= SAMPLE_EVERY)
+                .is_none_or(|(then, _, _)| now.duration_since(then) >= SAMPLE_EVERY)
     }
 
-    /// The main thread's busy fraction since the last sample; `None` for the first sample or when
-    /// it cannot be read.
+    /// The main thread's busy fraction since the last sample ([`busy_fraction`]); `None` for the
+    /// first sample or when it cannot be read.
     pub fn sample(&mut self, now: Instant) -> Option<f64> {
         let Some(total) = demand(self.source) else {
             self.source = Source::None;
             self.last = None;
             return None;
         };
-        let prev = self.last.replace((now, total));
-        let (then, before) = prev?;
-        let wall = now.duration_since(then).as_secs_f64();
-        (wall > 0.0).then(|| total.saturating_sub(before).as_secs_f64() / wall)
+        let held = crate::host::gil::held();
+        let (then, before, held_before) = self.last.replace((now, total, held))?;
+        busy_fraction(
+            total.saturating_sub(before),
+            held.saturating_sub(held_before),
+            now.duration_since(then),
+        )
     }
+}
+
+/// How busy the main thread was over `wall`: its `demand` (CPU and run-queue time) over the time
+/// it could run, which is `wall` less the time the module's threads `held` the Redis lock. While the
+/// module holds the lock, the main thread waits off any run queue, so its demand alone cannot show
+/// that the drain squeezes it: with the lock held half of the time and the main thread busy all of
+/// the other half, demand over wall would read 0.5, and the drain would never yield to the clients
+/// it keeps waiting. Never above 1; `None` for an empty period.
+///
+/// An idle main thread reads near 0 however long the lock was held; one whose clients keep it
+/// busy reads near 1 whatever share of the time the drain took from it.
+pub fn busy_fraction(demand: Duration, held: Duration, wall: Duration) -> Option<f64> {
+    if wall.is_zero() {
+        return None;
+    }
+    // The module holds the lock at most about half of the time (each hold is followed by a pause as
+    // long); a tenth of the period is kept as the least it could run, whatever the clock says.
+    let could_run = wall.saturating_sub(held).max(wall / 10);
+    Some((demand.as_secs_f64() / could_run.as_secs_f64()).min(1.0))
 }
 
 /// The main thread's CPU time plus its run-queue wait, cumulative.
@@ -347,12 +443,109 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A governor whose main thread has been saturated long enough to leave the drain no share.
     fn saturated() -> Governor {
         let mut g = Governor::default();
-        for _ in 0..3 {
+        for _ in 0..10 {
             g.observe(Some(0.95));
         }
+        assert_eq!(g.share(), 0.0);
         g
+    }
+
+    #[test]
+    fn the_share_settles_where_the_main_thread_is_saturated_and_no_further() {
+        // The clients alone keep the main thread `own` busy; in the time the drain holds the lock
+        // they wait, so the main thread reads `own / (1 - share)` busy (see `busy_fraction`).
+        let settle = |own: f64| {
+            let mut g = Governor::default();
+            for _ in 0..200 {
+                let h = g.share();
+                g.observe(Some((own / (1.0 - h)).min(1.0)));
+            }
+            g
+        };
+        // Room to spare: the drain keeps its whole share.
+        let g = settle(0.3);
+        assert_eq!((g.mode(), g.share()), (Mode::Full, FULL_SHARE));
+        // Busy clients: the drain takes what leaves the main thread 85 % busy (0.70 / 0.85).
+        let g = settle(0.7);
+        assert_eq!(g.mode(), Mode::Yielding);
+        let expected = 1.0 - 0.7 / SATURATED;
+        assert!(
+            (g.share() - expected).abs() < 0.02,
+            "{} vs {expected}",
+            g.share()
+        );
+        // Clients that saturate it on their own: no share, the floor only.
+        let g = settle(0.95);
+        assert_eq!((g.mode(), g.share()), (Mode::Yielding, 0.0));
+    }
+
+    #[test]
+    fn yielding_holds_are_shorter_with_the_share() {
+        let mut g = Governor::default();
+        assert_eq!(g.hold_target(), HOLD_TARGET);
+        for _ in 0..200 {
+            let h = g.share();
+            g.observe(Some((0.7 / (1.0 - h)).min(1.0)));
+        }
+        let expected = HOLD_TARGET.mul_f64(g.share() / FULL_SHARE);
+        assert_eq!(g.hold_target(), expected);
+        assert!(g.hold_target() < HOLD_TARGET / 2);
+        let g = saturated();
+        assert_eq!(g.hold_target(), HOLD_TARGET.mul_f64(YIELD_HOLD_MIN));
+        let mut s = ChunkSizer::default();
+        s.record(ms(1), 100);
+        assert_eq!(s.count_within(1000, Duration::from_micros(250)), 25);
+    }
+
+    #[test]
+    fn paced_claims_hold_the_lock_for_the_share_and_no_more() {
+        let mut g = Governor::default();
+        // Between the thresholds: a share of about a fifth.
+        for _ in 0..200 {
+            let h = g.share();
+            g.observe(Some((0.7 / (1.0 - h)).min(1.0)));
+        }
+        let share = g.share();
+        let (mut now, mut holding) = (Duration::ZERO, Duration::ZERO);
+        let hold = ms(1);
+        while now < Duration::from_secs(10) {
+            match g.budget(now, 1, 1000, 1000) {
+                Budget::Claim(n) => {
+                    g.spent(n);
+                    g.held(now, hold);
+                    holding += hold;
+                    now += hold;
+                }
+                Budget::Wait(d) => {
+                    assert!(d > Duration::ZERO);
+                    now += d;
+                }
+            }
+        }
+        let measured = holding.as_secs_f64() / now.as_secs_f64();
+        assert!((measured - share).abs() < 0.01, "{measured} vs {share}");
+    }
+
+    #[test]
+    fn the_main_thread_is_as_busy_as_it_was_in_the_time_the_module_left_it() {
+        let busy = |demand, held| busy_fraction(ms(demand), ms(held), ms(100)).unwrap();
+        // No holds: demand over wall.
+        assert!((busy(40, 0) - 0.4).abs() < 1e-9);
+        // The drain held the lock half of the time and the clients kept the main thread busy in
+        // the other half: saturated, though demand over wall reads 0.5.
+        assert!((busy(50, 50) - 1.0).abs() < 1e-9);
+        assert!(busy(45, 50) >= SATURATED);
+        // An idle main thread stays idle however long the drain held the lock.
+        assert!(busy(2, 50) < 0.05);
+        // A moderately busy one with the drain at full speed stays below saturation.
+        assert!(busy(25, 40) < SATURATED);
+        // Never above 1, and a hold longer than the period (holds ending in it) is bounded.
+        assert_eq!(busy(90, 50), 1.0);
+        assert!(busy(5, 200) <= 1.0);
+        assert_eq!(busy_fraction(ms(1), ms(0), Duration::ZERO), None);
     }
 
     #[test]

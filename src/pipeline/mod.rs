@@ -1,7 +1,7 @@
 //! The write-behind pipeline: notify → claim → batch → commit → acknowledge.
 //!
-//! - [`events`]: what the host tells the pipeline — an `XADD` to its stream wakes the claimer (nothing
-//!   else runs on the XADD path), a server event wakes, stops or counts a deleted stream's loss.
+//! - [`events`]: what the host tells the pipeline — a server event wakes, stops or counts a deleted
+//!   stream's loss. Nothing of the module runs on the application's XADD ([`claim`] looks).
 //! - [`claim`]: one thread reads entries through the consumer group, under the Redis lock, in bounded
 //!   chunks (pending entries first after a start or a promotion), decodes them off the lock and routes
 //!   each to the worker owning the rows it writes, so each row's entries stay in stream order.
