@@ -54,8 +54,9 @@ fn crew(p: &'static Pipeline) -> Result<Vec<Inbox>, String> {
 }
 
 /// An idle claimer looks for new entries again after [`IDLE_LOOK_MIN`], doubling the wait each time
-/// it finds none, up to [`IDLE_LOOK_MAX`]: a stream written every few milliseconds is looked at as
-/// often, an idle one forty times a second, each look one short lock hold.
+/// it finds none, up to [`IDLE_LOOK_MAX`] ([`idle_look_max`]): a stream written every few
+/// milliseconds is looked at as often, an idle one forty times a second, each look one short lock
+/// hold.
 ///
 /// Nothing of the module runs on the application's `XADD`. A keyspace notification would wake the
 /// claimer at once, but the server makes a module context for every notification it delivers,
@@ -63,6 +64,16 @@ fn crew(p: &'static Pipeline) -> Result<Vec<Inbox>, String> {
 /// `WB.WRITE` and `WB.FLUSH` wake the claimer themselves.
 const IDLE_LOOK_MIN: Duration = Duration::from_millis(1);
 const IDLE_LOOK_MAX: Duration = Duration::from_millis(25);
+/// The longest wait between looks, however many streams.
+const IDLE_LOOK_CAP: Duration = Duration::from_millis(250);
+
+/// The longest wait between an idle claimer's looks when the node runs `streams` claimers (shard
+/// streams): [`IDLE_LOOK_MAX`] for every four, so that idle streams cost the main thread about as
+/// many lock holds a second however many there are, up to [`IDLE_LOOK_CAP`].
+fn idle_look_max(streams: usize) -> Duration {
+    let fours = u32::try_from(streams.max(1).div_ceil(4)).unwrap_or(u32::MAX);
+    IDLE_LOOK_MAX.saturating_mul(fours).min(IDLE_LOOK_CAP)
+}
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
@@ -82,6 +93,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
     let mut governor = Governor::default();
     let mut sizer = ChunkSizer::default();
     let mut idle_look = IDLE_LOOK_MIN;
+    let longest_look = idle_look_max(super::control::REGISTRY.all().len());
     let epoch = Instant::now();
     let on_cluster = gil.with(crate::host::cluster::enabled);
     loop {
@@ -332,7 +344,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         if entries.is_empty() {
             if !recovering {
                 c.wait_wake(idle_look);
-                idle_look = (idle_look * 2).min(IDLE_LOOK_MAX);
+                idle_look = (idle_look * 2).min(longest_look);
             }
             continue;
         }
@@ -650,6 +662,23 @@ fn preview(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_streams_are_looked_at_less_often_the_more_there_are() {
+        assert_eq!(idle_look_max(0), IDLE_LOOK_MAX);
+        assert_eq!(idle_look_max(1), IDLE_LOOK_MAX);
+        assert_eq!(idle_look_max(4), IDLE_LOOK_MAX);
+        assert_eq!(idle_look_max(12), IDLE_LOOK_MAX * 3);
+        assert_eq!(idle_look_max(256), IDLE_LOOK_CAP);
+        // Up to the cap, looks a second over all the streams stay within those of eight idle streams.
+        for n in [1usize, 4, 5, 12, 40] {
+            let per_second = n as f64 / idle_look_max(n).as_secs_f64();
+            assert!(
+                per_second <= 8.0 / IDLE_LOOK_MAX.as_secs_f64(),
+                "{n}: {per_second}"
+            );
+        }
+    }
 
     #[test]
     fn entries_go_to_the_worker_of_their_rows_not_of_their_key() {
