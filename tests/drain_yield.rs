@@ -153,6 +153,7 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
     let t0 = Instant::now();
     let mut yielding_polls = 0u32;
     let mut polls = 0u32;
+    let mut least_share = i64::MAX;
     let mut max_lag = 0i64;
     server.wait_for(
         "a window of sustained load",
@@ -161,6 +162,7 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
             let st = status(&mut con);
             polls += 1;
             yielding_polls += u32::from(st["drain_mode"] == "yielding");
+            least_share = least_share.min(st["drain_lock_share_pct"].parse().unwrap_or(i64::MAX));
             max_lag = max_lag.max(st["lag"].parse().unwrap_or(0));
             (t0.elapsed() >= Duration::from_secs(3)).then_some(())
         },
@@ -187,6 +189,11 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
         "claimed {claimed} entries in {elapsed:.1} s ({rate:.0}/s) while yielding; the floor is {FLOOR}/s"
     );
     assert!(acked > 0, "nothing written while yielding");
+    // Yielding is a share of the lock below the full one (50 %), down to none under saturation.
+    assert!(
+        least_share < 50,
+        "the drain's lock share never fell below 50 % ({least_share})"
+    );
     assert!(max_lag > 0, "the backlog never waited in the stream");
     assert!(st["oldest_unwritten_age_ms"].parse::<i64>().unwrap_or(0) > 0);
 
@@ -205,6 +212,7 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
     let st = status(&mut con);
     assert_eq!(st["oldest_unwritten_age_ms"], "0");
     assert_eq!(st["drain_mode"], "full");
+    assert_eq!(st["drain_lock_share_pct"], "50");
     let written: i64 = q(&mut con, &["XLEN", "userdata-stream"]);
     assert!(written >= total);
 }

@@ -396,6 +396,8 @@ pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
         .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
     d.busy_permille.store(busy, Ordering::Relaxed);
     d.chunk.store(chunk as u64, Ordering::Relaxed);
+    d.share_permille
+        .store((g.share * 1000.0).round() as u64, Ordering::Relaxed);
 }
 
 /// Records the last claim's lock hold and the wait to take the lock.
@@ -415,6 +417,8 @@ pub struct Published {
     /// Percent, `None` when not measured.
     pub busy_pct: Option<u64>,
     pub chunk: u64,
+    /// The share of the time the drain may hold the lock, in percent.
+    pub share_pct: u64,
     pub last_hold_us: u64,
     pub last_lock_wait_us: u64,
 }
@@ -430,6 +434,7 @@ pub fn published(p: &Pipeline) -> Published {
         },
         busy_pct: (busy != u64::MAX).then(|| (busy + 5) / 10),
         chunk: d.chunk.load(Ordering::Relaxed),
+        share_pct: (d.share_permille.load(Ordering::Relaxed) + 5) / 10,
         last_hold_us: d.last_hold_us.load(Ordering::Relaxed),
         last_lock_wait_us: d.last_lock_wait_us.load(Ordering::Relaxed),
     }

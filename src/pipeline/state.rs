@@ -92,6 +92,8 @@ pub struct DrainFigures {
     /// Busy fraction in per mille; `u64::MAX` when unknown.
     pub busy_permille: AtomicU64,
     pub chunk: AtomicU64,
+    /// The share of the time the drain may hold the lock, in per mille.
+    pub share_permille: AtomicU64,
     pub last_hold_us: AtomicU64,
     pub last_lock_wait_us: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl Default for DrainFigures {
             mode: AtomicU8::new(0),
             busy_permille: AtomicU64::new(u64::MAX),
             chunk: AtomicU64::new(0),
+            share_permille: AtomicU64::new(500),
             last_hold_us: AtomicU64::new(0),
             last_lock_wait_us: AtomicU64::new(0),
         }
