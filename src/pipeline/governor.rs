@@ -210,7 +210,10 @@ impl Governor {
     /// paced claim waits until the hold is the drain's share of the time since `start`.
     pub fn held(&mut self, start: Duration, held: Duration) {
         if self.share > 0.0 {
-            self.next_claim = start + held.div_f64(self.share);
+            // A share a hair above none gives a wait longer than any clock: never a panic.
+            let wait = Duration::try_from_secs_f64(held.as_secs_f64() / self.share)
+                .unwrap_or(Duration::MAX);
+            self.next_claim = start.saturating_add(wait);
         }
     }
 
@@ -503,6 +506,19 @@ mod tests {
         let mut s = ChunkSizer::default();
         s.record(ms(1), 100);
         assert_eq!(s.count_within(1000, Duration::from_micros(250)), 25);
+    }
+
+    #[test]
+    fn a_share_a_hair_above_none_waits_without_overflow() {
+        let mut g = saturated();
+        g.share = f64::MIN_POSITIVE;
+        g.mode = Mode::Yielding;
+        g.held(Duration::from_secs(u64::MAX / 2), Duration::from_secs(1));
+        assert_eq!(g.next_claim, Duration::MAX);
+        // The floor still claims.
+        assert!(matches!(g.budget(ms(0), 1000, 10, 1000), Budget::Wait(_)));
+        assert_eq!(g.budget(ms(200), 1000, 10, 1000), Budget::Claim(200));
+        assert_eq!(g.hold_target(), HOLD_TARGET.mul_f64(YIELD_HOLD_MIN));
     }
 
     #[test]
