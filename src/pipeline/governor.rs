@@ -133,8 +133,8 @@ impl Governor {
     }
 
     /// Takes one sample of the main thread's busy fraction (`None`: not measurable, which means full
-    /// speed). Samples are smoothed over two periods; the share moves by how far the smoothed figure
-    /// is from [`SATURATED`].
+    /// speed). Samples are smoothed over two periods; the share moves by how far the busier of the
+    /// sample and the smoothed figure is from [`SATURATED`].
     pub fn observe(&mut self, sample: Option<f64>) {
         let Some(sample) = sample.filter(|s| s.is_finite()) else {
             self.busy = None;
@@ -148,12 +148,16 @@ impl Governor {
             None => sample,
         };
         self.busy = Some(busy);
-        let gain = if busy > SATURATED {
+        // The share follows the busier of the sample and the smoothed figure: it gives way at the
+        // first busy sample (a burst of writes is met within a sample or two, not after the
+        // smoothing caught up), and comes back only as the smoothed figure falls.
+        let signal = busy.max(sample);
+        let gain = if signal > SATURATED {
             SHARE_DOWN
         } else {
             SHARE_UP
         };
-        self.share = (self.share + gain * (SATURATED - busy) * FULL_SHARE).clamp(0.0, FULL_SHARE);
+        self.share = (self.share + gain * (SATURATED - signal) * FULL_SHARE).clamp(0.0, FULL_SHARE);
         let mode = if self.share >= FULL_SHARE {
             Mode::Full
         } else {
@@ -587,11 +591,19 @@ mod tests {
     }
 
     #[test]
-    fn one_busy_sample_among_idle_ones_does_not_switch() {
+    fn a_burst_is_met_at_its_first_sample_and_the_share_comes_back_after_it() {
         let mut g = Governor::default();
         g.observe(Some(0.1));
-        g.observe(Some(0.9));
-        assert_eq!(g.mode(), Mode::Full, "smoothed: {:?}", g.busy());
+        // One saturated sample: the drain gives way at once, most of its share at the second.
+        g.observe(Some(1.0));
+        assert_eq!(g.mode(), Mode::Yielding, "smoothed: {:?}", g.busy());
+        g.observe(Some(1.0));
+        assert!(g.share() <= 0.25 * FULL_SHARE, "share {}", g.share());
+        // Idle again: full speed within a few samples.
+        for _ in 0..4 {
+            g.observe(Some(0.05));
+        }
+        assert_eq!(g.mode(), Mode::Full, "share {}", g.share());
     }
 
     #[test]
