@@ -687,6 +687,15 @@ def bench_foreground(tools, keys, cfg) -> dict:
     def med(runs, key):
         return median([x[key] for x in runs])
 
+    def drain_rate(runs):
+        return median([x["records_drained"] / x["wall_s"] for x in runs])
+
+    def yielding(runs):
+        return median([x["lag"].get("yielding_share", 0) for x in runs])
+
+    def vs_without(pairs, variant, key):
+        return med(pairs[variant], key) / max(med(pairs["without"], key), 1e-3)
+
     def med_per_record(pairs):
         main_without = med(pairs["without"], "main_cpu_s")
         per = [per_record(x, main_without) for x in pairs["with"]]
@@ -699,22 +708,22 @@ def bench_foreground(tools, keys, cfg) -> dict:
             **{k: median([p[k] for p in per]) for k in per[0] if k != "cpu_us_per_record_by_thread"},
         }
 
-    ratio_sat = med(sat["with"], "xadd_per_s") / med(sat["without"], "xadd_per_s")
-    ratio_half = med(half["with"], "xadd_per_s") / med(half["without"], "xadd_per_s")
-    p99_ratio = med(half["with"], "p99_ms") / max(med(half["without"], "p99_ms"), 1e-3)
+    ratio_sat = vs_without(sat, "with", "xadd_per_s")
+    ratio_half = vs_without(half, "with", "xadd_per_s")
+    p99_ratio = vs_without(half, "with", "p99_ms")
     bounded = all(x["lag"].get("bounded", False) for x in half["with"])
     baseline = {}
     if "baseline" in sat:
         baseline = {"baseline": {
             "module": cfg.baseline_module,
-            "saturated_ratio_with_without": round(med(sat["baseline"], "xadd_per_s") / med(sat["without"], "xadd_per_s"), 4),
-            "saturated_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in sat["baseline"]]),
-            "saturated_yielding_share": median([x["lag"].get("yielding_share", 0) for x in sat["baseline"]]),
-            "half_ratio_with_without": round(med(half["baseline"], "xadd_per_s") / med(half["without"], "xadd_per_s"), 4),
-            "half_p99_ratio_with_without": round(med(half["baseline"], "p99_ms") / max(med(half["without"], "p99_ms"), 1e-3), 3),
-            "half_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in half["baseline"]]),
+            "saturated_ratio_with_without": round(vs_without(sat, "baseline", "xadd_per_s"), 4),
+            "saturated_drain_records_per_s": drain_rate(sat["baseline"]),
+            "saturated_yielding_share": yielding(sat["baseline"]),
+            "half_ratio_with_without": round(vs_without(half, "baseline", "xadd_per_s"), 4),
+            "half_p99_ratio_with_without": round(vs_without(half, "baseline", "p99_ms"), 3),
+            "half_drain_records_per_s": drain_rate(half["baseline"]),
             "half_median_lag_peak": median([x["lag"].get("max", 0) for x in half["baseline"]]),
-            "half_yielding_share": median([x["lag"].get("yielding_share", 0) for x in half["baseline"]]),
+            "half_yielding_share": yielding(half["baseline"]),
         }}
     return {
         "what": "redis-benchmark XADD of a 1-record batch, fresh server per run, with the module draining to the fast sink and without, interleaved; saturated (-c 50 -P 16) and at about half that rate (clients and pipeline depth chosen in this run)",
@@ -724,7 +733,7 @@ def bench_foreground(tools, keys, cfg) -> dict:
             "median_main_thread_busy": {"with": med(sat["with"], "main_thread_busy"), "without": med(sat["without"], "main_thread_busy")},
             "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(sat["with"], sat["without"])],
             "median_records_drained": med(sat["with"], "records_drained"),
-            "median_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in sat["with"]]),
+            "median_drain_records_per_s": drain_rate(sat["with"]),
             "per_record": med_per_record(sat),
             "runs": sat,
         },
@@ -736,8 +745,8 @@ def bench_foreground(tools, keys, cfg) -> dict:
             "median_p99_ms": {"with": med(half["with"], "p99_ms"), "without": med(half["without"], "p99_ms")},
             "median_main_thread_busy": {"with": med(half["with"], "main_thread_busy"), "without": med(half["without"], "main_thread_busy")},
             "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(half["with"], half["without"])],
-            "median_yielding_share": median([x["lag"].get("yielding_share", 0) for x in half["with"]]),
-            "median_drain_records_per_s": median([x["records_drained"] / x["wall_s"] for x in half["with"]]),
+            "median_yielding_share": yielding(half["with"]),
+            "median_drain_records_per_s": drain_rate(half["with"]),
             "p99_ratio_with_without": round(p99_ratio, 3),
             "lag_bounded": bounded,
             "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with"]]),

@@ -86,7 +86,7 @@ impl Drop for Held {
 
 /// Milliseconds the module's threads have held the Redis lock since start.
 pub fn held_ms() -> u64 {
-    HELD_NS.load(Ordering::Relaxed) / 1_000_000
+    held().as_millis() as u64
 }
 
 /// How long the module's threads have held the Redis lock since start (holds that have ended).

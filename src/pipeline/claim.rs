@@ -220,7 +220,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             .max(1) as usize;
         // Bounded by time too: as many as fit in one short hold (at full speed; while yielding the
         // floor comes first, in few holds).
-        let fits = sizer.count_within(most, governor.hold_target());
+        let fits = sizer.count(most, governor.hold_target());
         let count = match governor.budget(
             epoch.elapsed(),
             snap.uint(Key::DrainMinRecordsPerSecond),

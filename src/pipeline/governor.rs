@@ -68,6 +68,15 @@ impl Mode {
     }
 }
 
+/// The mode a share of the lock means: the whole share is full speed.
+fn mode_of(share: f64) -> Mode {
+    if share >= FULL_SHARE {
+        Mode::Full
+    } else {
+        Mode::Yielding
+    }
+}
+
 /// What the claimer may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
@@ -81,7 +90,6 @@ pub enum Budget {
 /// given by the caller (time since any fixed start), so the decisions are testable without a clock.
 #[derive(Debug, Clone)]
 pub struct Governor {
-    mode: Mode,
     /// The smoothed busy fraction; `None` when it cannot be measured.
     busy: Option<f64>,
     /// The share of the time the drain may hold the lock, from none to [`FULL_SHARE`].
@@ -97,7 +105,6 @@ pub struct Governor {
 impl Default for Governor {
     fn default() -> Governor {
         Governor {
-            mode: Mode::Full,
             busy: None,
             share: FULL_SHARE,
             next_claim: Duration::ZERO,
@@ -108,8 +115,9 @@ impl Default for Governor {
 }
 
 impl Governor {
+    /// `Full` with the whole share, `Yielding` below it.
     pub fn mode(&self) -> Mode {
-        self.mode
+        mode_of(self.share)
     }
 
     pub fn busy(&self) -> Option<f64> {
@@ -124,7 +132,7 @@ impl Governor {
     /// How long one claim should hold the lock: [`HOLD_TARGET`] at full speed, shorter with the
     /// share while yielding (a client that arrives during a hold waits for all of it).
     pub fn hold_target(&self) -> Duration {
-        match self.mode {
+        match self.mode() {
             Mode::Full => HOLD_TARGET,
             Mode::Yielding => {
                 HOLD_TARGET.mul_f64((self.share / FULL_SHARE).clamp(YIELD_HOLD_MIN, 1.0))
@@ -139,7 +147,6 @@ impl Governor {
         let Some(sample) = sample.filter(|s| s.is_finite()) else {
             self.busy = None;
             self.share = FULL_SHARE;
-            self.mode = Mode::Full;
             return;
         };
         let sample = sample.clamp(0.0, 1.0);
@@ -157,18 +164,13 @@ impl Governor {
         } else {
             SHARE_UP
         };
+        let was = self.mode();
         self.share = (self.share + gain * (SATURATED - signal) * FULL_SHARE).clamp(0.0, FULL_SHARE);
-        let mode = if self.share >= FULL_SHARE {
-            Mode::Full
-        } else {
-            Mode::Yielding
-        };
-        if self.mode == Mode::Full && mode == Mode::Yielding {
+        if was == Mode::Full && self.mode() == Mode::Yielding {
             // Start with no tokens saved up: the first floor claim comes a period later.
             self.tokens = 0.0;
             self.refilled = None;
         }
-        self.mode = mode;
     }
 
     /// How many entries may be claimed at `now` (`floor`: the minimum entries per second; `want`:
@@ -178,7 +180,7 @@ impl Governor {
     /// few and large, and the floor wins over the hold-time bound: a hold slowed down by a busy host
     /// must not slow the drain below the floor.
     pub fn budget(&mut self, now: Duration, floor: u64, want: usize, most: usize) -> Budget {
-        if self.mode == Mode::Full {
+        if self.mode() == Mode::Full {
             return Budget::Claim(want.max(1));
         }
         let paced = self.share > 0.0;
@@ -223,7 +225,7 @@ impl Governor {
 
     /// Counts `n` entries claimed against the yielding budget.
     pub fn spent(&mut self, n: usize) {
-        if self.mode == Mode::Yielding {
+        if self.mode() == Mode::Yielding {
             self.tokens = (self.tokens - n as f64).max(0.0);
         }
     }
@@ -239,13 +241,8 @@ pub struct ChunkSizer {
 
 impl ChunkSizer {
     /// The entries the next claim may read: at most `max` (the count and byte bounds), at most what
-    /// fits in [`HOLD_TARGET`], at least one.
-    pub fn count(&self, max: usize) -> usize {
-        self.count_within(max, HOLD_TARGET)
-    }
-
-    /// [`ChunkSizer::count`] for a hold of at most `target`.
-    pub fn count_within(&self, max: usize, target: Duration) -> usize {
+    /// fits in a hold of `target` ([`Governor::hold_target`]), at least one.
+    pub fn count(&self, max: usize, target: Duration) -> usize {
         let max = max.max(1);
         match self.per_entry_ns {
             Some(ns) if ns > 0.0 => {
@@ -396,15 +393,13 @@ fn parse_stat(text: &str, ticks_per_second: u64) -> Option<Duration> {
 /// Publishes the claimer's view for `WB.STATUS`.
 pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
     let d = &p.drain;
-    d.mode
-        .store(u8::from(g.mode == Mode::Yielding), Ordering::Relaxed);
     let busy = g
         .busy
         .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
     d.busy_permille.store(busy, Ordering::Relaxed);
     d.chunk.store(chunk as u64, Ordering::Relaxed);
     d.share_permille
-        .store((g.share * 1000.0).round() as u64, Ordering::Relaxed);
+        .store((g.share * 1000.0).floor() as u64, Ordering::Relaxed);
 }
 
 /// Records the last claim's lock hold and the wait to take the lock.
@@ -424,7 +419,7 @@ pub struct Published {
     /// Percent, `None` when not measured.
     pub busy_pct: Option<u64>,
     pub chunk: u64,
-    /// The share of the time the drain may hold the lock, in percent.
+    /// The share of the time the drain may hold the lock, in percent (rounded down).
     pub share_pct: u64,
     pub last_hold_us: u64,
     pub last_lock_wait_us: u64,
@@ -434,14 +429,10 @@ pub fn published(p: &Pipeline) -> Published {
     let d = &p.drain;
     let busy = d.busy_permille.load(Ordering::Relaxed);
     Published {
-        mode: if d.mode.load(Ordering::Relaxed) == 1 {
-            Mode::Yielding
-        } else {
-            Mode::Full
-        },
+        mode: mode_of(d.share_permille.load(Ordering::Relaxed) as f64 / 1000.0),
         busy_pct: (busy != u64::MAX).then(|| (busy + 5) / 10),
         chunk: d.chunk.load(Ordering::Relaxed),
-        share_pct: (d.share_permille.load(Ordering::Relaxed) + 5) / 10,
+        share_pct: d.share_permille.load(Ordering::Relaxed) / 10,
         last_hold_us: d.last_hold_us.load(Ordering::Relaxed),
         last_lock_wait_us: d.last_lock_wait_us.load(Ordering::Relaxed),
     }
@@ -509,14 +500,13 @@ mod tests {
         assert_eq!(g.hold_target(), HOLD_TARGET.mul_f64(YIELD_HOLD_MIN));
         let mut s = ChunkSizer::default();
         s.record(ms(1), 100);
-        assert_eq!(s.count_within(1000, Duration::from_micros(250)), 25);
+        assert_eq!(s.count(1000, Duration::from_micros(250)), 25);
     }
 
     #[test]
     fn a_share_a_hair_above_none_waits_without_overflow() {
         let mut g = saturated();
         g.share = f64::MIN_POSITIVE;
-        g.mode = Mode::Yielding;
         g.held(Duration::from_secs(u64::MAX / 2), Duration::from_secs(1));
         assert_eq!(g.next_claim, Duration::MAX);
         // The floor still claims.
@@ -704,21 +694,25 @@ mod tests {
     #[test]
     fn claims_are_sized_to_the_hold_target() {
         let mut s = ChunkSizer::default();
-        assert_eq!(s.count(1000), 100, "a small first read measures the cost");
+        assert_eq!(
+            s.count(1000, HOLD_TARGET),
+            100,
+            "a small first read measures the cost"
+        );
         // 100 entries in 2 ms: 20 µs each, so 50 fit in 1 ms.
         s.record(ms(2), 100);
-        assert_eq!(s.count(1000), 50);
+        assert_eq!(s.count(1000, HOLD_TARGET), 50);
         // Cheaper entries raise the count gradually, never above the other bounds.
         for _ in 0..50 {
             s.record(Duration::from_micros(5), 100);
         }
-        assert_eq!(s.count(1000), 1000);
-        assert_eq!(s.count(300), 300);
+        assert_eq!(s.count(1000, HOLD_TARGET), 1000);
+        assert_eq!(s.count(300, HOLD_TARGET), 300);
         // A slow hold cuts it at once.
         s.record(ms(10), 10);
-        assert_eq!(s.count(1000), 1);
+        assert_eq!(s.count(1000, HOLD_TARGET), 1);
         s.record(ms(5), 0);
-        assert_eq!(s.count(1000), 1, "an empty read says nothing");
+        assert_eq!(s.count(1000, HOLD_TARGET), 1, "an empty read says nothing");
     }
 
     #[test]

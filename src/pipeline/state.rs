@@ -6,7 +6,7 @@
 //! [`super::waiters`], [`super::governor`]) say what is done with them. Kept apart from those files so
 //! the pipeline value can own them without the files importing each other in a circle.
 
-use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,12 +87,11 @@ pub struct Waiter {
 
 /// What the claimer last published for `WB.STATUS` ([`super::governor::published`]).
 pub struct DrainFigures {
-    /// 1 while yielding.
-    pub mode: AtomicU8,
     /// Busy fraction in per mille; `u64::MAX` when unknown.
     pub busy_permille: AtomicU64,
     pub chunk: AtomicU64,
-    /// The share of the time the drain may hold the lock, in per mille.
+    /// The share of the time the drain may hold the lock, in per mille (rounded down, so that
+    /// below 500 is yielding).
     pub share_permille: AtomicU64,
     pub last_hold_us: AtomicU64,
     pub last_lock_wait_us: AtomicU64,
@@ -101,7 +100,6 @@ pub struct DrainFigures {
 impl Default for DrainFigures {
     fn default() -> DrainFigures {
         DrainFigures {
-            mode: AtomicU8::new(0),
             busy_permille: AtomicU64::new(u64::MAX),
             chunk: AtomicU64::new(0),
             share_permille: AtomicU64::new(500),
