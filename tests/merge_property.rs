@@ -415,7 +415,7 @@ fn reference(entries: &[Decoded]) -> State {
 /// The links of a statement: its bind is an array of chunks of links.
 fn links(p: &Planned) -> Vec<Value> {
     let chunks = match p.statement.binds.as_slice() {
-        [Bind::Text(t)] => match serde_json::from_str::<Value>(t) {
+        [b @ Bind::Escaped(_)] => match serde_json::from_str::<Value>(&b.sql_value().unwrap()) {
             Ok(Value::Array(a)) => a,
             other => panic!("not an array: {other:?}"),
         },

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 use zeroize::Zeroize;
@@ -31,7 +30,7 @@ use super::auth::{Authenticator, Bearer};
 use super::config::{AuthConfig, ClientConfig};
 use super::error::{ErrorClass, SnowflakeError};
 use super::retry::{sleep_before, Backoff};
-use crate::statement::{Bind, Statement};
+use crate::statement::{Bind, JsonSink, Statement};
 
 /// Largest successful response body read (a result partition is far smaller); a larger one is
 /// refused, never read whole into memory.
@@ -341,21 +340,70 @@ impl Client {
     }
 
     /// The request's JSON text (`statements`: `MULTI_STATEMENT_COUNT`, for a multi-statement request).
+    ///
+    /// Written piece by piece: a batch's bind is most of the request and is already escaped
+    /// ([`Bind::Escaped`]), so it is copied in as it is, never escaped again or copied into a value
+    /// tree first.
     fn body(&self, sql: &str, binds: &[Bind], statements: Option<&str>) -> String {
-        let body = Submit {
-            statement: sql,
-            timeout: self.cfg.request_timeout.as_secs().max(1),
-            database: self.cfg.database.as_deref(),
-            schema: self.cfg.schema.as_deref(),
-            warehouse: self.cfg.warehouse.as_deref(),
-            role: self.cfg.role.as_deref(),
-            bindings: Bindings(binds),
-            parameters: statements.map(|n| Parameters {
-                multi_statement_count: n,
-            }),
-        };
-        // Strings, numbers and maps with string keys always serialise.
-        serde_json::to_string(&body).unwrap_or_default()
+        let values: usize = binds.iter().map(Bind::size).sum();
+        let mut out = String::with_capacity(sql.len() + values + values / 4 + 256);
+        out.plain("{");
+        out.name("statement");
+        out.string(sql);
+        out.plain(",");
+        out.name("timeout");
+        out.integer(self.cfg.request_timeout.as_secs().max(1));
+        let context = [
+            ("database", &self.cfg.database),
+            ("schema", &self.cfg.schema),
+            ("warehouse", &self.cfg.warehouse),
+            ("role", &self.cfg.role),
+        ];
+        for (name, value) in context {
+            if let Some(value) = value {
+                out.plain(",");
+                out.name(name);
+                out.string(value);
+            }
+        }
+        if !binds.is_empty() {
+            out.plain(",");
+            out.name("bindings");
+            out.plain("{");
+            for (i, b) in binds.iter().enumerate() {
+                if i > 0 {
+                    out.plain(",");
+                }
+                out.name(itoa::Buffer::new().format(i + 1));
+                out.plain("{");
+                out.name("type");
+                out.string(b.sql_type());
+                out.plain(",");
+                out.name("value");
+                match b {
+                    Bind::Text(text) => out.string(text),
+                    Bind::Escaped(text) => {
+                        out.push('"');
+                        out.push_str(text.as_escaped());
+                        out.push('"');
+                    }
+                    Bind::Fixed(n) => out.string(itoa::Buffer::new().format(*n)),
+                    Bind::Null => out.plain("null"),
+                }
+                out.plain("}");
+            }
+            out.plain("}");
+        }
+        if let Some(n) = statements {
+            out.plain(",");
+            out.name("parameters");
+            out.plain("{");
+            out.name("MULTI_STATEMENT_COUNT");
+            out.string(n);
+            out.plain("}");
+        }
+        out.plain("}");
+        out
     }
 
     /// Submits a statement and returns its complete result.
@@ -656,23 +704,22 @@ pub fn request_id_of(statement: &Statement) -> Uuid {
     for b in &statement.binds {
         h.update([0u8]);
         h.update(b.sql_type().as_bytes());
-        // The value as sent, without copying a batch's (large) text bind.
+        // The value as sent, without copying a batch's (large) text bind; an escaped text is
+        // hashed in its escaped form, under a tag of its own.
         let fixed;
-        let value = match b {
-            Bind::Text(text) => Some(text.as_str()),
+        let (tag, value) = match b {
+            Bind::Text(text) => (1u8, Some(text.as_str())),
+            Bind::Escaped(text) => (3u8, Some(text.as_escaped())),
             Bind::Fixed(n) => {
                 fixed = n.to_string();
-                Some(fixed.as_str())
+                (1u8, Some(fixed.as_str()))
             }
-            Bind::Null => None,
+            Bind::Null => (2u8, None),
         };
-        match value {
-            Some(v) => {
-                h.update([1u8]);
-                h.update((v.len() as u64).to_le_bytes());
-                h.update(v.as_bytes());
-            }
-            None => h.update([2u8]),
+        h.update([tag]);
+        if let Some(v) = value {
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
         }
     }
     let digest = h.finalize();
@@ -684,69 +731,6 @@ pub fn request_id_of(statement: &Statement) -> Uuid {
 fn submit_url(base: &str, request_id: &Uuid, retry: bool) -> String {
     let retry = if retry { "&retry=true" } else { "" };
     format!("{base}/api/v2/statements?requestId={request_id}{retry}")
-}
-
-/// A statement request's body, serialised straight from the statement: a batch's bind is most of
-/// the request, and is escaped once into the body text, never copied into a value tree first.
-#[derive(Serialize)]
-struct Submit<'a> {
-    statement: &'a str,
-    timeout: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    database: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    schema: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warehouse: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'a str>,
-    #[serde(skip_serializing_if = "Bindings::is_empty")]
-    bindings: Bindings<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<Parameters<'a>>,
-}
-
-#[derive(Serialize)]
-struct Parameters<'a> {
-    #[serde(rename = "MULTI_STATEMENT_COUNT")]
-    multi_statement_count: &'a str,
-}
-
-/// The `bindings` object: `{"1": {"type": "TEXT", "value": "..."}, ...}`.
-struct Bindings<'a>(&'a [Bind]);
-
-impl Bindings<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Bindings<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (i, b) in self.0.iter().enumerate() {
-            map.serialize_entry(&(i + 1).to_string(), &BindJson(b))?;
-        }
-        map.end()
-    }
-}
-
-/// One bind: its type, and its value as a string (or null).
-struct BindJson<'a>(&'a Bind);
-
-impl Serialize for BindJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("type", self.0.sql_type())?;
-        match self.0 {
-            Bind::Text(text) => map.serialize_entry("value", text)?,
-            Bind::Fixed(n) => map.serialize_entry("value", &n.to_string())?,
-            Bind::Null => map.serialize_entry("value", &None::<&str>)?,
-        }
-        map.end()
-    }
 }
 
 /// Reads a response body of at most `cap` bytes. A longer one is refused (permanent: the same
@@ -876,6 +860,7 @@ fn dml_counts(columns: &[String], rows: &[Vec<Option<String>>]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::statement::EscapedText;
     use serde_json::json;
 
     #[test]
@@ -941,9 +926,16 @@ mod tests {
         cfg.database = Some("DB".into());
         let client = Client::new(cfg).unwrap();
         let bind = r#"[[{"title":"a \"quoted\" ünï\u0001"}]]"#;
+        let mut escaped = EscapedText::default();
+        escaped.push_str(bind);
         let body: Value = serde_json::from_str(&client.body(
             "MERGE ?",
-            &[Bind::Text(bind.into()), Bind::Fixed(3)],
+            &[
+                Bind::Text(bind.into()),
+                Bind::Fixed(-3),
+                Bind::Null,
+                Bind::Escaped(escaped),
+            ],
             None,
         ))
         .unwrap();
@@ -951,10 +943,14 @@ mod tests {
         assert_eq!(body["database"], "DB");
         assert!(body.get("role").is_none() && body.get("parameters").is_none());
         assert!(body["timeout"].as_u64().is_some_and(|t| t >= 1));
-        assert_eq!(body["bindings"]["1"]["value"], bind);
         assert_eq!(
-            body["bindings"]["2"],
-            json!({"type": "FIXED", "value": "3"})
+            body["bindings"],
+            json!({
+                "1": {"type": "TEXT", "value": bind},
+                "2": {"type": "FIXED", "value": "-3"},
+                "3": {"type": "TEXT", "value": null},
+                "4": {"type": "TEXT", "value": bind},
+            })
         );
         let multi: Value = serde_json::from_str(&client.body("BEGIN", &[], Some("2"))).unwrap();
         assert!(multi.get("bindings").is_none());
@@ -1011,24 +1007,6 @@ mod tests {
         r.after(&Err::<(), _>(failed));
         assert_ne!(r.id, id);
         assert!(!r.sent);
-    }
-
-    #[test]
-    fn binds_become_positional_typed_bindings() {
-        let b = serde_json::to_value(Bindings(&[
-            Bind::Text("a'b".into()),
-            Bind::Fixed(-7),
-            Bind::Null,
-        ]))
-        .unwrap();
-        assert_eq!(
-            b,
-            json!({
-                "1": {"type": "TEXT", "value": "a'b"},
-                "2": {"type": "FIXED", "value": "-7"},
-                "3": {"type": "TEXT", "value": null},
-            })
-        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use super::{tracked, user, Tables};
 use crate::entry::{Decoded, EntryId};
-use crate::statement::{Bind, Statement};
+use crate::statement::Statement;
 
 /// The TRACKED MERGE that neither selects by `last_entry_id` nor moves it. Always `Some` (the
 /// `Option` is kept for callers written when this form was derived from the normal one's text).
@@ -28,20 +28,15 @@ pub fn plan(decoded: &Decoded, tables: &Tables) -> Option<Vec<Statement>> {
             let mut rows = super::fold::Rows::new();
             rows.add(id, &b.events);
             let mut json = super::LinkArray::default();
-            let mut buf = Vec::new();
-            rows.each_links(|key, links| {
-                tracked::push_links(key, links, &mut buf, |o| json.push(o))
-            });
-            let json = json.finish();
-            Some(vec![Statement::new(sql, vec![Bind::Text(json)])])
+            rows.each_links(|key, links| tracked::push_links(key, links, &mut json));
+            Some(vec![Statement::new(sql, vec![json.into_bind()])])
         }
         Decoded::CreateUser(u) => {
             let mut json = super::LinkArray::default();
             user::push_links(&super::fold::user_links(&[u]), |o| json.push(o));
-            let json = json.finish();
             Some(vec![Statement::new(
                 user::merge_sql(&tables.user),
-                vec![Bind::Text(json)],
+                vec![json.into_bind()],
             )])
         }
         _ => Some(Vec::new()),

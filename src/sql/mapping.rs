@@ -160,7 +160,7 @@ mod tests {
         let mut links = LinkArray::with_capacity(64);
         push_row(&mut links, "7", false, &[Some("a\"b".into()), None]);
         push_row(&mut links, "8", true, &[None, None]);
-        let json = links.finish();
+        let json = links.into_bind().sql_value().unwrap_or_default();
         assert_eq!(
             json,
             r#"[[{"k":"7","d":false,"v":["a\"b",null]},{"k":"8","d":true,"v":[null,null]}]]"#

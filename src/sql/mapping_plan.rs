@@ -13,7 +13,7 @@ use super::mapping::{merge_sql, push_row, ROW_FIXED_BYTES};
 use super::LinkArray;
 use crate::mapping::change::{Change, Kind};
 use crate::mapping::column::Resolved;
-use crate::statement::{Bind, Statement};
+use crate::statement::Statement;
 
 /// What to do with a batch: the statements, and the changes (by index) refused with a reason.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -61,14 +61,14 @@ pub fn plan(table: &str, resolved: &Resolved, changes: &[Change<'_>], max_bytes:
         if bytes > 0 && bytes + size > max_bytes {
             let full =
                 std::mem::replace(&mut links, LinkArray::with_capacity(max_bytes.min(1 << 20)));
-            statements.push(Statement::new(sql.clone(), vec![Bind::Text(full.finish())]));
+            statements.push(Statement::new(sql.clone(), vec![full.into_bind()]));
             bytes = 0;
         }
         push_row(&mut links, id, row.delete, &row.values);
         bytes += size;
     }
     if bytes > 0 {
-        statements.push(Statement::new(sql, vec![Bind::Text(links.finish())]));
+        statements.push(Statement::new(sql, vec![links.into_bind()]));
     }
     Plan {
         statements,
@@ -157,7 +157,9 @@ mod tests {
         plan.statements
             .iter()
             .flat_map(|s| match &s.binds[0] {
-                Bind::Text(t) => serde_json::from_str::<Vec<Vec<serde_json::Value>>>(t).unwrap(),
+                crate::statement::Bind::Escaped(t) => {
+                    serde_json::from_str::<Vec<Vec<serde_json::Value>>>(&t.text()).unwrap()
+                }
                 other => panic!("{other:?}"),
             })
             .flatten()

@@ -33,54 +33,89 @@ pub mod user;
 
 use crate::entry::{CreateUser, Decoded, EntryId, Event};
 use crate::settings::{Key, Snapshot};
-use crate::statement::{Bind, Statement};
+use crate::statement::{Bind, EscapedText, JsonSink, Statement};
 
 pub use tracked::LINKS_SOURCE;
 
 /// Links per chunk of a [`LinkArray`].
 pub const CHUNK_LINKS: usize = 32;
 
-/// The bound JSON of a statement: an array of arrays of at most [`CHUNK_LINKS`] link objects.
+/// The bound JSON of a statement: an array of arrays of at most [`CHUNK_LINKS`] link objects,
+/// written as it goes into the request body ([`EscapedText`]).
 #[derive(Debug, Default)]
 pub struct LinkArray {
-    json: String,
+    json: EscapedText,
+    /// Objects in the open chunk (none open before the first object).
     in_chunk: usize,
 }
 
 impl LinkArray {
+    /// Room for `bytes` of JSON (and the escapes its quotes take).
     pub fn with_capacity(bytes: usize) -> LinkArray {
         LinkArray {
-            json: String::with_capacity(bytes + 2),
+            json: EscapedText::with_capacity(bytes + bytes / 4 + 2),
             in_chunk: 0,
         }
     }
 
-    /// Appends one link object.
+    /// Appends one link object written as plain JSON text.
     pub fn push(&mut self, object: &str) {
-        if self.in_chunk == 0 {
-            self.json.push(if self.json.is_empty() { '[' } else { ',' });
-            self.json.push('[');
-        } else {
-            self.json.push(',');
-        }
-        self.json.push_str(object);
-        self.in_chunk += 1;
-        if self.in_chunk == CHUNK_LINKS {
-            self.json.push(']');
-            self.in_chunk = 0;
-        }
+        self.next_object().push_str(object);
     }
 
-    /// The array's text (`[]` when empty).
-    pub fn finish(mut self) -> String {
-        if self.json.is_empty() {
-            return "[]".into();
+    /// The array as the statement's bind (`[]` when empty).
+    pub fn into_bind(mut self) -> Bind {
+        // An array that holds anything has a chunk open.
+        self.json.plain(if self.json.text_len() == 0 {
+            "[]"
+        } else {
+            "]]"
+        });
+        Bind::Escaped(self.json)
+    }
+}
+
+/// Where link objects are written: one after another into a statement's bind ([`LinkArray`]), or
+/// each into a string of its own ([`Objects`]).
+pub trait Links {
+    type Sink: JsonSink;
+    /// Starts the next object and returns where to write it.
+    fn next_object(&mut self) -> &mut Self::Sink;
+}
+
+/// Link objects each in a string of its own, as plain JSON (the migration's staging rows).
+#[derive(Debug, Default)]
+pub struct Objects(pub Vec<String>);
+
+impl Links for Objects {
+    type Sink = String;
+
+    fn next_object(&mut self) -> &mut String {
+        self.0.push(String::new());
+        let last = self.0.len() - 1;
+        &mut self.0[last]
+    }
+}
+
+impl Links for LinkArray {
+    type Sink = EscapedText;
+
+    fn next_object(&mut self) -> &mut EscapedText {
+        if self.in_chunk == CHUNK_LINKS {
+            self.json.plain("]");
+            self.in_chunk = 0;
         }
-        if self.in_chunk > 0 {
-            self.json.push(']');
+        if self.in_chunk == 0 {
+            self.json.plain(if self.json.text_len() == 0 {
+                "[["
+            } else {
+                ",["
+            });
+        } else {
+            self.json.plain(",");
         }
-        self.json.push(']');
-        self.json
+        self.in_chunk += 1;
+        &mut self.json
     }
 }
 
@@ -234,7 +269,7 @@ trait Chunk<'a>: Default {
     /// Records (events or users) of an item.
     fn rows(item: Self::Item) -> usize;
     /// The links as the statement's bind ([`LinkArray`]).
-    fn json(&mut self) -> String;
+    fn json(&mut self) -> Bind;
 }
 
 /// TRACKED entries, with a size bound per row: each of its links holds at most the longest value of
@@ -325,11 +360,9 @@ impl<'a> TrackedChunk<'a> {
         for (id, events) in &self.entries {
             rows.add(*id, events);
         }
-        let (mut out, mut buf) = (Vec::new(), Vec::new());
-        rows.each_links(|key, links| {
-            tracked::push_links(key, links, &mut buf, |o| out.push(o.to_string()))
-        });
-        out
+        let mut out = Objects::default();
+        rows.each_links(|key, links| tracked::push_links(key, links, &mut out));
+        out.0
     }
 }
 
@@ -357,16 +390,14 @@ impl<'a> Chunk<'a> for TrackedChunk<'a> {
         item.1.len()
     }
 
-    fn json(&mut self) -> String {
+    fn json(&mut self) -> Bind {
         let mut rows = fold::Rows::new();
         for (id, events) in &self.entries {
             rows.add(*id, events);
         }
         let mut out = LinkArray::with_capacity(self.bound);
-        // One buffer for every link object of the statement.
-        let mut buf = Vec::with_capacity(512);
-        rows.each_links(|key, links| tracked::push_links(key, links, &mut buf, |o| out.push(o)));
-        out.finish()
+        rows.each_links(|key, links| tracked::push_links(key, links, &mut out));
+        out.into_bind()
     }
 }
 
@@ -427,10 +458,10 @@ impl<'a> Chunk<'a> for UserChunk<'a> {
         1
     }
 
-    fn json(&mut self) -> String {
+    fn json(&mut self) -> Bind {
         let mut out = LinkArray::with_capacity(self.bound);
         user::push_links(&fold::user_links(&self.entries), |o| out.push(o));
-        out.finish()
+        out.into_bind()
     }
 }
 
@@ -475,8 +506,7 @@ impl<'a, C: Chunk<'a>> Builder<'a, C> {
             return;
         }
         let mut chunk = std::mem::take(&mut self.chunk);
-        let json = chunk.json();
-        let statement = Statement::new(self.sql, vec![Bind::Text(json)]);
+        let statement = Statement::new(self.sql, vec![chunk.json()]);
         let oversize = statement.size() > self.max_bytes;
         self.done.push(Planned {
             target: self.target,
@@ -522,8 +552,8 @@ mod tests {
     /// The links of a statement, its chunks flattened.
     fn json_of(p: &Planned) -> serde_json::Value {
         match p.statement.binds.as_slice() {
-            [Bind::Text(t)] => {
-                let chunks: Vec<Vec<serde_json::Value>> = serde_json::from_str(t).unwrap();
+            [Bind::Escaped(t)] => {
+                let chunks: Vec<Vec<serde_json::Value>> = serde_json::from_str(&t.text()).unwrap();
                 assert!(chunks
                     .iter()
                     .all(|c| !c.is_empty() && c.len() <= CHUNK_LINKS));
@@ -572,9 +602,16 @@ mod tests {
         for i in 0..(CHUNK_LINKS + 1) {
             a.push(&format!("{{\"i\":{i}}}"));
         }
-        let v: Vec<Vec<serde_json::Value>> = serde_json::from_str(&a.finish()).unwrap();
+        let text = |a: LinkArray| a.into_bind().sql_value().unwrap_or_default();
+        let v: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(a)).unwrap();
         assert_eq!(v.iter().map(Vec::len).collect::<Vec<_>>(), [CHUNK_LINKS, 1]);
-        assert_eq!(LinkArray::default().finish(), "[]");
+        let mut full = LinkArray::default();
+        for i in 0..CHUNK_LINKS {
+            full.push(&format!("{{\"i\":{i}}}"));
+        }
+        let v: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(full)).unwrap();
+        assert_eq!(v.iter().map(Vec::len).collect::<Vec<_>>(), [CHUNK_LINKS]);
+        assert_eq!(text(LinkArray::default()), "[]");
     }
 
     #[test]

@@ -40,11 +40,10 @@
 //! the `WHEN` clauses copy plain source columns, which is what portable engines (and the local
 //! emulator) need.
 
-use serde::Serialize;
-
 use super::fold::{Effect, Kind, Link, RowKey};
-use crate::entry::id::SortText;
+use super::Links;
 use crate::entry::rules::TsText;
+use crate::statement::JsonSink;
 
 /// Where both MERGEs read their source rows: the bind, a JSON array of chunks of links
 /// ([`LinkArray`](super::LinkArray)), expanded twice with `LATERAL FLATTEN`.
@@ -97,12 +96,13 @@ pub enum Position {
     Keep,
 }
 
-/// One link as it travels in the batch JSON. What is usual is left out: `prev` for a row's first
-/// entry, `last` when it is `entry`, `k` when the link is for any row.
+/// The links of one row, one JSON object each, written by hand into `out`: a batch holds
+/// thousands of links, and this is the worker's busiest loop. What is usual is left out: `p` for a
+/// row's first entry, `l` when it is `e`, `k` when the link is for any row. Times and entry IDs are
+/// formatted on the stack: a link costs no heap allocation of its own.
 ///
-/// Names are one letter: a batch holds thousands of links, and each name is written, escaped
-/// twice (once into the link, once into the request body), hashed into the request ID, sent and
-/// parsed again by the warehouse for every link. [`merge_sql_from`] reads them as `f.value:<name>`:
+/// Names are one letter: each is written, sent and parsed again by the warehouse for every link.
+/// [`merge_sql_from`] reads them as `f.value:<name>`:
 ///
 /// | name | value | | name | value |
 /// |---|---|---|---|---|
@@ -116,88 +116,79 @@ pub enum Position {
 /// | `n` | visits to add | | `h` | track title |
 /// | | | | `y` | track type |
 /// | | | | `w` | track URL |
-#[derive(Debug, Serialize)]
-struct LinkJson<'a> {
-    #[serde(rename = "i")]
-    tracked_id: &'a str,
-    #[serde(rename = "t")]
-    track_id: &'a str,
-    #[serde(rename = "e")]
-    entry: SortText,
-    #[serde(rename = "p", skip_serializing_if = "Option::is_none")]
-    prev: Option<SortText>,
-    #[serde(rename = "l", skip_serializing_if = "Option::is_none")]
-    last: Option<SortText>,
-    #[serde(rename = "a")]
-    at: &'a TsText,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    k: Option<&'static str>,
-    #[serde(rename = "n")]
-    visits: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    v: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    s: Option<TsText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    d: Option<TsText>,
-    #[serde(rename = "f", skip_serializing_if = "Option::is_none")]
-    saved: Option<u8>,
-    #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-    #[serde(rename = "g", skip_serializing_if = "Option::is_none")]
-    page_name: Option<&'a str>,
-    #[serde(rename = "q", skip_serializing_if = "Option::is_none")]
-    query_row_count: Option<i64>,
-    #[serde(rename = "h", skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    #[serde(rename = "y", skip_serializing_if = "Option::is_none")]
-    track_type: Option<&'a str>,
-    #[serde(rename = "w", skip_serializing_if = "Option::is_none")]
-    url: Option<&'a str>,
-}
-
-/// Hands each of a row's links, as a JSON object, to `emit`. The objects are written into `buf`
-/// (cleared first; the caller reuses it for every row of a batch), and their times and entry IDs
-/// are formatted on the stack: a link costs no heap allocation of its own.
-pub fn push_links(
-    key: RowKey<'_>,
-    links: &[Link<'_>],
-    buf: &mut Vec<u8>,
-    mut emit: impl FnMut(&str),
-) {
+pub fn push_links<L: Links>(key: RowKey<'_>, links: &[Link<'_>], out: &mut L) {
     let Some(first) = links.first() else {
         return;
     };
     let at = first.last.utc_ts();
     for l in links {
         let e: &Effect = &l.effect;
-        let j = LinkJson {
-            tracked_id: key.0,
-            track_id: key.1,
-            entry: l.entry.sort_text(),
-            prev: l.prev.map(|p| p.sort_text()),
-            last: (l.last != l.entry).then(|| l.last.sort_text()),
-            at: &at,
-            k: (l.kind != Kind::Both).then(|| l.kind.code()),
-            visits: e.visits,
-            v: e.visited.as_ref().map(TsText::new),
-            s: e.saved_at.as_ref().map(TsText::new),
-            d: e.deleted_at.as_ref().map(TsText::new),
-            saved: e.saved.map(u8::from),
-            username: e.username,
-            page_name: e.page_name,
-            query_row_count: e.query_row_count,
-            title: e.title,
-            track_type: e.track_type,
-            url: e.url,
-        };
-        buf.clear();
-        // Serialising plain strings and numbers into memory cannot fail, and yields UTF-8.
-        if serde_json::to_writer(&mut *buf, &j).is_ok() {
-            if let Ok(text) = std::str::from_utf8(buf) {
-                emit(text);
+        let o = out.next_object();
+        o.plain("{");
+        o.name("i");
+        o.string(key.0);
+        o.plain(",");
+        o.name("t");
+        o.string(key.1);
+        o.plain(",");
+        o.name("e");
+        o.string(l.entry.sort_text().as_str());
+        if let Some(p) = l.prev {
+            o.plain(",");
+            o.name("p");
+            o.string(p.sort_text().as_str());
+        }
+        if l.last != l.entry {
+            o.plain(",");
+            o.name("l");
+            o.string(l.last.sort_text().as_str());
+        }
+        o.plain(",");
+        o.name("a");
+        o.string(at.as_str());
+        if l.kind != Kind::Both {
+            o.plain(",");
+            o.name("k");
+            o.string(l.kind.code());
+        }
+        o.plain(",");
+        o.name("n");
+        o.integer(e.visits);
+        let times = [("v", &e.visited), ("s", &e.saved_at), ("d", &e.deleted_at)];
+        for (name, t) in times {
+            if let Some(t) = t {
+                o.plain(",");
+                o.name(name);
+                o.string(TsText::new(t).as_str());
             }
         }
+        if let Some(saved) = e.saved {
+            o.plain(",");
+            o.name("f");
+            o.integer(u8::from(saved));
+        }
+        let texts = [("u", e.username), ("g", e.page_name)];
+        for (name, v) in texts {
+            if let Some(v) = v {
+                o.plain(",");
+                o.name(name);
+                o.string(v);
+            }
+        }
+        if let Some(q) = e.query_row_count {
+            o.plain(",");
+            o.name("q");
+            o.integer(q);
+        }
+        let texts = [("h", e.title), ("y", e.track_type), ("w", e.url)];
+        for (name, v) in texts {
+            if let Some(v) = v {
+                o.plain(",");
+                o.name(name);
+                o.string(v);
+            }
+        }
+        o.plain("}");
     }
 }
 
@@ -305,6 +296,7 @@ mod tests {
     use crate::entry::rules::parse_lastplus;
     use crate::entry::{Action, EntryId, Event};
     use crate::sql::fold::Rows;
+    use crate::sql::Objects;
 
     fn event(index: usize, action: Action) -> Event {
         Event {
@@ -329,13 +321,10 @@ mod tests {
         for (id, events) in entries {
             rows.add(*id, events);
         }
-        let (mut out, mut buf) = (Vec::new(), Vec::new());
-        rows.each_links(|key, links| {
-            push_links(key, links, &mut buf, |o| {
-                out.push(serde_json::from_str(o).unwrap())
-            })
-        });
-        serde_json::Value::Array(out)
+        let mut out = Objects::default();
+        rows.each_links(|key, links| push_links(key, links, &mut out));
+        let links = out.0.iter().map(|o| serde_json::from_str(o).unwrap());
+        serde_json::Value::Array(links.collect())
     }
 
     #[test]
