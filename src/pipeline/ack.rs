@@ -1,8 +1,11 @@
 //! Settling entries in Redis once their outcome is known: `XACK`, or a dead-letter copy then `XACK`.
 //!
-//! Workers queue what they settled and then take the Redis lock once to write the whole queue, so one
-//! lock hold covers a batch. The queue also lets `SHUTDOWN`, which runs on the main thread holding the
-//! lock, write the acknowledgements of batches that committed during the grace period.
+//! Workers queue what they settled and then write the queue under the Redis lock, in holds as short
+//! as the claimer's ([`super::governor::published_hold_target`]): each `XACK` removes every entry
+//! from two pending lists, ~1 µs of the main thread's time per entry, so a batch of thousands
+//! acknowledged in one hold would keep Redis's clients waiting for milliseconds. The queue also lets
+//! `SHUTDOWN`, which runs on the main thread holding the lock, write the acknowledgements of batches
+//! that committed during the grace period.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,8 +14,10 @@ use std::time::{Duration, Instant};
 use redis_module::Context;
 
 use super::control::Pipeline;
+use super::governor;
 pub use super::state::Settle;
 use super::state::{Item, Retry};
+use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
 
@@ -56,12 +61,56 @@ pub fn queue(p: &Pipeline, stream: &Arc<str>, group: &Arc<str>, settled: Vec<Set
     }));
 }
 
+/// Most settled entries one hold writes, whatever the hold target allows.
+const MOST_PER_HOLD: usize = 2000;
+
+/// Writes everything queued from a thread of the module's own: one hold of the Redis lock after
+/// another, each sized to the hold target from what the last holds took per entry, until the queue
+/// is empty.
+pub fn drain_in_holds(p: &Pipeline, gil: &Gil) {
+    loop {
+        let n = p
+            .acks
+            .sizer
+            .lock()
+            .count(MOST_PER_HOLD, governor::published_hold_target(p));
+        let (written, more, held) = gil.with(|ctx| {
+            let start = Instant::now();
+            let (written, more) = drain_up_to(p, ctx, n);
+            (written, more, start.elapsed())
+        });
+        p.acks.sizer.lock().record(held, written);
+        p.drain.ack_chunk.store(written as u64, Ordering::Relaxed);
+        p.drain.ack_holds.fetch_add(1, Ordering::Relaxed);
+        p.drain
+            .last_ack_hold_us
+            .store(held.as_micros() as u64, Ordering::Relaxed);
+        if !more {
+            return;
+        }
+    }
+}
+
 /// Writes everything queued. Must run with the Redis lock held (or on the main thread).
 pub fn drain(p: &Pipeline, ctx: &Context) {
-    let items: Vec<Item> = std::mem::take(&mut *p.acks.queue.lock());
+    drain_up_to(p, ctx, usize::MAX);
+}
+
+/// Writes the first `n` queued entries (with the Redis lock held); returns how many it took and
+/// whether any are left.
+fn drain_up_to(p: &Pipeline, ctx: &Context, n: usize) -> (usize, bool) {
+    let (items, more): (Vec<Item>, bool) = {
+        let mut q = p.acks.queue.lock();
+        if n >= q.len() {
+            (std::mem::take(&mut *q), false)
+        } else {
+            (q.drain(..n).collect(), true)
+        }
+    };
     if items.is_empty() {
-        return;
+        return (0, more);
     }
+    let taken = items.len();
     // On a cluster, the stream's slot may have moved away since the entries were claimed: they
     // are pending on the node serving it now, which writes them again (Snowflake applies each
     // entry once). Nothing is written here.
@@ -79,7 +128,7 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
             items.len()
         ));
         p.settle_lost(items.len() as u64);
-        return;
+        return (taken, more);
     }
     let mut settled = 0u64;
     let mut i = 0;
@@ -171,6 +220,7 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
             Some(n.saturating_sub(settled))
         });
     p.control.notify_settled();
+    (taken, more)
 }
 
 /// The entry with its original fields: as held, or read back from the stream (the pipeline keeps only

@@ -132,12 +132,7 @@ impl Governor {
     /// How long one claim should hold the lock: [`HOLD_TARGET`] at full speed, shorter with the
     /// share while yielding (a client that arrives during a hold waits for all of it).
     pub fn hold_target(&self) -> Duration {
-        match self.mode() {
-            Mode::Full => HOLD_TARGET,
-            Mode::Yielding => {
-                HOLD_TARGET.mul_f64((self.share / FULL_SHARE).clamp(YIELD_HOLD_MIN, 1.0))
-            }
-        }
+        hold_target_of(self.share)
     }
 
     /// Takes one sample of the main thread's busy fraction (`None`: not measurable, which means full
@@ -412,6 +407,20 @@ pub fn publish_hold(p: &Pipeline, held: Duration, waited: Duration) {
         .store(waited.as_micros() as u64, Ordering::Relaxed);
 }
 
+/// [`Governor::hold_target`] for a share of the time.
+fn hold_target_of(share: f64) -> Duration {
+    match mode_of(share) {
+        Mode::Full => HOLD_TARGET,
+        Mode::Yielding => HOLD_TARGET.mul_f64((share / FULL_SHARE).clamp(YIELD_HOLD_MIN, 1.0)),
+    }
+}
+
+/// The hold target of the share the claimer last published: what bounds the other threads' holds
+/// (the workers' acknowledgements).
+pub fn published_hold_target(p: &Pipeline) -> Duration {
+    hold_target_of(p.drain.share_permille.load(Ordering::Relaxed) as f64 / 1000.0)
+}
+
 /// What the claimer last published.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -423,6 +432,9 @@ pub struct Published {
     pub share_pct: u64,
     pub last_hold_us: u64,
     pub last_lock_wait_us: u64,
+    pub ack_chunk: u64,
+    pub last_ack_hold_us: u64,
+    pub ack_holds: u64,
 }
 
 pub fn published(p: &Pipeline) -> Published {
@@ -435,6 +447,9 @@ pub fn published(p: &Pipeline) -> Published {
         share_pct: d.share_permille.load(Ordering::Relaxed) / 10,
         last_hold_us: d.last_hold_us.load(Ordering::Relaxed),
         last_lock_wait_us: d.last_lock_wait_us.load(Ordering::Relaxed),
+        ack_chunk: d.ack_chunk.load(Ordering::Relaxed),
+        last_ack_hold_us: d.last_ack_hold_us.load(Ordering::Relaxed),
+        ack_holds: d.ack_holds.load(Ordering::Relaxed),
     }
 }
 

@@ -48,7 +48,7 @@ fn run(p: &'static Pipeline, gil: &Gil) {
             log_metrics(p);
         }
         if super::ack::retries_due(p) {
-            gil.with(|ctx| super::ack::drain(p, ctx));
+            super::ack::drain_in_holds(p, gil);
         }
         // Paused, the writer keeps off the Redis lock (MODULE UNLOAD waits for its threads).
         if first

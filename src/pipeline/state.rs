@@ -72,6 +72,8 @@ pub struct Retry {
 #[derive(Default)]
 pub struct Acks {
     pub queue: Mutex<Vec<Item>>,
+    /// How many settled entries fit in one lock hold ([`super::ack::drain_in_holds`]).
+    pub sizer: Mutex<super::governor::ChunkSizer>,
     pub retries: Mutex<Vec<Retry>>,
     /// Attempts made so far of the dead-letter copies back in the queue (entry ID, attempts).
     pub attempts: Mutex<Vec<(String, u32)>>,
@@ -95,6 +97,11 @@ pub struct DrainFigures {
     pub share_permille: AtomicU64,
     pub last_hold_us: AtomicU64,
     pub last_lock_wait_us: AtomicU64,
+    /// Settled entries the last acknowledging hold wrote, how long it held the lock, and how many
+    /// such holds there were ([`super::ack::drain_in_holds`]).
+    pub ack_chunk: AtomicU64,
+    pub last_ack_hold_us: AtomicU64,
+    pub ack_holds: AtomicU64,
 }
 
 impl Default for DrainFigures {
@@ -105,6 +112,9 @@ impl Default for DrainFigures {
             share_permille: AtomicU64::new(500),
             last_hold_us: AtomicU64::new(0),
             last_lock_wait_us: AtomicU64::new(0),
+            ack_chunk: AtomicU64::new(0),
+            last_ack_hold_us: AtomicU64::new(0),
+            ack_holds: AtomicU64::new(0),
         }
     }
 }

@@ -322,6 +322,9 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("drain_claim_chunk", drain.chunk.into());
     put("drain_last_hold_us", drain.last_hold_us.into());
     put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
+    put("drain_ack_chunk", drain.ack_chunk.into());
+    put("drain_last_ack_hold_us", drain.last_ack_hold_us.into());
+    put("drain_ack_holds", drain.ack_holds.into());
     put("lock_held_ms", crate::host::gil::held_ms().into());
     let each: Vec<Vec<(String, Figure)>> = all.iter().map(|p| counters(p)).collect();
     let mut shards: Vec<(String, Figure)> = Vec::new();

@@ -146,7 +146,7 @@ fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
                 ack::queue(p, &stream_name, &group, settles);
                 c.committing.fetch_sub(1, Ordering::Relaxed);
                 c.notify_settled();
-                gil.with(|ctx| ack::drain(p, ctx));
+                ack::drain_in_holds(p, gil);
             }
             None => {
                 // Stopping (or a bug, already logged): the batch stays pending, and is taken over
