@@ -530,7 +530,10 @@ class Sampler:
             except (OSError, RedisError, ConnectionError):
                 return
             self.samples.append({"t": round(time.monotonic() - self._t0, 2), "lag": int(st["lag"]),
-                                 "mode": st["drain_mode"], "busy_pct": int(st["main_thread_busy_pct"])})
+                                 "mode": st["drain_mode"], "busy_pct": int(st["main_thread_busy_pct"]),
+                                 "claim_hold_us": int(st.get("drain_last_hold_us", -1)),
+                                 "ack_hold_us": int(st.get("drain_last_ack_hold_us", -1)),
+                                 "share_pct": int(st.get("drain_lock_share_pct", -1))})
             self._stop.wait(every)
 
     def stop(self) -> list[dict]:
@@ -557,7 +560,17 @@ def lag_summary(samples: list[dict]) -> dict:
         "bounded": second <= max(2 * first, 20_000),
         "yielding_share": round(sum(x["mode"] == "yielding" for x in samples) / len(samples), 2),
         "median_busy_pct": median([x["busy_pct"] for x in samples]),
+        # The last lock hold of a claim and of an acknowledgement at each sample: a client that
+        # arrives during a hold waits for the rest of it.
+        "claim_hold_us": quantiles([x["claim_hold_us"] for x in samples]),
+        "ack_hold_us": quantiles([x["ack_hold_us"] for x in samples]),
     }
+
+
+def quantiles(values: list[int]) -> dict:
+    """Median, 90th percentile and largest of sampled figures."""
+    v = sorted(values)
+    return {"p50": v[len(v) // 2], "p90": v[int(len(v) * 0.9)], "max": v[-1]} if v else {}
 
 
 def main_thread_demand(pid: int) -> float:
@@ -679,7 +692,8 @@ def bench_foreground(tools, keys, cfg) -> dict:
                 half[variant].append(run)
                 log(f"foreground half rep {rep + 1}/{cfg.reps} {variant:8s} {run['xadd_per_s']:,} XADD/s p99 {run['p99_ms']} ms"
                     + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')} last "
-                       f"{run['lag'].get('last')}, yielding {run['lag'].get('yielding_share')}"
+                       f"{run['lag'].get('last')}, yielding {run['lag'].get('yielding_share')}, "
+                       f"claim holds {run['lag'].get('claim_hold_us')} us, ack holds {run['lag'].get('ack_hold_us')} us"
                        if variant != "without" else ""))
     finally:
         sink.stop()
