@@ -109,13 +109,27 @@ fn figure(con: &mut redis::Connection, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("WB.STATUS has no integer {name}"))
 }
 
-#[test]
-fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_the_backlog() {
-    let emu = Emulator::start_with(emulator::Options {
+/// The emulator as a fast sink (no SQL engine behind it).
+fn fast_sink() -> Emulator {
+    Emulator::start_with(emulator::Options {
         sink: true,
         schema_sql: false,
         ..emulator::Options::default()
+    })
+}
+
+/// A connection to `server` once its writer runs.
+fn running(server: &RedisServer) -> redis::Connection {
+    let mut con = server.connection();
+    server.wait_for("the writer", Duration::from_secs(30), || {
+        (status(&mut con)["state"] == "running").then_some(())
     });
+    con
+}
+
+#[test]
+fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_the_backlog() {
+    let emu = fast_sink();
     let server = RedisServer::start(
         wired(&emu)
             .env("SKIP_FRESHNESS", "1")
@@ -124,10 +138,7 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
             // test machine its threads may not get the CPU to do it.
             .env("BACKGROUND_NICE", "0"),
     );
-    let mut con = server.connection();
-    server.wait_for("the writer", Duration::from_secs(30), || {
-        (status(&mut con)["state"] == "running").then_some(())
-    });
+    let mut con = running(&server);
     let mode = |con: &mut redis::Connection| status(con)["drain_mode"].clone();
     assert_eq!(mode(&mut con), "full");
 
@@ -223,11 +234,7 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
 #[test]
 fn a_large_batch_is_acknowledged_in_short_holds() {
     const ENTRIES: u64 = 30_000;
-    let emu = Emulator::start_with(emulator::Options {
-        sink: true,
-        schema_sql: false,
-        ..emulator::Options::default()
-    });
+    let emu = fast_sink();
     let server = RedisServer::start(
         wired(&emu)
             .env("SKIP_FRESHNESS", "1")
@@ -236,10 +243,7 @@ fn a_large_batch_is_acknowledged_in_short_holds() {
             .env("MAX_IN_FLIGHT", "30000")
             .env("BACKGROUND_NICE", "0"),
     );
-    let mut con = server.connection();
-    server.wait_for("the writer", Duration::from_secs(30), || {
-        (status(&mut con)["state"] == "running").then_some(())
-    });
+    let mut con = running(&server);
     let _: String = q(&mut con, &["WB.PAUSE"]);
     for start in (0..ENTRIES).step_by(1000) {
         let mut pipe = redis::pipe();
