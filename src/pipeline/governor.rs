@@ -20,7 +20,7 @@
 //!   about ten holds a second. The floor keeps the drain moving under sustained load; it never
 //!   stops.
 //! - [`ChunkSizer`] bounds each hold by time ([`HOLD_TARGET`]) as well as by bytes and entries, from
-//!   the time per entry the last holds took.
+//!   the time per entry the last holds took (claims, and the workers' acknowledgements).
 //!
 //! The figures are published for `WB.STATUS` (see [`published`]).
 
@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::control::Pipeline;
+pub use super::sizer::ChunkSizer;
 
 /// Above this busy fraction (smoothed) the main thread counts as saturated. Measured on a 2-core
 /// host: ~0.9 under pipelined XADDs as fast as Redis takes them, ~0 while only the drain runs.
@@ -223,44 +224,6 @@ impl Governor {
         if self.mode() == Mode::Yielding {
             self.tokens = (self.tokens - n as f64).max(0.0);
         }
-    }
-}
-
-/// The claim chunk bounded by hold time: how long an entry took under the lock lately, and so how
-/// many fit in [`HOLD_TARGET`].
-#[derive(Debug, Clone, Default)]
-pub struct ChunkSizer {
-    /// Smoothed nanoseconds of lock hold per entry claimed; `None` before the first claim.
-    per_entry_ns: Option<f64>,
-}
-
-impl ChunkSizer {
-    /// The entries the next claim may read: at most `max` (the count and byte bounds), at most what
-    /// fits in a hold of `target` ([`Governor::hold_target`]), at least one.
-    pub fn count(&self, max: usize, target: Duration) -> usize {
-        let max = max.max(1);
-        match self.per_entry_ns {
-            Some(ns) if ns > 0.0 => {
-                let fit = (target.as_nanos() as f64 / ns).floor() as usize;
-                fit.clamp(1, max)
-            }
-            // Unknown yet: a small first read measures the cost.
-            _ => max.min(100),
-        }
-    }
-
-    /// Records a hold of `held` that claimed `n` entries (holds that claimed nothing say nothing
-    /// about the cost per entry).
-    pub fn record(&mut self, held: Duration, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let ns = held.as_nanos() as f64 / n as f64;
-        self.per_entry_ns = Some(match self.per_entry_ns {
-            // A slower hold weighs in at once (holds must stay short); a faster one only gradually.
-            Some(prev) if ns < prev => 0.75 * prev + 0.25 * ns,
-            _ => ns,
-        });
     }
 }
 

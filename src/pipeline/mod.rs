@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod restore;
 pub mod retry;
 pub mod sink;
+pub mod sizer;
 pub mod state;
 pub mod status;
 pub mod triage;

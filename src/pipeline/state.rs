@@ -73,7 +73,7 @@ pub struct Retry {
 pub struct Acks {
     pub queue: Mutex<Vec<Item>>,
     /// How many settled entries fit in one lock hold ([`super::ack::drain_in_holds`]).
-    pub sizer: Mutex<super::governor::ChunkSizer>,
+    pub sizer: Mutex<super::sizer::ChunkSizer>,
     pub retries: Mutex<Vec<Retry>>,
     /// Attempts made so far of the dead-letter copies back in the queue (entry ID, attempts).
     pub attempts: Mutex<Vec<(String, u32)>>,

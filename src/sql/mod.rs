@@ -14,6 +14,7 @@
 //! - [`tracked`]: the TRACKED `MERGE` and its link JSON.
 //! - [`user`]: the USER `MERGE`.
 //! - [`ident`]: table names.
+//! - [`links`]: where link objects are written (the bound array, in the request body's form).
 //! - [`mapping`]: the MERGE of a hash mapping; [`mapping_plan`]: a batch of a mapping's captured
 //!   changes converted and coalesced per row into it.
 //! - [`direct`]: the one-entry statements of a `WB.WRITE` failover.
@@ -23,6 +24,7 @@
 pub mod direct;
 pub mod fold;
 pub mod ident;
+pub mod links;
 pub mod mapping;
 pub mod mapping_plan;
 pub mod queries;
@@ -33,91 +35,11 @@ pub mod user;
 
 use crate::entry::{CreateUser, Decoded, EntryId, Event};
 use crate::settings::{Key, Snapshot};
-use crate::statement::{Bind, EscapedText, JsonSink, Statement};
+use crate::statement::{Bind, Statement};
 
 pub use tracked::LINKS_SOURCE;
 
-/// Links per chunk of a [`LinkArray`].
-pub const CHUNK_LINKS: usize = 32;
-
-/// The bound JSON of a statement: an array of arrays of at most [`CHUNK_LINKS`] link objects,
-/// written as it goes into the request body ([`EscapedText`]).
-#[derive(Debug, Default)]
-pub struct LinkArray {
-    json: EscapedText,
-    /// Objects in the open chunk (none open before the first object).
-    in_chunk: usize,
-}
-
-impl LinkArray {
-    /// Room for `bytes` of JSON (and the escapes its quotes take).
-    pub fn with_capacity(bytes: usize) -> LinkArray {
-        LinkArray {
-            json: EscapedText::with_capacity(bytes + bytes / 4 + 2),
-            in_chunk: 0,
-        }
-    }
-
-    /// Appends one link object written as plain JSON text.
-    pub fn push(&mut self, object: &str) {
-        self.next_object().push_str(object);
-    }
-
-    /// The array as the statement's bind (`[]` when empty).
-    pub fn into_bind(mut self) -> Bind {
-        // An array that holds anything has a chunk open.
-        self.json.plain(if self.json.text_len() == 0 {
-            "[]"
-        } else {
-            "]]"
-        });
-        Bind::Escaped(self.json)
-    }
-}
-
-/// Where link objects are written: one after another into a statement's bind ([`LinkArray`]), or
-/// each into a string of its own ([`Objects`]).
-pub trait Links {
-    type Sink: JsonSink;
-    /// Starts the next object and returns where to write it.
-    fn next_object(&mut self) -> &mut Self::Sink;
-}
-
-/// Link objects each in a string of its own, as plain JSON (the migration's staging rows).
-#[derive(Debug, Default)]
-pub struct Objects(pub Vec<String>);
-
-impl Links for Objects {
-    type Sink = String;
-
-    fn next_object(&mut self) -> &mut String {
-        self.0.push(String::new());
-        let last = self.0.len() - 1;
-        &mut self.0[last]
-    }
-}
-
-impl Links for LinkArray {
-    type Sink = EscapedText;
-
-    fn next_object(&mut self) -> &mut EscapedText {
-        if self.in_chunk == CHUNK_LINKS {
-            self.json.plain("]");
-            self.in_chunk = 0;
-        }
-        if self.in_chunk == 0 {
-            self.json.plain(if self.json.text_len() == 0 {
-                "[["
-            } else {
-                ",["
-            });
-        } else {
-            self.json.plain(",");
-        }
-        self.in_chunk += 1;
-        &mut self.json
-    }
-}
+pub use links::{LinkArray, Links, Objects, CHUNK_LINKS};
 
 /// The quoted table names, with their statements' SQL text built once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -594,24 +516,6 @@ mod tests {
                 assert_eq!(json_len(text), escaped.len(), "{text:?}");
             }
         }
-    }
-
-    #[test]
-    fn links_travel_in_chunks() {
-        let mut a = LinkArray::default();
-        for i in 0..(CHUNK_LINKS + 1) {
-            a.push(&format!("{{\"i\":{i}}}"));
-        }
-        let text = |a: LinkArray| a.into_bind().sql_value().unwrap_or_default();
-        let v: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(a)).unwrap();
-        assert_eq!(v.iter().map(Vec::len).collect::<Vec<_>>(), [CHUNK_LINKS, 1]);
-        let mut full = LinkArray::default();
-        for i in 0..CHUNK_LINKS {
-            full.push(&format!("{{\"i\":{i}}}"));
-        }
-        let v: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(full)).unwrap();
-        assert_eq!(v.iter().map(Vec::len).collect::<Vec<_>>(), [CHUNK_LINKS]);
-        assert_eq!(text(LinkArray::default()), "[]");
     }
 
     #[test]

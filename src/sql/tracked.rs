@@ -41,7 +41,7 @@
 //! emulator) need.
 
 use super::fold::{Effect, Kind, Link, RowKey};
-use super::Links;
+use super::links::Links;
 use crate::entry::rules::TsText;
 use crate::statement::JsonSink;
 
@@ -296,7 +296,7 @@ mod tests {
     use crate::entry::rules::parse_lastplus;
     use crate::entry::{Action, EntryId, Event};
     use crate::sql::fold::Rows;
-    use crate::sql::Objects;
+    use crate::sql::links::Objects;
 
     fn event(index: usize, action: Action) -> Event {
         Event {
