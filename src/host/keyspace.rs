@@ -73,7 +73,8 @@ extern "C" fn on_key_event(
     raw::REDISMODULE_OK as c_int
 }
 
-/// Subscribes to the events of every key class except streams (which [`super::notify`] follows):
+/// Subscribes to the events of every key class except streams (the drain looks for new stream
+/// entries itself, so nothing of the module runs on an `XADD`):
 /// any command that can change, replace or remove a hash, of a key under one of `prefixes` (or a
 /// write-through key).
 pub fn register(ctx: &Context, prefixes: Vec<Vec<u8>>) -> Result<(), String> {
