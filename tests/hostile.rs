@@ -710,8 +710,29 @@ fn a_background_command_whose_thread_cannot_start_gets_a_clear_error_and_the_ser
         .expect("timeout");
     let threads = || server.thread_names().len();
     let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", "x"]);
-    let before = server.settled_threads();
-    let before_status = status(&mut con);
+    server.settled_threads();
+    // The baseline: the server's threads and the module's, once both have held still for half a
+    // second (on a loaded machine a start-up thread may end late, and would count in it).
+    let mut still: Option<((usize, i64), std::time::Instant)> = None;
+    let (before, before_alive) = server.wait_for(
+        "the thread counts to hold still",
+        Duration::from_secs(30),
+        || {
+            let counts = (
+                threads(),
+                st_int(&status(&mut server.connection()), "threads_alive"),
+            );
+            match still {
+                Some((c, since)) if c == counts => {
+                    (since.elapsed() >= Duration::from_millis(500)).then_some(counts)
+                }
+                _ => {
+                    still = Some((counts, std::time::Instant::now()));
+                    None
+                }
+            }
+        },
+    );
     let mut slowest = Duration::ZERO;
     // More refused starts than the executor has places: a place leaked by a refusal would turn
     // the later ones into "already waiting" refusals.
@@ -735,17 +756,14 @@ fn a_background_command_whose_thread_cannot_start_gets_a_clear_error_and_the_ser
     // Another background command still starts its thread and answers.
     let ping = raw_cmd(&mut con, &[b"WB.PING"]);
     assert!(ping.is_err(), "WB.PING without Snowflake: {ping:?}");
-    let st = server.wait_for(
-        "threads back to their baseline",
-        Duration::from_secs(10),
-        || {
-            let st = status(&mut server.connection());
-            (threads() == before
-                && st_int(&st, "threads_alive") == st_int(&before_status, "threads_alive")
-                && st_int(&st, "background_commands") == 0)
-                .then_some(st)
-        },
-    );
+    let what = format!("threads back to their baseline ({before} threads, {before_alive} alive)");
+    let st = server.wait_for(&what, Duration::from_secs(10), || {
+        let st = status(&mut server.connection());
+        (threads() == before
+            && st_int(&st, "threads_alive") == before_alive
+            && st_int(&st, "background_commands") == 0)
+            .then_some(st)
+    });
     eprintln!(
         "MEASURED 40 refused thread starts: threads {before} -> {}, threads_alive {}, slowest PING {} ms",
         threads(),
