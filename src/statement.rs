@@ -149,28 +149,15 @@ fn needs_escape(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
-/// Appends `text` escaped as the inside of a JSON string (serde_json's escapes: `\\n`, `\\t` and
-/// the like for the usual control characters, `\\u00XX` for the others).
+/// Appends `text` escaped as the inside of a JSON string: serde_json's escaping, its quotes left
+/// out. Link values with nothing to escape never come here (they are copied as they are).
 fn escape_into(out: &mut String, text: &str) {
-    let mut rest = text;
-    while let Some(at) = rest.bytes().position(needs_escape) {
-        let (plain, tail) = rest.split_at(at);
-        out.push_str(plain);
-        let mut chars = tail.chars();
-        match chars.next() {
-            Some('"') => out.push_str("\\\""),
-            Some('\\') => out.push_str("\\\\"),
-            Some('\n') => out.push_str("\\n"),
-            Some('\r') => out.push_str("\\r"),
-            Some('\t') => out.push_str("\\t"),
-            Some('\u{8}') => out.push_str("\\b"),
-            Some('\u{c}') => out.push_str("\\f"),
-            Some(c) => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            None => {}
-        }
-        rest = chars.as_str();
-    }
-    out.push_str(rest);
+    let quoted = serde_json::to_string(text).unwrap_or_default();
+    out.push_str(
+        quoted
+            .get(1..quoted.len().saturating_sub(1))
+            .unwrap_or_default(),
+    );
 }
 
 /// A single SQL statement and its binds, in `?` order.
