@@ -620,8 +620,29 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
     let (flushers, writers) = (1000, 1050);
     let mut socks = Vec::new();
     let sending = std::time::Instant::now();
+    // Connections go in waves the server has accepted before the next is sent: more at once
+    // than its listen backlog (511) and the kernel drops SYNs, whose retries take 1 s, 3 s, 7 s.
+    let connected = |con: &mut redis::Connection| -> usize {
+        let info: String = q(con, &["INFO", "clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("connected_clients in INFO")
+    };
     for i in 0..flushers.max(writers) {
         use std::io::Write;
+        if i % 128 == 0 && i > 0 {
+            let want = socks.len() + 1;
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while connected(&mut con) < want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the server accepted {} of {want} connections",
+                    connected(&mut con)
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         for (kind, n) in [("flush", flushers), ("write", writers)] {
             if i >= n {
                 continue;
