@@ -633,15 +633,11 @@ fn a_storm_of_waiting_commands_from_one_application_user_keeps_threads_bounded_a
         use std::io::Write;
         if i % 128 == 0 && i > 0 {
             let want = socks.len() + 1;
-            let deadline = std::time::Instant::now() + Duration::from_secs(3);
-            while connected(&mut con) < want {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the server accepted {} of {want} connections",
-                    connected(&mut con)
-                );
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            server.wait_for(
+                "the server to accept a wave",
+                Duration::from_secs(3),
+                || (connected(&mut con) >= want).then_some(()),
+            );
         }
         for (kind, n) in [("flush", flushers), ("write", writers)] {
             if i >= n {
