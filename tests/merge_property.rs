@@ -358,7 +358,7 @@ fn reference(entries: &[Decoded]) -> State {
         match d {
             Decoded::Tracked(b) => {
                 for e in &b.events {
-                    let key = (e.tracked_id.clone(), e.track_id.clone());
+                    let key = (e.tracked_id().to_string(), e.track_id().to_string());
                     if e.action == Action::Delete && !s.tracked.contains_key(&key) {
                         continue; // a delete of an item that has no row creates none
                     }
@@ -377,16 +377,16 @@ fn reference(entries: &[Decoded]) -> State {
                             r.deleted_dts = later(r.deleted_dts, Some(e.lastplus));
                         }
                     }
-                    r.username = Some(e.username.clone());
-                    let set = |slot: &mut Option<String>, v: &Option<String>| {
-                        if v.is_some() {
-                            slot.clone_from(v);
+                    r.username = Some(e.username().to_string());
+                    let set = |slot: &mut Option<String>, v: Option<&str>| {
+                        if let Some(v) = v {
+                            *slot = Some(v.to_string());
                         }
                     };
-                    set(&mut r.page_name, &e.page_name);
-                    set(&mut r.title, &e.title);
-                    set(&mut r.track_type, &e.track_type);
-                    set(&mut r.url, &e.url);
+                    set(&mut r.page_name, e.page_name());
+                    set(&mut r.title, e.title());
+                    set(&mut r.track_type, e.track_type());
+                    set(&mut r.url, e.url());
                     if e.query_row_count.is_some() {
                         r.query_row_count = e.query_row_count;
                     }
@@ -567,7 +567,7 @@ fn leading_deletes(entries: &[Decoded], state: &State) -> usize {
         if let Decoded::Tracked(b) = d {
             for e in &b.events {
                 first
-                    .entry((e.tracked_id.clone(), e.track_id.clone()))
+                    .entry((e.tracked_id().to_string(), e.track_id().to_string()))
                     .or_insert(e.action);
             }
         }

@@ -77,32 +77,139 @@ pub struct Event {
     /// Position of the record in the entry (0-based); with the entry ID it orders events.
     pub index: usize,
     pub action: Action,
-    /// The row key: `tracked_id` (record `id`) and `track_id`.
-    pub tracked_id: String,
-    pub track_id: String,
     /// `track_id` was blank and `HASH_NULL_TRACK_ID` generated it (for `LOG_TRACKED_HASH_GEN`).
     pub track_id_generated: bool,
-    pub username: String,
     pub lastplus: NaiveDateTime,
-    pub page_name: Option<String>,
     pub query_row_count: Option<i64>,
-    pub title: Option<String>,
-    pub track_type: Option<String>,
-    pub url: Option<String>,
     /// Set when the record is stale and was written anyway.
     pub stale_override: Option<StaleOverride>,
+    /// The row key, the username and the row's text columns ([`Strings`]).
+    pub texts: Texts,
+}
+
+/// An event's strings, borrowed: what [`Texts`] holds, and how one is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Strings<'a> {
+    /// The row key: `tracked_id` (record `id`) and `track_id`.
+    pub tracked_id: &'a str,
+    pub track_id: &'a str,
+    pub username: &'a str,
+    pub page_name: Option<&'a str>,
+    pub title: Option<&'a str>,
+    pub track_type: Option<&'a str>,
+    pub url: Option<&'a str>,
+}
+
+/// An event's seven strings in one allocation, back to back: decoding makes (and the worker frees)
+/// one block per record instead of one per string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Texts {
+    text: String,
+    /// Where each string ends in `text`, in [`Strings`]' order.
+    ends: [usize; 7],
+    /// Bit `i` set: the `i`-th string is absent (only the optional four can be).
+    absent: u8,
+}
+
+impl Texts {
+    pub fn new(s: &Strings<'_>) -> Texts {
+        let parts = [
+            Some(s.tracked_id),
+            Some(s.track_id),
+            Some(s.username),
+            s.page_name,
+            s.title,
+            s.track_type,
+            s.url,
+        ];
+        let mut texts = Texts {
+            text: String::with_capacity(parts.iter().flatten().map(|p| p.len()).sum()),
+            ends: [0; 7],
+            absent: 0,
+        };
+        for (i, part) in parts.into_iter().enumerate() {
+            match part {
+                Some(p) => texts.text.push_str(p),
+                None => texts.absent |= 1 << i,
+            }
+            if let Some(end) = texts.ends.get_mut(i) {
+                *end = texts.text.len();
+            }
+        }
+        texts
+    }
+
+    fn part(&self, i: usize) -> Option<&str> {
+        if self.absent & (1 << i) != 0 {
+            return None;
+        }
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or_default(),
+            None => 0,
+        };
+        let end = self.ends.get(i).copied().unwrap_or_default();
+        self.text.get(start..end)
+    }
+
+    fn given(&self, i: usize) -> &str {
+        self.part(i).unwrap_or_default()
+    }
+
+    pub fn strings(&self) -> Strings<'_> {
+        Strings {
+            tracked_id: self.given(0),
+            track_id: self.given(1),
+            username: self.given(2),
+            page_name: self.part(3),
+            title: self.part(4),
+            track_type: self.part(5),
+            url: self.part(6),
+        }
+    }
+}
+
+/// The strings of [`Strings::default`]: the optional ones absent.
+impl Default for Texts {
+    fn default() -> Texts {
+        Texts::new(&Strings::default())
+    }
 }
 
 impl Event {
+    pub fn tracked_id(&self) -> &str {
+        self.texts.given(0)
+    }
+    pub fn track_id(&self) -> &str {
+        self.texts.given(1)
+    }
+    pub fn username(&self) -> &str {
+        self.texts.given(2)
+    }
+    pub fn page_name(&self) -> Option<&str> {
+        self.texts.part(3)
+    }
+    pub fn title(&self) -> Option<&str> {
+        self.texts.part(4)
+    }
+    pub fn track_type(&self) -> Option<&str> {
+        self.texts.part(5)
+    }
+    pub fn url(&self) -> Option<&str> {
+        self.texts.part(6)
+    }
+    pub fn strings(&self) -> Strings<'_> {
+        self.texts.strings()
+    }
+
     /// The data of a `RECORD_EXEC` log line (identifiers and times only, never titles or URLs).
     pub fn record_exec(&self, entry: EntryId) -> String {
         let mut line = format!(
             "RECORD_EXEC entry={entry} index={} action={} tracked_id={} track_id={} username={} lastplus={}",
             self.index,
             self.action.as_str(),
-            rules::shown(&self.tracked_id),
-            rules::shown(&self.track_id),
-            rules::shown(&self.username),
+            rules::shown(self.tracked_id()),
+            rules::shown(self.track_id()),
+            rules::shown(self.username()),
             rules::ts_text(&self.lastplus),
         );
         if self.track_id_generated {
@@ -507,34 +614,34 @@ fn record_into(
             reason,
         })
     };
-    let mut obj = match record {
+    let obj = match record {
         Item::Object(obj) => obj,
         Item::NotObject(found) => {
             reject(batch, None, RejectReason::NotAnObject(found));
             return;
         }
     };
-    // Each member is read once: taken, so a string the payload's escapes made owned is moved.
-    let field = |obj: &mut Obj<'_>, name: Name| obj.take(name).and_then(Leaf::into_text);
-    let Some(tracked_id) = field(&mut obj, Name::Id).filter(|s| !s.trim().is_empty()) else {
+    // Strings stay borrowed from the payload until the event copies them into its one buffer.
+    let field = |name: Name| obj.get(name).and_then(Leaf::as_text);
+    let Some(tracked_id) = field(Name::Id).filter(|s| !s.trim().is_empty()) else {
         reject(batch, None, RejectReason::MissingId);
         return;
     };
     let kind = batch.key.as_ref().map(|k| k.kind);
-    let action_text = match obj.get(Name::Action) {
-        Some(Leaf::Text(s)) => Some(Cow::Borrowed(s.as_ref())),
-        other => other.and_then(Leaf::text).map(Cow::Owned),
-    };
-    let action = match rules::action(action_text.as_deref(), kind) {
+    let action = match rules::action(field(Name::Action).as_deref(), kind) {
         Ok(a) => a,
         Err(ActionError::Unknown(a)) => {
-            reject(batch, Some(tracked_id), RejectReason::UnknownAction(a));
+            reject(
+                batch,
+                Some(tracked_id.into_owned()),
+                RejectReason::UnknownAction(a),
+            );
             return;
         }
         Err(ActionError::WrongKind { action, kind }) => {
             reject(
                 batch,
-                Some(tracked_id),
+                Some(tracked_id.into_owned()),
                 RejectReason::WrongKindAction { action, kind },
             );
             return;
@@ -542,7 +649,11 @@ fn record_into(
     };
     let lastplus = match obj.get(Name::Lastplus) {
         None | Some(Leaf::Null) => {
-            reject(batch, Some(tracked_id), RejectReason::MissingLastplus);
+            reject(
+                batch,
+                Some(tracked_id.into_owned()),
+                RejectReason::MissingLastplus,
+            );
             return;
         }
         Some(Leaf::Text(s)) => match rules::parse_lastplus(s) {
@@ -550,7 +661,7 @@ fn record_into(
             None => {
                 reject(
                     batch,
-                    Some(tracked_id),
+                    Some(tracked_id.into_owned()),
                     RejectReason::BadLastplus(rules::shown(s)),
                 );
                 return;
@@ -558,7 +669,11 @@ fn record_into(
         },
         Some(Leaf::Other(other)) => {
             let shown = rules::shown(&other.to_string());
-            reject(batch, Some(tracked_id), RejectReason::BadLastplus(shown));
+            reject(
+                batch,
+                Some(tracked_id.into_owned()),
+                RejectReason::BadLastplus(shown),
+            );
             return;
         }
     };
@@ -568,7 +683,7 @@ fn record_into(
         Freshness::Skip { age_secs } => {
             batch.skipped.push(Skipped {
                 index,
-                record_id: tracked_id,
+                record_id: tracked_id.into_owned(),
                 reason: SkipReason::Stale {
                     action,
                     age_secs,
@@ -579,20 +694,20 @@ fn record_into(
         }
     };
 
-    let title = field(&mut obj, Name::TrackTitle);
-    let url = field(&mut obj, Name::TrackUrl);
-    let given_track_id = field(&mut obj, Name::TrackId).filter(|s| !s.trim().is_empty());
+    let title = field(Name::TrackTitle);
+    let url = field(Name::TrackUrl);
+    let given_track_id = field(Name::TrackId).filter(|s| !s.trim().is_empty());
     let (track_id, track_id_generated) = match given_track_id {
         Some(t) => (t, false),
         None if rules.hash_null_track_id => (
-            rules::hash_track_id(
+            Cow::Owned(rules::hash_track_id(
                 title.as_deref().unwrap_or_default(),
                 url.as_deref().unwrap_or_default(),
                 &tracked_id,
-            ),
+            )),
             true,
         ),
-        None => (String::new(), false),
+        None => (Cow::Borrowed(""), false),
     };
     let query_row_count = match rules::query_row_count_of(obj.get(Name::QueryRowCount)) {
         RowCount::Absent => None,
@@ -604,32 +719,45 @@ fn record_into(
             None
         }
     };
+    let own_username;
     let username = match &batch.key {
-        Some(_) if !rules.username_use_record_id => batch.username.clone(),
-        _ => rules::username(&tracked_id, rules.username_split_hyphen),
+        Some(_) if !rules.username_use_record_id => batch.username.as_str(),
+        _ => {
+            own_username = rules::username(&tracked_id, rules.username_split_hyphen);
+            own_username.as_str()
+        }
     };
-    let page_name =
-        field(&mut obj, Name::PageName).or_else(|| batch.key.as_ref().and_then(|k| k.page.clone()));
-    let track_type = match obj.get(Name::TrackType) {
-        Some(Leaf::Text(t)) => Some(rules::track_type(t, rules.preserve_track_type_case)),
-        other => other
-            .and_then(Leaf::text)
-            .map(|t| rules::track_type(&t, rules.preserve_track_type_case)),
-    };
+    let page_name = field(Name::PageName).or_else(|| {
+        batch
+            .key
+            .as_ref()
+            .and_then(|k| k.page.as_deref())
+            .map(Cow::Borrowed)
+    });
+    let track_type = field(Name::TrackType).map(|t| {
+        let preserve = rules.preserve_track_type_case;
+        match t {
+            Cow::Borrowed(t) => rules::track_type(t, preserve),
+            Cow::Owned(t) => Cow::Owned(rules::track_type(&t, preserve).into_owned()),
+        }
+    });
+    let texts = Texts::new(&Strings {
+        tracked_id: &tracked_id,
+        track_id: &track_id,
+        username,
+        page_name: page_name.as_deref(),
+        title: title.as_deref(),
+        track_type: track_type.as_deref(),
+        url: url.as_deref(),
+    });
     batch.events.push(Event {
         index,
         action,
-        tracked_id,
-        track_id,
         track_id_generated,
-        username,
         lastplus,
-        page_name,
         query_row_count,
-        title,
-        track_type,
-        url,
         stale_override,
+        texts,
     });
 }
 

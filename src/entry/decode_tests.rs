@@ -56,15 +56,15 @@ fn seed_visited_batch_becomes_events() {
     assert_eq!(e.index, 0);
     assert_eq!(e.action, Action::Visit);
     assert_eq!(
-        (e.tracked_id.as_str(), e.track_id.as_str()),
+        (e.tracked_id(), e.track_id()),
         ("user.name-abc123", "item-01")
     );
-    assert_eq!(e.username, "user.name");
-    assert_eq!(e.page_name.as_deref(), Some("search"));
+    assert_eq!(e.username(), "user.name");
+    assert_eq!(e.page_name(), Some("search"));
     assert_eq!(e.query_row_count, Some(25));
-    assert_eq!(e.title.as_deref(), Some("Report 01"));
-    assert_eq!(e.track_type.as_deref(), Some("REPORT"));
-    assert_eq!(e.url.as_deref(), Some("/search?q=item-01"));
+    assert_eq!(e.title(), Some("Report 01"));
+    assert_eq!(e.track_type(), Some("REPORT"));
+    assert_eq!(e.url(), Some("/search?q=item-01"));
     assert_eq!(rules::ts_text(&e.lastplus), "2025-11-03 12:19:50");
     assert_eq!(e.stale_override, None);
 }
@@ -240,32 +240,32 @@ fn page_segment_of_restored_visited_keys_fills_a_missing_page_name() {
         b.key.as_ref().and_then(|k| k.page.as_deref()),
         Some("search")
     );
-    assert_eq!(b.events[0].page_name.as_deref(), Some("search"));
-    assert_eq!(b.events[1].page_name.as_deref(), Some("home"));
+    assert_eq!(b.events[0].page_name(), Some("search"));
+    assert_eq!(b.events[1].page_name(), Some("home"));
 }
 
 #[test]
 fn username_comes_from_the_key_id_or_the_record_id() {
     let json = r#"{"key":"userdata-events:bob-7/visited","records":[{"id":"carol-9","lastplus":"2025-11-03 12:19:55"}]}"#;
     let b = tracked(json, &Rules::default());
-    assert_eq!(b.events[0].username, "bob");
+    assert_eq!(b.events[0].username(), "bob");
     let by_record = Rules {
         username_use_record_id: true,
         ..Rules::default()
     };
-    assert_eq!(tracked(json, &by_record).events[0].username, "carol");
+    assert_eq!(tracked(json, &by_record).events[0].username(), "carol");
     let whole = Rules {
         username_use_record_id: true,
         username_split_hyphen: false,
         ..Rules::default()
     };
-    assert_eq!(tracked(json, &whole).events[0].username, "carol-9");
+    assert_eq!(tracked(json, &whole).events[0].username(), "carol-9");
     let key_whole = Rules {
         username_split_hyphen: false,
         ..Rules::default()
     };
     let b = tracked(json, &key_whole);
-    assert_eq!(b.events[0].username, "bob-7");
+    assert_eq!(b.events[0].username(), "bob-7");
     // Routing does not follow the live setting.
     assert_eq!(b.partition, "bob");
 }
@@ -413,7 +413,7 @@ fn first_stale_record_is_written_when_always_process_stale_first() {
         &rules,
     );
     assert_eq!(b.events.len(), 2);
-    assert_eq!(b.events[1].tracked_id, "alice-2");
+    assert_eq!(b.events[1].tracked_id(), "alice-2");
     assert_eq!(b.events[1].stale_override, Some(StaleOverride::First));
     assert_eq!(b.skipped[0].record_id, "alice-3");
 }
@@ -438,15 +438,15 @@ fn blank_track_id_is_empty_or_hashed_with_hash_null_track_id() {
         &batch("visited", &[r.into(), missing.into()]),
         &Rules::default(),
     );
-    assert_eq!(b.events[0].track_id, "");
+    assert_eq!(b.events[0].track_id(), "");
     assert!(!b.events[0].track_id_generated);
     let hashing = Rules {
         hash_null_track_id: true,
         ..Rules::default()
     };
     let b = tracked(&batch("visited", &[r.into(), missing.into()]), &hashing);
-    assert_eq!(b.events[0].track_id, "auto_d053f3e2642f");
-    assert_eq!(b.events[1].track_id, "auto_d053f3e2642f");
+    assert_eq!(b.events[0].track_id(), "auto_d053f3e2642f");
+    assert_eq!(b.events[1].track_id(), "auto_d053f3e2642f");
     assert!(b.events[0].track_id_generated);
 }
 
@@ -456,13 +456,13 @@ fn track_type_is_upper_cased_unless_preserve_track_type_case() {
         &batch("visited", &[rec(r#""track_type":"Query""#)]),
         &Rules::default(),
     );
-    assert_eq!(b.events[0].track_type.as_deref(), Some("QUERY"));
+    assert_eq!(b.events[0].track_type(), Some("QUERY"));
     let keep = Rules {
         preserve_track_type_case: true,
         ..Rules::default()
     };
     let b = tracked(&batch("visited", &[rec(r#""track_type":"Query""#)]), &keep);
-    assert_eq!(b.events[0].track_type.as_deref(), Some("Query"));
+    assert_eq!(b.events[0].track_type(), Some("Query"));
 }
 
 #[test]
@@ -499,10 +499,10 @@ fn hostile_strings_are_carried_intact() {
     let json = serde_json::json!({"key": "userdata-events:alice-1/visited", "records": [record]});
     let b = tracked(&json.to_string(), &Rules::default());
     let e = &b.events[0];
-    assert_eq!(e.tracked_id, "alice-1'; DROP TABLE \"USER\"; --");
-    assert_eq!(e.track_id, "\u{0}'\"");
-    assert_eq!(e.title.as_deref(), Some(title));
-    assert_eq!(e.url.as_ref().map(String::len), Some(1 << 20));
+    assert_eq!(e.tracked_id(), "alice-1'; DROP TABLE \"USER\"; --");
+    assert_eq!(e.track_id(), "\u{0}'\"");
+    assert_eq!(e.title(), Some(title));
+    assert_eq!(e.url().map(str::len), Some(1 << 20));
 }
 
 #[test]
@@ -593,10 +593,7 @@ fn numbers_as_ids_are_text() {
         &Rules::default(),
     );
     assert_eq!(
-        (
-            b.events[0].tracked_id.as_str(),
-            b.events[0].track_id.as_str()
-        ),
+        (b.events[0].tracked_id(), b.events[0].track_id()),
         ("42", "7")
     );
 }
@@ -712,4 +709,42 @@ fn reading_the_bytes_decides_as_reading_a_value_does() {
         }
     }
     assert!(compared > 2_000, "{compared}");
+}
+
+#[test]
+fn an_events_strings_read_back_as_given_with_absent_and_empty_kept_apart() {
+    let given = Strings {
+        tracked_id: "alice-1",
+        track_id: "",
+        username: "alice",
+        page_name: Some(""),
+        title: None,
+        track_type: Some("QUERY"),
+        url: Some("/a?b=ü"),
+    };
+    assert_eq!(Texts::new(&given).strings(), given);
+    let none = Strings::default();
+    assert_eq!(Texts::new(&none).strings(), none);
+    assert_eq!(Texts::default().strings(), none);
+}
+
+#[test]
+fn an_events_strings_are_read_from_the_payload_escapes_included() {
+    let json = format!(
+        r#"{{"key":"userdata-events:al-1/visited","records":[{{"id":"al-1","track_id":"t\"1","track_title":"\u00e9t\u00e9","track_type":"Report","page_name":"p","lastplus":"{FRESH}"}}]}}"#
+    );
+    let b = tracked(&json, &Rules::default());
+    let e = &b.events[0];
+    assert_eq!(
+        e.strings(),
+        Strings {
+            tracked_id: "al-1",
+            track_id: "t\"1",
+            username: "al",
+            page_name: Some("p"),
+            title: Some("été"),
+            track_type: Some("REPORT"),
+            url: None,
+        }
+    );
 }

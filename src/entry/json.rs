@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 /// The members of an object the decoder reads, besides `records`.
@@ -87,6 +87,15 @@ impl<'a> Leaf<'a> {
             Leaf::Null => None,
             Leaf::Text(s) => Some(s.to_string()),
             Leaf::Other(v) => Some(v.to_string()),
+        }
+    }
+
+    /// [`Leaf::text`], borrowing a string rather than copying it.
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Leaf::Null => None,
+            Leaf::Text(s) => Some(Cow::Borrowed(s)),
+            Leaf::Other(v) => Some(Cow::Owned(v.to_string())),
         }
     }
 
@@ -378,8 +387,18 @@ impl<'de> Deserialize<'de> for Member {
     }
 }
 
-fn read_object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Obj<'de>, A::Error> {
+fn read_object<'de, A: MapAccess<'de>>(map: A) -> Result<Obj<'de>, A::Error> {
     let mut obj = Obj::default();
+    read_object_into(&mut obj, map)?;
+    Ok(obj)
+}
+
+/// Reads an object's members into `obj`, where it lies: an object is a few hundred bytes, and
+/// records are read straight into their list rather than moved there through each caller.
+fn read_object_into<'de, A: MapAccess<'de>>(
+    obj: &mut Obj<'de>,
+    mut map: A,
+) -> Result<(), A::Error> {
     while let Some(member) = map.next_key::<Member>()? {
         match member {
             Member::Leaf(name) => obj.set(name, map.next_value()?),
@@ -389,15 +408,79 @@ fn read_object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Obj<'de>, A::Error>
             }
         }
     }
-    Ok(obj)
+    Ok(())
 }
 
 fn read_items<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Item<'de>>, A::Error> {
     let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-    while let Some(item) = seq.next_element()? {
-        items.push(item);
-    }
+    while seq.next_element_seed(ItemInto(&mut items))?.is_some() {}
     Ok(items)
+}
+
+/// Reads the next element of a list onto its end: what [`Item`] reads, an object filled in place.
+struct ItemInto<'v, 'de>(&'v mut Vec<Item<'de>>);
+
+impl<'de> DeserializeSeed<'de> for ItemInto<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemInto<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.0.push(Item::Object(Obj::default()));
+        match self.0.last_mut() {
+            Some(Item::Object(obj)) => read_object_into(obj, map),
+            _ => Ok(()),
+        }
+    }
+
+    // Anything else reads as `Item` reads it.
+    fn visit_bool<E: Error>(self, v: bool) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_bool(v))
+    }
+    fn visit_i64<E: Error>(self, v: i64) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_i64(v))
+    }
+    fn visit_u64<E: Error>(self, v: u64) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_u64(v))
+    }
+    fn visit_f64<E: Error>(self, v: f64) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_f64(v))
+    }
+    fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_borrowed_str(v))
+    }
+    fn visit_str<E: Error>(self, v: &str) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_str(v))
+    }
+    fn visit_string<E: Error>(self, v: String) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_string(v))
+    }
+    fn visit_unit<E: Error>(self) -> Result<(), E> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_unit())
+    }
+    fn visit_none<E: Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.push(ShapeVisitor(std::marker::PhantomData).visit_seq(seq))
+    }
+}
+
+impl<'de> ItemInto<'_, 'de> {
+    fn push<E>(self, item: Result<Item<'de>, E>) -> Result<(), E> {
+        self.0.push(item?);
+        Ok(())
+    }
 }
 
 impl<'de> Shape<'de> for Records<'de> {

@@ -29,7 +29,7 @@ use crate::settings::{Key, Snapshot};
 
 pub use decode::{
     decode, CreateUser, DecodeError, Event, Note, RejectReason, Rejected, Shape, SkipReason,
-    Skipped, TrackedBatch,
+    Skipped, Strings, Texts, TrackedBatch,
 };
 pub use fields::Field;
 pub use id::EntryId;
@@ -181,7 +181,7 @@ impl Decoded {
             _ => (None, &[][..]),
         };
         user.into_iter()
-            .chain(events.iter().map(|e| e.tracked_id.as_str()))
+            .chain(events.iter().map(|e| e.tracked_id()))
     }
 
     /// Whether the entry goes to the dead-letter stream.

@@ -4,6 +4,8 @@
 //! They are the behaviour users of the Python sidecar depend on, so each is kept separate, named after
 //! the setting that governs it and pinned by its own tests. [`super::decode`] composes them.
 
+use std::borrow::Cow;
+
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -142,11 +144,13 @@ pub fn hash_track_id(title: &str, url: &str, id: &str) -> String {
 }
 
 /// `PRESERVE_TRACK_TYPE_CASE`: track types are upper-cased unless the setting keeps them as sent.
-pub fn track_type(raw: &str, preserve_case: bool) -> String {
-    if preserve_case {
-        raw.to_string()
+/// A type already in upper case is borrowed as it is.
+pub fn track_type(raw: &str, preserve_case: bool) -> Cow<'_, str> {
+    let upper_ascii = |s: &str| s.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase());
+    if preserve_case || upper_ascii(raw) {
+        Cow::Borrowed(raw)
     } else {
-        raw.to_uppercase()
+        Cow::Owned(raw.to_uppercase())
     }
 }
 
@@ -347,14 +351,14 @@ pub enum ActionError {
 /// save under `/saved`); without a key (fallback shapes) it means visit.
 pub fn action(raw: Option<&str>, kind: Option<KeyKind>) -> Result<Action, ActionError> {
     let text = raw.map(str::trim).unwrap_or_default();
-    let parsed = match text.to_ascii_lowercase().as_str() {
-        "" => match kind {
+    let parsed = match text.as_bytes() {
+        [] => match kind {
             Some(KeyKind::Saved) => Action::Save,
             _ => Action::Visit,
         },
-        "v" => Action::Visit,
-        "s" => Action::Save,
-        "d" => Action::Delete,
+        [b'v' | b'V'] => Action::Visit,
+        [b's' | b'S'] => Action::Save,
+        [b'd' | b'D'] => Action::Delete,
         _ => return Err(ActionError::Unknown(shown(text))),
     };
     match (kind, parsed) {
@@ -562,6 +566,28 @@ mod tests {
         assert_eq!(track_type("report", false), "REPORT");
         assert_eq!(track_type("réport", false), "RÉPORT");
         assert_eq!(track_type("report", true), "report");
+        assert_eq!(track_type("RÉPORT", false), "RÉPORT");
+        assert!(matches!(
+            track_type("REPORT_2", false),
+            Cow::Borrowed("REPORT_2")
+        ));
+        // A non-ASCII type always goes through the full mapping (`ß` has no single upper case).
+        assert_eq!(track_type("STRAßE", false), "STRASSE");
+    }
+
+    #[test]
+    fn actions_read_in_either_case() {
+        for (text, kind, action) in [
+            (" V ", None, Action::Visit),
+            ("S", Some(KeyKind::Saved), Action::Save),
+            ("D", Some(KeyKind::Saved), Action::Delete),
+        ] {
+            assert_eq!(super::action(Some(text), kind), Ok(action));
+        }
+        assert!(matches!(
+            super::action(Some("vv"), None),
+            Err(ActionError::Unknown(_))
+        ));
     }
 
     #[test]

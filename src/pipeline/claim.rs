@@ -441,7 +441,7 @@ fn dispatch(
     let (stream_name, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
         (stream_name.into(), group.into());
     let mut unsent = Unsent(p, entries.len() as u64);
-    let mut outbox = Outbox(p, Vec::new());
+    let mut outbox = Outbox(p, Vec::new(), entries.len());
     // One snapshot of the settings for the whole claim, as for its rules.
     let snap = settings::current();
     // An entry's fields, read in place from the claim's buffer; one list reused for every entry.
@@ -528,12 +528,16 @@ fn dispatch(
 }
 
 /// Each worker's share of one claim, sent at once.
-struct Outbox(&'static Pipeline, Vec<Vec<Work>>);
+/// Each worker's share of a claim, and the claim's size.
+struct Outbox(&'static Pipeline, Vec<Vec<Work>>, usize);
 
 impl Outbox {
     fn put(&mut self, worker: usize, work: Work, workers: usize) {
         if self.1.len() < workers {
-            self.1.resize_with(workers, Vec::new);
+            // A share holds about its part of the claim: room for that from the start, rather than
+            // copying a growing list of entries several times.
+            let room = self.2.div_ceil(workers.max(1));
+            self.1.resize_with(workers, || Vec::with_capacity(room));
         }
         if let Some(share) = self.1.get_mut(worker) {
             share.push(work);

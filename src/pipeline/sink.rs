@@ -82,14 +82,16 @@ fn log_records(entries: &[Decoded], snap: &Snapshot, dry: bool) {
         for e in &b.events {
             let targeted = targets
                 .iter()
-                .any(|t| *t == e.tracked_id || *t == e.username);
+                .any(|t| t == e.tracked_id() || t == e.username());
             if each || targeted {
                 logging::info(&e.record_exec(b.id));
             }
             if hash_gen && e.track_id_generated {
                 logging::info(&format!(
                     "HASH_GEN entry={} id={} track_id={} (from title|url|id)",
-                    b.id, e.tracked_id, e.track_id
+                    b.id,
+                    e.tracked_id(),
+                    e.track_id()
                 ));
             }
         }
@@ -168,17 +170,18 @@ impl SnowflakeSink {
             if self.pipeline.verified.fetch_add(1, Ordering::Relaxed) >= limit {
                 return;
             }
-            let stmt = sql::queries::written_row(tables, &e.tracked_id, &e.track_id);
+            let stmt = sql::queries::written_row(tables, e.tracked_id(), e.track_id());
             match self.client.execute(&stmt) {
                 Ok(r) => logging::info(&format!(
                     "VERIFY {} {}: {:?}",
-                    e.tracked_id,
-                    e.track_id,
+                    e.tracked_id(),
+                    e.track_id(),
                     r.rows.first()
                 )),
                 Err(err) => logging::warning(&format!(
                     "VERIFY {} {} failed: {err}",
-                    e.tracked_id, e.track_id
+                    e.tracked_id(),
+                    e.track_id()
                 )),
             }
         }

@@ -6,7 +6,6 @@
 //! batch with capped exponential backoff and jitter — for as long as it takes, with the backlog growing
 //! in the stream, never skipping. Only then are the entries acknowledged.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -70,14 +69,16 @@ impl Drop for HeldBytes {
 }
 
 /// Entries received and not yet taken into a batch (the rest of a claim's share past a full
-/// batch); if the worker dies, they are given back like those it holds.
-struct Received(&'static Pipeline, VecDeque<Work>);
+/// batch); if the worker dies, they are given back like those it holds. The share is taken from as
+/// it came, not copied into a queue first: an entry is a few hundred bytes.
+struct Received(&'static Pipeline, std::vec::IntoIter<Work>);
 
 impl Drop for Received {
     fn drop(&mut self) {
-        let bytes: usize = self.1.iter().map(|w| w.bytes).sum();
+        let left = self.1.as_slice();
+        let bytes: usize = left.iter().map(|w| w.bytes).sum();
         self.0.release_bytes(bytes as u64);
-        self.0.settle_lost(self.1.len() as u64);
+        self.0.settle_lost(left.len() as u64);
     }
 }
 
@@ -89,17 +90,17 @@ impl Received {
         deadline: Instant,
     ) -> Result<Work, RecvTimeoutError> {
         loop {
-            if let Some(w) = self.1.pop_front() {
+            if let Some(w) = self.1.next() {
                 return Ok(w);
             }
-            self.1.extend(rx.recv_deadline(deadline)?);
+            self.1 = rx.recv_deadline(deadline)?.into_iter();
         }
     }
 }
 
 fn run(p: &'static Pipeline, rx: &Receiver<Vec<Work>>, gil: &Gil) {
     let c = &p.control;
-    let mut received = Received(p, VecDeque::new());
+    let mut received = Received(p, Vec::new().into_iter());
     loop {
         let first = match received.next(rx, Instant::now() + Duration::from_millis(500)) {
             Ok(w) => w,

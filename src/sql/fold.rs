@@ -79,12 +79,12 @@ impl<'a> Effect<'a> {
             saved_at,
             deleted_at,
             saved,
-            username: Some(&e.username),
-            page_name: e.page_name.as_deref(),
+            username: Some(e.username()),
+            page_name: e.page_name(),
             query_row_count: e.query_row_count,
-            title: e.title.as_deref(),
-            track_type: e.track_type.as_deref(),
-            url: e.url.as_deref(),
+            title: e.title(),
+            track_type: e.track_type(),
+            url: e.url(),
         }
     }
 
@@ -248,7 +248,7 @@ impl<'a> Rows<'a> {
     /// Folds one entry's events (in record order) into its rows. Entries may come in any order.
     pub fn add(&mut self, entry: EntryId, events: &'a [Event]) {
         for e in events {
-            let key = (e.tracked_id.as_str(), e.track_id.as_str());
+            let key = (e.tracked_id(), e.track_id());
             let next = self.rows.len();
             let i = *self.index.entry(key).or_insert(next);
             if i == next {
@@ -343,22 +343,23 @@ pub fn user_links<'a>(users: &[&'a CreateUser]) -> Vec<UserLink<'a>> {
 mod tests {
     use super::*;
     use crate::entry::rules::parse_lastplus;
+    use crate::entry::{Strings, Texts};
 
     fn ev(action: Action, time: &str, title: Option<&str>) -> Event {
         Event {
             index: 0,
             action,
-            tracked_id: "a-1".into(),
-            track_id: "t".into(),
             track_id_generated: false,
-            username: "a".into(),
             lastplus: parse_lastplus(time).unwrap_or_default(),
-            page_name: None,
             query_row_count: None,
-            title: title.map(String::from),
-            track_type: None,
-            url: None,
             stale_override: None,
+            texts: Texts::new(&Strings {
+                tracked_id: "a-1",
+                track_id: "t",
+                username: "a",
+                title,
+                ..Strings::default()
+            }),
         }
     }
 
@@ -426,7 +427,10 @@ mod tests {
     fn an_entrys_events_fold_into_one_link_per_row_and_out_of_order_entries_are_sorted() {
         let mut a = ev(Action::Visit, "2025-11-03 12:00:01", None);
         let mut b = a.clone();
-        b.track_id = "other".into();
+        b.texts = Texts::new(&Strings {
+            track_id: "other",
+            ..a.strings()
+        });
         a.index = 0;
         b.index = 1;
         let late = [a.clone(), b, a.clone()];

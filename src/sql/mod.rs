@@ -233,14 +233,14 @@ impl RowBound {
             self.entries += 1;
             self.last = Some(id);
         }
-        self.key = json_len(&e.tracked_id) + json_len(&e.track_id);
-        let opt = |v: &Option<String>| v.as_deref().map_or(0, json_len);
+        self.key = json_len(e.tracked_id()) + json_len(e.track_id());
+        let opt = |v: Option<&str>| v.map_or(0, json_len);
         let lens = [
-            json_len(&e.username),
-            opt(&e.page_name),
-            opt(&e.title),
-            opt(&e.track_type),
-            opt(&e.url),
+            json_len(e.username()),
+            opt(e.page_name()),
+            opt(e.title()),
+            opt(e.track_type()),
+            opt(e.url()),
         ];
         for (a, l) in self.attrs.iter_mut().zip(lens) {
             *a = (*a).max(l);
@@ -256,7 +256,7 @@ impl<'a> TrackedChunk<'a> {
         let touched = &mut self.touched;
         touched.clear();
         for e in events {
-            let key = (e.tracked_id.as_str(), e.track_id.as_str());
+            let key = (e.tracked_id(), e.track_id());
             let i = match touched.iter().position(|(k, ..)| *k == key) {
                 Some(i) => i,
                 None => {

@@ -294,7 +294,7 @@ s.last_entry_id, s.updated_dts)",
 mod tests {
     use super::*;
     use crate::entry::rules::parse_lastplus;
-    use crate::entry::{Action, EntryId, Event};
+    use crate::entry::{Action, EntryId, Event, Strings, Texts};
     use crate::sql::fold::Rows;
     use crate::sql::links::Objects;
 
@@ -302,17 +302,18 @@ mod tests {
         Event {
             index,
             action,
-            tracked_id: "alice-1".into(),
-            track_id: "it's \"x\"".into(),
             track_id_generated: false,
-            username: "alice".into(),
             lastplus: parse_lastplus("2025-11-03 12:19:55").unwrap_or_default(),
-            page_name: None,
             query_row_count: Some(25),
-            title: Some("'; DROP TABLE TRACKED; --\u{0}".into()),
-            track_type: Some("QUERY".into()),
-            url: None,
             stale_override: None,
+            texts: Texts::new(&Strings {
+                tracked_id: "alice-1",
+                track_id: "it's \"x\"",
+                username: "alice",
+                title: Some("'; DROP TABLE TRACKED; --\u{0}"),
+                track_type: Some("QUERY"),
+                ..Strings::default()
+            }),
         }
     }
 
@@ -356,13 +357,13 @@ mod tests {
     fn a_links_fixed_part_stays_within_its_bound() {
         let mut e = event(0, Action::Visit);
         e.query_row_count = Some(i64::MIN);
-        e.tracked_id.clear();
-        e.track_id.clear();
-        e.username.clear();
-        e.title = Some(String::new());
-        e.page_name = Some(String::new());
-        e.track_type = Some(String::new());
-        e.url = Some(String::new());
+        e.texts = Texts::new(&Strings {
+            title: Some(""),
+            page_name: Some(""),
+            track_type: Some(""),
+            url: Some(""),
+            ..Strings::default()
+        });
         let mut d = e.clone();
         d.action = Action::Delete;
         let mut s = e.clone();
