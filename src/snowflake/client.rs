@@ -693,16 +693,16 @@ pub fn timestamp_ntz(value: &str) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-/// The first `requestId` of a planned statement: a UUID (version 4 layout) from the SHA-256 of its
-/// text and binds, so the same statement planned again (by another try of the same batch) is the
-/// same request.
+/// The first `requestId` of a planned statement: a UUID (version 4 layout) from the BLAKE3 hash of
+/// its text and binds, so the same statement planned again (by another try of the same batch) is the
+/// same request. The hash is a cryptographic one because the binds carry what applications wrote: a
+/// statement crafted to share another's `requestId` would be taken by Snowflake for a retry of it.
 pub fn request_id_of(statement: &Statement) -> Uuid {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    let mut h = blake3::Hasher::new();
     h.update(b"redis-writebehind statement\0");
     h.update(statement.sql.as_bytes());
     for b in &statement.binds {
-        h.update([0u8]);
+        h.update(&[0u8]);
         h.update(b.sql_type().as_bytes());
         // The value as sent, without copying a batch's (large) text bind; an escaped text is
         // hashed in its escaped form, under a tag of its own.
@@ -716,15 +716,14 @@ pub fn request_id_of(statement: &Statement) -> Uuid {
             }
             Bind::Null => (2u8, None),
         };
-        h.update([tag]);
+        h.update(&[tag]);
         if let Some(v) = value {
-            h.update((v.len() as u64).to_le_bytes());
+            h.update(&(v.len() as u64).to_le_bytes());
             h.update(v.as_bytes());
         }
     }
-    let digest = h.finalize();
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
+    h.finalize_xof().fill(&mut bytes);
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
