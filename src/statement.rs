@@ -99,6 +99,9 @@ pub trait JsonSink {
     fn plain(&mut self, s: &str);
     /// Appends `s` as a JSON string, quotes included.
     fn string(&mut self, s: &str);
+    /// Appends `s`, which holds nothing to escape, as a JSON string without looking at its bytes:
+    /// what the module writes itself (names, entry IDs, times, codes).
+    fn plain_string(&mut self, s: &str);
     /// Appends `"name":`.
     fn name(&mut self, name: &str) {
         self.string(name);
@@ -121,6 +124,13 @@ impl JsonSink for String {
         escape_into(self, s);
         self.push('"');
     }
+
+    fn plain_string(&mut self, s: &str) {
+        debug_assert!(!s.bytes().any(needs_escape), "{s:?}");
+        self.push('"');
+        self.push_str(s);
+        self.push('"');
+    }
 }
 
 impl JsonSink for EscapedText {
@@ -131,17 +141,23 @@ impl JsonSink for EscapedText {
     }
 
     fn string(&mut self, s: &str) {
-        if !s.bytes().any(needs_escape) {
-            // The usual case, and no loop over the bytes beyond that check.
-            self.text_len += s.len() + 2;
-            self.escaped.push_str("\\\"");
-            self.escaped.push_str(s);
-            self.escaped.push_str("\\\"");
+        // Checked without stopping at the first hit, so the check runs many bytes at a time: nearly
+        // every value has nothing to escape.
+        if !s.bytes().fold(false, |any, b| any | needs_escape(b)) {
+            self.plain_string(s);
             return;
         }
         let mut json = String::with_capacity(s.len() + 8);
         json.string(s);
         self.push_str(&json);
+    }
+
+    fn plain_string(&mut self, s: &str) {
+        debug_assert!(!s.bytes().any(needs_escape), "{s:?}");
+        self.text_len += s.len() + 2;
+        self.escaped.push_str("\\\"");
+        self.escaped.push_str(s);
+        self.escaped.push_str("\\\"");
     }
 }
 
@@ -246,6 +262,25 @@ mod tests {
             assert_eq!(escaped.text_len(), expected.len());
             let value: serde_json::Value = serde_json::from_str(&escaped.text()).expect("JSON");
             assert_eq!(value["k"], text);
+        }
+    }
+
+    #[test]
+    fn a_plain_string_is_written_as_string_writes_it() {
+        for text in [
+            "",
+            "00000000001762172400000-00000000000000000003",
+            "2025-11-03 12:00:00",
+            "m",
+        ] {
+            let (mut a, mut b) = (EscapedText::default(), EscapedText::default());
+            a.plain_string(text);
+            b.string(text);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (String::new(), String::new());
+            a.plain_string(text);
+            b.string(text);
+            assert_eq!(a, b);
         }
     }
 

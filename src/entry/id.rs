@@ -34,14 +34,21 @@ impl EntryId {
             Some((ms, seq)) => (ms, seq),
             None => (text, "0"),
         };
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return Err(bad());
+        // Decimal digits only (no sign, no blanks), at least one, within 64 bits: read in one pass,
+        // as this runs for every claimed entry.
+        let number = |s: &str| {
+            s.bytes().try_fold(None::<u64>, |n, b| {
+                let digit = u64::from(b.wrapping_sub(b'0'));
+                (digit < 10)
+                    .then_some(())
+                    .and_then(|()| n.unwrap_or(0).checked_mul(10)?.checked_add(digit))
+                    .map(Some)
+            })
+        };
+        match (number(ms), number(seq)) {
+            (Some(Some(ms)), Some(Some(seq))) => Ok(EntryId { ms, seq }),
+            _ => Err(bad()),
         }
-        Ok(EntryId {
-            ms: ms.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
-        })
     }
 
     /// Parses an ID given as raw bytes (as Redis replies carry it).
@@ -142,6 +149,10 @@ mod tests {
         assert_eq!(id.to_string(), "1700000000123-7");
         assert_eq!(EntryId::parse("5").unwrap(), EntryId::new(5, 0));
         assert_eq!(EntryId::parse_bytes(b"0-1").unwrap(), EntryId::new(0, 1));
+        assert_eq!(
+            EntryId::parse("18446744073709551615-018446744073709551615").unwrap(),
+            EntryId::new(u64::MAX, u64::MAX)
+        );
     }
 
     #[test]
@@ -157,6 +168,9 @@ mod tests {
             "+1-2",
             " 1-2",
             "99999999999999999999999-0",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+            "1-2/",
         ] {
             assert!(EntryId::parse(bad).is_err(), "{bad:?}");
         }

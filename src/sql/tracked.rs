@@ -132,24 +132,24 @@ pub fn push_links<L: Links>(key: RowKey<'_>, links: &[Link<'_>], out: &mut L) {
         o.string(key.1);
         o.plain(",");
         o.name("e");
-        o.string(l.entry.sort_text().as_str());
+        o.plain_string(l.entry.sort_text().as_str());
         if let Some(p) = l.prev {
             o.plain(",");
             o.name("p");
-            o.string(p.sort_text().as_str());
+            o.plain_string(p.sort_text().as_str());
         }
         if l.last != l.entry {
             o.plain(",");
             o.name("l");
-            o.string(l.last.sort_text().as_str());
+            o.plain_string(l.last.sort_text().as_str());
         }
         o.plain(",");
         o.name("a");
-        o.string(at.as_str());
+        o.plain_string(at.as_str());
         if l.kind != Kind::Both {
             o.plain(",");
             o.name("k");
-            o.string(l.kind.code());
+            o.plain_string(l.kind.code());
         }
         o.plain(",");
         o.name("n");
@@ -159,7 +159,7 @@ pub fn push_links<L: Links>(key: RowKey<'_>, links: &[Link<'_>], out: &mut L) {
             if let Some(t) = t {
                 o.plain(",");
                 o.name(name);
-                o.string(TsText::new(t).as_str());
+                o.plain_string(TsText::new(t).as_str());
             }
         }
         if let Some(saved) = e.saved {
