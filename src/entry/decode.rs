@@ -566,7 +566,7 @@ fn records_batch(
     };
     let name_source = key
         .as_ref()
-        .map(|k| k.id.as_str())
+        .map(|k| k.id())
         .or(first_record_id.as_deref())
         .unwrap_or_default();
     let count = records.len();
@@ -727,13 +727,8 @@ fn record_into(
             own_username.as_str()
         }
     };
-    let page_name = field(Name::PageName).or_else(|| {
-        batch
-            .key
-            .as_ref()
-            .and_then(|k| k.page.as_deref())
-            .map(Cow::Borrowed)
-    });
+    let page_name = field(Name::PageName)
+        .or_else(|| batch.key.as_ref().and_then(|k| k.page()).map(Cow::Borrowed));
     let track_type = field(Name::TrackType).map(|t| {
         let preserve = rules.preserve_track_type_case;
         match t {

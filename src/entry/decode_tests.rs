@@ -236,10 +236,7 @@ fn page_segment_of_restored_visited_keys_fills_a_missing_page_name() {
         rec(r#""page_name":"home""#)
     );
     let b = tracked(&json, &Rules::default());
-    assert_eq!(
-        b.key.as_ref().and_then(|k| k.page.as_deref()),
-        Some("search")
-    );
+    assert_eq!(b.key.as_ref().and_then(|k| k.page()), Some("search"));
     assert_eq!(b.events[0].page_name(), Some("search"));
     assert_eq!(b.events[1].page_name(), Some("home"));
 }

@@ -85,7 +85,7 @@ mod tests {
         };
         assert_eq!(b.shape, Shape::Batch);
         assert_eq!(
-            b.key.as_ref().map(|k| k.raw.as_str()),
+            b.key.as_ref().map(|k| k.raw()),
             Some("userdata-events:alice-1/saved")
         );
         assert_eq!(b.events[0].action, crate::entry::Action::Save);

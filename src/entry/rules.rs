@@ -31,15 +31,33 @@ impl KeyKind {
     }
 }
 
-/// A parsed batch key: `<KEY_PREFIX>:<id>/visited`, `.../visited/<page>` or `.../saved`.
+/// A parsed batch key: `<KEY_PREFIX>:<id>/visited`, `.../visited/<page>` or `.../saved`. Its
+/// segments are read from the key's own text (one copy of it per entry, not one per segment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchKey {
-    pub raw: String,
-    /// The id segment (by convention the rows' `tracked_id`).
-    pub id: String,
+    raw: String,
+    /// Where the id segment lies in `raw`.
+    id: std::ops::Range<usize>,
     pub kind: KeyKind,
+    /// Where the page segment starts in `raw`, when there is one (it runs to the end).
+    page: Option<usize>,
+}
+
+impl BatchKey {
+    /// The key as written.
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// The id segment (by convention the rows' `tracked_id`).
+    pub fn id(&self) -> &str {
+        self.raw.get(self.id.clone()).unwrap_or_default()
+    }
+
     /// The page segment of restored visited keys (`/visited/<page>`).
-    pub page: Option<String>,
+    pub fn page(&self) -> Option<&str> {
+        self.page.and_then(|start| self.raw.get(start..))
+    }
 }
 
 /// Why a batch key was refused.
@@ -82,11 +100,13 @@ pub fn parse_key(raw: &str, prefix: &str) -> Result<BatchKey, KeyError> {
     if page.is_some_and(str::is_empty) {
         return Err(KeyError::EmptyPage);
     }
+    // `id` and `page` are slices of `raw`: their offsets locate them in the copy.
+    let offset = |part: &str| (part.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
     Ok(BatchKey {
         raw: raw.to_string(),
-        id: id.to_string(),
+        id: offset(id)..offset(id) + id.len(),
         kind,
-        page: page.map(String::from),
+        page: page.map(offset),
     })
 }
 
@@ -482,7 +502,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (k.id.as_str(), k.kind, k.page),
+            (k.id(), k.kind, k.page()),
             ("user.name-abc123", KeyKind::Visited, None)
         );
         let k = parse_key("userdata-events:a-1/saved", "userdata-events").unwrap();
@@ -492,7 +512,9 @@ mod tests {
             "userdata-events",
         )
         .unwrap();
-        assert_eq!(k.page.as_deref(), Some("search/advanced"));
+        assert_eq!(k.page(), Some("search/advanced"));
+        assert_eq!(k.id(), "a-1");
+        assert_eq!(k.raw(), "userdata-events:a-1/visited/search/advanced");
         let k = parse_key("p:a/Visited", "p").unwrap();
         assert_eq!(k.kind, KeyKind::Visited);
     }
