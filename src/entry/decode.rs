@@ -100,6 +100,15 @@ pub struct Strings<'a> {
     pub url: Option<&'a str>,
 }
 
+/// Where each string of [`Strings`] sits in [`Texts`], in order.
+const TRACKED_ID: usize = 0;
+const TRACK_ID: usize = 1;
+const USERNAME: usize = 2;
+const PAGE_NAME: usize = 3;
+const TITLE: usize = 4;
+const TRACK_TYPE: usize = 5;
+const URL: usize = 6;
+
 /// An event's seven strings in one allocation, back to back: decoding makes (and the worker frees)
 /// one block per record instead of one per string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,13 +166,13 @@ impl Texts {
 
     pub fn strings(&self) -> Strings<'_> {
         Strings {
-            tracked_id: self.given(0),
-            track_id: self.given(1),
-            username: self.given(2),
-            page_name: self.part(3),
-            title: self.part(4),
-            track_type: self.part(5),
-            url: self.part(6),
+            tracked_id: self.given(TRACKED_ID),
+            track_id: self.given(TRACK_ID),
+            username: self.given(USERNAME),
+            page_name: self.part(PAGE_NAME),
+            title: self.part(TITLE),
+            track_type: self.part(TRACK_TYPE),
+            url: self.part(URL),
         }
     }
 }
@@ -177,25 +186,25 @@ impl Default for Texts {
 
 impl Event {
     pub fn tracked_id(&self) -> &str {
-        self.texts.given(0)
+        self.texts.given(TRACKED_ID)
     }
     pub fn track_id(&self) -> &str {
-        self.texts.given(1)
+        self.texts.given(TRACK_ID)
     }
     pub fn username(&self) -> &str {
-        self.texts.given(2)
+        self.texts.given(USERNAME)
     }
     pub fn page_name(&self) -> Option<&str> {
-        self.texts.part(3)
+        self.texts.part(PAGE_NAME)
     }
     pub fn title(&self) -> Option<&str> {
-        self.texts.part(4)
+        self.texts.part(TITLE)
     }
     pub fn track_type(&self) -> Option<&str> {
-        self.texts.part(5)
+        self.texts.part(TRACK_TYPE)
     }
     pub fn url(&self) -> Option<&str> {
-        self.texts.part(6)
+        self.texts.part(URL)
     }
     pub fn strings(&self) -> Strings<'_> {
         self.texts.strings()
@@ -607,10 +616,10 @@ fn record_into(
     record: Item<'_>,
     rules: &Rules,
 ) {
-    let reject = |batch: &mut TrackedBatch, record_id: Option<String>, reason| {
+    let reject = |batch: &mut TrackedBatch, record_id: Option<&str>, reason| {
         batch.rejected.push(Rejected {
             index,
-            record_id,
+            record_id: record_id.map(String::from),
             reason,
         })
     };
@@ -631,17 +640,13 @@ fn record_into(
     let action = match rules::action(field(Name::Action).as_deref(), kind) {
         Ok(a) => a,
         Err(ActionError::Unknown(a)) => {
-            reject(
-                batch,
-                Some(tracked_id.into_owned()),
-                RejectReason::UnknownAction(a),
-            );
+            reject(batch, Some(&tracked_id), RejectReason::UnknownAction(a));
             return;
         }
         Err(ActionError::WrongKind { action, kind }) => {
             reject(
                 batch,
-                Some(tracked_id.into_owned()),
+                Some(&tracked_id),
                 RejectReason::WrongKindAction { action, kind },
             );
             return;
@@ -649,11 +654,7 @@ fn record_into(
     };
     let lastplus = match obj.get(Name::Lastplus) {
         None | Some(Leaf::Null) => {
-            reject(
-                batch,
-                Some(tracked_id.into_owned()),
-                RejectReason::MissingLastplus,
-            );
+            reject(batch, Some(&tracked_id), RejectReason::MissingLastplus);
             return;
         }
         Some(Leaf::Text(s)) => match rules::parse_lastplus(s) {
@@ -661,7 +662,7 @@ fn record_into(
             None => {
                 reject(
                     batch,
-                    Some(tracked_id.into_owned()),
+                    Some(&tracked_id),
                     RejectReason::BadLastplus(rules::shown(s)),
                 );
                 return;
@@ -669,11 +670,7 @@ fn record_into(
         },
         Some(Leaf::Other(other)) => {
             let shown = rules::shown(&other.to_string());
-            reject(
-                batch,
-                Some(tracked_id.into_owned()),
-                RejectReason::BadLastplus(shown),
-            );
+            reject(batch, Some(&tracked_id), RejectReason::BadLastplus(shown));
             return;
         }
     };

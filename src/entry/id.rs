@@ -37,16 +37,19 @@ impl EntryId {
         // Decimal digits only (no sign, no blanks), at least one, within 64 bits: read in one pass,
         // as this runs for every claimed entry.
         let number = |s: &str| {
-            s.bytes().try_fold(None::<u64>, |n, b| {
-                let digit = u64::from(b.wrapping_sub(b'0'));
-                (digit < 10)
-                    .then_some(())
-                    .and_then(|()| n.unwrap_or(0).checked_mul(10)?.checked_add(digit))
-                    .map(Some)
+            if s.is_empty() {
+                return None;
+            }
+            s.bytes().try_fold(0u64, |n, b| {
+                let digit = b.wrapping_sub(b'0');
+                if digit > 9 {
+                    return None;
+                }
+                n.checked_mul(10)?.checked_add(u64::from(digit))
             })
         };
         match (number(ms), number(seq)) {
-            (Some(Some(ms)), Some(Some(seq))) => Ok(EntryId { ms, seq }),
+            (Some(ms), Some(seq)) => Ok(EntryId { ms, seq }),
             _ => Err(bad()),
         }
     }

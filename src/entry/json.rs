@@ -81,16 +81,7 @@ pub enum Leaf<'a> {
 }
 
 impl<'a> Leaf<'a> {
-    /// As text: strings as they are, other values in compact JSON; null is absent.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Leaf::Null => None,
-            Leaf::Text(s) => Some(s.to_string()),
-            Leaf::Other(v) => Some(v.to_string()),
-        }
-    }
-
-    /// [`Leaf::text`], borrowing a string rather than copying it.
+    /// As text: strings as they are (borrowed), other values in compact JSON; null is absent.
     pub fn as_text(&self) -> Option<Cow<'_, str>> {
         match self {
             Leaf::Null => None,
@@ -99,13 +90,9 @@ impl<'a> Leaf<'a> {
         }
     }
 
-    /// [`Leaf::text`], moving a string the payload's escapes already made owned.
-    pub fn into_text(self) -> Option<String> {
-        match self {
-            Leaf::Null => None,
-            Leaf::Text(s) => Some(s.into_owned()),
-            Leaf::Other(v) => Some(v.to_string()),
-        }
+    /// [`Leaf::as_text`], owned.
+    pub fn text(&self) -> Option<String> {
+        self.as_text().map(Cow::into_owned)
     }
 
     pub fn type_name(&self) -> &'static str {
@@ -136,11 +123,6 @@ impl<'a> Obj<'a> {
     /// The member, when the object has it (`Some(Leaf::Null)` for an explicit null).
     pub fn get(&self, name: Name) -> Option<&Leaf<'a>> {
         self.leaves.get(name as usize).and_then(Option::as_ref)
-    }
-
-    /// Moves the member out (the object then no longer has it).
-    pub fn take(&mut self, name: Name) -> Option<Leaf<'a>> {
-        self.leaves.get_mut(name as usize).and_then(Option::take)
     }
 
     /// Whether the object has the member, whatever its value.

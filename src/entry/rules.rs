@@ -100,13 +100,14 @@ pub fn parse_key(raw: &str, prefix: &str) -> Result<BatchKey, KeyError> {
     if page.is_some_and(str::is_empty) {
         return Err(KeyError::EmptyPage);
     }
-    // `id` and `page` are slices of `raw`: their offsets locate them in the copy.
-    let offset = |part: &str| (part.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
+    // `<prefix>:<id>/<segment>[/<page>]`: where each part starts in `raw`.
+    let id_start = prefix.len() + 1;
+    let id_end = id_start + id.len();
     Ok(BatchKey {
         raw: raw.to_string(),
-        id: offset(id)..offset(id) + id.len(),
+        id: id_start..id_end,
         kind,
-        page: page.map(offset),
+        page: page.map(|_| id_end + 1 + segment.len() + 1),
     })
 }
 

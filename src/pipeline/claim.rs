@@ -527,8 +527,7 @@ fn dispatch(
     outbox.send(workers, &mut unsent);
 }
 
-/// Each worker's share of one claim, sent at once.
-/// Each worker's share of a claim, and the claim's size.
+/// Each worker's share of one claim, sent at once, and the claim's size (to size the shares).
 struct Outbox(&'static Pipeline, Vec<Vec<Work>>, usize);
 
 impl Outbox {
