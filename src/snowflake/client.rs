@@ -29,7 +29,7 @@ use zeroize::Zeroize;
 use super::auth::{Authenticator, Bearer};
 use super::config::{AuthConfig, ClientConfig};
 use super::error::{ErrorClass, SnowflakeError};
-use super::retry::{sleep_before, Backoff};
+use super::retry::{sleep_before, sleep_toward, Backoff};
 use crate::statement::{Bind, JsonSink, Statement};
 
 /// Largest successful response body read (a result partition is far smaller); a larger one is
@@ -43,6 +43,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const REMEMBERED_REQUESTS: usize = 1024;
 /// First pause before polling a running statement.
 const POLL_FIRST: Duration = Duration::from_millis(20);
+/// Time kept for the last status poll before a request's deadline: the pause before it is cut
+/// short so that a statement finishing just before the deadline is still seen finished.
+const LAST_POLL: Duration = Duration::from_millis(100);
 
 /// The outcome of a statement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -445,7 +448,7 @@ impl Client {
         let mut pause = Backoff::new(POLL_FIRST, self.cfg.poll_max_interval);
         let mut first = true;
         loop {
-            if !first && !sleep_before(pause.next_delay(), deadline) {
+            if !first && !sleep_toward(pause.next_delay(), deadline, LAST_POLL) {
                 return Err(self.still_running(handle));
             }
             first = false;

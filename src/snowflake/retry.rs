@@ -43,6 +43,20 @@ impl Backoff {
     }
 }
 
+/// Sleeps up to `delay`, stopping `keep` before `deadline`; returns false, without sleeping, when
+/// no more than `keep` is left. A poll loop paced by this still polls once shortly before its
+/// deadline, where [`sleep_before`] would give up as soon as the next full delay does not fit: with
+/// delays doubling, that can be half the time allowed.
+pub fn sleep_toward(delay: Duration, deadline: Instant, keep: Duration) -> bool {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if left > keep => {
+            std::thread::sleep(delay.min(left - keep));
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Sleeps `delay` unless that would pass `deadline`; returns whether it slept.
 pub fn sleep_before(delay: Duration, deadline: Instant) -> bool {
     match deadline.checked_duration_since(Instant::now()) {
@@ -86,5 +100,15 @@ mod tests {
     fn no_sleep_past_the_deadline() {
         let deadline = Instant::now() + Duration::from_millis(5);
         assert!(!sleep_before(Duration::from_secs(10), deadline));
+    }
+
+    #[test]
+    fn a_poll_pause_is_cut_short_to_leave_time_for_one_last_poll() {
+        let keep = Duration::from_millis(50);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        assert!(sleep_toward(Duration::from_secs(10), deadline, keep));
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(left <= keep, "woke with {left:?} left");
+        assert!(!sleep_toward(Duration::from_secs(10), deadline, keep));
     }
 }
