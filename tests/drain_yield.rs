@@ -63,6 +63,11 @@ fn application(
 
 /// Other clients saturating Redis's main thread with XADDs to a capped stream of their own:
 /// `redis-benchmark` (or `valkey-benchmark`) next to the server binary, stopped by PID on drop.
+///
+/// Each request is a script that adds [`XADDS_PER_REQUEST`] entries, so the server does many times
+/// the client's work per request: the main thread is saturated even when the benchmark tool gets
+/// only a share of a core (two cores shared with the drain, the sink and the application). One
+/// `XADD` per request left the tool the bottleneck on a loaded machine (seen: main thread 64 % busy).
 struct Saturation(std::process::Child);
 
 impl Saturation {
@@ -81,15 +86,12 @@ impl Saturation {
             });
         let child = std::process::Command::new(tool)
             .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
-            .args(["-n", "100000000", "-c", "20", "-P", "16", "-q"])
+            .args(["-n", "100000000", "-c", "20", "-P", "4", "-q"])
             .args([
-                "XADD",
+                "EVAL",
+                &saturating_script(),
+                "1",
                 "other-stream",
-                "MAXLEN",
-                "~",
-                "1000",
-                "*",
-                "value",
                 &payload(1),
             ])
             .stdout(std::process::Stdio::null())
@@ -98,6 +100,16 @@ impl Saturation {
             .expect("start the benchmark tool");
         Saturation(child)
     }
+}
+
+/// Entries each saturating request adds.
+const XADDS_PER_REQUEST: usize = 10;
+
+/// The saturating request: [`XADDS_PER_REQUEST`] capped `XADD`s of `ARGV[1]` to `KEYS[1]`.
+fn saturating_script() -> String {
+    format!(
+        "for _ = 1, {XADDS_PER_REQUEST} do redis.call('XADD', KEYS[1], 'MAXLEN', '~', '1000', '*', 'value', ARGV[1]) end"
+    )
 }
 
 impl Drop for Saturation {
