@@ -8,7 +8,8 @@
 //! - [`MainThread`] samples how busy the main thread is, every ~100 ms: its CPU time plus its time
 //!   waiting for a CPU (`/proc/self/task/<pid>/schedstat`, or `stat` ticks where schedstat is
 //!   missing) over the time it could run — wall time less the time the module's own threads held
-//!   the Redis lock ([`busy_fraction`]). Linux only; elsewhere it says nothing and the drain runs at
+//!   the Redis lock, and less the share of the host's CPU time the hypervisor took (steal, from
+//!   `/proc/stat`) ([`busy_fraction`]). Linux only; elsewhere it says nothing and the drain runs at
 //!   full speed.
 //! - [`Governor`] (pure, no clock of its own) turns the samples into the share of time the drain may
 //!   hold the lock: the whole of its usual share (half: each hold is followed by a pause as long)
@@ -231,6 +232,8 @@ impl Governor {
 pub struct MainThread {
     /// The last sample: when, the main thread's demand, the module's lock held, both cumulative.
     last: Option<(Instant, Duration, Duration)>,
+    /// The host's CPU ticks at the last sample (see [`HostTicks`]).
+    host: Option<HostTicks>,
     source: Source,
 }
 
@@ -259,7 +262,11 @@ impl MainThread {
         } else {
             Source::None
         };
-        MainThread { last: None, source }
+        MainThread {
+            last: None,
+            host: None,
+            source,
+        }
     }
 
     /// Whether a new sample is due at `now`.
@@ -279,17 +286,74 @@ impl MainThread {
             return None;
         };
         let held = crate::host::gil::held();
+        let host = HostTicks::read();
+        let host_before = std::mem::replace(&mut self.host, host);
         let (then, before, held_before) = self.last.replace((now, total, held))?;
+        let stolen = host_before
+            .zip(host)
+            .map_or(0.0, |(before, after)| after.stolen_since(before));
         busy_fraction(
             total.saturating_sub(before),
             held.saturating_sub(held_before),
             now.duration_since(then),
+            stolen,
         )
     }
 }
 
+/// The host's CPU time, all CPUs together, in ticks: the `cpu` line of `/proc/stat`.
+///
+/// On a virtual machine the hypervisor may run other guests on this guest's CPUs ("steal"). A
+/// thread that is on a CPU while it is stolen is neither running nor waiting on a run queue as the
+/// guest's scheduler counts it, so the main thread's demand misses that time: on a shared VM with a
+/// third of its CPU time stolen, a saturated main thread read ~60 % busy and the drain never gave
+/// way. The share stolen over a sample is taken out of the time the main thread could run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostTicks {
+    stolen: u64,
+    total: u64,
+}
+
+/// At most this share of the time is taken as stolen, whatever `/proc/stat` says.
+const MOST_STOLEN: f64 = 0.9;
+
+impl HostTicks {
+    fn read() -> Option<HostTicks> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        HostTicks::parse(text.lines().next()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal [guest guest_nice]`; guest time is
+    /// already inside user and nice, so the total is the first eight.
+    fn parse(line: &str) -> Option<HostTicks> {
+        let mut f = line.split_ascii_whitespace();
+        if f.next()? != "cpu" {
+            return None;
+        }
+        let mut ticks = [0u64; 8];
+        for t in &mut ticks {
+            *t = f.next()?.parse().ok()?;
+        }
+        Some(HostTicks {
+            stolen: ticks[7],
+            total: ticks.iter().fold(0u64, |a, t| a.saturating_add(*t)),
+        })
+    }
+
+    /// The share of the host's CPU time stolen between `before` and `self`.
+    fn stolen_since(self, before: HostTicks) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        let stolen = self.stolen.saturating_sub(before.stolen);
+        (stolen as f64 / total as f64).min(MOST_STOLEN)
+    }
+}
+
 /// How busy the main thread was over `wall`: its `demand` (CPU and run-queue time) over the time
-/// it could run, which is `wall` less the time the module's threads `held` the Redis lock. While the
+/// it could run, which is `wall` less the time the module's threads `held` the Redis lock, of which
+/// the `stolen` share was the hypervisor's (see [`HostTicks`]). While the
 /// module holds the lock, the main thread waits off any run queue, so its demand alone cannot show
 /// that the drain squeezes it: with the lock held half of the time and the main thread busy all of
 /// the other half, demand over wall would read 0.5, and the drain would never yield to the clients
@@ -297,14 +361,15 @@ impl MainThread {
 ///
 /// An idle main thread reads near 0 however long the lock was held; one whose clients keep it
 /// busy reads near 1 whatever share of the time the drain took from it.
-pub fn busy_fraction(demand: Duration, held: Duration, wall: Duration) -> Option<f64> {
+pub fn busy_fraction(demand: Duration, held: Duration, wall: Duration, stolen: f64) -> Option<f64> {
     if wall.is_zero() {
         return None;
     }
     // The module holds the lock at most about half of the time (each hold is followed by a pause as
     // long); a tenth of the period is kept as the least it could run, whatever the clock says.
-    let could_run = wall.saturating_sub(held).max(wall / 10);
-    Some((demand.as_secs_f64() / could_run.as_secs_f64()).min(1.0))
+    let could_run = wall.saturating_sub(held).max(wall / 10).as_secs_f64()
+        * (1.0 - stolen.clamp(0.0, MOST_STOLEN));
+    Some((demand.as_secs_f64() / could_run).min(1.0))
 }
 
 /// The main thread's CPU time plus its run-queue wait, cumulative.
@@ -524,7 +589,7 @@ mod tests {
 
     #[test]
     fn the_main_thread_is_as_busy_as_it_was_in_the_time_the_module_left_it() {
-        let busy = |demand, held| busy_fraction(ms(demand), ms(held), ms(100)).unwrap();
+        let busy = |demand, held| busy_fraction(ms(demand), ms(held), ms(100), 0.0).unwrap();
         // No holds: demand over wall.
         assert!((busy(40, 0) - 0.4).abs() < 1e-9);
         // The drain held the lock half of the time and the clients kept the main thread busy in
@@ -538,7 +603,49 @@ mod tests {
         // Never above 1, and a hold longer than the period (holds ending in it) is bounded.
         assert_eq!(busy(90, 50), 1.0);
         assert!(busy(5, 200) <= 1.0);
-        assert_eq!(busy_fraction(ms(1), ms(0), Duration::ZERO), None);
+        assert_eq!(busy_fraction(ms(1), ms(0), Duration::ZERO, 0.0), None);
+    }
+
+    #[test]
+    fn time_the_hypervisor_stole_is_time_the_main_thread_could_not_run() {
+        // A third of the host's CPU time stolen: a main thread that ran 60 % of the wall time had
+        // no more to take.
+        let stolen = HostTicks {
+            stolen: 1_100,
+            total: 1_600,
+        }
+        .stolen_since(HostTicks {
+            stolen: 1_000,
+            total: 1_300,
+        });
+        assert!((stolen - 1.0 / 3.0).abs() < 1e-9);
+        let busy = busy_fraction(ms(60), ms(0), ms(100), stolen).unwrap();
+        assert!(busy >= SATURATED, "{busy}");
+        // Without steal the same figure leaves room.
+        assert!(busy_fraction(ms(60), ms(0), ms(100), 0.0).unwrap() < SATURATED);
+        // Nothing elapsed, or counters that went back: nothing stolen; a wild figure is capped.
+        let at = HostTicks {
+            stolen: 5,
+            total: 10,
+        };
+        assert_eq!(at.stolen_since(at), 0.0);
+        assert_eq!(
+            at.stolen_since(HostTicks {
+                stolen: 9,
+                total: 20
+            }),
+            0.0
+        );
+        assert!(busy_fraction(ms(1), ms(0), ms(100), 5.0).unwrap() <= 1.0);
+        assert_eq!(
+            HostTicks::parse("cpu  2385174 26694 198591 8054893 11346 0 15314 215191 0 0"),
+            Some(HostTicks {
+                stolen: 215_191,
+                total: 2_385_174 + 26_694 + 198_591 + 8_054_893 + 11_346 + 15_314 + 215_191,
+            })
+        );
+        assert_eq!(HostTicks::parse("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(HostTicks::parse("cpu 1 2 3"), None);
     }
 
     #[test]
