@@ -205,9 +205,12 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
     app.join().expect("the application thread");
     let rate = claimed as f64 / elapsed;
     eprintln!(
-        "under load: {rate:.0} entries/s claimed, {acked} written, yielding in {yielding_polls}/{polls} polls, lag up to {max_lag}, main thread busy {}%",
-        st["main_thread_busy_pct"]
+        "under load: {rate:.0} entries/s claimed, {acked} written, yielding in {yielding_polls}/{polls} polls, lag up to {max_lag}, main thread busy {}%, host CPU stolen {}%",
+        st["main_thread_busy_pct"], st["host_cpu_stolen_pct"]
     );
+    // Measured on Linux, as the main thread's busy figure is.
+    let stolen: i64 = st["host_cpu_stolen_pct"].parse().expect("an integer");
+    assert!((0..=100).contains(&stolen), "host_cpu_stolen_pct {stolen}");
     assert!(
         yielding_polls * 4 >= polls * 3,
         "yielding in only {yielding_polls} of {polls} polls under load (main thread busy {}%)",

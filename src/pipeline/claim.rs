@@ -103,6 +103,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let now = Instant::now();
         if main_thread.due(now) {
             governor.observe(main_thread.sample(now));
+            governor::publish_stolen(p, main_thread.stolen());
         }
         let snap = settings::current();
         // Paused: park without touching the Redis lock (MODULE UNLOAD waits for this thread).

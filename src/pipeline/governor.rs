@@ -234,6 +234,8 @@ pub struct MainThread {
     last: Option<(Instant, Duration, Duration)>,
     /// The host's CPU ticks at the last sample (see [`HostTicks`]).
     host: Option<HostTicks>,
+    /// The share of the host's CPU time stolen between the last two samples.
+    stolen: Option<f64>,
     source: Source,
 }
 
@@ -265,6 +267,7 @@ impl MainThread {
         MainThread {
             last: None,
             host: None,
+            stolen: None,
             source,
         }
     }
@@ -289,15 +292,21 @@ impl MainThread {
         let host = HostTicks::read();
         let host_before = std::mem::replace(&mut self.host, host);
         let (then, before, held_before) = self.last.replace((now, total, held))?;
-        let stolen = host_before
+        self.stolen = host_before
             .zip(host)
-            .map_or(0.0, |(before, after)| after.stolen_since(before));
+            .map(|(before, after)| after.stolen_since(before));
         busy_fraction(
             total.saturating_sub(before),
             held.saturating_sub(held_before),
             now.duration_since(then),
-            stolen,
+            self.stolen.unwrap_or(0.0),
         )
+    }
+
+    /// The share of the host's CPU time stolen over the last sample; `None` before two samples, or
+    /// where `/proc/stat` cannot be read.
+    pub fn stolen(&self) -> Option<f64> {
+        self.stolen
     }
 }
 
@@ -425,6 +434,12 @@ pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
         .store((g.share * 1000.0).floor() as u64, Ordering::Relaxed);
 }
 
+/// Publishes the share of the host's CPU time stolen over the last sample.
+pub fn publish_stolen(p: &Pipeline, stolen: Option<f64>) {
+    let permille = stolen.map_or(u64::MAX, |s| (s * 1000.0).round().clamp(0.0, 1000.0) as u64);
+    p.drain.stolen_permille.store(permille, Ordering::Relaxed);
+}
+
 /// Records the last claim's lock hold and the wait to take the lock.
 pub fn publish_hold(p: &Pipeline, held: Duration, waited: Duration) {
     p.drain
@@ -455,6 +470,8 @@ pub struct Published {
     pub mode: Mode,
     /// Percent, `None` when not measured.
     pub busy_pct: Option<u64>,
+    /// The share of the host's CPU time stolen, in percent; `None` when not measured.
+    pub stolen_pct: Option<u64>,
     pub chunk: u64,
     /// The share of the time the drain may hold the lock, in percent (rounded down).
     pub share_pct: u64,
@@ -468,9 +485,11 @@ pub struct Published {
 pub fn published(p: &Pipeline) -> Published {
     let d = &p.drain;
     let busy = d.busy_permille.load(Ordering::Relaxed);
+    let stolen = d.stolen_permille.load(Ordering::Relaxed);
     Published {
         mode: mode_of(d.share_permille.load(Ordering::Relaxed) as f64 / 1000.0),
         busy_pct: (busy != u64::MAX).then(|| (busy + 5) / 10),
+        stolen_pct: (stolen != u64::MAX).then(|| (stolen + 5) / 10),
         chunk: d.chunk.load(Ordering::Relaxed),
         share_pct: d.share_permille.load(Ordering::Relaxed) / 10,
         last_hold_us: d.last_hold_us.load(Ordering::Relaxed),

@@ -91,6 +91,9 @@ pub struct Waiter {
 pub struct DrainFigures {
     /// Busy fraction in per mille; `u64::MAX` when unknown.
     pub busy_permille: AtomicU64,
+    /// The share of the host's CPU time stolen over the last sample, in per mille; `u64::MAX` when
+    /// unknown.
+    pub stolen_permille: AtomicU64,
     pub chunk: AtomicU64,
     /// The share of the time the drain may hold the lock, in per mille (rounded down, so that
     /// below 500 is yielding).
@@ -108,6 +111,7 @@ impl Default for DrainFigures {
     fn default() -> DrainFigures {
         DrainFigures {
             busy_permille: AtomicU64::new(u64::MAX),
+            stolen_permille: AtomicU64::new(u64::MAX),
             chunk: AtomicU64::new(0),
             share_permille: AtomicU64::new(500),
             last_hold_us: AtomicU64::new(0),

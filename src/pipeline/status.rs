@@ -318,6 +318,10 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
         "main_thread_busy_pct",
         drain.busy_pct.map_or(-1, |p| p as i64).into(),
     );
+    put(
+        "host_cpu_stolen_pct",
+        drain.stolen_pct.map_or(-1, |p| p as i64).into(),
+    );
     put("drain_lock_share_pct", drain.share_pct.into());
     put("drain_claim_chunk", drain.chunk.into());
     put("drain_last_hold_us", drain.last_hold_us.into());
