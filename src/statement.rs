@@ -100,7 +100,7 @@ pub trait JsonSink {
     /// Appends `s` as a JSON string, quotes included.
     fn string(&mut self, s: &str);
     /// Appends `s`, which holds nothing to escape, as a JSON string without looking at its bytes:
-    /// what the module writes itself (names, entry IDs, times, codes).
+    /// what the module writes itself (entry IDs, times, codes).
     fn plain_string(&mut self, s: &str);
     /// Appends `"name":`.
     fn name(&mut self, name: &str) {

@@ -100,14 +100,13 @@ pub fn parse_key(raw: &str, prefix: &str) -> Result<BatchKey, KeyError> {
     if page.is_some_and(str::is_empty) {
         return Err(KeyError::EmptyPage);
     }
-    // `<prefix>:<id>/<segment>[/<page>]`: where each part starts in `raw`.
-    let id_start = prefix.len() + 1;
-    let id_end = id_start + id.len();
+    // `rest` and the page are tails of `raw`: their lengths say where they start in it.
+    let id_start = raw.len() - rest.len();
     Ok(BatchKey {
         raw: raw.to_string(),
-        id: id_start..id_end,
+        id: id_start..id_start + id.len(),
         kind,
-        page: page.map(|_| id_end + 1 + segment.len() + 1),
+        page: page.map(|p| raw.len() - p.len()),
     })
 }
 

@@ -356,7 +356,7 @@ impl HostTicks {
             return 0.0;
         }
         let stolen = self.stolen.saturating_sub(before.stolen);
-        (stolen as f64 / total as f64).min(MOST_STOLEN)
+        stolen as f64 / total as f64
     }
 }
 
