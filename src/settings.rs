@@ -137,6 +137,8 @@ const fn int(min: i64, max: i64) -> Kind {
 const DAY: i64 = 86_400;
 const LOG_LEVELS: &[&str] = &["DEBUG", "INFO", "WARNING", "ERROR"];
 const TOKEN_TYPES: &[&str] = &["PROGRAMMATIC_ACCESS_TOKEN", "OAUTH"];
+/// How the userdata stream records what is written (`ACK_MODE`).
+pub const ACK_MODES: &[&str] = &["XACK", "WRITTEN_GROUP"];
 
 settings! {
     // --- stream and consumer group -----------------------------------------------------------------
@@ -209,6 +211,8 @@ settings! {
         "How long a worker waits for a batch to fill before committing what it has.";
     MaxInFlight = "MAX_IN_FLIGHT", "8000", int(1, 10_000_000), Live, Pipeline,
         "Most claimed, not yet acknowledged entries held by the module; bounds its memory.";
+    AckMode = "ACK_MODE", "XACK", Kind::Choice(ACK_MODES), Restart, Pipeline,
+        "How the stream records what is written. XACK: entries are read into the group's pending list (what XPENDING shows) and acknowledged once Snowflake has committed them. WRITTEN_GROUP: entries are read with NOACK and a second group, `<GROUP>-written`, is moved past each run of committed entries (XGROUP SETID, replicated); after a restart or a failover the entries after it are read again and change nothing; about a third of the Redis lock time per drained entry (docs/performance.md).";
     ClaimChunk = "CLAIM_CHUNK", "1000", int(1, 100_000), Live, Pipeline,
         "Most entries read per XREADGROUP call under the lock; the claimer reads fewer when a hold would last over about 1 ms or read over 1 MiB.";
     DrainMinRecordsPerSecond = "DRAIN_MIN_RECORDS_PER_SECOND", "1000", int(1, 10_000_000), Live, Pipeline,

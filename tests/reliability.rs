@@ -840,3 +840,118 @@ fn shutdown_with_slow_statements(
     }
     started.elapsed()
 }
+
+/// Written-group status fields of `userdata-stream`: (group names present, `XPENDING` count).
+fn groups_and_pending(con: &mut redis::Connection) -> (Vec<String>, i64) {
+    let groups: Vec<BTreeMap<String, redis::Value>> =
+        q(con, &["XINFO", "GROUPS", "userdata-stream"]);
+    let mut names: Vec<String> = groups
+        .iter()
+        .filter_map(|g| match g.get("name") {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    let summary: Vec<redis::Value> = q(con, &["XPENDING", "userdata-stream", "snowflake-writer"]);
+    let pending = match summary.first() {
+        Some(redis::Value::Int(n)) => *n,
+        _ => -1,
+    };
+    (names, pending)
+}
+
+#[test]
+fn switching_ack_mode_both_ways_with_entries_claimed_loses_and_double_counts_nothing() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(durable(&emu).env("ACK_MODE", "XACK"));
+    let mut con = server.connection();
+    let mut seq = 0u64;
+    for (mode, then) in [("XACK", "WRITTEN_GROUP"), ("WRITTEN_GROUP", "XACK")] {
+        // Claimed and not written when the server dies: Snowflake refuses every statement.
+        emu.fault(json!({"next": 1_000_000, "status": 503}));
+        for _ in 0..200 {
+            let _: String = q(
+                &mut con,
+                &["XADD", "userdata-stream", "*", "value", &generated(seq)],
+            );
+            seq += 1;
+        }
+        wait_status(&server, "claimed entries", Duration::from_secs(20), |st| {
+            int(st, "pending") > 0 && int(st, "in_flight") > 0
+        });
+        let (groups, pending) = groups_and_pending(&mut con);
+        match mode {
+            "XACK" => assert!(pending > 0 && groups.len() == 1, "{groups:?} {pending}"),
+            _ => assert!(pending == 0 && groups.len() == 2, "{groups:?} {pending}"),
+        }
+        server.kill9();
+        emu.clear_faults();
+        server.opts.env.insert("ACK_MODE".into(), then.into());
+        server.launch();
+        con = server.connection();
+        flush(&mut con, 60_000);
+        assert_exactly_once(&mut con, &emu);
+        let (groups, pending) = groups_and_pending(&mut con);
+        assert_eq!(pending, 0, "{then}: {groups:?}");
+        let expected: Vec<String> = match then {
+            "XACK" => vec!["snowflake-writer".into()],
+            _ => vec!["snowflake-writer".into(), "snowflake-writer-written".into()],
+        };
+        assert_eq!(groups, expected, "{then}");
+    }
+}
+
+#[test]
+fn an_entry_dead_lettered_before_a_crash_and_read_again_gets_no_second_copy() {
+    let emu = Emulator::start();
+    let mut server = RedisServer::start(
+        durable(&emu)
+            .env("ACK_MODE", "WRITTEN_GROUP")
+            .env("SNOWFLAKE_REQUEST_TIMEOUT_SECONDS", "60"),
+    );
+    let mut con = server.connection();
+    wait_status(
+        &server,
+        "the writer to run",
+        Duration::from_secs(20),
+        |st| st["state"] == "running",
+    );
+    // The first statement hangs: the written group stays before the first entry, while undecodable
+    // entries after it, on the other worker, are dead-lettered.
+    emu.fault(json!({"next": 1, "slow_ms": 30_000}));
+    let _: String = q(
+        &mut con,
+        &["XADD", "userdata-stream", "*", "value", &generated(0)],
+    );
+    let expected = stream_visits(&mut con, "userdata-stream");
+    let bad = 20;
+    for i in 0..bad {
+        let _: String = q(
+            &mut con,
+            &[
+                "XADD",
+                "userdata-stream",
+                "*",
+                "value",
+                &format!("{{oops {i}"),
+            ],
+        );
+    }
+    wait_status(&server, "dead letters", Duration::from_secs(20), |st| {
+        int(st, "dlq_length") > 0 && int(st, "in_flight") > 0
+    });
+    server.kill9();
+    emu.clear_faults();
+    server.launch();
+    let mut con = server.connection();
+    flush(&mut con, 60_000);
+    assert_in_snowflake(&expected, &emu);
+    let st = status(&mut con);
+    assert_eq!(int(&st, "dlq_length"), bad, "{st:?}");
+    assert_eq!(st["pending"], "0", "{st:?}");
+    assert!(
+        server.log().contains("its dead-letter copy exists already"),
+        "no entry was read again after its dead-letter copy"
+    );
+}

@@ -114,13 +114,23 @@ fn flushed(ctx: &Context, stream_name: &str, group: &str, target: EntryId) -> Re
         return Err(stream::length(ctx, stream_name));
     };
     let delivered = EntryId::parse(&info.last_delivered_id).unwrap_or_default();
-    let lowest_pending =
-        stream::lowest_pending(ctx, stream_name, group).and_then(|id| EntryId::parse(&id).ok());
-    let done = delivered >= target && lowest_pending.is_none_or(|p| p > target);
+    let done = delivered >= target
+        && match &info.written {
+            // Written up to the target, or everything delivered is written (the target itself
+            // may have been deleted before it was delivered).
+            Some(w) => {
+                let written = EntryId::parse(&w.id).unwrap_or_default();
+                written >= target || written == delivered
+            }
+            // A group with a pending list (before its written group exists).
+            None => stream::lowest_pending(ctx, stream_name, group)
+                .and_then(|id| EntryId::parse(&id).ok())
+                .is_none_or(|p| p > target),
+        };
     if done {
         Ok(true)
     } else {
-        Err(info.pending + info.lag.unwrap_or(0))
+        Err(info.unwritten().unwrap_or(info.pending) + info.lag.unwrap_or(0))
     }
 }
 

@@ -41,10 +41,12 @@ pub fn home() -> Option<Context> {
     (!p.is_null()).then(|| Context::new(p))
 }
 
-/// What `XINFO GROUPS` says about one consumer group.
+/// What `XINFO GROUPS` says about one consumer group, and about its written group.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GroupInfo {
     pub consumers: i64,
+    /// Entries in the group's own pending list: none for the userdata stream, which is read with
+    /// `NOACK` (see [`written_group`]); the hash mappings' streams keep one.
     pub pending: i64,
     pub last_delivered_id: String,
     /// Entries not yet delivered to the group; `None` when Redis cannot tell (after deletions).
@@ -52,6 +54,41 @@ pub struct GroupInfo {
     /// The logical position (1-based count of entries ever added) of the last entry delivered to the
     /// group; `None` when Redis cannot tell.
     pub entries_read: Option<i64>,
+    /// The group's written group, when it has one.
+    pub written: Option<Written>,
+}
+
+/// Where a written group stands: every entry up to `id` is in Snowflake or dead-lettered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub id: String,
+    /// Entries after `id` (not yet written); `None` when Redis cannot tell.
+    pub lag: Option<i64>,
+    pub entries_read: Option<i64>,
+}
+
+impl GroupInfo {
+    /// Entries delivered to the group and not yet written: those between the written group and the
+    /// reading group, or the pending list of a group without a written group. `None` when Redis
+    /// cannot tell (deletions inside the stream).
+    pub fn unwritten(&self) -> Option<i64> {
+        match &self.written {
+            None => Some(self.pending),
+            Some(w) => match (w.lag, self.lag) {
+                (Some(behind), Some(ahead)) => Some((behind - ahead).max(0)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The written group of `group`: a second consumer group of the same stream that is never read
+/// from. The claimer reads with `NOACK` (no pending list, no `XCLAIM` propagated per entry, no
+/// `XACK`) and, once a run of entries is committed or dead-lettered, moves this group past them with
+/// `XGROUP SETID`. It is replicated and saved with the stream, so after a restart or a failover the
+/// reading group is set back to it and the entries after it are read again ([`set_group_id`]).
+pub fn written_group(group: &str) -> String {
+    format!("{group}-written")
 }
 
 pub fn length(ctx: &Context, stream: &str) -> i64 {
@@ -77,9 +114,12 @@ pub fn group_info(ctx: &Context, stream: &str, group: &str) -> Option<GroupInfo>
     let Ok(RedisValue::Array(groups)) = ctx.call("XINFO", &["GROUPS", stream]) else {
         return None;
     };
-    groups.iter().find_map(|g| {
+    let written_name = written_group(group);
+    let mut reading = None;
+    let mut written = None;
+    for g in &groups {
         let RedisValue::Array(fields) = g else {
-            return None;
+            continue;
         };
         let mut info = GroupInfo::default();
         let mut name = None;
@@ -95,8 +135,19 @@ pub fn group_info(ctx: &Context, stream: &str, group: &str) -> Option<GroupInfo>
                 _ => {}
             }
         }
-        (name.as_deref() == Some(group)).then_some(info)
-    })
+        match name {
+            Some(n) if n == group => reading = Some(info),
+            Some(n) if n == written_name => {
+                written = Some(Written {
+                    id: info.last_delivered_id,
+                    lag: info.lag,
+                    entries_read: info.entries_read,
+                })
+            }
+            _ => {}
+        }
+    }
+    reading.map(|info| GroupInfo { written, ..info })
 }
 
 fn int(v: &RedisValue) -> Option<i64> {
@@ -403,6 +454,112 @@ pub fn ensure_group(ctx: &Context, stream: &str, group: &str) -> Result<(), Stri
     }
 }
 
+/// Creates the written group of `group` (see [`written_group`]) when it has none: where `group`
+/// stands, or — for a group that still has a pending list, read before the written group existed —
+/// just before its lowest pending entry, so those entries are read again and written.
+pub fn ensure_written_group(ctx: &Context, stream: &str, group: &str) -> Result<(), String> {
+    let Some(info) = group_info(ctx, stream, group) else {
+        return Err(format!("{stream} has no consumer group {group}"));
+    };
+    if info.written.is_some() {
+        return Ok(());
+    }
+    let (start, entries_read) = match lowest_pending(ctx, stream, group) {
+        Some(lowest) => (before(&lowest), None),
+        None if info.last_delivered_id.is_empty() => ("0-0".to_string(), Some(0)),
+        None => (info.last_delivered_id, info.entries_read),
+    };
+    let name = written_group(group);
+    let read = entries_read.map(|n| n.to_string());
+    let mut args: Vec<&[u8]> = vec![
+        b"CREATE",
+        stream.as_bytes(),
+        name.as_bytes(),
+        start.as_bytes(),
+    ];
+    if let Some(read) = &read {
+        args.extend([b"ENTRIESREAD".as_slice(), read.as_bytes()]);
+    }
+    match call_write(ctx, "XGROUP", &args) {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The ID just before `id` (`0-0` for the lowest).
+fn before(id: &str) -> String {
+    let Ok(id) = crate::entry::EntryId::parse(id) else {
+        return "0-0".into();
+    };
+    match (id.ms, id.seq) {
+        (ms, 0) if ms > 0 => format!("{}-{}", ms - 1, u64::MAX),
+        (ms, seq) => format!("{ms}-{}", seq.saturating_sub(1)),
+    }
+}
+
+/// Sets `group` of `stream` to `id`, with its logical read counter when known (Redis uses it for
+/// the group's lag and for the claimer's check of trimmed entries).
+pub fn set_group_id(
+    ctx: &Context,
+    stream: &str,
+    group: &str,
+    id: &str,
+    entries_read: Option<i64>,
+) -> Result<(), String> {
+    let read = entries_read.map(|n| n.to_string());
+    let mut args: Vec<&[u8]> = vec![b"SETID", stream.as_bytes(), group.as_bytes(), id.as_bytes()];
+    if let Some(read) = &read {
+        args.extend([b"ENTRIESREAD".as_slice(), read.as_bytes()]);
+    }
+    call_write(ctx, "XGROUP", &args).map(|_| ())
+}
+
+/// Acknowledges every entry of `group`'s pending list, `chunk` at a time; returns how many. A group
+/// read with `NOACK` has none: this empties the list a group read before its written group existed.
+pub fn clear_pending(
+    ctx: &Context,
+    stream: &str,
+    group: &str,
+    chunk: usize,
+) -> Result<u64, String> {
+    let count = chunk.max(1).to_string();
+    let mut cleared = 0u64;
+    loop {
+        let reply = call_read(
+            ctx,
+            "XPENDING",
+            &[
+                stream.as_bytes(),
+                group.as_bytes(),
+                b"-",
+                b"+",
+                count.as_bytes(),
+            ],
+        )?;
+        let RedisValue::Array(rows) = reply else {
+            return Ok(cleared);
+        };
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|row| match row {
+                RedisValue::Array(parts) => parts.first().and_then(text),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(cleared);
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let acked = ack(ctx, stream, group, &refs)?;
+        cleared += ids.len() as u64;
+        if acked == 0 {
+            // Nothing left that an acknowledgement removes: never loop on it.
+            return Ok(cleared);
+        }
+    }
+}
+
 /// Parses an `XREADGROUP`/`XRANGE`-style array of `[id, [field, value, ...]]`; entries deleted from
 /// the stream but still pending come back with a nil field list and are returned with no fields.
 pub fn parse_entries(list: &RedisValue) -> Vec<RawEntry> {
@@ -441,10 +598,11 @@ pub fn read_group(
     from: &str,
     count: usize,
 ) -> Result<Vec<RawEntry>, String> {
-    read_group_chunk(ctx, stream, group, consumer, from, count).map(|c| c.to_entries())
+    read_group_chunk(ctx, stream, group, consumer, from, count, false).map(|c| c.to_entries())
 }
 
-/// [`read_group`] into one [`Claimed`] buffer (the claimer's hot path).
+/// [`read_group`] into one [`Claimed`] buffer (the claimer's hot path); with `noack`, nothing is
+/// added to a pending list (progress is then kept by the [`written_group`]).
 pub fn read_group_chunk(
     ctx: &Context,
     stream: &str,
@@ -452,18 +610,20 @@ pub fn read_group_chunk(
     consumer: &str,
     from: &str,
     count: usize,
+    noack: bool,
 ) -> Result<Claimed, String> {
     let count = count.to_string();
-    let args: [&[u8]; 8] = [
+    let mut args: Vec<&[u8]> = vec![
         b"GROUP",
         group.as_bytes(),
         consumer.as_bytes(),
         b"COUNT",
         count.as_bytes(),
-        b"STREAMS",
-        stream.as_bytes(),
-        from.as_bytes(),
     ];
+    if noack {
+        args.push(b"NOACK");
+    }
+    args.extend([b"STREAMS".as_slice(), stream.as_bytes(), from.as_bytes()]);
     if is_replica(ctx) {
         return Err(DEMOTED.into());
     }
@@ -660,12 +820,13 @@ pub fn add(ctx: &Context, stream: &str, fields: &[(&[u8], &[u8])]) -> Result<Str
 }
 
 /// Copies an entry to the dead-letter stream `dlq`, unchanged, plus `reason`, `source_stream` and
-/// `source_id`; then acknowledges it. Both happen under the caller's one lock hold.
+/// `source_id`; then, with a `group` that keeps a pending list, acknowledges it. Both happen under
+/// the caller's one lock hold.
 pub fn dead_letter(
     ctx: &Context,
     stream: &str,
     dlq: &str,
-    group: &str,
+    group: Option<&str>,
     entry: &RawEntry,
     reason: &str,
 ) -> Result<String, String> {
@@ -683,6 +844,9 @@ pub fn dead_letter(
     fields.push((b"source_stream", stream.as_bytes()));
     fields.push((b"source_id", entry.id.as_bytes()));
     let id = add(ctx, dlq, &fields)?;
+    let Some(group) = group else {
+        return Ok(id);
+    };
     // The copy is written: a failed acknowledgement must not make the caller write it again.
     if let Err(e) = ack(ctx, stream, group, &[entry.id.as_str()]) {
         crate::host::logging::warning(&format!("XACK of dead-lettered {} failed: {e}", entry.id));

@@ -1,9 +1,9 @@
-//! Settling entries in Redis once their outcome is known: `XACK`, or a dead-letter copy then `XACK`.
+//! Settling entries in Redis once their outcome is known: a dead-letter copy where there is one, then
+//! the written group moved past every entry settled so far ([`super::progress`]), one `XGROUP SETID`
+//! per hold.
 //!
 //! Workers queue what they settled and then write the queue under the Redis lock, in holds as short
-//! as the claimer's ([`super::governor::published_hold_target`]): each `XACK` removes every entry
-//! from two pending lists, ~1 µs of the main thread's time per entry, so a batch of thousands
-//! acknowledged in one hold would keep Redis's clients waiting for milliseconds. The queue also lets
+//! as the claimer's ([`super::governor::published_hold_target`]). The queue also lets
 //! `SHUTDOWN`, which runs on the main thread holding the lock, write the acknowledgements of batches
 //! that committed during the grace period.
 
@@ -17,6 +17,7 @@ use super::control::Pipeline;
 use super::governor;
 pub use super::state::Settle;
 use super::state::{Item, Retry};
+use crate::entry::EntryId;
 use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, RawEntry};
@@ -96,6 +97,53 @@ pub fn drain(p: &Pipeline, ctx: &Context) {
     drain_up_to(p, ctx, usize::MAX);
 }
 
+/// Records `done` as settled and moves the written group of `item`'s stream past the run of settled
+/// entries at the front of the progress, if it grew.
+fn move_written_group(p: &Pipeline, ctx: &Context, item: &Item, done: Vec<EntryId>) {
+    p.progress.settled(done);
+    let Some(mark) = p.progress.advance() else {
+        return;
+    };
+    let written = stream::written_group(&item.group);
+    let id = mark.id.to_string();
+    // On a replica (demoted meanwhile) the move is dropped: the new primary reads the entries
+    // again from its own written group, and Snowflake applies them once.
+    if let Err(e) = stream::set_group_id(ctx, &item.stream, &written, &id, mark.read) {
+        if e != stream::DEMOTED {
+            logging::warning(&format!("moving {written} to {id} failed: {e}"));
+        }
+    }
+}
+
+/// Counts a failed dead-letter copy and queues it again after a backoff.
+fn retry_later(p: &Pipeline, item: &Item, id: &str, e: &str) {
+    let attempts: u32 = {
+        let mut a = p.acks.attempts.lock();
+        let before = match a.iter().position(|(x, _)| x == id) {
+            Some(i) => a.swap_remove(i).1,
+            None => 0,
+        };
+        before + 1
+    };
+    p.metrics.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
+    let wait = Duration::from_millis(500)
+        .saturating_mul(1 << attempts.min(7))
+        .min(Duration::from_secs(60));
+    let what = format!(
+        "could not write the dead-letter copy of {id} (attempt {attempts}, retried in {} ms): {e}",
+        wait.as_millis()
+    );
+    p.metrics.set_error(&what);
+    if attempts == 1 || attempts.is_power_of_two() {
+        logging::warning(&what);
+    }
+    p.acks.retries.lock().push(Retry {
+        item: item.clone(),
+        attempts,
+        due: Instant::now() + wait,
+    });
+}
+
 /// Writes the first `n` queued entries (with the Redis lock held); returns how many it took and
 /// whether any are left.
 fn drain_up_to(p: &Pipeline, ctx: &Context, n: usize) -> (usize, bool) {
@@ -130,20 +178,33 @@ fn drain_up_to(p: &Pipeline, ctx: &Context, n: usize) -> (usize, bool) {
         p.settle_lost(items.len() as u64);
         return (taken, more);
     }
+    let written_mode = super::control::written_mode(&crate::settings::current());
     let mut settled = 0u64;
-    let mut i = 0;
-    while i < items.len() {
-        let (stream_name, group) = (&items[i].stream, &items[i].group);
-        // A run of plain acknowledgements of one stream and group becomes one XACK.
-        let mut ids: Vec<&str> = Vec::new();
-        while i < items.len() && &items[i].stream == stream_name && &items[i].group == group {
-            match &items[i].settle {
-                Settle::Ack { id } => {
-                    ids.push(id);
-                    super::waiters::settled(p, stream_name, id, Ok(()));
+    // With a written group: the entries settled, for the progress. Otherwise: those to `XACK`.
+    let mut done: Vec<EntryId> = Vec::new();
+    let mut acks: Vec<&Item> = Vec::new();
+    for item in &items {
+        let stream_name = &item.stream;
+        match &item.settle {
+            Settle::Ack { id } => {
+                super::waiters::settled(p, stream_name, id, Ok(()));
+                if written_mode {
+                    done.push(EntryId::parse(id).unwrap_or_default());
+                } else {
+                    acks.push(item);
                 }
-                Settle::DeadLetter { entry, reason } => {
+            }
+            Settle::DeadLetter { entry, reason } => {
+                let id = EntryId::parse(&entry.id).unwrap_or_default();
+                if written_mode && p.progress.dead_lettered_before(id) {
+                    logging::info(&format!(
+                        "{} delivered again after a restart or failover: its dead-letter copy exists already",
+                        entry.id
+                    ));
+                } else {
                     let entry = with_fields(ctx, stream_name, entry);
+                    // With a pending list, the copy and its `XACK` in this one hold.
+                    let group = (!written_mode).then_some(&*item.group);
                     match stream::dead_letter(
                         ctx,
                         stream_name,
@@ -153,38 +214,12 @@ fn drain_up_to(p: &Pipeline, ctx: &Context, n: usize) -> (usize, bool) {
                         reason,
                     ) {
                         Err(e) if e != stream::DEMOTED => {
-                            // Not done: keep it in flight and pending, and try again later.
-                            let attempts: u32 = {
-                                let mut a = p.acks.attempts.lock();
-                                let before = match a.iter().position(|(id, _)| *id == entry.id) {
-                                    Some(i) => a.swap_remove(i).1,
-                                    None => 0,
-                                };
-                                before + 1
-                            };
-                            p.metrics.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
-                            let wait = Duration::from_millis(500)
-                                .saturating_mul(1 << attempts.min(7))
-                                .min(Duration::from_secs(60));
-                            let what = format!(
-                                "could not write the dead-letter copy of {} (attempt {attempts}, retried in {} ms): {e}",
-                                entry.id,
-                                wait.as_millis()
-                            );
-                            p.metrics.set_error(&what);
-                            if attempts == 1 || attempts.is_power_of_two() {
-                                logging::warning(&what);
-                            }
-                            p.acks.retries.lock().push(Retry {
-                                item: items[i].clone(),
-                                attempts,
-                                due: Instant::now() + wait,
-                            });
-                            i += 1;
+                            // Not done: keep it in flight, the written group before it, and try again later.
+                            retry_later(p, item, &entry.id, &e);
                             continue;
                         }
                         Err(_) => {
-                            // Demoted to a replica: the new primary settles it.
+                            // Demoted to a replica: the new primary writes it.
                         }
                         Ok(dlq_id) => {
                             p.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -196,19 +231,26 @@ fn drain_up_to(p: &Pipeline, ctx: &Context, n: usize) -> (usize, bool) {
                             ));
                         }
                     }
-                    super::waiters::settled(p, stream_name, &entry.id, Err(reason));
                 }
+                super::waiters::settled(p, stream_name, &entry.id, Err(reason));
+                done.push(id);
             }
-            settled += 1;
-            i += 1;
         }
+        settled += 1;
+    }
+    // A run of plain acknowledgements of one stream and group becomes one XACK.
+    for run in acks.chunk_by(|a, b| a.stream == b.stream && a.group == b.group) {
+        let ids: Vec<&str> = run.iter().map(|item| item.settle_id()).collect();
         for chunk in ids.chunks(1000) {
             // On a replica (demoted meanwhile) the acknowledgement is dropped: the new primary
             // writes the entries again, and Snowflake applies them once.
-            if let Err(e) = stream::ack(ctx, stream_name, group, chunk) {
+            if let Err(e) = stream::ack(ctx, &run[0].stream, &run[0].group, chunk) {
                 logging::warning(&format!("XACK of {} entries failed: {e}", chunk.len()));
             }
         }
+    }
+    if let (true, Some(last)) = (written_mode, items.last()) {
+        move_written_group(p, ctx, last, done);
     }
     p.metrics
         .entries_acked

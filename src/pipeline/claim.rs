@@ -1,9 +1,10 @@
 //! The claimer: reads entries through the consumer group and routes them to the workers.
 //!
-//! It waits until Redis has finished loading and is a primary; then it first takes over every entry
-//! still pending in the group (claimed before a crash, a restart or a failover — `XAUTOCLAIM` from
-//! `0-0`), then reads new ones (`XREADGROUP ... >`). Each read is one bounded chunk under the lock, and
-//! the number of claimed-but-unacknowledged entries never exceeds `MAX_IN_FLIGHT`, so the module's
+//! It waits until Redis has finished loading and is a primary; then it sets the group back to its
+//! written group (everything after it may not be in Snowflake: delivered before a crash, a restart or
+//! a failover) and reads from there (`XREADGROUP ... NOACK ... >`: Redis keeps no pending list, the
+//! module's [`progress`](super::progress) does). Each read is one bounded chunk under the lock, and
+//! the number of claimed-but-unwritten entries never exceeds `MAX_IN_FLIGHT`, so the module's
 //! memory stays bounded however long the stream grows. Decoding happens off the lock.
 //!
 //! How much it claims, and how often, the [`governor`](super::governor) decides: each hold is sized
@@ -25,6 +26,7 @@ use crate::host::gil::Gil;
 use crate::host::logging;
 use crate::host::stream::{self, Claimed};
 use crate::settings::{self, Key};
+use redis_module::Context;
 
 /// Starts the claimer of `pipeline`, and with `eager` its workers, housekeeper and deadline thread
 /// ([`crew`]) at once (at load, on the main thread). Otherwise — on a cluster — they start when the
@@ -81,7 +83,7 @@ fn server(gil: &Gil) -> Server {
 
 fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
-    // After a start or a promotion, pending entries are taken over first.
+    // After a start or a promotion, the group is first set back to its written group.
     let mut recovering = true;
     let mut cursor = String::from("0-0");
     let mut group_ready: Option<String> = None;
@@ -240,6 +242,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let stream_name = p.source().to_string();
         let group = group_name(&snap);
         let consumer = snap.str(Key::Consumer).to_string();
+        let written_mode = super::control::written_mode(&snap);
 
         let lock_asked = Instant::now();
         let mut hold = (Duration::ZERO, Duration::ZERO);
@@ -249,8 +252,18 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                 crate::host::cluster::serves(ctx, &stream_name)?;
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
+                    if written_mode {
+                        stream::ensure_written_group(ctx, &stream_name, &group)?;
+                    }
+                }
+                if recovering && written_mode {
+                    last_entries_read = rewind(p, ctx, &stream_name, &group)?;
+                    recovering = false;
                 }
                 if recovering {
+                    if cursor == "0-0" {
+                        leave_written_group(ctx, &stream_name, &group)?;
+                    }
                     let step =
                         stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
                     report_trimmed(
@@ -259,43 +272,57 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
                     );
-                    Ok((step.entries.into(), Some(step.next)))
-                } else {
-                    // The group's read counter before and after tells whether entries were trimmed away
-                    // between the last delivered entry and the next one (Redis counts every entry ever added).
-                    // Redis may not know the counter (after deletions); the previous read's value then
-                    // stands in for it, since only this claimer reads through the group.
-                    // A group that was never delivered anything has read nothing, even where Redis
-                    // cannot give the counter (created on a stream already trimmed).
-                    let before = stream::group_info(ctx, &stream_name, &group)
-                        .and_then(|g| {
-                            g.entries_read
-                                .or_else(|| (g.last_delivered_id == "0-0").then_some(0))
-                        })
-                        .or(last_entries_read);
-                    let entries =
-                        stream::read_group_chunk(ctx, &stream_name, &group, &consumer, ">", count)?;
-                    if !entries.is_empty() {
-                        let after = stream::group_info(ctx, &stream_name, &group)
-                            .and_then(|g| g.entries_read);
-                        if after.is_some() {
-                            last_entries_read = after;
-                        }
-                        if let (Some(b), Some(a)) = (before, after) {
-                            let skipped = a - b - entries.len() as i64;
-                            if skipped > 0 {
-                                let first = entries.first().map_or("?", |e| e.id);
-                                report_trimmed(
-                                    p,
-                                    skipped as u64,
-                                    &stream_name,
-                                    &format!("entries before {first} never read"),
-                                );
-                            }
+                    return Ok((step.entries.into(), Some(step.next)));
+                }
+                // The group's read counter before and after tells whether entries were trimmed away
+                // between the last delivered entry and the next one (Redis counts every entry ever added).
+                // Redis may not know the counter (after deletions); the previous read's value then
+                // stands in for it, since only this claimer reads through the group.
+                // A group that was never delivered anything has read nothing, even where Redis
+                // cannot give the counter (created on a stream already trimmed).
+                let before = stream::group_info(ctx, &stream_name, &group)
+                    .and_then(|g| {
+                        g.entries_read
+                            .or_else(|| (g.last_delivered_id == "0-0").then_some(0))
+                    })
+                    .or(last_entries_read);
+                let entries = stream::read_group_chunk(
+                    ctx,
+                    &stream_name,
+                    &group,
+                    &consumer,
+                    ">",
+                    count,
+                    written_mode,
+                )?;
+                if !entries.is_empty() {
+                    let after =
+                        stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
+                    if after.is_some() {
+                        last_entries_read = after;
+                    }
+                    if let (Some(b), Some(a)) = (before, after) {
+                        let skipped = a - b - entries.len() as i64;
+                        if skipped > 0 {
+                            let first = entries.first().map_or("?", |e| e.id);
+                            report_trimmed(
+                                p,
+                                skipped as u64,
+                                &stream_name,
+                                &format!("entries before {first} never read"),
+                            );
                         }
                     }
-                    Ok((entries, None))
+                    if written_mode {
+                        // Redis hands out well-formed IDs.
+                        let ids: Vec<EntryId> = entries
+                            .iter()
+                            .map(|e| EntryId::parse(e.id).unwrap_or_default())
+                            .collect();
+                        p.progress.delivered(&ids, after);
+                    }
                 }
+                Ok((entries, None))
             })();
             // In flight from the moment they are claimed, under the same lock hold, so a stream
             // deleted right after never counts them as lost (they are still written).
@@ -323,8 +350,10 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     ));
                 }
                 group_ready = None;
-                // A re-created stream starts its own count.
+                // A re-created stream starts its own count, and is read from its written group.
                 last_entries_read = None;
+                recovering = true;
+                cursor = "0-0".into();
                 c.wait_wake(Duration::from_millis(200));
                 continue;
             }
@@ -654,6 +683,73 @@ fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
     ));
 }
 
+/// Sets the reading group back to its written group, so that every entry not known to be written
+/// is read again; returns the group's read counter there. Runs at start, after a promotion, after a
+/// thread died holding entries, and after a read failed (the stream deleted, say).
+///
+/// The entries read again may be in Snowflake already (committed after the written group last
+/// moved): each row's `last_entry_id` makes them change nothing. Those already dead-lettered are
+/// remembered so they get no second copy ([`dead_lettered_after`]).
+fn rewind(
+    p: &Pipeline,
+    ctx: &Context,
+    stream_name: &str,
+    group: &str,
+) -> Result<Option<i64>, String> {
+    let info = stream::group_info(ctx, stream_name, group)
+        .ok_or_else(|| format!("{stream_name} has no consumer group {group}"))?;
+    let written = info.written.clone().ok_or_else(|| {
+        format!(
+            "{stream_name} has no group {}",
+            stream::written_group(group)
+        )
+    })?;
+    // A pending list kept by a group read before the written group existed: the written group
+    // starts before its lowest entry, so the entries are read again.
+    let cleared = stream::clear_pending(ctx, stream_name, group, 1000)?;
+    let read = written
+        .entries_read
+        .or_else(|| (written.id == "0-0").then_some(0));
+    stream::set_group_id(ctx, stream_name, group, &written.id, read)?;
+    p.progress.rewound(dead_lettered_after(
+        ctx,
+        stream_name,
+        &p.names.dlq(),
+        &written.id,
+    ));
+    if info.last_delivered_id != written.id || cleared > 0 {
+        logging::info(&format!(
+            "{stream_name}: reading again from {} (delivered up to {}); entries written already change nothing",
+            written.id, info.last_delivered_id
+        ));
+    }
+    Ok(read)
+}
+
+/// With `ACK_MODE=XACK`, a written group left by an earlier `WRITTEN_GROUP` run: the entries after
+/// it may not be written, and no pending list holds them. The reading group is set back to it, and
+/// it is removed; the pending list takes over from here.
+fn leave_written_group(ctx: &Context, stream_name: &str, group: &str) -> Result<(), String> {
+    let Some(written) = stream::group_info(ctx, stream_name, group).and_then(|g| g.written) else {
+        return Ok(());
+    };
+    let read = written
+        .entries_read
+        .or_else(|| (written.id == "0-0").then_some(0));
+    stream::set_group_id(ctx, stream_name, group, &written.id, read)?;
+    let name = stream::written_group(group);
+    stream::call_write(
+        ctx,
+        "XGROUP",
+        &[b"DESTROY", stream_name.as_bytes(), name.as_bytes()],
+    )?;
+    logging::info(&format!(
+        "{stream_name}: ACK_MODE=XACK: reading again from {} (where {name} stood), which is removed",
+        written.id
+    ));
+    Ok(())
+}
+
 fn preview(ids: &[String]) -> String {
     let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
     if ids.len() > shown.len() {
@@ -661,6 +757,62 @@ fn preview(ids: &[String]) -> String {
     } else {
         shown.join(" ")
     }
+}
+
+/// Most dead-letter copies [`dead_lettered_after`] looks at.
+const DEAD_LETTER_LOOKBACK: usize = 10_000;
+
+/// The entries of `stream_name` after `written` that have a copy in the dead-letter stream: copies
+/// are written before the written group moves past them, so after a restart or a failover they
+/// may be delivered again. Read from the newest copy back, a page at a time, until a page holds no
+/// such entry (or [`DEAD_LETTER_LOOKBACK`] copies).
+fn dead_lettered_after(
+    ctx: &Context,
+    stream_name: &str,
+    dlq: &str,
+    written: &str,
+) -> std::collections::HashSet<EntryId> {
+    let mut found = std::collections::HashSet::new();
+    let Ok(written) = EntryId::parse(written) else {
+        return found;
+    };
+    let mut end = String::from("+");
+    let mut seen = 0;
+    while seen < DEAD_LETTER_LOOKBACK {
+        let Ok(page) = stream::call_read(
+            ctx,
+            "XREVRANGE",
+            &[dlq.as_bytes(), end.as_bytes(), b"-", b"COUNT", b"500"],
+        ) else {
+            break;
+        };
+        let page = stream::parse_entries(&page);
+        seen += page.len();
+        let mut any = false;
+        for copy in &page {
+            let field = |name: &[u8]| {
+                copy.fields
+                    .iter()
+                    .find(|(k, _)| k.as_slice() == name)
+                    .map(|(_, v)| v.as_slice())
+            };
+            if field(b"source_stream") != Some(stream_name.as_bytes()) {
+                continue;
+            }
+            match field(b"source_id").map(EntryId::parse_bytes) {
+                Some(Ok(id)) if id > written => {
+                    found.insert(id);
+                    any = true;
+                }
+                _ => {}
+            }
+        }
+        match page.last() {
+            Some(last) if any && page.len() == 500 => end = format!("({}", last.id),
+            _ => break,
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -153,6 +153,8 @@ pub struct Pipeline {
     pub waiters: Mutex<Vec<super::state::Waiter>>,
     /// What its claimer last published ([`super::governor`]).
     pub drain: super::state::DrainFigures,
+    /// What is delivered and what of it is written ([`super::progress`]).
+    pub progress: super::progress::Progress,
 }
 
 impl Pipeline {
@@ -174,6 +176,7 @@ impl Pipeline {
             acks: Default::default(),
             waiters: Mutex::new(Vec::new()),
             drain: Default::default(),
+            progress: Default::default(),
         }
     }
 }
@@ -592,6 +595,12 @@ pub fn unconfigured(s: &Snapshot) -> bool {
 
 /// The consumer group read through: the configured one, or in dry run a separate `<group>:dry-run`
 /// group, so the live group's position is untouched and switching to live loses nothing.
+/// Whether the userdata stream's progress is kept by its written group (`ACK_MODE=WRITTEN_GROUP`,
+/// see [`crate::host::stream::written_group`]) rather than by the group's pending list.
+pub fn written_mode(s: &Snapshot) -> bool {
+    s.str(Key::AckMode) == "WRITTEN_GROUP"
+}
+
 pub fn group_name(s: &Snapshot) -> String {
     if dry_run(s) {
         format!("{}:dry-run", s.str(Key::Group))

@@ -129,7 +129,9 @@ fn stream_ends(p: &Pipeline, how: &str, moved_to: Option<i32>) {
     }
     let s = settings::current();
     let group = super::control::group_name(&s);
-    let held = p.metrics.in_flight.load(Ordering::Relaxed) as i64;
+    // Delivered since the group was last set back to its written group: held, or written already
+    // (the written group moves past a run of them only once the oldest is written).
+    let held = (p.metrics.in_flight.load(Ordering::Relaxed) as i64).max(p.progress.behind() as i64);
     let lost = match moved_to {
         None => never_written(&ctx, stream_name, &group, held),
         Some(db) => stream::in_db(&ctx, db, s.int(Key::RedisDb) as i32, |ctx| {
@@ -152,8 +154,8 @@ fn stream_ends(p: &Pipeline, how: &str, moved_to: Option<i32>) {
     ));
 }
 
-/// Entries of the stream that the group has not delivered yet, plus pending ones the module does not
-/// hold (`held` = entries in flight in the module).
+/// Entries of the stream that the group has not delivered yet, plus delivered ones not yet written
+/// that the module does not hold (`held` = entries in flight in the module).
 pub fn never_written(ctx: &Context, stream_name: &str, group: &str, held: i64) -> u64 {
     let Some(info) = stream::group_info(ctx, stream_name, group) else {
         // No group yet: nothing was ever read.
@@ -167,5 +169,6 @@ pub fn never_written(ctx: &Context, stream_name: &str, group: &str, held: i64) -
             _ => stream::length(ctx, stream_name),
         }
     });
-    (undelivered.max(0) + (info.pending - held).max(0)) as u64
+    let unwritten = info.unwritten().unwrap_or(info.pending);
+    (undelivered.max(0) + (unwritten - held).max(0)) as u64
 }

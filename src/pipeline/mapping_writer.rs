@@ -363,7 +363,7 @@ fn settle(
                     ctx,
                     stream_name,
                     &mapping.dead_letter_stream(),
-                    group,
+                    Some(group),
                     e,
                     why,
                 );

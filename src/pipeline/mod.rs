@@ -14,7 +14,8 @@
 //! - [`retry`]: the one retry policy: retry, retry slowly, split, or dead-letter, from typed classes.
 //! - [`triage`]: whether a data error is one entry's own (dead-letter it) or every statement's
 //!   (blocked, nothing dead-lettered).
-//! - [`ack`]: only after the commit, `XACK` (and dead-letter copies) under the lock, replicated.
+//! - [`ack`]: only after the commit, dead-letter copies and the move of the written group under the
+//!   lock, replicated; [`progress`] says how far the written group may move.
 //!
 //!
 //! Beside the data path: [`control`](mod@control) (state, flags, wake-ups and the counted threads every other file
@@ -23,8 +24,8 @@
 //! [`import`] (the other ways entries come in), [`background`] (the bounded executor for commands
 //! that wait) and [`faults`] (test-only fault injection). This file starts and stops it all.
 //!
-//! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and an
-//! entry leaves the group's pending list only once its outcome is settled in Snowflake.
+//! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and the
+//! written group moves past an entry only once its outcome is settled in Snowflake.
 
 pub mod ack;
 pub mod background;
@@ -39,6 +40,7 @@ pub mod import;
 pub mod mapped;
 pub mod mapping_writer;
 pub mod metrics;
+pub mod progress;
 pub mod restore;
 pub mod retry;
 pub mod sink;
@@ -100,12 +102,12 @@ fn start_one(pipeline: &'static control::Pipeline, eager: bool) -> Result<(), St
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Stops every thread, giving in-flight batches until `grace` (at most [`MAX_SHUTDOWN_GRACE`]) to
-/// commit; what is not committed by then stays pending for the next start. Runs on the main thread
+/// commit; what is not committed by then is read again at the next start. Runs on the main thread
 /// (SHUTDOWN), which holds the Redis lock.
 ///
-/// Redis announces the shutdown after its final save: acknowledgements written now are not in the
-/// RDB file (nor in the AOF, already flushed), so after the restart the entries committed during
-/// the grace are pending again and are written again — Snowflake applies them once (each row
+/// Redis announces the shutdown after its final save: a move of the written group made now is not
+/// in the RDB file (nor in the AOF, already flushed), so after the restart the entries committed
+/// during the grace are read again and are written again — Snowflake applies them once (each row
 /// remembers the last entry applied). The grace only lets the statements in progress finish instead
 /// of being abandoned mid-way; claiming stops at once.
 pub fn shutdown(grace: Duration) {

@@ -24,8 +24,9 @@ pub fn eviction_warning(policy: &str) -> Option<String> {
     })
 }
 
-/// How long ago Redis received the oldest entry not yet written: the lowest pending entry, or else
-/// the first one not yet delivered to the group; 0 when there is none.
+/// How long ago Redis received the oldest entry not yet written: the first after the written group
+/// (or, for a group with a pending list, its lowest pending entry, else the first not delivered);
+/// 0 when there is none.
 fn oldest_unwritten_age_ms(
     ctx: &Context,
     stream_name: &str,
@@ -34,8 +35,14 @@ fn oldest_unwritten_age_ms(
 ) -> u64 {
     let oldest = if info.pending > 0 {
         stream::lowest_pending(ctx, stream_name, group)
-    } else if info.lag != Some(0) && !info.last_delivered_id.is_empty() {
-        let after = format!("({}", info.last_delivered_id);
+    } else if (info.lag != Some(0) || info.unwritten() != Some(0))
+        && !info.last_delivered_id.is_empty()
+    {
+        let from = info
+            .written
+            .as_ref()
+            .map_or(info.last_delivered_id.as_str(), |w| w.id.as_str());
+        let after = format!("({from}");
         stream::call_read(
             ctx,
             "XRANGE",
@@ -60,15 +67,23 @@ fn oldest_unwritten_age_ms(
     now.saturating_sub(id.ms)
 }
 
-/// The figures of one stream (its length, what is pending and not delivered, its dead letters),
-/// read under the lock.
+/// Entries delivered and not yet written: counted in the stream between the two groups (or the
+/// pending list), or — where that says less, because the application trimmed or deleted entries the
+/// module still holds, or Redis cannot tell — the module's own count of entries in flight.
+fn pending(info: &stream::GroupInfo, p: &Pipeline) -> i64 {
+    let held = p.metrics.in_flight.load(Ordering::Relaxed) as i64;
+    info.unwritten().map_or(held, |n| n.max(held))
+}
+
+/// The figures of one stream (its length, what is delivered and not written — `pending` — and not
+/// delivered, its dead letters), read under the lock.
 fn stream_figures(ctx: &Context, p: &Pipeline, group: &str) -> Vec<(&'static str, Figure)> {
     let stream_name = p.source();
     let info = stream::group_info(ctx, stream_name, group).unwrap_or_default();
     let oldest = oldest_unwritten_age_ms(ctx, stream_name, group, &info);
     vec![
         ("stream_length", stream::length(ctx, stream_name).into()),
-        ("pending", info.pending.into()),
+        ("pending", pending(&info, p).into()),
         ("lag", info.lag.unwrap_or(-1).into()),
         ("oldest_unwritten_age_ms", oldest.into()),
         ("last_delivered_id", info.last_delivered_id.into()),

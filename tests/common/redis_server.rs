@@ -86,12 +86,18 @@ pub struct Options {
 }
 
 impl Default for Options {
+    /// With `WB_TEST_ACK_MODE` set (scripts/test runs some suites again with `WRITTEN_GROUP`), every
+    /// server gets it as its `ACK_MODE`.
     fn default() -> Self {
+        let mut env = BTreeMap::new();
+        if let Ok(mode) = std::env::var("WB_TEST_ACK_MODE") {
+            env.insert("ACK_MODE".to_string(), mode);
+        }
         Options {
             load_module: true,
             module_config: Vec::new(),
             conf: Vec::new(),
-            env: BTreeMap::new(),
+            env,
             port: None,
             host: None,
         }
