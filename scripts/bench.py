@@ -593,7 +593,8 @@ def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, n: int, clien
     """One redis-benchmark XADD run against a fresh server, with the module (`module_path`, or the
     build under test) draining meanwhile or without it; CPU by thread, records drained, lock time and
     lag over the run."""
-    r = Redis(tools, module, module_env(sink.url, keys, **cfg.module_env) if module else None, module_path=module_path)
+    env = {**cfg.module_env, **(cfg.baseline_env if module_path else {})}
+    r = Redis(tools, module, module_env(sink.url, keys, **env) if module else None, module_path=module_path)
     try:
         con = r.conn()
         if module:
@@ -730,6 +731,7 @@ def bench_foreground(tools, keys, cfg) -> dict:
     if "baseline" in sat:
         baseline = {"baseline": {
             "module": cfg.baseline_module,
+            "env": cfg.baseline_env,
             "saturated_ratio_with_without": round(vs_without(sat, "baseline", "xadd_per_s"), 4),
             "saturated_drain_records_per_s": drain_rate(sat["baseline"]),
             "saturated_yielding_share": yielding(sat["baseline"]),
@@ -809,7 +811,9 @@ def bench_drain(tools, keys, cfg) -> dict:
     try:
         for rep in range(cfg.reps):
             for build, path, w in variants if rep % 2 == 0 else list(reversed(variants)):
-                r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, 'WORKERS': w}), module_path=path)
+                extra = cfg.baseline_env if build == "baseline" else {}
+                r = Redis(tools, True, module_env(sink.url, keys, **{**cfg.module_env, **extra, 'WORKERS': w}),
+                          module_path=path)
                 try:
                     con = r.conn()
                     wait_until("the writer", 30, lambda: con.status()["state"] == "running")
@@ -883,7 +887,8 @@ def bench_drain(tools, keys, cfg) -> dict:
         "what": "records/s from a pre-filled stream (1-record entries, 500 users) to the emulator's fast sink, WB.RESUME to WB.FLUSH returning",
         "entries": cfg.drain_n,
         "by_workers": summary,
-        **({"baseline_module": cfg.baseline_module, "baseline_by_workers": summaries["baseline"]}
+        **({"baseline_module": cfg.baseline_module, "baseline_env": cfg.baseline_env,
+            "baseline_by_workers": summaries["baseline"]}
            if cfg.baseline_module else {}),
         "best_median_records_per_s": best,
         "target": ">= 50000 records/s",
@@ -1806,6 +1811,9 @@ def main() -> int:
     p.add_argument("--drain-entries", type=int, help="item 2's pre-filled entries (default 200,000; --quick 50,000)")
     p.add_argument("--baseline-module", metavar="PATH",
                    help="item 2 also runs this build of the module, interleaved with the current one (a before/after)")
+    p.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a module setting for the baseline's servers only (repeatable): with --baseline-module of "
+                        "the same build, a side by side of two settings, e.g. ACK_MODE=WRITTEN_GROUP")
     p.add_argument("--profile", metavar="DIR",
                    help="item 2 records each drain with `perf record --call-graph dwarf` into DIR (one perf.data per run)")
     p.add_argument("--redis-server", required=True)
@@ -1834,6 +1842,7 @@ def main() -> int:
         migrate_records=10_000,
         module_env=dict(kv.split("=", 1) for kv in a.module_env),
         baseline_module=os.path.abspath(a.baseline_module) if a.baseline_module else None,
+        baseline_env=dict(kv.split("=", 1) for kv in a.baseline_env),
         profile=os.path.abspath(a.profile) if a.profile else None,
     )
     only = [x.strip() for x in a.only.split(",") if x.strip()]

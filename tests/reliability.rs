@@ -899,6 +899,13 @@ fn switching_ack_mode_both_ways_with_entries_claimed_loses_and_double_counts_not
             _ => vec!["snowflake-writer".into(), "snowflake-writer-written".into()],
         };
         assert_eq!(groups, expected, "{then}");
+        // The written group stands at the last entry: everything is written.
+        let last: Vec<(String, BTreeMap<String, String>)> = q(
+            &mut con,
+            &["XREVRANGE", "userdata-stream", "+", "-", "COUNT", "1"],
+        );
+        let written = if then == "XACK" { "" } else { &last[0].0 };
+        assert_eq!(status(&mut con)["written_id"], written, "{then}");
     }
 }
 

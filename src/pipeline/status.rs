@@ -87,6 +87,10 @@ fn stream_figures(ctx: &Context, p: &Pipeline, group: &str) -> Vec<(&'static str
         ("lag", info.lag.unwrap_or(-1).into()),
         ("oldest_unwritten_age_ms", oldest.into()),
         ("last_delivered_id", info.last_delivered_id.into()),
+        (
+            "written_id",
+            info.written.map(|w| w.id).unwrap_or_default().into(),
+        ),
         ("dlq_length", stream::length(ctx, &p.names.dlq()).into()),
     ]
 }
