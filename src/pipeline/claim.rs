@@ -1,9 +1,11 @@
 //! The claimer: reads entries through the consumer group and routes them to the workers.
 //!
-//! It waits until Redis has finished loading and is a primary; then it sets the group back to its
-//! written group (everything after it may not be in Snowflake: delivered before a crash, a restart or
-//! a failover) and reads from there (`XREADGROUP ... NOACK ... >`: Redis keeps no pending list, the
-//! module's [`progress`](super::progress) does). Each read is one bounded chunk under the lock, and
+//! It waits until Redis has finished loading and is a primary; then it first takes over every entry
+//! still pending in the group (claimed before a crash, a restart or a failover — `XAUTOCLAIM` from
+//! `0-0`), then reads new ones (`XREADGROUP ... >`). With `ACK_MODE=WRITTEN_GROUP` it instead sets the
+//! group back to its written group (everything after it may not be in Snowflake) and reads from there
+//! with `NOACK`: Redis keeps no pending list, the module's [`progress`](super::progress) does. Each
+//! read is one bounded chunk under the lock, and
 //! the number of claimed-but-unwritten entries never exceeds `MAX_IN_FLIGHT`, so the module's
 //! memory stays bounded however long the stream grows. Decoding happens off the lock.
 //!
@@ -83,7 +85,8 @@ fn server(gil: &Gil) -> Server {
 
 fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
-    // After a start or a promotion, the group is first set back to its written group.
+    // After a start or a promotion, pending entries are taken over first (or, with a written group,
+    // the group is set back to it).
     let mut recovering = true;
     let mut cursor = String::from("0-0");
     let mut group_ready: Option<String> = None;

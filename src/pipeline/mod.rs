@@ -14,8 +14,8 @@
 //! - [`retry`]: the one retry policy: retry, retry slowly, split, or dead-letter, from typed classes.
 //! - [`triage`]: whether a data error is one entry's own (dead-letter it) or every statement's
 //!   (blocked, nothing dead-lettered).
-//! - [`ack`]: only after the commit, dead-letter copies and the move of the written group under the
-//!   lock, replicated; [`progress`] says how far the written group may move.
+//! - [`ack`]: only after the commit, `XACK` (and dead-letter copies) under the lock, replicated; with
+//!   `ACK_MODE=WRITTEN_GROUP` the move of the written group instead, as far as [`progress`] says.
 //!
 //!
 //! Beside the data path: [`control`](mod@control) (state, flags, wake-ups and the counted threads every other file
@@ -24,8 +24,9 @@
 //! [`import`] (the other ways entries come in), [`background`] (the bounded executor for commands
 //! that wait) and [`faults`] (test-only fault injection). This file starts and stops it all.
 //!
-//! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and the
-//! written group moves past an entry only once its outcome is settled in Snowflake.
+//! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and an
+//! entry leaves the group's pending list (or the written group moves past it) only once its outcome
+//! is settled in Snowflake.
 
 pub mod ack;
 pub mod background;
