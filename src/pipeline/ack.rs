@@ -111,10 +111,19 @@ fn move_written_group(p: &Pipeline, ctx: &Context, item: &Item, done: Vec<EntryI
     let id = mark.id.to_string();
     // On a replica (demoted meanwhile) the move is dropped: the new primary reads the entries
     // again from its own written group, and Snowflake applies them once.
-    if let Err(e) = stream::set_group_id(ctx, &item.stream, &written, &id, mark.read) {
-        if e != stream::DEMOTED {
-            logging::warning(&format!("moving {written} to {id} failed: {e}"));
+    let moved = stream::set_group_id(ctx, &item.stream, &written, &id, mark.read);
+    if let Err(e) = &moved {
+        if e == stream::DEMOTED {
+            // The new primary reads them again, and finds and reports the trimmed ones itself.
+            return;
         }
+        logging::warning(&format!("moving {written} to {id} failed: {e}"));
+    }
+    // Entries found trimmed away among those it moved past: reported in the hold that records the
+    // move, so after a crash they are reported once, by one process.
+    for (n, first) in mark.trimmed {
+        let first = first.to_string();
+        super::claim::report_trimmed(p, n, &item.stream, &super::claim::never_read(&first));
     }
 }
 

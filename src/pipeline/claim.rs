@@ -304,25 +304,22 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     if after.is_some() {
                         last_entries_read = after;
                     }
-                    if let (Some(b), Some(a)) = (before, after) {
-                        let skipped = a - b - entries.len() as i64;
-                        if skipped > 0 {
-                            let first = entries.first().map_or("?", |e| e.id);
-                            report_trimmed(
-                                p,
-                                skipped as u64,
-                                &stream_name,
-                                &format!("entries before {first} never read"),
-                            );
-                        }
-                    }
+                    let skipped = match (before, after) {
+                        (Some(b), Some(a)) => (a - b - entries.len() as i64).max(0) as u64,
+                        _ => 0,
+                    };
                     if written_mode {
                         // Redis hands out well-formed IDs.
                         let ids: Vec<EntryId> = entries
                             .iter()
                             .map(|e| EntryId::parse(e.id).unwrap_or_default())
                             .collect();
-                        p.progress.delivered(&ids, after);
+                        // Reported once the written group moves past them: entries read again
+                        // after a crash are counted by one process only.
+                        p.progress.delivered(&ids, after, skipped);
+                    } else if skipped > 0 {
+                        let first = entries.first().map_or("?", |e| e.id);
+                        report_trimmed(p, skipped, &stream_name, &never_read(first));
                     }
                 }
                 Ok((entries, None))
@@ -673,9 +670,14 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
     }
 }
 
+/// How [`report_trimmed`] describes entries trimmed away before `first` was read.
+pub(super) fn never_read(first: &str) -> String {
+    format!("entries before {first} never read")
+}
+
 /// Counts and reports entries removed from the stream before they were written: the application
 /// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
-fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
+pub(super) fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
     if n == 0 {
         return;
     }

@@ -34,14 +34,19 @@ struct Slot {
     id: EntryId,
     /// The group's logical read counter at this entry, when Redis knows it.
     read: Option<i64>,
+    /// Entries trimmed away just before this one, never read (reported when the written group
+    /// moves past this entry, so a crash before then has them reported once, after the restart).
+    trimmed_before: u64,
     settled: bool,
 }
 
-/// Where the written group can move: an entry ID and its logical read counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the written group can move: an entry ID and its logical read counter, and the entries found
+/// trimmed away (never read) before the entries it moves past: `(count, the entry after them)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
     pub id: EntryId,
     pub read: Option<i64>,
+    pub trimmed: Vec<(u64, EntryId)>,
 }
 
 impl Progress {
@@ -54,8 +59,8 @@ impl Progress {
     }
 
     /// Records entries delivered by one read, in stream order, with the group's read counter after
-    /// the read (`None` when Redis does not know it).
-    pub fn delivered(&self, ids: &[EntryId], read_after: Option<i64>) {
+    /// the read (`None` when Redis does not know it) and the entries trimmed away before the first.
+    pub fn delivered(&self, ids: &[EntryId], read_after: Option<i64>, trimmed_before: u64) {
         let mut inner = self.0.lock();
         let n = ids.len() as i64;
         for (k, &id) in ids.iter().enumerate() {
@@ -66,6 +71,7 @@ impl Progress {
             inner.slots.push_back(Slot {
                 id,
                 read: read_after.map(|after| after - (n - 1 - k as i64)),
+                trimmed_before: if k == 0 { trimmed_before } else { 0 },
                 settled: false,
             });
         }
@@ -86,13 +92,18 @@ impl Progress {
     /// written group moves.
     pub fn advance(&self) -> Option<Mark> {
         let mut inner = self.0.lock();
-        let mut mark = None;
+        let mut mark: Option<Mark> = None;
         while inner.slots.front().is_some_and(|s| s.settled) {
             let s = inner.slots.pop_front()?;
             inner.dead.remove(&s.id);
+            let mut trimmed = mark.map(|m| m.trimmed).unwrap_or_default();
+            if s.trimmed_before > 0 {
+                trimmed.push((s.trimmed_before, s.id));
+            }
             mark = Some(Mark {
                 id: s.id,
                 read: s.read,
+                trimmed,
             });
         }
         mark
@@ -121,7 +132,7 @@ mod tests {
     #[test]
     fn the_written_mark_moves_only_over_a_settled_run_from_the_oldest() {
         let p = Progress::default();
-        p.delivered(&[id(1), id(2), id(3), id(4)], Some(14));
+        p.delivered(&[id(1), id(2), id(3), id(4)], Some(14), 0);
         p.settled([id(2), id(3)]);
         assert_eq!(p.advance(), None, "entry 1 is not written yet");
         p.settled([id(1)]);
@@ -129,7 +140,8 @@ mod tests {
             p.advance(),
             Some(Mark {
                 id: id(3),
-                read: Some(13)
+                read: Some(13),
+                trimmed: Vec::new(),
             })
         );
         assert_eq!(p.behind(), 1);
@@ -142,11 +154,11 @@ mod tests {
     #[test]
     fn settles_of_entries_not_delivered_since_the_rewind_are_ignored() {
         let p = Progress::default();
-        p.delivered(&[id(5), id(6)], None);
+        p.delivered(&[id(5), id(6)], None, 0);
         p.rewound(HashSet::new());
         p.settled([id(5)]);
         assert_eq!(p.advance(), None);
-        p.delivered(&[id(5)], None);
+        p.delivered(&[id(5)], None, 0);
         p.settled([id(9)]);
         assert_eq!(p.advance(), None);
         p.settled([id(5)]);
@@ -154,16 +166,30 @@ mod tests {
             p.advance(),
             Some(Mark {
                 id: id(5),
-                read: None
+                read: None,
+                trimmed: Vec::new(),
             })
         );
     }
 
     #[test]
+    fn entries_trimmed_before_a_delivery_are_given_once_the_written_mark_passes_it() {
+        let p = Progress::default();
+        p.delivered(&[id(1)], None, 0);
+        p.delivered(&[id(9), id(10)], None, 7);
+        p.settled([id(9), id(10)]);
+        assert_eq!(p.advance(), None, "entry 1 is not written yet");
+        p.settled([id(1)]);
+        let mark = p.advance().expect("a mark");
+        assert_eq!(mark.id, id(10));
+        assert_eq!(mark.trimmed, vec![(7, id(9))]);
+    }
+
+    #[test]
     fn a_delivery_out_of_order_is_not_recorded() {
         let p = Progress::default();
-        p.delivered(&[id(5)], None);
-        p.delivered(&[id(4), id(7)], None);
+        p.delivered(&[id(5)], None, 0);
+        p.delivered(&[id(4), id(7)], None, 0);
         assert_eq!(p.behind(), 2);
     }
 
@@ -173,7 +199,7 @@ mod tests {
         p.rewound(HashSet::from([id(2)]));
         assert!(p.dead_lettered_before(id(2)));
         assert!(!p.dead_lettered_before(id(1)));
-        p.delivered(&[id(1), id(2)], None);
+        p.delivered(&[id(1), id(2)], None, 0);
         p.settled([id(1), id(2)]);
         p.advance();
         assert!(!p.dead_lettered_before(id(2)));
