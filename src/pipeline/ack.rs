@@ -123,7 +123,8 @@ fn move_written_group(p: &Pipeline, ctx: &Context, item: &Item, done: Vec<EntryI
     // move, so after a crash they are reported once, by one process.
     for (n, first) in mark.trimmed {
         let first = first.to_string();
-        super::claim::report_trimmed(p, n, &item.stream, &super::claim::never_read(&first));
+        p.metrics
+            .report_trimmed(n, &item.stream, &super::metrics::never_read(&first));
     }
 }
 

@@ -269,8 +269,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     }
                     let step =
                         stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
-                    report_trimmed(
-                        p,
+                    p.metrics.report_trimmed(
                         step.deleted.len() as u64,
                         &stream_name,
                         &format!("pending entries {}", preview(&step.deleted)),
@@ -319,7 +318,11 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         p.progress.delivered(&ids, after, skipped);
                     } else if skipped > 0 {
                         let first = entries.first().map_or("?", |e| e.id);
-                        report_trimmed(p, skipped, &stream_name, &never_read(first));
+                        p.metrics.report_trimmed(
+                            skipped,
+                            &stream_name,
+                            &super::metrics::never_read(first),
+                        );
                     }
                 }
                 Ok((entries, None))
@@ -668,24 +671,6 @@ fn startup_tasks(p: &Pipeline, gil: &Gil) {
             ));
         }
     }
-}
-
-/// How [`report_trimmed`] describes entries trimmed away before `first` was read.
-pub(super) fn never_read(first: &str) -> String {
-    format!("entries before {first} never read")
-}
-
-/// Counts and reports entries removed from the stream before they were written: the application
-/// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
-pub(super) fn report_trimmed(p: &Pipeline, n: u64, stream_name: &str, what: &str) {
-    if n == 0 {
-        return;
-    }
-    p.metrics.lost_trimmed.fetch_add(n, Ordering::Relaxed);
-    logging::warning(&format!(
-        "TRIMMED {n} entries were removed from {stream_name} before they were written to Snowflake ({what}); \
-         the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"
-    ));
 }
 
 /// Sets the reading group back to its written group, so that every entry not known to be written

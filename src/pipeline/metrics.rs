@@ -102,3 +102,23 @@ impl Metrics {
         );
     }
 }
+
+/// How [`Metrics::report_trimmed`] describes entries trimmed away before `first` was read.
+pub fn never_read(first: &str) -> String {
+    format!("entries before {first} never read")
+}
+
+impl Metrics {
+    /// Counts and reports entries removed from the stream before they were written: the application
+    /// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
+    pub fn report_trimmed(&self, n: u64, stream_name: &str, what: &str) {
+        if n == 0 {
+            return;
+        }
+        self.lost_trimmed.fetch_add(n, Ordering::Relaxed);
+        crate::host::logging::warning(&format!(
+            "TRIMMED {n} entries were removed from {stream_name} before they were written to Snowflake ({what}); \
+             the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"
+        ));
+    }
+}
