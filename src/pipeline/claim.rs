@@ -697,10 +697,7 @@ fn rewind(
     // A pending list kept by a group read before the written group existed: the written group
     // starts before its lowest entry, so the entries are read again.
     let cleared = stream::clear_pending(ctx, stream_name, group, 1000)?;
-    let read = written
-        .entries_read
-        .or_else(|| (written.id == "0-0").then_some(0));
-    stream::set_group_id(ctx, stream_name, group, &written.id, read)?;
+    let read = stream::set_back_to_written(ctx, stream_name, group, &written)?;
     p.progress.rewound(dead_lettered_after(
         ctx,
         stream_name,
@@ -723,10 +720,7 @@ fn leave_written_group(ctx: &Context, stream_name: &str, group: &str) -> Result<
     let Some(written) = stream::group_info(ctx, stream_name, group).and_then(|g| g.written) else {
         return Ok(());
     };
-    let read = written
-        .entries_read
-        .or_else(|| (written.id == "0-0").then_some(0));
-    stream::set_group_id(ctx, stream_name, group, &written.id, read)?;
+    stream::set_back_to_written(ctx, stream_name, group, &written)?;
     let name = stream::written_group(group);
     stream::call_write(
         ctx,
