@@ -962,3 +962,56 @@ fn an_entry_dead_lettered_before_a_crash_and_read_again_gets_no_second_copy() {
         "no entry was read again after its dead-letter copy"
     );
 }
+
+#[test]
+fn a_read_failing_while_a_dead_letter_is_in_flight_gives_it_no_second_copy() {
+    let emu = Emulator::start();
+    let server = RedisServer::start(wired(&emu).env("ACK_MODE", "WRITTEN_GROUP"));
+    let mut con = server.connection();
+    // The dead-letter copy cannot be written yet: the entry stays in flight.
+    let _: String = q(&mut con, &["SET", "userdata-stream:dlq", "not a stream"]);
+    let bad: String = q(
+        &mut con,
+        &["XADD", "userdata-stream", "*", "value", "{not json"],
+    );
+    let good = generated(1);
+    let _: String = q(&mut con, &["XADD", "userdata-stream", "*", "value", &good]);
+    let _: String = q(&mut con, &["XADD", "expected", "*", "value", &good]);
+    let expected = stream_visits(&mut con, "expected");
+    wait_status(
+        &server,
+        "a failed dead-letter copy, the good entry settled",
+        Duration::from_secs(20),
+        |st| int(st, "dead_letter_errors") >= 1 && int(st, "entries_acked") >= 1,
+    );
+    // The next read fails: the reading group is gone.
+    let _: i64 = q(
+        &mut con,
+        &["XGROUP", "DESTROY", "userdata-stream", "snowflake-writer"],
+    );
+    server.wait_for("the failed read", Duration::from_secs(20), || {
+        server
+            .log()
+            .contains("reading userdata-stream through snowflake-writer failed")
+            .then_some(())
+    });
+    // While the entry is in flight, nothing is read again: it is not delivered a second time.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let st = status(&mut con);
+        assert_eq!(int(&st, "in_flight"), 1, "{st:?}");
+    }
+    let _: i64 = q(&mut con, &["DEL", "userdata-stream:dlq"]);
+    flush(&mut con, 30_000);
+    assert_in_snowflake(&expected, &emu);
+    let st = status(&mut con);
+    assert_eq!(int(&st, "dead_lettered"), 1, "{st:?}");
+    assert_eq!(int(&st, "in_flight"), 0, "{st:?}");
+    let copies: Vec<(String, BTreeMap<String, String>)> =
+        q(&mut con, &["XRANGE", "userdata-stream:dlq", "-", "+"]);
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        copies[0].1.values().any(|v| v == &bad),
+        "the copy names {bad}: {copies:?}"
+    );
+}
