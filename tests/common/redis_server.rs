@@ -247,13 +247,24 @@ impl RedisServer {
     /// thread is gone): a baseline later counts can be held to. Counted before that, a start-up
     /// thread still exiting would be in the baseline and never in a later count.
     pub fn settled_threads(&self) -> usize {
+        // The workers are started first, then the start-up thread: a count taken before the
+        // workers exist would be a baseline below the settled one. The same names twice, 100 ms
+        // apart, with workers and no start-up thread, is settled.
+        let mut last: Vec<String> = Vec::new();
         self.wait_for(
             "the start-up thread to finish",
             Duration::from_secs(30),
             || {
-                let names = self.thread_names();
-                (!names.is_empty() && !names.iter().any(|n| n == "wb-startup"))
-                    .then_some(names.len())
+                let mut names = self.thread_names();
+                names.sort();
+                let settled = names.iter().any(|n| n.starts_with("wb-worker"))
+                    && !names.iter().any(|n| n == "wb-startup")
+                    && names == last;
+                last = names;
+                if !settled {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                settled.then_some(last.len())
             },
         )
     }
