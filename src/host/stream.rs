@@ -67,22 +67,17 @@ pub struct Written {
     pub entries_read: Option<i64>,
 }
 
-impl Written {
-    /// Its logical read counter; `0` at `0-0` (nothing read), where Redis may give none.
-    pub fn read_counter(&self) -> Option<i64> {
-        self.entries_read
-            .or_else(|| (self.id == "0-0").then_some(0))
-    }
-}
-
-/// Sets `group` back to where its written group stands, with its read counter; returns the counter.
+/// Sets `group` back to where its written group stands, with its read counter (`0` at `0-0`,
+/// nothing read, where Redis may give none); returns the counter.
 pub fn set_back_to_written(
     ctx: &Context,
     stream: &str,
     group: &str,
     written: &Written,
 ) -> Result<Option<i64>, String> {
-    let read = written.read_counter();
+    let read = written
+        .entries_read
+        .or_else(|| (written.id == "0-0").then_some(0));
     set_group_id(ctx, stream, group, &written.id, read)?;
     Ok(read)
 }

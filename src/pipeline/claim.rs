@@ -94,9 +94,6 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
     let mut avg_entry_bytes: u64 = 64 << 10;
     // The group's read counter after this claimer's last read (see the trimming check).
     let mut last_entries_read: Option<i64> = None;
-    // With a written group, a failed read is followed by a rewind; it waits until what the module
-    // holds is settled, so an entry is never in flight twice (a second dead-letter copy).
-    let mut settle_first = false;
     let mut main_thread = MainThread::new();
     let mut governor = Governor::default();
     let mut sizer = ChunkSizer::default();
@@ -200,13 +197,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         // A thread died holding claimed entries (or, with a written group, a read failed): claim
         // nothing new until every entry still in the module is settled, then take over everything
         // pending (what the dead thread held included), or set the group back to the written group.
-        if c.recover.load(Ordering::Relaxed) || settle_first {
+        if c.recover.load(Ordering::Relaxed) {
             if in_flight > 0 {
                 c.wait_settled(Duration::from_millis(100));
                 continue;
             }
             c.recover.store(false, Ordering::Relaxed);
-            settle_first = false;
             recovering = true;
             cursor = "0-0".into();
         }
@@ -361,7 +357,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                 // A re-created stream starts its own count, and is read from its written group.
                 last_entries_read = None;
                 recovering = true;
-                settle_first = written_mode;
+                // With a written group the rewind re-delivers what follows it: it waits until what
+                // the module holds is settled, so no entry is in flight twice (a second dead-letter
+                // copy).
+                if written_mode {
+                    c.recover.store(true, Ordering::Relaxed);
+                }
                 cursor = "0-0".into();
                 c.wait_wake(Duration::from_millis(200));
                 continue;

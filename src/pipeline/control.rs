@@ -101,8 +101,10 @@ pub struct Control {
     /// Until when (wall-clock ms) a supervised thread counts as failing: its restarts keep dying
     /// (see [`spawn_supervised`]).
     pub failing_until_ms: std::sync::atomic::AtomicU64,
-    /// Set when claimed entries may have been lost from module memory (a thread died holding them):
-    /// the claimer stops claiming until nothing is in flight, then takes over every pending entry.
+    /// Set when claimed entries may have been lost from module memory (a thread died holding them),
+    /// or, with a written group, when a read failed (the rewind after it delivers them again): the
+    /// claimer stops claiming until nothing is in flight, then takes over every pending entry (or
+    /// sets the group back to the written group).
     pub recover: AtomicBool,
 }
 

@@ -101,14 +101,7 @@ impl Metrics {
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
         );
     }
-}
 
-/// How [`Metrics::report_trimmed`] describes entries trimmed away before `first` was read.
-pub fn never_read(first: &str) -> String {
-    format!("entries before {first} never read")
-}
-
-impl Metrics {
     /// Counts and reports entries removed from the stream before they were written: the application
     /// trimmed (`MAXLEN`/`MINID`) or deleted them faster than Snowflake drained. Never silent.
     pub fn report_trimmed(&self, n: u64, stream_name: &str, what: &str) {
@@ -121,4 +114,9 @@ impl Metrics {
              the application trims the stream faster than it drains: raise MAXLEN or fix the Snowflake backlog"
         ));
     }
+}
+
+/// How [`Metrics::report_trimmed`] describes entries trimmed away before `first` was read.
+pub fn never_read(first: &str) -> String {
+    format!("entries before {first} never read")
 }

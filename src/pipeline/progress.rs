@@ -92,21 +92,21 @@ impl Progress {
     /// written group moves.
     pub fn advance(&self) -> Option<Mark> {
         let mut inner = self.0.lock();
-        let mut mark: Option<Mark> = None;
+        let mut last = None;
+        let mut trimmed = Vec::new();
         while inner.slots.front().is_some_and(|s| s.settled) {
             let s = inner.slots.pop_front()?;
             inner.dead.remove(&s.id);
-            let mut trimmed = mark.map(|m| m.trimmed).unwrap_or_default();
             if s.trimmed_before > 0 {
                 trimmed.push((s.trimmed_before, s.id));
             }
-            mark = Some(Mark {
-                id: s.id,
-                read: s.read,
-                trimmed,
-            });
+            last = Some(s);
         }
-        mark
+        last.map(|s| Mark {
+            id: s.id,
+            read: s.read,
+            trimmed,
+        })
     }
 
     /// Whether `id` has a dead-letter copy already: delivered again after a rewind, dead-lettered
