@@ -141,31 +141,35 @@ fn server_builds_refuse_a_tarball_whose_checksum_differs() {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, b"not the release").unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    // The server binds port 0 itself and says which port it got, so no other process can take the
+    // port between choosing it and listening on it.
     let mut http = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
         .current_dir(mirror.path())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("python3 -m http.server");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "http.server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let stdout = http.stdout.take().expect("http.server stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let banner = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_default();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port: u16 = banner
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let _ = http.kill();
+            panic!("http.server did not start: {banner:?}")
+        });
     for (script, name) in [("scripts/redis8", "redis"), ("scripts/valkey9", "valkey")] {
         let out = std::process::Command::new("bash")
             .arg(root.join(script))
