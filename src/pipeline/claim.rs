@@ -79,6 +79,9 @@ fn idle_look_max(streams: usize) -> Duration {
     IDLE_LOOK_MAX.saturating_mul(fours).min(IDLE_LOOK_CAP)
 }
 
+/// A claim's error when the server is no longer a ready primary at the claim's lock hold.
+const NOT_PRIMARY: &str = "not a ready primary";
+
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)
 }
@@ -96,18 +99,27 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
     let mut last_entries_read: Option<i64> = None;
     let mut main_thread = MainThread::new();
     let mut governor = Governor::default();
+    if !main_thread.measurable() {
+        // Nothing to yield to as far as the drain can tell: full speed from the start.
+        governor.observe(None);
+    }
     let mut sizer = ChunkSizer::default();
     let mut idle_look = IDLE_LOOK_MIN;
     let longest_look = idle_look_max(super::control::REGISTRY.all().len());
     let epoch = Instant::now();
     let on_cluster = gil.with(crate::host::cluster::enabled);
+    let mut known_primary = false;
     loop {
         if c.stopping() {
             return;
         }
         let now = Instant::now();
         if main_thread.due(now) {
-            governor.observe(main_thread.sample(now));
+            // The first sample only starts the clock; one that cannot be read means full speed.
+            let sample = main_thread.sample(now);
+            if sample.is_some() || !main_thread.measurable() {
+                governor.observe(sample);
+            }
             governor::publish_stolen(p, main_thread.stolen());
         }
         let snap = settings::current();
@@ -120,7 +132,14 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         // Not this node's to drain now: a replica, or on a cluster a node that does not serve the
         // stream's slot (before the cluster is formed, once the slot has moved away). What it read
         // is forgotten: when the stream is its own again, pending entries are taken over first.
-        let away = match server(gil) {
+        // Once this server is known to be a ready primary, each claim checks that again inside its
+        // own lock hold, so waiting turns take no lock of their own.
+        let phase = if known_primary {
+            Server::Primary
+        } else {
+            server(gil)
+        };
+        let away = match phase {
             Server::Loading => {
                 c.set_state(State::Loading);
                 c.wait_wake(Duration::from_millis(50));
@@ -145,6 +164,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             Server::Primary => None,
         };
         if let Some((state, look_again)) = away {
+            known_primary = false;
             c.set_state(state);
             recovering = true;
             cursor = "0-0".into();
@@ -253,6 +273,9 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
             let read = (|| -> Result<(Claimed, Option<String>), String> {
+                if crate::host::server::phase(ctx) != Server::Primary {
+                    return Err(NOT_PRIMARY.into());
+                }
                 crate::host::cluster::serves(ctx, &stream_name)?;
                 if group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
@@ -343,7 +366,17 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let (entries, next) = match read {
             Ok(r) => {
                 group_ready = Some(group.clone());
+                known_primary = true;
                 r
+            }
+            // No longer a ready primary (a REPLICAOF, a failover, a load): the next turn says which.
+            Err(e) if e == NOT_PRIMARY => {
+                known_primary = false;
+                recovering = true;
+                cursor = "0-0".into();
+                group_ready = None;
+                last_entries_read = None;
+                continue;
             }
             Err(e) => {
                 // The stream or group was deleted, or Redis refused: re-create and retry shortly.

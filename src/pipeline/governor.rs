@@ -19,7 +19,11 @@
 //!   is `Yielding`, and claims are paced (each hold followed by a wait that keeps holds to the
 //!   share); whatever the share, `DRAIN_MIN_RECORDS_PER_SECOND` entries per second are still claimed,
 //!   about ten holds a second. The floor keeps the drain moving under sustained load; it never
-//!   stops.
+//!   stops. A new governor starts with no share (the floor only) until the first sample shows the
+//!   main thread has room, so a server started under a saturating load gives its clients no burst
+//!   at full speed first. While the clients alone saturate the main thread, the module's threads
+//!   watch for the lock instead of sleeping on it ([`crate::host::gil`]): asleep, they would hardly
+//!   ever get it, and the floor would not be kept.
 //! - [`ChunkSizer`] bounds each hold by time ([`HOLD_TARGET`]) as well as by bytes and entries, from
 //!   the time per entry the last holds took (claims, and the workers' acknowledgements).
 //!
@@ -106,9 +110,12 @@ pub struct Governor {
 
 impl Default for Governor {
     fn default() -> Governor {
+        // Until the first sample says the main thread has room, the drain claims only its floor:
+        // a server started (or a claimer restarted) under a saturating load does not take a
+        // burst at full speed from its clients first.
         Governor {
             busy: None,
-            share: FULL_SHARE,
+            share: 0.0,
             next_claim: Duration::ZERO,
             tokens: 0.0,
             refilled: None,
@@ -147,6 +154,7 @@ impl Governor {
             return;
         };
         let sample = sample.clamp(0.0, 1.0);
+        let first = self.busy.is_none();
         let busy = match self.busy {
             Some(prev) => 0.5 * prev + 0.5 * sample,
             None => sample,
@@ -162,7 +170,16 @@ impl Governor {
             SHARE_UP
         };
         let was = self.mode();
-        self.share = (self.share + gain * (SATURATED - signal) * FULL_SHARE).clamp(0.0, FULL_SHARE);
+        self.share = if first {
+            // The first sample decides the start: the whole share, or none.
+            if signal > SATURATED {
+                0.0
+            } else {
+                FULL_SHARE
+            }
+        } else {
+            (self.share + gain * (SATURATED - signal) * FULL_SHARE).clamp(0.0, FULL_SHARE)
+        };
         if was == Mode::Full && self.mode() == Mode::Yielding {
             // Start with no tokens saved up: the first floor claim comes a period later.
             self.tokens = 0.0;
@@ -270,6 +287,11 @@ impl MainThread {
             stolen: None,
             source,
         }
+    }
+
+    /// Whether the main thread's busy fraction can be read here (Linux).
+    pub fn measurable(&self) -> bool {
+        self.source != Source::None
     }
 
     /// Whether a new sample is due at `now`.
@@ -425,6 +447,9 @@ fn parse_stat(text: &str, ticks_per_second: u64) -> Option<Duration> {
 /// Publishes the claimer's view for `WB.STATUS`.
 pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
     let d = &p.drain;
+    // The clients alone keep the main thread saturated: only floor claims are made, and a thread
+    // asleep on the lock would hardly ever get it.
+    crate::host::gil::set_saturated(g.mode() == Mode::Yielding && g.share == 0.0);
     let busy = g
         .busy
         .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
@@ -519,6 +544,21 @@ mod tests {
     }
 
     #[test]
+    fn a_new_governor_claims_only_its_floor_until_the_first_sample_shows_room() {
+        let mut g = Governor::default();
+        assert_eq!((g.mode(), g.share()), (Mode::Yielding, 0.0));
+        // No tokens saved up yet: the first floor claim comes a tenth of a second later.
+        assert!(matches!(g.budget(ms(0), 1000, 500, 500), Budget::Wait(_)));
+        // A saturated first sample keeps it there; one with room gives the whole share at once.
+        let mut busy = g.clone();
+        busy.observe(Some(0.95));
+        assert_eq!((busy.mode(), busy.share()), (Mode::Yielding, 0.0));
+        g.observe(Some(0.3));
+        assert_eq!((g.mode(), g.share()), (Mode::Full, FULL_SHARE));
+        assert_eq!(g.budget(ms(1), 1000, 500, 500), Budget::Claim(500));
+    }
+
+    #[test]
     fn the_share_settles_where_the_main_thread_is_saturated_and_no_further() {
         // The clients alone keep the main thread `own` busy; in the time the drain holds the lock
         // they wait, so the main thread reads `own / (1 - share)` busy (see `busy_fraction`).
@@ -550,6 +590,7 @@ mod tests {
     #[test]
     fn yielding_holds_are_shorter_with_the_share() {
         let mut g = Governor::default();
+        g.observe(Some(0.1));
         assert_eq!(g.hold_target(), HOLD_TARGET);
         for _ in 0..200 {
             let h = g.share();
