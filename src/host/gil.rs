@@ -5,7 +5,8 @@
 //! `XACK` of a batch) and never network I/O.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use redis_module::{raw, Context};
@@ -71,14 +72,31 @@ impl Gil {
     }
 }
 
-/// Set while Redis's clients alone saturate its main thread (a drain yields with no share of the
-/// lock left, claiming only its floor): lock takers then watch for the lock instead of sleeping on
-/// it (see [`acquire`]).
-static SATURATED: AtomicBool = AtomicBool::new(false);
+/// Until when (ms since [`EPOCH`]) Redis's clients alone saturate its main thread, as a drain last
+/// reported it (yielding with no share of the lock left, claiming only its floor): lock takers then
+/// watch for the lock instead of sleeping on it (see [`acquire`]). A report lasts [`REPORT_LASTS`],
+/// so one from a claimer that stopped reporting expires.
+static SATURATED_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+const REPORT_LASTS: Duration = Duration::from_secs(1);
 
-/// Tells every lock taker whether Redis's main thread is saturated now.
+fn epoch_ms() -> u64 {
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Tells every lock taker whether Redis's clients alone saturate its main thread now (claimers
+/// report it at every turn).
 pub fn set_saturated(saturated: bool) {
-    SATURATED.store(saturated, Ordering::Relaxed);
+    let until = if saturated {
+        epoch_ms().saturating_add(REPORT_LASTS.as_millis() as u64)
+    } else {
+        0
+    };
+    SATURATED_UNTIL_MS.store(until, Ordering::Relaxed);
+}
+
+fn saturated() -> bool {
+    epoch_ms() < SATURATED_UNTIL_MS.load(Ordering::Relaxed)
 }
 
 /// How long one watch for the lock lasts before the thread gives its CPU back for as long.
@@ -99,7 +117,7 @@ const WATCH_FOR: Duration = Duration::from_millis(50);
 /// waits in its poll often enough for a sleeping thread to get the lock, and watching would only
 /// take a CPU from it (measured at half load: the drain 35 % slower, the p99 no better).
 fn acquire(ctx: *mut raw::RedisModuleCtx, lock: unsafe extern "C" fn(*mut raw::RedisModuleCtx)) {
-    if SATURATED.load(Ordering::Relaxed) {
+    if saturated() {
         if let Some(try_lock) = unsafe { raw::RedisModule_ThreadSafeContextTryLock } {
             let start = Instant::now();
             loop {

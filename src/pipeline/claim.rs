@@ -122,6 +122,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             }
             governor::publish_stolen(p, main_thread.stolen());
         }
+        crate::host::gil::set_saturated(governor.clients_saturate());
         let snap = settings::current();
         // Paused: park without touching the Redis lock (MODULE UNLOAD waits for this thread).
         if c.paused.load(Ordering::Relaxed) {

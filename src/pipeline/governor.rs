@@ -133,6 +133,13 @@ impl Governor {
         self.busy
     }
 
+    /// Whether Redis's clients alone keep its main thread saturated: yielding with no share of the
+    /// lock left, only floor claims are made, and a thread asleep on the lock would hardly ever
+    /// get it ([`crate::host::gil`]).
+    pub fn clients_saturate(&self) -> bool {
+        self.mode() == Mode::Yielding && self.share == 0.0
+    }
+
     /// The share of the time the drain may hold the lock now.
     pub fn share(&self) -> f64 {
         self.share
@@ -447,9 +454,6 @@ fn parse_stat(text: &str, ticks_per_second: u64) -> Option<Duration> {
 /// Publishes the claimer's view for `WB.STATUS`.
 pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
     let d = &p.drain;
-    // The clients alone keep the main thread saturated: only floor claims are made, and a thread
-    // asleep on the lock would hardly ever get it.
-    crate::host::gil::set_saturated(g.mode() == Mode::Yielding && g.share == 0.0);
     let busy = g
         .busy
         .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
@@ -553,8 +557,10 @@ mod tests {
         let mut busy = g.clone();
         busy.observe(Some(0.95));
         assert_eq!((busy.mode(), busy.share()), (Mode::Yielding, 0.0));
+        assert!(g.clients_saturate() && busy.clients_saturate());
         g.observe(Some(0.3));
         assert_eq!((g.mode(), g.share()), (Mode::Full, FULL_SHARE));
+        assert!(!g.clients_saturate());
         assert_eq!(g.budget(ms(1), 1000, 500, 500), Budget::Claim(500));
     }
 
