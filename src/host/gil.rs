@@ -115,7 +115,7 @@ const WATCH_FOR: Duration = Duration::from_millis(50);
 /// sleep on the mutex. At about ten floor claims a second this costs a few milliseconds of CPU a
 /// second. While the main thread has room (at full speed, or yielding with a share of the lock) it
 /// waits in its poll often enough for a sleeping thread to get the lock, and watching would only
-/// take a CPU from it (measured at half load: the drain 35 % slower, the p99 no better).
+/// take a CPU from it (measured at half load: the drain 35 % slower, the p99 a tenth better).
 fn acquire(ctx: *mut raw::RedisModuleCtx, lock: unsafe extern "C" fn(*mut raw::RedisModuleCtx)) {
     if saturated() {
         if let Some(try_lock) = unsafe { raw::RedisModule_ThreadSafeContextTryLock } {
