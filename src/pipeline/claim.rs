@@ -79,6 +79,37 @@ fn idle_look_max(streams: usize) -> Duration {
     IDLE_LOOK_MAX.saturating_mul(fours).min(IDLE_LOOK_CAP)
 }
 
+/// Where the claimer reads through its group, and what it knows of it. Made afresh after a start, a
+/// promotion, a move away or a failed read: what it read is forgotten, pending entries are taken
+/// over first (or, with a written group, the group is set back to it), and the group is checked.
+struct Reading {
+    /// Pending entries (or the written group) come before new ones.
+    recovering: bool,
+    /// Where taking over pending entries goes on (`XAUTOCLAIM`'s cursor).
+    cursor: String,
+    /// The group known to exist.
+    group_ready: Option<String>,
+    /// The group's read counter after this claimer's last read (see the trimming check).
+    last_entries_read: Option<i64>,
+}
+
+impl Reading {
+    fn afresh() -> Reading {
+        Reading {
+            recovering: true,
+            cursor: "0-0".into(),
+            group_ready: None,
+            last_entries_read: None,
+        }
+    }
+
+    /// Takes over every pending entry again, from the first.
+    fn recover(&mut self) {
+        self.recovering = true;
+        self.cursor = "0-0".into();
+    }
+}
+
 /// A claim's error when the server is no longer a ready primary at the claim's lock hold.
 const NOT_PRIMARY: &str = "not a ready primary";
 
@@ -88,15 +119,9 @@ fn server(gil: &Gil) -> Server {
 
 fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
-    // After a start or a promotion, pending entries are taken over first (or, with a written group,
-    // the group is set back to it).
-    let mut recovering = true;
-    let mut cursor = String::from("0-0");
-    let mut group_ready: Option<String> = None;
+    let mut reading = Reading::afresh();
     // The size of the entries read last, for the next read's count.
     let mut avg_entry_bytes: u64 = 64 << 10;
-    // The group's read counter after this claimer's last read (see the trimming check).
-    let mut last_entries_read: Option<i64> = None;
     let mut main_thread = MainThread::new();
     let mut governor = Governor::default();
     if !main_thread.measurable() {
@@ -149,7 +174,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             Server::Replica => Some((State::Replica, Duration::from_millis(200))),
             // Once reading, the check inside each read's own lock hold is enough: a refusal there
             // forgets the group, and the next turn looks here again.
-            Server::Primary if on_cluster && group_ready.is_none() => {
+            Server::Primary if on_cluster && reading.group_ready.is_none() => {
                 match gil.with(|ctx| crate::host::cluster::serves(ctx, p.source())) {
                     Ok(()) => None,
                     Err(why) => {
@@ -167,10 +192,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         if let Some((state, look_again)) = away {
             known_primary = false;
             c.set_state(state);
-            recovering = true;
-            cursor = "0-0".into();
-            group_ready = None;
-            last_entries_read = None;
+            reading = Reading::afresh();
             c.wait_wake(look_again);
             continue;
         }
@@ -224,8 +246,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                 continue;
             }
             c.recover.store(false, Ordering::Relaxed);
-            recovering = true;
-            cursor = "0-0".into();
+            reading.recover();
         }
         // While Snowflake is failing, the workers are retrying what they hold: claiming more would only
         // move entries from the stream into module memory. Keep one batch per worker until it recovers.
@@ -278,22 +299,28 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     return Err(NOT_PRIMARY.into());
                 }
                 crate::host::cluster::serves(ctx, &stream_name)?;
-                if group_ready.as_deref() != Some(group.as_str()) {
+                if reading.group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
                     if written_mode {
                         stream::ensure_written_group(ctx, &stream_name, &group)?;
                     }
                 }
-                if recovering && written_mode {
-                    last_entries_read = rewind(p, ctx, &stream_name, &group)?;
-                    recovering = false;
+                if reading.recovering && written_mode {
+                    reading.last_entries_read = rewind(p, ctx, &stream_name, &group)?;
+                    reading.recovering = false;
                 }
-                if recovering {
-                    if cursor == "0-0" {
+                if reading.recovering {
+                    if reading.cursor == "0-0" {
                         leave_written_group(ctx, &stream_name, &group)?;
                     }
-                    let step =
-                        stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
+                    let step = stream::autoclaim(
+                        ctx,
+                        &stream_name,
+                        &group,
+                        &consumer,
+                        &reading.cursor,
+                        count,
+                    )?;
                     p.metrics.report_trimmed(
                         step.deleted.len() as u64,
                         &stream_name,
@@ -312,7 +339,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                         g.entries_read
                             .or_else(|| (g.last_delivered_id == "0-0").then_some(0))
                     })
-                    .or(last_entries_read);
+                    .or(reading.last_entries_read);
                 let entries = stream::read_group_chunk(
                     ctx,
                     &stream_name,
@@ -326,7 +353,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
                     let after =
                         stream::group_info(ctx, &stream_name, &group).and_then(|g| g.entries_read);
                     if after.is_some() {
-                        last_entries_read = after;
+                        reading.last_entries_read = after;
                     }
                     let skipped = match (before, after) {
                         (Some(b), Some(a)) => (a - b - entries.len() as i64).max(0) as u64,
@@ -366,38 +393,32 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         governor::publish_hold(p, held, waited);
         let (entries, next) = match read {
             Ok(r) => {
-                group_ready = Some(group.clone());
+                reading.group_ready = Some(group.clone());
                 known_primary = true;
                 r
             }
             // No longer a ready primary (a REPLICAOF, a failover, a load): the next turn says which.
             Err(e) if e == NOT_PRIMARY => {
                 known_primary = false;
-                recovering = true;
-                cursor = "0-0".into();
-                group_ready = None;
-                last_entries_read = None;
+                reading = Reading::afresh();
                 continue;
             }
             Err(e) => {
                 // The stream or group was deleted, or Redis refused: re-create and retry shortly.
                 // A slot that moved away is not a failure: the next turn says `not-served`.
-                if group_ready.is_some() && !crate::host::cluster::elsewhere(&e) {
+                if reading.group_ready.is_some() && !crate::host::cluster::elsewhere(&e) {
                     logging::warning(&format!(
                         "reading {stream_name} through {group} failed: {e}"
                     ));
                 }
-                group_ready = None;
                 // A re-created stream starts its own count, and is read from its written group.
-                last_entries_read = None;
-                recovering = true;
+                reading = Reading::afresh();
                 // With a written group the rewind re-delivers what follows it: it waits until what
                 // the module holds is settled, so no entry is in flight twice (a second dead-letter
                 // copy).
                 if written_mode {
                     c.recover.store(true, Ordering::Relaxed);
                 }
-                cursor = "0-0".into();
                 c.wait_wake(Duration::from_millis(200));
                 continue;
             }
@@ -411,12 +432,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         }
         if let Some(next) = next {
             if next == "0-0" {
-                recovering = false;
+                reading.recovering = false;
             }
-            cursor = next;
+            reading.cursor = next;
         }
         if entries.is_empty() {
-            if !recovering {
+            if !reading.recovering {
                 c.wait_wake(idle_look);
                 idle_look = (idle_look * 2).min(longest_look);
             }

@@ -303,7 +303,7 @@ impl MainThread {
 
     /// Whether a new sample is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
-        self.source != Source::None
+        self.measurable()
             && self
                 .last
                 .is_none_or(|(then, _, _)| now.duration_since(then) >= SAMPLE_EVERY)
