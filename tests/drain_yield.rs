@@ -318,3 +318,58 @@ fn a_large_batch_is_acknowledged_in_short_holds() {
         "an acknowledging hold wrote {most_chunk} entries"
     );
 }
+
+/// A claimer that has caught up with a steady trickle of writes waits a few milliseconds before it
+/// claims again, so each claim takes several entries: claiming again at once took one or two each
+/// time, each claim costing the main thread its fixed work under the lock.
+#[test]
+fn a_claimer_that_has_caught_up_lets_entries_gather_before_it_claims_again() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // One entry every 250 µs (4,000 a second) for two seconds, evenly spaced.
+    const ENTRIES: u64 = 8_000;
+    const EVERY: Duration = Duration::from_micros(250);
+    let emu = fast_sink();
+    // The default linger (the tests' own setup shortens it).
+    let server = RedisServer::start(
+        wired(&emu)
+            .env("SKIP_FRESHNESS", "1")
+            .env("BATCH_LINGER_MS", "50"),
+    );
+    let mut con = running(&server);
+    let claims_before = figure(&mut con, "drain_claims");
+    let read_before = figure(&mut con, "entries_read");
+    let mut writer = server.connection();
+    let values: Vec<String> = (0..100).map(payload).collect();
+    let started = Instant::now();
+    for i in 0..ENTRIES {
+        let due = started + EVERY * i as u32;
+        // Pacing the writes, not waiting for the server: a spin keeps them evenly spaced.
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        let _: String = redis::cmd("XADD")
+            .arg("userdata-stream")
+            .arg("*")
+            .arg("value")
+            .arg(&values[(i % 100) as usize])
+            .query(&mut writer)
+            .expect("XADD");
+    }
+    server.wait_for("the entries written", Duration::from_secs(60), || {
+        let st = status(&mut con);
+        (st["lag"] == "0" && st["pending"] == "0").then_some(())
+    });
+    let claims = figure(&mut con, "drain_claims") - claims_before;
+    let read = figure(&mut con, "entries_read") - read_before;
+    eprintln!(
+        "{read} entries in {claims} claims over {:?}",
+        started.elapsed()
+    );
+    assert_eq!(read, ENTRIES as i64);
+    // The default wait (a tenth of BATCH_LINGER_MS, 5 ms) gathers ~20 entries at this rate;
+    // claiming again at once takes one to three.
+    assert!(
+        claims * 8 <= read,
+        "{claims} claims for {read} entries: a caught-up claimer claimed again too soon"
+    );
+}

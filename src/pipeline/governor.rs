@@ -509,6 +509,7 @@ pub struct Published {
     pub ack_chunk: u64,
     pub last_ack_hold_us: u64,
     pub ack_holds: u64,
+    pub claims: u64,
 }
 
 pub fn published(p: &Pipeline) -> Published {
@@ -526,6 +527,7 @@ pub fn published(p: &Pipeline) -> Published {
         ack_chunk: d.ack_chunk.load(Ordering::Relaxed),
         last_ack_hold_us: d.last_ack_hold_us.load(Ordering::Relaxed),
         ack_holds: d.ack_holds.load(Ordering::Relaxed),
+        claims: d.claims.load(Ordering::Relaxed),
     }
 }
 

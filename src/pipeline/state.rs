@@ -105,6 +105,8 @@ pub struct DrainFigures {
     pub ack_chunk: AtomicU64,
     pub last_ack_hold_us: AtomicU64,
     pub ack_holds: AtomicU64,
+    /// Claims that took at least one entry since start.
+    pub claims: AtomicU64,
 }
 
 impl Default for DrainFigures {
@@ -119,6 +121,7 @@ impl Default for DrainFigures {
             ack_chunk: AtomicU64::new(0),
             last_ack_hold_us: AtomicU64::new(0),
             ack_holds: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
         }
     }
 }

@@ -348,6 +348,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     put("drain_ack_chunk", drain.ack_chunk.into());
     put("drain_last_ack_hold_us", drain.last_ack_hold_us.into());
     put("drain_ack_holds", drain.ack_holds.into());
+    put("drain_claims", drain.claims.into());
     put("lock_held_ms", crate::host::gil::held_ms().into());
     let each: Vec<Vec<(String, Figure)>> = all.iter().map(|p| counters(p)).collect();
     let mut shards: Vec<(String, Figure)> = Vec::new();
