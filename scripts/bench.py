@@ -437,6 +437,17 @@ def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int) 
             "p999_ms": res["p999_ms"], "answered_all": res["answered"] == res["sent"]}
 
 
+def warm_up_machine(tools: Tools, cfg) -> None:
+    """One saturating run, not counted, before an item's measured ones: on this shared VM the first
+    run of a session came out 30-45 % slower than the rest, module or not (seen four times on
+    2026-12-04: 312,000-372,000 XADD/s against 520,000-860,000 right after)."""
+    r = Redis(tools, False)
+    try:
+        redis_benchmark(tools, r.port, cfg.xadd_n // 2, 50, 16, 500)
+    finally:
+        r.stop()
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -479,6 +490,7 @@ def bench_xadd(tools, keys, cfg) -> dict:
     drained = {"with": [], "with_idle_sink": []}
     cpu = {"with": [], "with_idle_sink": [], "without": []}
     try:
+        warm_up_machine(tools, cfg)
         for rep in range(cfg.reps):
             for variant in order if rep % 2 == 0 else list(reversed(order)):
                 module = variant != "without"
@@ -693,6 +705,10 @@ def bench_foreground(tools, keys, cfg) -> dict:
                               variant != "without", load, paths[variant])
 
     try:
+        # Not counted: the first run with the module came out 30-55 % slower than the rest four
+        # times in a row on 2026-12-04 (also after a run without the module): the sink's first
+        # statements and the machine's first saturating load.
+        one("with", lambda port: redis_benchmark_csv(tools, port, cfg.xadd_n // 2, 50, 16, 500))
         sat = {v: [] for v in variants}
         for rep in range(cfg.reps):
             for variant in order(rep):

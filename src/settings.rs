@@ -208,7 +208,7 @@ settings! {
     BatchMaxBytes = "BATCH_MAX_BYTES", "900000", int(1_024, 16_000_000), Live, Pipeline,
         "Most bytes of bound data in one statement (Snowflake advises staying under 1 MB).";
     BatchLingerMs = "BATCH_LINGER_MS", "50", int(0, 60_000), Live, Pipeline,
-        "How long a worker waits for a batch to fill before committing what it has.";
+        "How long a worker waits for a batch to fill before committing what it has; a claimer that has caught up with the writes waits a tenth of it (at most 5 ms) before claiming again.";
     MaxInFlight = "MAX_IN_FLIGHT", "8000", int(1, 10_000_000), Live, Pipeline,
         "Most claimed, not yet acknowledged entries held by the module; bounds its memory.";
     AckMode = "ACK_MODE", "XACK", Kind::Choice(ACK_MODES), Restart, Pipeline,
