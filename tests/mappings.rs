@@ -631,3 +631,42 @@ fn mappings_are_refused_on_a_cluster_enabled_server_rather_than_writing_into_for
         "hash mappings do not run on a cluster-enabled server yet",
     );
 }
+
+/// A mapping writer that has written as a primary stops when its server becomes a replica (it
+/// checks the role inside each read's own lock hold), and writes again once promoted.
+#[test]
+fn a_mapping_writer_stops_when_its_primary_becomes_a_replica_and_resumes_when_promoted() {
+    let emu = common::emulator::Emulator::start();
+    tables(&emu);
+    let (server, _dir) = server_with(common::wired(&emu));
+    let (other, _d2) = server_with(Options::default());
+    let mut con = server.connection();
+    let state = |con: &mut redis::Connection| {
+        common::redis_server::status(con)
+            .get("mapping.persons.state")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let _: i64 = q(&mut con, &["HSET", "person:1", "age", "20"]);
+    wait_written(&server, &mut con, "persons", 1);
+    let _: String = q(
+        &mut con,
+        &["REPLICAOF", "127.0.0.1", &other.port.to_string()],
+    );
+    server.wait_for(
+        "the writer to see the replica",
+        Duration::from_secs(20),
+        || (state(&mut con) == "replica").then_some(()),
+    );
+    let _: String = q(&mut con, &["REPLICAOF", "NO", "ONE"]);
+    server.wait_for("the writer to run again", Duration::from_secs(20), || {
+        let s = state(&mut con);
+        (s == "idle" || s == "running").then_some(())
+    });
+    let before: i64 = common::redis_server::status(&mut con)
+        .get("mapping.persons.written")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _: i64 = q(&mut con, &["HSET", "person:2", "age", "30"]);
+    wait_written(&server, &mut con, "persons", before + 1);
+}

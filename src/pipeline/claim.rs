@@ -111,7 +111,7 @@ impl Reading {
 }
 
 /// A claim's error when the server is no longer a ready primary at the claim's lock hold.
-const NOT_PRIMARY: &str = "not a ready primary";
+pub(super) const NOT_PRIMARY: &str = "not a ready primary";
 
 fn server(gil: &Gil) -> Server {
     gil.with(crate::host::server::phase)

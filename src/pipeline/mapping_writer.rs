@@ -73,6 +73,9 @@ fn run(gil: &Gil, index: usize) {
     let mut client: Option<Arc<Client>> = None;
     let mut accepted_once = false;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    // Once the server is known to be a ready primary, each read checks it again inside its own
+    // lock hold (as the claimer does), so a turn takes no hold of its own just to ask.
+    let mut known_primary = false;
     loop {
         if c.stopping() {
             return;
@@ -83,7 +86,12 @@ fn run(gil: &Gil, index: usize) {
             c.wait_wake(Duration::from_millis(200));
             continue;
         }
-        match gil.with(crate::host::server::phase) {
+        let phase = if known_primary {
+            Phase::Primary
+        } else {
+            gil.with(crate::host::server::phase)
+        };
+        match phase {
             Phase::Loading => {
                 set_state(figures, "loading");
                 rest(Duration::from_millis(50));
@@ -96,7 +104,7 @@ fn run(gil: &Gil, index: usize) {
                 rest(Duration::from_millis(200));
                 continue;
             }
-            Phase::Primary => {}
+            Phase::Primary => known_primary = true,
         }
         if unconfigured(&snap) || dry_run(&snap) {
             set_state(figures, "unconfigured");
@@ -140,6 +148,9 @@ fn run(gil: &Gil, index: usize) {
         let consumer = snap.str(Key::Consumer).to_string();
         let count = snap.uint(Key::BatchMaxEntries).clamp(1, 10_000) as usize;
         let read = gil.with(|ctx| -> Result<(Vec<RawEntry>, Option<String>), String> {
+            if crate::host::server::phase(ctx) != Phase::Primary {
+                return Err(super::claim::NOT_PRIMARY.into());
+            }
             stream::ensure_group(ctx, &stream_name, &group)?;
             if recovering {
                 let step = stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
@@ -153,6 +164,11 @@ fn run(gil: &Gil, index: usize) {
         });
         let (entries, next) = match read {
             Ok(r) => r,
+            // No longer a ready primary: the next turn says which, and a replica starts over.
+            Err(e) if e == super::claim::NOT_PRIMARY => {
+                known_primary = false;
+                continue;
+            }
             Err(e) => {
                 logging::warning(&format!(
                     "mapping {}: reading {stream_name} failed: {e}",
