@@ -114,6 +114,48 @@ pub fn phase(ctx: &Context) -> Phase {
     }
 }
 
+/// A read's error when the server is no longer a ready primary at the read's own lock hold
+/// ([`require_primary`]).
+pub const NOT_PRIMARY: &str = "not a ready primary";
+
+/// Inside a read's lock hold: [`NOT_PRIMARY`] unless the server is a ready primary.
+pub fn require_primary(ctx: &Context) -> Result<(), String> {
+    if phase(ctx) == Phase::Primary {
+        Ok(())
+    } else {
+        Err(NOT_PRIMARY.into())
+    }
+}
+
+/// A reading loop's knowledge of the server's phase. Until a read has succeeded as a primary
+/// ([`KnownPhase::confirmed`]), each turn asks in a lock hold of its own; from then on each read
+/// checks again inside its own hold ([`require_primary`]), so waiting turns take no lock, and a read
+/// refused with [`NOT_PRIMARY`] ([`KnownPhase::lost`]) makes the next turn ask again.
+#[derive(Debug, Default)]
+pub struct KnownPhase {
+    primary: bool,
+}
+
+impl KnownPhase {
+    /// The phase for this turn: asked under the lock unless already known to be a primary.
+    pub fn phase(&mut self, gil: &super::gil::Gil) -> Phase {
+        if self.primary {
+            return Phase::Primary;
+        }
+        gil.with(phase)
+    }
+
+    /// A read succeeded, its hold having found a ready primary.
+    pub fn confirmed(&mut self) {
+        self.primary = true;
+    }
+
+    /// Forgets that the server is a primary: the next turn asks again.
+    pub fn lost(&mut self) {
+        self.primary = false;
+    }
+}
+
 /// Whether the server is loading its AOF/RDB (start-up excluded).
 pub fn loading(ctx: &Context) -> bool {
     super::stream::flags(ctx)

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::host::server::Phase as Server;
+use crate::host::server::{KnownPhase, Phase as Server, NOT_PRIMARY};
 
 use super::control::{dry_run, group_name, Pipeline, State};
 use super::governor::{self, Budget, ChunkSizer, Governor, MainThread};
@@ -110,13 +110,6 @@ impl Reading {
     }
 }
 
-/// A claim's error when the server is no longer a ready primary at the claim's lock hold.
-pub(super) const NOT_PRIMARY: &str = "not a ready primary";
-
-fn server(gil: &Gil) -> Server {
-    gil.with(crate::host::server::phase)
-}
-
 fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut bool) {
     let c = &p.control;
     let mut reading = Reading::afresh();
@@ -133,17 +126,16 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
     let longest_look = idle_look_max(super::control::REGISTRY.all().len());
     let epoch = Instant::now();
     let on_cluster = gil.with(crate::host::cluster::enabled);
-    let mut known_primary = false;
+    let mut known = KnownPhase::default();
     loop {
         if c.stopping() {
             return;
         }
         let now = Instant::now();
         if main_thread.due(now) {
-            // The first sample only starts the clock; one that cannot be read means full speed.
-            let sample = main_thread.sample(now);
-            if sample.is_some() || !main_thread.measurable() {
-                governor.observe(sample);
+            // The first sample only starts the clock (and says nothing).
+            if let Some(sample) = main_thread.sample(now) {
+                governor.observe(Some(sample));
             }
             governor::publish_stolen(p, main_thread.stolen());
         }
@@ -160,12 +152,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         // is forgotten: when the stream is its own again, pending entries are taken over first.
         // Once this server is known to be a ready primary, each claim checks that again inside its
         // own lock hold, so waiting turns take no lock of their own.
-        let phase = if known_primary {
-            Server::Primary
-        } else {
-            server(gil)
-        };
-        let away = match phase {
+        let away = match known.phase(gil) {
             Server::Loading => {
                 c.set_state(State::Loading);
                 c.wait_wake(Duration::from_millis(50));
@@ -190,7 +177,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
             Server::Primary => None,
         };
         if let Some((state, look_again)) = away {
-            known_primary = false;
+            known.lost();
             c.set_state(state);
             reading = Reading::afresh();
             c.wait_wake(look_again);
@@ -295,9 +282,7 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let read = gil.with(|ctx| {
             let lock_taken = Instant::now();
             let read = (|| -> Result<(Claimed, Option<String>), String> {
-                if crate::host::server::phase(ctx) != Server::Primary {
-                    return Err(NOT_PRIMARY.into());
-                }
+                crate::host::server::require_primary(ctx)?;
                 crate::host::cluster::serves(ctx, &stream_name)?;
                 if reading.group_ready.as_deref() != Some(group.as_str()) {
                     stream::ensure_group(ctx, &stream_name, &group)?;
@@ -394,12 +379,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         let (entries, next) = match read {
             Ok(r) => {
                 reading.group_ready = Some(group.clone());
-                known_primary = true;
+                known.confirmed();
                 r
             }
             // No longer a ready primary (a REPLICAOF, a failover, a load): the next turn says which.
             Err(e) if e == NOT_PRIMARY => {
-                known_primary = false;
+                known.lost();
                 reading = Reading::afresh();
                 continue;
             }

@@ -27,7 +27,7 @@ use super::control::{control, dry_run, group_name, mapped, spawn_supervised, unc
 use super::mapped::WriterFigures;
 use super::retry::SinkError;
 use crate::host::gil::Gil;
-use crate::host::server::Phase;
+use crate::host::server::{KnownPhase, Phase, NOT_PRIMARY};
 use crate::host::stream::{self, RawEntry};
 use crate::host::{keyspace, logging};
 use crate::mapping::capture::{done, failed, through_key};
@@ -75,7 +75,7 @@ fn run(gil: &Gil, index: usize) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     // Once the server is known to be a ready primary, each read checks it again inside its own
     // lock hold (as the claimer does), so a turn takes no hold of its own just to ask.
-    let mut known_primary = false;
+    let mut known = KnownPhase::default();
     loop {
         if c.stopping() {
             return;
@@ -86,12 +86,7 @@ fn run(gil: &Gil, index: usize) {
             c.wait_wake(Duration::from_millis(200));
             continue;
         }
-        let phase = if known_primary {
-            Phase::Primary
-        } else {
-            gil.with(crate::host::server::phase)
-        };
-        match phase {
+        match known.phase(gil) {
             Phase::Loading => {
                 set_state(figures, "loading");
                 rest(Duration::from_millis(50));
@@ -104,7 +99,7 @@ fn run(gil: &Gil, index: usize) {
                 rest(Duration::from_millis(200));
                 continue;
             }
-            Phase::Primary => known_primary = true,
+            Phase::Primary => {}
         }
         if unconfigured(&snap) || dry_run(&snap) {
             set_state(figures, "unconfigured");
@@ -148,9 +143,7 @@ fn run(gil: &Gil, index: usize) {
         let consumer = snap.str(Key::Consumer).to_string();
         let count = snap.uint(Key::BatchMaxEntries).clamp(1, 10_000) as usize;
         let read = gil.with(|ctx| -> Result<(Vec<RawEntry>, Option<String>), String> {
-            if crate::host::server::phase(ctx) != Phase::Primary {
-                return Err(super::claim::NOT_PRIMARY.into());
-            }
+            crate::host::server::require_primary(ctx)?;
             stream::ensure_group(ctx, &stream_name, &group)?;
             if recovering {
                 let step = stream::autoclaim(ctx, &stream_name, &group, &consumer, &cursor, count)?;
@@ -163,10 +156,13 @@ fn run(gil: &Gil, index: usize) {
             }
         });
         let (entries, next) = match read {
-            Ok(r) => r,
+            Ok(r) => {
+                known.confirmed();
+                r
+            }
             // No longer a ready primary: the next turn says which, and a replica starts over.
-            Err(e) if e == super::claim::NOT_PRIMARY => {
-                known_primary = false;
+            Err(e) if e == NOT_PRIMARY => {
+                known.lost();
                 continue;
             }
             Err(e) => {
