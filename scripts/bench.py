@@ -97,6 +97,19 @@ def spawn(args: list[str], **kw) -> subprocess.Popen:
     return p
 
 
+def run_to_end(args: list[str], timeout: float, **kw) -> tuple[int, str, str]:
+    """Runs a tool to its end (killed after `timeout` seconds); its exit code, stdout and stderr."""
+    p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        _children.remove(p)
+    return p.returncode, out, err
+
+
 def stop(p: subprocess.Popen, within: float = 15.0) -> None:
     """SIGTERM and wait; SIGKILL after `within` seconds."""
     if p.poll() is None:
@@ -398,15 +411,8 @@ def redis_benchmark_csv(tools: Tools, port: int, n: int, clients: int, pipeline:
     redis-benchmark reports (each request's time, a pipeline's requests all counting its round trip)."""
     args = [tools.redis_benchmark, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-c", str(clients),
             "-P", str(pipeline), "-r", str(users), "--csv", "XADD", STREAM, "*", "value", BENCH_PAYLOAD]
-    p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=900)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        _children.remove(p)
-    if p.returncode != 0:
+    code, out, err = run_to_end(args, 900)
+    if code != 0:
         raise RuntimeError(f"redis-benchmark failed: {err.strip()}")
     last = [line for line in out.splitlines() if line.strip()][-1]
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",
@@ -422,14 +428,7 @@ def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int) 
     command's latency counted from when it was due."""
     args = [tools.xadd_load, "--port", str(port), "--rate", str(round(rate)), "--seconds", str(seconds),
             "--users", str(users), "--stream", STREAM, "--payload", BENCH_PAYLOAD]
-    p = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=seconds + 120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        _children.remove(p)
+    _, out, err = run_to_end(args, seconds + 120)
     if not out.strip():
         raise RuntimeError(f"xadd_load failed: {err.strip()}")
     res = json.loads(out.strip().splitlines()[-1])
@@ -1453,14 +1452,10 @@ def bench_restore(tools, keys, cfg) -> dict:
         del env["SKIP_FRESHNESS"]  # entry IDs match the records' lastplus, as in a real dump
         emu.reset()
         t0 = time.monotonic()
-        p = spawn([tools.migrate, "--redis-server", tools.redis_server, "--match", "legacy:*", dump],
-                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            _, err = p.communicate(timeout=1800)
-        finally:
-            _children.remove(p)
+        code, _, err = run_to_end([tools.migrate, "--redis-server", tools.redis_server, "--match", "legacy:*", dump],
+                                  1800, env=env)
         wall = time.monotonic() - t0
-        if p.returncode != 0:
+        if code != 0:
             raise RuntimeError(f"wb-migrate failed:\n{err[-3000:]}")
         stats = emu.stats()
         total = emu.sql("SELECT SUM(visited_count) FROM TRACKED")[0][0]
