@@ -595,9 +595,9 @@ fn entries_trimmed_while_pending_and_lost_in_a_crash_are_counted_after_the_resta
         |st| st["state"] == "running" || st["state"] == "retrying",
     );
     let n = 500u64;
-    for seq in 0..n {
+    let add = |con: &mut redis::Connection, seq: u64| {
         let _: String = q(
-            &mut con,
+            con,
             &[
                 "XADD",
                 "userdata-stream",
@@ -608,12 +608,18 @@ fn entries_trimmed_while_pending_and_lost_in_a_crash_are_counted_after_the_resta
                 &generated(seq),
             ],
         );
+    };
+    // The first entries are claimed (pending) before the rest trim them away; the crash loses the
+    // copies the module held, so after the restart they exist nowhere but in the pending list.
+    for seq in 0..10 {
+        add(&mut con, seq);
     }
-    // The first entries were claimed (pending) and then trimmed; the crash loses the copies the
-    // module held, so after the restart they exist nowhere but in the pending list.
     wait_status(&server, "claimed entries", Duration::from_secs(20), |st| {
         int(st, "pending") > 0
     });
+    for seq in 10..n {
+        add(&mut con, seq);
+    }
     server.kill9();
     emu.clear_faults();
     server.launch();
