@@ -73,6 +73,10 @@ const MOST_PER_HOLD: usize = 2000;
 /// is empty.
 pub fn drain_in_holds(p: &Pipeline, gil: &Gil) {
     loop {
+        // Another thread may have written them meanwhile: no hold for nothing.
+        if p.acks.queue.lock().is_empty() {
+            return;
+        }
         let n = p
             .acks
             .sizer
@@ -83,6 +87,9 @@ pub fn drain_in_holds(p: &Pipeline, gil: &Gil) {
             let (written, more) = drain_up_to(p, ctx, n);
             (written, more, start.elapsed())
         });
+        if written == 0 {
+            return;
+        }
         p.acks.sizer.lock().record(held, written);
         p.drain.ack_chunk.store(written as u64, Ordering::Relaxed);
         p.drain.ack_holds.fetch_add(1, Ordering::Relaxed);
