@@ -133,9 +133,12 @@ fn run(p: &'static Pipeline, gil: &Gil, workers: &mut Vec<Inbox>, started: &mut 
         }
         let now = Instant::now();
         if main_thread.due(now) {
-            // The first sample only starts the clock (and says nothing).
-            if let Some(sample) = main_thread.sample(now) {
-                governor.observe(Some(sample));
+            // The first sample only starts the clock (and says nothing). A sample that finds the
+            // main thread no longer measurable (its /proc files unreadable) means full speed, as
+            // at start.
+            let sample = main_thread.sample(now);
+            if sample.is_some() || !main_thread.measurable() {
+                governor.observe(sample);
             }
             governor::publish_stolen(p, main_thread.stolen());
         }
