@@ -66,15 +66,12 @@ fn commands(a: &Args) -> Vec<Vec<u8>> {
     (0..a.users)
         .map(|u| {
             let payload = a.payload.replace("__rand_int__", &format!("{u:012}"));
-            let mut c = Vec::new();
-            for part in ["XADD", a.stream.as_str(), "*", "value", payload.as_str()] {
-                c.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-                c.extend_from_slice(part.as_bytes());
-                c.extend_from_slice(b"\r\n");
-            }
-            let mut out = b"*5\r\n".to_vec();
-            out.extend_from_slice(&c);
-            out
+            redis::cmd("XADD")
+                .arg(&a.stream)
+                .arg("*")
+                .arg("value")
+                .arg(payload)
+                .get_packed_command()
         })
         .collect()
 }
@@ -249,20 +246,23 @@ fn main() {
     }
     all.sort_unstable();
     let answered = all.len() as u64;
-    println!(
-        "{{\"rate\":{},\"seconds\":{},\"connections\":{},\"sent\":{sent},\"answered\":{answered},\
-         \"errors\":{errors},\"wall_s\":{wall:.3},\"answered_per_s\":{:.0},\"p50_ms\":{:.3},\
-         \"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
-        a.rate,
-        a.seconds,
-        a.connections,
-        answered as f64 / wall.max(1e-9),
-        percentile_ms(&all, 50.0),
-        percentile_ms(&all, 90.0),
-        percentile_ms(&all, 99.0),
-        percentile_ms(&all, 99.9),
-        all.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
-    );
+    let ms = |p: f64| percentile_ms(&all, p);
+    let summary = serde_json::json!({
+        "rate": a.rate,
+        "seconds": a.seconds,
+        "connections": a.connections,
+        "sent": sent,
+        "answered": answered,
+        "errors": errors,
+        "wall_s": wall,
+        "answered_per_s": (answered as f64 / wall.max(1e-9)).round(),
+        "p50_ms": ms(50.0),
+        "p90_ms": ms(90.0),
+        "p99_ms": ms(99.0),
+        "p999_ms": ms(99.9),
+        "max_ms": all.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+    });
+    println!("{summary}");
     if answered < sent {
         std::process::exit(1);
     }
