@@ -258,15 +258,15 @@ class Conn:
 
 
 class Tools:
-    def __init__(self, redis_server: str, module: str, python: str, migrate: str):
+    def __init__(self, redis_server: str, module: str, python: str, migrate: str, xadd_load: str):
         self.redis_server = redis_server
         self.bin_dir = os.path.dirname(redis_server)
         self.redis_benchmark = os.path.join(self.bin_dir, "redis-benchmark")
         self.module = module
         self.python = python
         self.migrate = migrate
-        # The open-loop XADD load at a fixed rate (examples/xadd_load.rs), built beside the module.
-        self.xadd_load = os.path.join(os.path.dirname(module), "examples", "xadd_load")
+        # The open-loop XADD load at a fixed rate (examples/xadd_load.rs).
+        self.xadd_load = xadd_load
 
 
 class Emulator:
@@ -1890,6 +1890,7 @@ def main() -> int:
     p.add_argument("--module", required=True)
     p.add_argument("--python", required=True)
     p.add_argument("--migrate", required=True)
+    p.add_argument("--xadd-load", required=True, help="the open-loop XADD load (examples/xadd_load.rs)")
     a = p.parse_args()
 
     q = a.quick
@@ -1926,7 +1927,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: sys.exit(128 + s))
 
-    tools = Tools(a.redis_server, a.module, a.python, a.migrate)
+    tools = Tools(a.redis_server, a.module, a.python, a.migrate, a.xadd_load)
     keys = os.path.join(_workdir, "keys")
     subprocess.run(["bash", os.path.join(REPO, "scripts/keygen"), keys], check=True, stdout=subprocess.DEVNULL)
     version = subprocess.run([tools.redis_server, "--version"], capture_output=True, text=True).stdout.strip()
