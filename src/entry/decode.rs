@@ -53,10 +53,11 @@ pub struct TrackedBatch {
     pub shape: Shape,
     /// The batch key (absent for the fallback shapes).
     pub key: Option<BatchKey>,
-    /// The username of the batch: from the key's id (the first record's id for fallback shapes).
-    pub username: String,
-    /// Who the entry is about, for logs; see [`Decoded::partition_key`].
-    pub partition: String,
+    /// The first record's id, for the fallback shapes (which have no key): the batch's username
+    /// and partition come from it instead of the key's id.
+    fallback_id: Option<String>,
+    /// `USERNAME_SPLIT_HYPHEN` as it was when the batch was decoded.
+    username_split_hyphen: bool,
     pub events: Vec<Event>,
     pub rejected: Vec<Rejected>,
     pub skipped: Vec<Skipped>,
@@ -65,6 +66,26 @@ pub struct TrackedBatch {
 }
 
 impl TrackedBatch {
+    /// The key's id, or the first record's id for the fallback shapes. The batch's username and
+    /// partition are cut from it (no copy of their own per entry).
+    fn name_source(&self) -> &str {
+        self.key
+            .as_ref()
+            .map(|k| k.id())
+            .or(self.fallback_id.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The username of the batch: from the key's id (the first record's id for fallback shapes).
+    pub fn username(&self) -> &str {
+        rules::username(self.name_source(), self.username_split_hyphen)
+    }
+
+    /// Who the entry is about, for logs; see [`Decoded::partition_key`].
+    pub fn partition(&self) -> &str {
+        rules::partition_of(self.name_source())
+    }
+
     /// The key's kind, when the batch has a key.
     pub fn kind(&self) -> Option<KeyKind> {
         self.key.as_ref().map(|k| k.kind)
@@ -122,6 +143,12 @@ pub struct Texts {
 
 impl Texts {
     pub fn new(s: &Strings<'_>) -> Texts {
+        Texts::upper_casing_track_type(s, false)
+    }
+
+    /// With `upper`, the track type is upper-cased on its way in ([`rules::track_type`]), without
+    /// a copy of its own.
+    pub fn upper_casing_track_type(s: &Strings<'_>, upper: bool) -> Texts {
         let parts = [
             Some(s.tracked_id),
             Some(s.track_id),
@@ -138,6 +165,9 @@ impl Texts {
         };
         for (i, part) in parts.into_iter().enumerate() {
             match part {
+                Some(p) if upper && i == TRACK_TYPE => {
+                    texts.text.extend(p.chars().flat_map(char::to_uppercase))
+                }
                 Some(p) => texts.text.push_str(p),
                 None => texts.absent |= 1 << i,
             }
@@ -569,21 +599,16 @@ fn records_batch(
     repair: Option<Repair>,
     rules: &Rules,
 ) -> TrackedBatch {
-    let first_record_id = match key {
+    let fallback_id = match key {
         Some(_) => None,
         None => records.iter().find_map(Item::id).and_then(Leaf::text),
     };
-    let name_source = key
-        .as_ref()
-        .map(|k| k.id())
-        .or(first_record_id.as_deref())
-        .unwrap_or_default();
     let count = records.len();
     let mut batch = TrackedBatch {
         id,
         shape,
-        username: rules::username(name_source, rules.username_split_hyphen),
-        partition: rules::partition_of(name_source),
+        fallback_id,
+        username_split_hyphen: rules.username_split_hyphen,
         key,
         events: Vec::with_capacity(records.len()),
         rejected: Vec::new(),
@@ -716,24 +741,17 @@ fn record_into(
             None
         }
     };
-    let own_username;
     let username = match &batch.key {
-        Some(_) if !rules.username_use_record_id => batch.username.as_str(),
-        _ => {
-            own_username = rules::username(&tracked_id, rules.username_split_hyphen);
-            own_username.as_str()
-        }
+        Some(_) if !rules.username_use_record_id => batch.username(),
+        _ => rules::username(&tracked_id, rules.username_split_hyphen),
     };
     let page_name = field(Name::PageName)
         .or_else(|| batch.key.as_ref().and_then(|k| k.page()).map(Cow::Borrowed));
-    let track_type = field(Name::TrackType).map(|t| {
-        let preserve = rules.preserve_track_type_case;
-        match t {
-            Cow::Borrowed(t) => rules::track_type(t, preserve),
-            Cow::Owned(t) => Cow::Owned(rules::track_type(&t, preserve).into_owned()),
-        }
-    });
-    let texts = Texts::new(&Strings {
+    let track_type = field(Name::TrackType);
+    let upper = track_type
+        .as_deref()
+        .is_some_and(|t| rules::track_type_upper_cased(t, rules.preserve_track_type_case));
+    let strings = Strings {
         tracked_id: &tracked_id,
         track_id: &track_id,
         username,
@@ -741,7 +759,8 @@ fn record_into(
         title: title.as_deref(),
         track_type: track_type.as_deref(),
         url: url.as_deref(),
-    });
+    };
+    let texts = Texts::upper_casing_track_type(&strings, upper);
     batch.events.push(Event {
         index,
         action,

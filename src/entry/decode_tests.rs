@@ -48,7 +48,7 @@ fn seed_visited_batch_becomes_events() {
     assert_eq!(b.shape, Shape::Batch);
     assert_eq!(b.kind(), Some(KeyKind::Visited));
     assert_eq!(
-        (b.username.as_str(), b.partition.as_str()),
+        (b.username(), b.partition()),
         ("user.name", "user.name")
     );
     assert_eq!((b.rejected.len(), b.skipped.len()), (0, 0));
@@ -139,7 +139,7 @@ fn lone_record_is_a_single_record_batch_with_fallback_single_record() {
     assert_eq!(b.key, None);
     assert_eq!(b.events[0].action, Action::Save);
     assert_eq!(
-        (b.username.as_str(), b.partition.as_str()),
+        (b.username(), b.partition()),
         ("alice", "alice")
     );
     let off = Rules {
@@ -264,7 +264,7 @@ fn username_comes_from_the_key_id_or_the_record_id() {
     let b = tracked(json, &key_whole);
     assert_eq!(b.events[0].username(), "bob-7");
     // Routing does not follow the live setting.
-    assert_eq!(b.partition, "bob");
+    assert_eq!(b.partition(), "bob");
 }
 
 #[test]
@@ -460,6 +460,26 @@ fn track_type_is_upper_cased_unless_preserve_track_type_case() {
     };
     let b = tracked(&batch("visited", &[rec(r#""track_type":"Query""#)]), &keep);
     assert_eq!(b.events[0].track_type(), Some("Query"));
+}
+
+#[test]
+fn an_event_holds_its_track_type_as_the_rule_upper_cases_it() {
+    // Upper-cased into the event's own text, beside its other strings: the same text as the rule,
+    // non-ASCII, longer upper case, escapes and the strings after it included.
+    for raw in ["report", "réport", "straße", "ǆ", "REPORT_2", "Mixed Case", "a\\\"b"] {
+        for preserve in [false, true] {
+            let rules = Rules {
+                preserve_track_type_case: preserve,
+                ..Rules::default()
+            };
+            let member = format!(r#""track_type":"{raw}","track_url":"/u""#);
+            let b = tracked(&batch("visited", &[rec(&member)]), &rules);
+            let sent: String = serde_json::from_str(&format!("\"{raw}\"")).unwrap();
+            let want = rules::track_type(&sent, preserve);
+            assert_eq!(b.events[0].track_type(), Some(&*want), "{raw} {preserve}");
+            assert_eq!(b.events[0].url(), Some("/u"), "{raw} {preserve}");
+        }
+    }
 }
 
 #[test]

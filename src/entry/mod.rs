@@ -153,7 +153,7 @@ impl Decoded {
     pub fn partition_key(&self) -> &str {
         match self {
             Decoded::CreateUser(u) => &u.username,
-            Decoded::Tracked(b) => &b.partition,
+            Decoded::Tracked(b) => b.partition(),
             _ => "",
         }
     }

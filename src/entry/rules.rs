@@ -112,21 +112,22 @@ pub fn parse_key(raw: &str, prefix: &str) -> Result<BatchKey, KeyError> {
 
 /// `USERNAME_SPLIT_HYPHEN`: the id cut at its first hyphen (`user.name-abc123` → `user.name`).
 /// An id that starts with a hyphen keeps its whole text rather than becoming an empty username.
-pub fn username(id: &str, split_hyphen: bool) -> String {
+/// Borrowed from `id`: it is always a prefix of it.
+pub fn username(id: &str, split_hyphen: bool) -> &str {
     if split_hyphen {
         if let Some((head, _)) = id.split_once('-') {
             if !head.is_empty() {
-                return head.to_string();
+                return head;
             }
         }
     }
-    id.to_string()
+    id
 }
 
 /// The routing key of rows derived from `id`: the id cut at its first hyphen, whatever the live
 /// settings say, so a `CONFIG SET` never sends entries of one row to two workers. Under the default
 /// rules it equals the username.
-pub fn partition_of(id: &str) -> String {
+pub fn partition_of(id: &str) -> &str {
     username(id, true)
 }
 
@@ -166,12 +167,16 @@ pub fn hash_track_id(title: &str, url: &str, id: &str) -> String {
 /// `PRESERVE_TRACK_TYPE_CASE`: track types are upper-cased unless the setting keeps them as sent.
 /// A type already in upper case is borrowed as it is.
 pub fn track_type(raw: &str, preserve_case: bool) -> Cow<'_, str> {
-    let upper_ascii = |s: &str| s.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase());
-    if preserve_case || upper_ascii(raw) {
-        Cow::Borrowed(raw)
-    } else {
+    if track_type_upper_cased(raw, preserve_case) {
         Cow::Owned(raw.to_uppercase())
+    } else {
+        Cow::Borrowed(raw)
     }
+}
+
+/// Whether [`track_type`] changes `raw` (upper-cases it).
+pub fn track_type_upper_cased(raw: &str, preserve_case: bool) -> bool {
+    !preserve_case && !raw.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase())
 }
 
 /// Parses `lastplus`: UTC `YYYY-MM-DD HH:MM:SS` (a `T` separator and a trailing `Z` are accepted).
