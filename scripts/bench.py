@@ -1936,7 +1936,9 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: sys.exit(128 + s))
 
-    tools = Tools(a.redis_server, a.module, a.python, a.migrate, a.xadd_load)
+    # Absolute paths: the servers run in their own directories, where a relative one means nothing.
+    tools = Tools(*(os.path.abspath(x) if os.sep in x else x
+                    for x in (a.redis_server, a.module, a.python, a.migrate, a.xadd_load)))
     keys = os.path.join(_workdir, "keys")
     subprocess.run(["bash", os.path.join(REPO, "scripts/keygen"), keys], check=True, stdout=subprocess.DEVNULL)
     version = subprocess.run([tools.redis_server, "--version"], capture_output=True, text=True).stdout.strip()
