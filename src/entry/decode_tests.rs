@@ -47,10 +47,7 @@ fn seed_visited_batch_becomes_events() {
     let b = tracked(json, &Rules::default());
     assert_eq!(b.shape, Shape::Batch);
     assert_eq!(b.kind(), Some(KeyKind::Visited));
-    assert_eq!(
-        (b.username(), b.partition()),
-        ("user.name", "user.name")
-    );
+    assert_eq!((b.username(), b.partition()), ("user.name", "user.name"));
     assert_eq!((b.rejected.len(), b.skipped.len()), (0, 0));
     let e = &b.events[0];
     assert_eq!(e.index, 0);
@@ -138,10 +135,7 @@ fn lone_record_is_a_single_record_batch_with_fallback_single_record() {
     assert_eq!(b.shape, Shape::SingleRecord);
     assert_eq!(b.key, None);
     assert_eq!(b.events[0].action, Action::Save);
-    assert_eq!(
-        (b.username(), b.partition()),
-        ("alice", "alice")
-    );
+    assert_eq!((b.username(), b.partition()), ("alice", "alice"));
     let off = Rules {
         enable_fallback_single_record: false,
         ..Rules::default()
@@ -466,7 +460,15 @@ fn track_type_is_upper_cased_unless_preserve_track_type_case() {
 fn an_event_holds_its_track_type_as_the_rule_upper_cases_it() {
     // Upper-cased into the event's own text, beside its other strings: the same text as the rule,
     // non-ASCII, longer upper case, escapes and the strings after it included.
-    for raw in ["report", "réport", "straße", "ǆ", "REPORT_2", "Mixed Case", "a\\\"b"] {
+    for raw in [
+        "report",
+        "réport",
+        "straße",
+        "ǆ",
+        "REPORT_2",
+        "Mixed Case",
+        "a\\\"b",
+    ] {
         for preserve in [false, true] {
             let rules = Rules {
                 preserve_track_type_case: preserve,
