@@ -146,8 +146,8 @@ impl Texts {
         Texts::upper_casing_track_type(s, false)
     }
 
-    /// With `upper`, the track type is upper-cased on its way in ([`rules::track_type`]), without
-    /// a copy of its own.
+    /// With `upper`, the track type is upper-cased on its way in
+    /// ([`rules::track_type_upper_cased`]), without a copy of its own.
     pub fn upper_casing_track_type(s: &Strings<'_>, upper: bool) -> Texts {
         let parts = [
             Some(s.tracked_id),

@@ -4,8 +4,6 @@
 //! They are the behaviour users of the Python sidecar depend on, so each is kept separate, named after
 //! the setting that governs it and pinned by its own tests. [`super::decode`] composes them.
 
-use std::borrow::Cow;
-
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -164,19 +162,21 @@ pub fn hash_track_id(title: &str, url: &str, id: &str) -> String {
     format!("auto_{}", hex.get(..12).unwrap_or_default())
 }
 
-/// `PRESERVE_TRACK_TYPE_CASE`: track types are upper-cased unless the setting keeps them as sent.
-/// A type already in upper case is borrowed as it is.
-pub fn track_type(raw: &str, preserve_case: bool) -> Cow<'_, str> {
-    if track_type_upper_cased(raw, preserve_case) {
-        Cow::Owned(raw.to_uppercase())
-    } else {
-        Cow::Borrowed(raw)
-    }
-}
-
-/// Whether [`track_type`] changes `raw` (upper-cases it).
+/// `PRESERVE_TRACK_TYPE_CASE`: track types are upper-cased unless the setting keeps them as sent;
+/// whether `raw` is. A type already in upper case is kept as it is. The decoder upper-cases it
+/// straight into the event's text ([`super::decode::Texts::upper_casing_track_type`]).
 pub fn track_type_upper_cased(raw: &str, preserve_case: bool) -> bool {
     !preserve_case && !raw.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase())
+}
+
+/// The track type as the rule makes it: what tests compare the decoder's events with.
+#[cfg(test)]
+pub fn track_type(raw: &str, preserve_case: bool) -> std::borrow::Cow<'_, str> {
+    if track_type_upper_cased(raw, preserve_case) {
+        std::borrow::Cow::Owned(raw.to_uppercase())
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
 }
 
 /// Parses `lastplus`: UTC `YYYY-MM-DD HH:MM:SS` (a `T` separator and a trailing `Z` are accepted).
@@ -498,6 +498,7 @@ pub fn shown(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn visited_saved_and_page_keys_parse() {
