@@ -141,15 +141,9 @@ fn expired_jwt_is_rejected_with_a_clear_error() {
         .as_secs()
         - 7200;
     let jwt = signer.jwt_at(two_hours_ago).unwrap();
-    let reply = ureq::post(&format!("{}/api/v2/statements", em.url))
-        .set("Authorization", &format!("Bearer {jwt}"))
-        .set("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
-        .set("User-Agent", "test")
-        .send_json(json!({"statement": "SELECT 1"}));
-    let Err(ureq::Error::Status(status, resp)) = reply else {
-        panic!("an expired JWT must be refused");
-    };
-    let e = SnowflakeError::from_response(status, &resp.into_string().unwrap());
+    let (status, text) = post_statement(&em, &jwt, Some("test"), &json!({"statement": "SELECT 1"}));
+    assert!(status >= 400, "an expired JWT must be refused");
+    let e = SnowflakeError::from_response(status, &text);
     assert_eq!(e.class, ErrorClass::Reauth);
     assert_eq!(e.code.as_deref(), Some("390144"));
     assert!(e.to_string().contains("expired"), "{e}");
@@ -413,6 +407,8 @@ fn five_thousand_rows_are_read_across_partitions() {
         assert_eq!(row[0].as_deref(), Some(i.to_string().as_str()));
     }
     assert_eq!(em.stats()["partition_reads"], 4);
+    // The client asks for compressed partitions, as Snowflake sends them, and reads them.
+    assert_eq!(em.stats()["partitions_gzipped"], 4);
 }
 
 #[test]
@@ -522,16 +518,33 @@ fn raw_submit(
     let signer =
         KeyPairSigner::from_file(&em.key_path, None, &em.opts.account, &em.opts.user).unwrap();
     let jwt = signer.bearer(SystemTime::now()).expect("jwt").value;
-    let mut req = ureq::post(&format!("{}/api/v2/statements", em.url))
-        .set("Authorization", &format!("Bearer {jwt}"))
-        .set("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT");
-    // ureq sends its own User-Agent unless told otherwise; an empty one counts as missing.
-    req = req.set("User-Agent", if user_agent { "test" } else { "" });
-    match req.send_json(body) {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_json().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
+    let (status, text) = post_statement(em, &jwt, user_agent.then_some("test"), &body);
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// POSTs `body` to the statements endpoint with `jwt`, and `user_agent` as the User-Agent (an empty
+/// one when `None`, which counts as missing): the status and the body's text, whatever the status.
+fn post_statement(
+    em: &Emulator,
+    jwt: &str,
+    user_agent: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{}/api/v2/statements", em.url))
+        .header("Authorization", &format!("Bearer {jwt}"))
+        .header("X-Snowflake-Authorization-Token-Type", "KEYPAIR_JWT")
+        .header("User-Agent", user_agent.unwrap_or(""))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap())
 }
 
 #[test]

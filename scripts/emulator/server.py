@@ -31,6 +31,7 @@ import base64
 import collections
 import datetime as dt
 import decimal
+import gzip
 import hashlib
 import json
 import logging
@@ -581,6 +582,7 @@ class Emulator:
                 "deduplicated": 0,
                 "polls": 0,
                 "partition_reads": 0,
+                "partitions_gzipped": 0,
                 "cancels": 0,
                 "auth_failures": 0,
                 "faults_applied": 0,
@@ -856,10 +858,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, body: Any) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
+        encoding = ""
+        if getattr(self, "_gzip", False) and status == 200:
+            payload = gzip.compress(payload)
+            encoding = "Content-Encoding: gzip\r\n"
         reason = self.responses.get(status, ("",))[0]
         head = (
             f"HTTP/1.1 {status} {reason}\r\n"
             "Content-Type: application/json\r\n"
+            f"{encoding}"
             f"Content-Length: {len(payload)}\r\n"
             f"Connection: {'close' if self.close_connection else 'keep-alive'}\r\n\r\n"
         ).encode()
@@ -909,6 +916,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def dispatch(self, method: str) -> None:
         self._body = None
+        self._gzip = False
         self.read_body()
         url = urlsplit(self.path)
         path = url.path.rstrip("/")
@@ -1022,6 +1030,11 @@ class Handler(BaseHTTPRequestHandler):
                     return status, reply
                 if partition >= len(rec.partitions):
                     raise ApiError(422, "333333", f"Partition {partition} does not exist.", "02000")
+                # Partitions after the first come gzip-compressed to a client that accepts it, as
+                # Snowflake's do (their `compressedSize` in `partitionInfo`).
+                if "gzip" in (self.headers.get("Accept-Encoding") or "").lower():
+                    self._gzip = True
+                    em.count("partitions_gzipped")
                 return 200, {"data": rec.partitions[partition]}
         raise ApiError(405, "391901", f"{method} {path} is not supported.")
 

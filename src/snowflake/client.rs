@@ -29,6 +29,7 @@ use zeroize::Zeroize;
 use super::auth::{Authenticator, Bearer};
 use super::config::{AuthConfig, ClientConfig};
 use super::error::{ErrorClass, SnowflakeError};
+use super::resolve::KeptResolver;
 use super::retry::{sleep_before, sleep_toward, Backoff};
 use crate::statement::{Bind, JsonSink, Statement};
 
@@ -37,6 +38,9 @@ use crate::statement::{Bind, JsonSink, Statement};
 pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest error response body read: Snowflake's error objects are a few hundred bytes.
 pub const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
+/// Each connection's output buffer: a request reaches the socket in writes of up to this size (a
+/// batch of the default `BATCH_MAX_BYTES` in four, a typical one in one or two).
+const OUTPUT_BUFFER_BYTES: usize = 256 * 1024;
 /// How long a best-effort cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Planned statements whose request is remembered (a few batches per worker).
@@ -160,11 +164,22 @@ impl Client {
                 "SNOWFLAKE_URL must start with https:// or http://, got '{base}'"
             )));
         }
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(cfg.connect_timeout)
-            .user_agent(&cfg.user_agent)
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(cfg.connect_timeout))
+            .user_agent(cfg.user_agent.as_str())
             .max_idle_connections_per_host(32)
+            // Every status comes back as a response: the body of an error carries Snowflake's code.
+            .http_status_as_error(false)
+            // No proxy from the environment: requests go where SNOWFLAKE_URL says.
+            .proxy(None)
+            // Few writes per batch: 8 KiB writes cost a system call (and, over TLS, a record) each.
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
             .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            KeptResolver::default(),
+        );
         let cfg = ClientConfig {
             base_url: base,
             ..cfg
@@ -419,7 +434,7 @@ impl Client {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let (status, reply) = self.with_retries(deadline, |_, bearer| {
             let url = submit_url(&self.cfg.base_url, &request.id, request.sent);
-            let answer = self.call("POST", &url, Some(&text), bearer, deadline);
+            let answer = self.call(&url, Some(&text), bearer, deadline);
             request.after(&answer);
             answer
         })?;
@@ -452,9 +467,8 @@ impl Client {
                 return Err(self.still_running(handle));
             }
             first = false;
-            let polled = self.with_retries(deadline, |_, bearer| {
-                self.call("GET", url, None, bearer, deadline)
-            });
+            let polled =
+                self.with_retries(deadline, |_, bearer| self.call(url, None, bearer, deadline));
             match polled {
                 Ok((200, reply)) => return self.complete(reply, deadline, each.take()),
                 Ok((202, _)) => continue,
@@ -482,14 +496,8 @@ impl Client {
     pub fn cancel(&self, handle: &str) -> Result<(), SnowflakeError> {
         let url = format!("{}/cancel", self.handle_url(handle)?);
         let bearer = self.auth.bearer()?;
-        self.call(
-            "POST",
-            &url,
-            Some("{}"),
-            &bearer,
-            Instant::now() + CANCEL_TIMEOUT,
-        )
-        .map(|_| ())
+        self.call(&url, Some("{}"), &bearer, Instant::now() + CANCEL_TIMEOUT)
+            .map(|_| ())
     }
 
     /// Turns a finished statement's reply into a result, fetching partitions 1.. as needed: into
@@ -524,7 +532,7 @@ impl Client {
             for partition in 1..partitions {
                 let url = format!("{base}?partition={partition}");
                 let (status, part) = self.with_retries(deadline, |_, bearer| {
-                    self.call("GET", &url, None, bearer, deadline)
+                    self.call(&url, None, bearer, deadline)
                 })?;
                 if status != 200 {
                     return Err(unexpected_status(status));
@@ -593,9 +601,9 @@ impl Client {
 
     /// One HTTP round trip. Returns the status (200 or 202) and the JSON body, or the classified
     /// error.
+    /// A `POST` of `body`, or a `GET` without one.
     fn call(
         &self,
-        method: &str,
         url: &str,
         body: Option<&str>,
         bearer: &Bearer,
@@ -611,42 +619,51 @@ impl Client {
             )));
         };
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let request = self
-            .agent
-            .request(method, url)
-            .timeout(left.min(self.cfg.http_timeout))
-            .set("Authorization", &format!("Bearer {}", bearer.value))
-            .set("X-Snowflake-Authorization-Token-Type", bearer.token_type)
-            .set("Accept", "application/json")
-            .set("User-Agent", &self.cfg.user_agent);
+        let timeout = Some(left.min(self.cfg.http_timeout));
+        let authorization = format!("Bearer {}", bearer.value);
         let response = match body {
-            Some(text) => request
-                .set("Content-Type", "application/json")
-                .send_string(text),
-            None => request.call(),
+            Some(text) => self
+                .agent
+                .post(url)
+                .config()
+                .timeout_global(timeout)
+                .build()
+                .header("Authorization", &authorization)
+                .header("X-Snowflake-Authorization-Token-Type", bearer.token_type)
+                .header("Accept", "application/json")
+                .header("User-Agent", &self.cfg.user_agent)
+                .header("Content-Type", "application/json")
+                .send(text),
+            None => self
+                .agent
+                .get(url)
+                .config()
+                .timeout_global(timeout)
+                .build()
+                .header("Authorization", &authorization)
+                .header("X-Snowflake-Authorization-Token-Type", bearer.token_type)
+                .header("Accept", "application/json")
+                .header("User-Agent", &self.cfg.user_agent)
+                .call(),
         };
-        match response {
-            Ok(resp) => {
-                let status = resp.status();
-                let text = read_body(resp.into_reader(), MAX_BODY_BYTES)?;
-                let json = serde_json::from_str(&text).map_err(|e| {
-                    SnowflakeError::retryable(format!(
-                        "unreadable response from {} (HTTP {status}): {e}",
-                        self.cfg.base_url
-                    ))
-                })?;
-                Ok((status, json))
-            }
-            Err(ureq::Error::Status(status, resp)) => {
-                // An error body past its cap (or cut short) is classified by the status alone.
-                let text = read_body(resp.into_reader(), MAX_ERROR_BODY_BYTES).unwrap_or_default();
-                Err(SnowflakeError::from_response(status, &text))
-            }
-            Err(ureq::Error::Transport(t)) => Err(SnowflakeError::transport(
-                &format!("cannot reach {}", self.cfg.base_url),
-                &t.to_string(),
-            )),
+        let resp = response.map_err(|e| {
+            SnowflakeError::transport(&format!("cannot reach {}", self.cfg.base_url), &e)
+        })?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            // An error body past its cap (or cut short) is classified by the status alone.
+            let text =
+                read_body(resp.into_body().into_reader(), MAX_ERROR_BODY_BYTES).unwrap_or_default();
+            return Err(SnowflakeError::from_response(status, &text));
         }
+        let text = read_body(resp.into_body().into_reader(), MAX_BODY_BYTES)?;
+        let json = serde_json::from_str(&text).map_err(|e| {
+            SnowflakeError::retryable(format!(
+                "unreadable response from {} (HTTP {status}): {e}",
+                self.cfg.base_url
+            ))
+        })?;
+        Ok((status, json))
     }
 
     fn handle_url(&self, handle: &str) -> Result<String, SnowflakeError> {

@@ -9,12 +9,14 @@
 //! - [`auth`]: key-pair JWTs and bearer tokens (with file rotation).
 //! - [`client`]: submit, poll, cancel, read partitions; `ping` for `WB.PING`.
 //! - [`retry`]: backoff with jitter within a deadline.
+//! - [`resolve`]: each host's addresses looked up once a minute, not per request.
 //! - [`error`]: [`SnowflakeError`] and its [`ErrorClass`].
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod resolve;
 pub mod retry;
 
 pub use client::{timestamp_ntz, Client, EachPartition, Partition, QueryResult, SessionContext};

@@ -149,9 +149,12 @@ impl Emulator {
             cmd.arg("--sink");
         }
         let child = cmd.spawn().expect("the emulator starts");
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .proxy(None)
+            .build()
+            .into();
         let mut emulator = Emulator {
             child,
             url: String::new(),
@@ -267,21 +270,32 @@ impl Emulator {
 
     fn control(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/_emulator/{path}", self.url);
-        let req = self.agent.request(method, &url);
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
+        let resp = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(b.to_string()),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("Content-Type", "application/json")
+                .send(b.to_string()),
+            ("POST", None) => self.agent.post(&url).send_empty(),
+            ("GET", None) => self.agent.get(&url).call(),
+            ("DELETE", None) => self.agent.delete(&url).call(),
+            (m, _) => panic!("control {path}: method {m} not used by the tests"),
         };
-        match resp {
-            Ok(r) => r.into_json().expect("control API answers JSON"),
-            Err(ureq::Error::Status(code, r)) => {
-                panic!(
-                    "control {path}: HTTP {code}: {}",
-                    r.into_string().unwrap_or_default()
-                )
-            }
-            Err(e) => panic!("control {path}: {e}"),
+        let mut resp = resp.unwrap_or_else(|e| panic!("control {path}: {e}"));
+        let code = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("control {path}: HTTP {code}: {e}"));
+        if code >= 400 {
+            panic!("control {path}: HTTP {code}: {text}");
         }
+        serde_json::from_str(&text).expect("control API answers JSON")
     }
 
     /// Queues a fault, e.g. `json!({"next": 2, "status": 503})`; see scripts/emulator/README.md.
