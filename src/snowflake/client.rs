@@ -599,9 +599,26 @@ impl Client {
         }
     }
 
-    /// One HTTP round trip. Returns the status (200 or 202) and the JSON body, or the classified
-    /// error.
-    /// A `POST` of `body`, or a `GET` without one.
+    /// The timeout and the headers every request carries (the SQL API's request headers for all
+    /// operations).
+    fn headed<B>(
+        &self,
+        request: ureq::RequestBuilder<B>,
+        timeout: Option<Duration>,
+        bearer: &Bearer,
+    ) -> ureq::RequestBuilder<B> {
+        request
+            .config()
+            .timeout_global(timeout)
+            .build()
+            .header("Authorization", format!("Bearer {}", bearer.value))
+            .header("X-Snowflake-Authorization-Token-Type", bearer.token_type)
+            .header("Accept", "application/json")
+            .header("User-Agent", &self.cfg.user_agent)
+    }
+
+    /// One HTTP round trip, a `POST` of `body` or a `GET` without one. Returns the status (200 or
+    /// 202) and the JSON body, or the classified error.
     fn call(
         &self,
         url: &str,
@@ -620,31 +637,12 @@ impl Client {
         };
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let timeout = Some(left.min(self.cfg.http_timeout));
-        let authorization = format!("Bearer {}", bearer.value);
         let response = match body {
             Some(text) => self
-                .agent
-                .post(url)
-                .config()
-                .timeout_global(timeout)
-                .build()
-                .header("Authorization", &authorization)
-                .header("X-Snowflake-Authorization-Token-Type", bearer.token_type)
-                .header("Accept", "application/json")
-                .header("User-Agent", &self.cfg.user_agent)
+                .headed(self.agent.post(url), timeout, bearer)
                 .header("Content-Type", "application/json")
                 .send(text),
-            None => self
-                .agent
-                .get(url)
-                .config()
-                .timeout_global(timeout)
-                .build()
-                .header("Authorization", &authorization)
-                .header("X-Snowflake-Authorization-Token-Type", bearer.token_type)
-                .header("Accept", "application/json")
-                .header("User-Agent", &self.cfg.user_agent)
-                .call(),
+            None => self.headed(self.agent.get(url), timeout, bearer).call(),
         };
         let resp = response.map_err(|e| {
             SnowflakeError::transport(&format!("cannot reach {}", self.cfg.base_url), &e)
