@@ -102,6 +102,8 @@ pub struct SessionContext {
 pub struct Client {
     cfg: ClientConfig,
     agent: ureq::Agent,
+    /// The agent's resolver: what it kept is dropped when a host cannot be reached.
+    resolver: KeptResolver,
     auth: Authenticator,
     round_trips: AtomicU64,
     /// The request of each planned statement submitted recently (see [`Client::execute_idempotent`]).
@@ -175,10 +177,11 @@ impl Client {
             // Few writes per batch: 8 KiB writes cost a system call (and, over TLS, a record) each.
             .output_buffer_size(OUTPUT_BUFFER_BYTES)
             .build();
+        let resolver = KeptResolver::default();
         let agent = ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::new(),
-            KeptResolver::default(),
+            resolver.clone(),
         );
         let cfg = ClientConfig {
             base_url: base,
@@ -187,6 +190,7 @@ impl Client {
         Ok(Client {
             cfg,
             agent,
+            resolver,
             auth,
             round_trips: AtomicU64::new(0),
             planned: Mutex::new(VecDeque::new()),
@@ -645,6 +649,8 @@ impl Client {
             None => self.headed(self.agent.get(url), timeout, bearer).call(),
         };
         let resp = response.map_err(|e| {
+            // The host may have moved: the next attempt looks it up again.
+            self.resolver.forget();
             SnowflakeError::transport(&format!("cannot reach {}", self.cfg.base_url), &e)
         })?;
         let status = resp.status().as_u16();
@@ -923,6 +929,31 @@ mod tests {
         // A wrong passphrase is refused without being shown.
         let e = Client::new(cfg("hunter2-guess")).err().unwrap();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_host_that_cannot_be_reached_is_looked_up_again() {
+        use std::io::Write;
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
+            .unwrap();
+        // Nothing listens on port 9 of the loopback address.
+        let mut cfg = ClientConfig::new(
+            "http://127.0.0.1:9",
+            "acct",
+            "writer",
+            AuthConfig::KeyPair {
+                private_key_path: key.path().to_path_buf(),
+                passphrase: Some("test-passphrase".into()),
+            },
+        );
+        cfg.max_attempts = 1;
+        let client = Client::new(cfg).unwrap();
+        crate::snowflake::resolve::tests::resolve(&client.resolver, "http://127.0.0.1:9/").unwrap();
+        assert_eq!(client.resolver.hosts_kept(), 1);
+        let e = client.ping().expect_err("nothing listens");
+        assert!(e.to_string().contains("cannot reach"), "{e}");
+        assert_eq!(client.resolver.hosts_kept(), 0);
     }
 
     #[test]
