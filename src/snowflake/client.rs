@@ -901,24 +901,29 @@ mod tests {
         assert_eq!(e.unwrap_err().class, ErrorClass::Permanent);
     }
 
-    #[test]
-    fn the_key_passphrase_is_dropped_once_the_key_is_decoded() {
+    /// A configuration for `http://127.0.0.1:9` (where nothing listens) with the encrypted test key
+    /// and `passphrase`; the key file lives as long as the returned handle.
+    fn config_for_port_9(passphrase: &str) -> (tempfile::NamedTempFile, ClientConfig) {
         use std::io::Write;
         let mut key = tempfile::NamedTempFile::new().unwrap();
         key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
             .unwrap();
-        let cfg = |pass: &str| {
-            ClientConfig::new(
-                "http://127.0.0.1:9",
-                "acct",
-                "writer",
-                AuthConfig::KeyPair {
-                    private_key_path: key.path().to_path_buf(),
-                    passphrase: Some(pass.to_string()),
-                },
-            )
-        };
-        let client = Client::new(cfg("test-passphrase")).unwrap();
+        let cfg = ClientConfig::new(
+            "http://127.0.0.1:9",
+            "acct",
+            "writer",
+            AuthConfig::KeyPair {
+                private_key_path: key.path().to_path_buf(),
+                passphrase: Some(passphrase.to_string()),
+            },
+        );
+        (key, cfg)
+    }
+
+    #[test]
+    fn the_key_passphrase_is_dropped_once_the_key_is_decoded() {
+        let (_key, cfg) = config_for_port_9("test-passphrase");
+        let client = Client::new(cfg).unwrap();
         assert!(matches!(
             &client.config().auth,
             AuthConfig::KeyPair {
@@ -927,26 +932,14 @@ mod tests {
             }
         ));
         // A wrong passphrase is refused without being shown.
-        let e = Client::new(cfg("hunter2-guess")).err().unwrap();
+        let (_key, cfg) = config_for_port_9("hunter2-guess");
+        let e = Client::new(cfg).err().unwrap();
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]
     fn a_host_that_cannot_be_reached_is_looked_up_again() {
-        use std::io::Write;
-        let mut key = tempfile::NamedTempFile::new().unwrap();
-        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
-            .unwrap();
-        // Nothing listens on port 9 of the loopback address.
-        let mut cfg = ClientConfig::new(
-            "http://127.0.0.1:9",
-            "acct",
-            "writer",
-            AuthConfig::KeyPair {
-                private_key_path: key.path().to_path_buf(),
-                passphrase: Some("test-passphrase".into()),
-            },
-        );
+        let (_key, mut cfg) = config_for_port_9("test-passphrase");
         cfg.max_attempts = 1;
         let client = Client::new(cfg).unwrap();
         crate::snowflake::resolve::tests::resolve(&client.resolver, "http://127.0.0.1:9/").unwrap();
@@ -958,19 +951,7 @@ mod tests {
 
     #[test]
     fn a_request_body_carries_the_statement_its_binds_and_the_session() {
-        use std::io::Write;
-        let mut key = tempfile::NamedTempFile::new().unwrap();
-        key.write_all(include_bytes!("testdata/test_key_encrypted.p8"))
-            .unwrap();
-        let mut cfg = ClientConfig::new(
-            "http://127.0.0.1:9",
-            "acct",
-            "writer",
-            AuthConfig::KeyPair {
-                private_key_path: key.path().to_path_buf(),
-                passphrase: Some("test-passphrase".into()),
-            },
-        );
+        let (_key, mut cfg) = config_for_port_9("test-passphrase");
         cfg.database = Some("DB".into());
         let client = Client::new(cfg).unwrap();
         let bind = r#"[[{"title":"a \"quoted\" ünï\u0001"}]]"#;
