@@ -38,6 +38,8 @@ pub enum Kind {
     Account,
     /// A comma-separated list; empty means none.
     List,
+    /// A Linux CPU list (`1`, `1-3,6`), or empty; see [`cpu_list`].
+    Cpus,
     /// Free text (may be empty).
     Text,
 }
@@ -99,6 +101,10 @@ impl Spec {
             Kind::Url => "an http:// or https:// URL without user:password@, or empty".into(),
             Kind::Account => "a Snowflake account identifier (letters, digits, '_' and '-', e.g. myorg-myaccount, xy12345.us-east-1, myorg-myaccount.privatelink), or empty".into(),
             Kind::List => "a comma-separated list".into(),
+            Kind::Cpus => format!(
+                "a CPU list such as 1 or 1-3,6 (CPUs 0 to {}), or empty",
+                MAX_CPU
+            ),
             Kind::Text => "any text".into(),
         }
     }
@@ -221,6 +227,8 @@ settings! {
         "On SHUTDOWN, how long in-flight batches get to commit; the rest stay pending.";
     BackgroundNice = "BACKGROUND_NICE", "10", int(0, 19), Restart, Pipeline,
         "Scheduling niceness of the module's threads: on a busy machine Redis's own thread runs first and the backlog waits.";
+    BackgroundCpus = "BACKGROUND_CPUS", "", Kind::Cpus, Restart, Pipeline,
+        "CPUs the module's threads run on (a CPU list, e.g. 1-3); empty: where Redis starts them. With Redis's server-cpulist keeping its main thread on other CPUs, the drain never delays a command by taking its CPU.";
     RetryMaxBackoffMs = "RETRY_MAX_BACKOFF_MS", "30000", int(10, 3_600_000), Live, Pipeline,
         "Cap of the exponential backoff between retries of a failing batch.";
 
@@ -431,6 +439,9 @@ pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
                 .map(String::from)
                 .collect(),
         )),
+        Kind::Cpus => cpu_list(trimmed)
+            .map(|_| Value::Str(trimmed.to_string()))
+            .map_err(|_| bad()),
         Kind::Text => {
             if raw.chars().any(|c| c.is_control()) {
                 Err(bad())
@@ -439,6 +450,41 @@ pub fn parse(key: Key, raw: &str) -> Result<Value, InvalidValue> {
             }
         }
     }
+}
+
+/// The highest CPU number a [`Kind::Cpus`] list may name (Linux's default `CPU_SETSIZE` less one).
+pub const MAX_CPU: usize = 1023;
+
+/// The CPUs of a Linux CPU list, as `taskset -c` and Redis's `server-cpulist` take it: numbers and
+/// ranges (`1`, `0-3`, `1,4-5`), each from 0 to [`MAX_CPU`], a range's first no higher than its last.
+/// Sorted, without repeats; empty for an empty list.
+pub fn cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let number = |t: &str| -> Result<usize, String> {
+        let t = t.trim();
+        match t.parse::<usize>() {
+            Ok(n) if n <= MAX_CPU && t.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(format!("'{t}' is not a CPU number from 0 to {MAX_CPU}")),
+        }
+    };
+    let mut cpus = Vec::new();
+    if text.trim().is_empty() {
+        return Ok(cpus);
+    }
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if first > last {
+                    return Err(format!("the range {first}-{last} runs backwards"));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(number(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
 }
 
 /// Checks a Snowflake object name from config: one to three dot-separated parts, each an unquoted
@@ -613,6 +659,26 @@ mod tests {
                 assert!(seen.insert(*n), "{n} appears twice");
             }
         }
+    }
+
+    #[test]
+    fn cpu_lists_read_as_taskset_reads_them() {
+        assert_eq!(cpu_list(""), Ok(vec![]));
+        assert_eq!(cpu_list("1"), Ok(vec![1]));
+        assert_eq!(cpu_list("3,0-2, 2"), Ok(vec![0, 1, 2, 3]));
+        assert_eq!(cpu_list("1023"), Ok(vec![1023]));
+        for bad in ["1024", "3-1", "-1", "1-", "a", "1,,2", "+1", " - ", "0x1"] {
+            assert!(cpu_list(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse(Key::BackgroundCpus, " 1-3 "),
+            Ok(Value::Str("1-3".into()))
+        );
+        let err = parse(Key::BackgroundCpus, "2-1").unwrap_err().to_string();
+        assert!(
+            err.contains("writebehind.background-cpus") && err.contains("CPU list"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis_server::{module_path, q, q_err, redis_server_bin, status, Options, RedisServer};
-use redis_writebehind::settings::{Change, Key, Kind, Spec, TABLE};
+use redis_writebehind::settings::{cpu_list, Change, Key, Kind, Spec, TABLE};
 
 fn config_get(con: &mut redis::Connection, name: &str) -> Option<String> {
     let pairs: Vec<String> = q(con, &["CONFIG", "GET", name]);
@@ -240,6 +240,7 @@ fn other_value(key: Key) -> String {
         Kind::Url => "http://127.0.0.1:1".into(),
         Kind::Account => "otherorg-otheraccount".into(),
         Kind::List => "a,b".into(),
+        Kind::Cpus => "0".into(),
         Kind::Text => "some text".into(),
     }
 }
@@ -468,4 +469,80 @@ fn module_unload_is_refused_while_the_writer_runs_and_stops_it_cleanly_when_paus
         Duration::from_secs(10),
         || (status(&mut con)["state"] == "unconfigured").then_some(()),
     );
+}
+
+/// The CPUs a thread may run on (`Cpus_allowed_list` of `/proc/<pid>/task/<tid>/status`).
+fn cpus_of(task: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_default();
+    cpu_list(list.trim()).unwrap_or_default()
+}
+
+#[test]
+fn the_module_threads_run_on_background_cpus_and_the_main_thread_on_server_cpulist() {
+    let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
+    let (first, last) = (mine[0], mine[mine.len() - 1]);
+    let server = RedisServer::start(
+        Options::default()
+            .conf(&format!("server-cpulist {first}"))
+            .env("BACKGROUND_CPUS", &last.to_string()),
+    );
+    server.settled_threads();
+    let pid = server.pid().expect("running");
+    let mut module_threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if name.starts_with("wb-") {
+            module_threads += 1;
+            assert_eq!(cpus_of(&task), vec![last], "{name}");
+        }
+    }
+    assert!(module_threads >= 2, "claimer and a worker at least");
+    let main = cpus_of(&std::path::Path::new("/proc").join(pid.to_string()));
+    assert_eq!(
+        main,
+        vec![first],
+        "the main thread keeps server-cpulist's CPU"
+    );
+    let mut con = server.connection();
+    assert_eq!(
+        config_get(&mut con, "writebehind.background-cpus").as_deref(),
+        Some(last.to_string().as_str())
+    );
+}
+
+#[test]
+fn background_cpus_that_redis_may_not_run_on_stop_the_module_with_the_reason() {
+    let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
+    let outside = (0..=redis_writebehind::settings::MAX_CPU)
+        .rev()
+        .find(|c| !mine.contains(c))
+        .expect("a CPU this machine does not give us");
+    let server = RedisServer::start(Options::default().without_module());
+    let mut con = server.connection();
+    let err = redis::cmd("MODULE")
+        .arg("LOADEX")
+        .arg(module_path().to_str().unwrap())
+        .arg("CONFIG")
+        .arg("writebehind.background-cpus")
+        .arg(outside.to_string())
+        .query::<redis::Value>(&mut con)
+        .expect_err("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("error loading"),
+        "{err}"
+    );
+    server.wait_for("the reason in the log", Duration::from_secs(5), || {
+        server
+            .log()
+            .contains(&format!("BACKGROUND_CPUS names CPUs [{outside}]"))
+            .then_some(())
+    });
+    // The server runs on.
+    let pong: String = q(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
 }

@@ -385,8 +385,13 @@ impl Pipeline {
         let nice = crate::settings::current()
             .int(Key::BackgroundNice)
             .clamp(0, 19) as libc::c_int;
+        let cpus = crate::settings::cpu_list(crate::settings::current().str(Key::BackgroundCpus))
+            .unwrap_or_default();
         let builder = std::thread::Builder::new().name(name.to_string());
         let body = move || {
+            if let Err(e) = super::affinity::pin_this_thread(&cpus) {
+                crate::host::logging::warning(&format!("{label}: {e}; it runs where it started"));
+            }
             // Lower this thread's priority (Linux nice values are per thread); never raise it.
             if nice > 0 {
                 unsafe {

@@ -22,13 +22,15 @@
 //! uses), [`metrics`] (the counters) and [`status`] (the report `WB.STATUS` and `INFO` show),
 //! [`housekeeping`] (periodic checks), [`waiters`] (`WB.WRITE SYNC` callers), [`restore`] and
 //! [`import`] (the other ways entries come in), [`background`] (the bounded executor for commands
-//! that wait) and [`faults`] (test-only fault injection). This file starts and stops it all.
+//! that wait), [`affinity`] (the CPUs the module's threads run on) and [`faults`] (test-only fault
+//! injection). This file starts and stops it all.
 //!
 //! The stream is the durable queue: the module holds at most `MAX_IN_FLIGHT` claimed entries, and an
 //! entry leaves the group's pending list (or the written group moves past it) only once its outcome
 //! is settled in Snowflake.
 
 pub mod ack;
+pub mod affinity;
 pub mod background;
 pub mod capture;
 pub mod claim;
@@ -67,6 +69,7 @@ pub use control::{
 /// on a cluster (`cluster`) each claimer drains its stream only while this node serves the stream's
 /// slot, and its workers start the first time it does.
 pub fn start(cluster: bool) -> Result<(), String> {
+    affinity::check(crate::settings::current().str(crate::settings::Key::BackgroundCpus))?;
     for pipeline in control::REGISTRY.all() {
         start_one(pipeline, !cluster)?;
     }
