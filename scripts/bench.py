@@ -11,7 +11,8 @@ Items (see docs/performance.md for what each means and its target):
   1+ foreground  the module's cost to Redis's clients: XADD ratio saturated (redis-benchmark) and at half
                load (an open loop at a fixed rate that keeps the main thread half busy without the
                module: examples/xadd_load.rs), p99 XADD latency at half load (also with the sink at
-               the lowest CPU priority), CPU us per drained record by thread, main-thread time taken
+               the lowest CPU priority, and with the CPUs apart: Redis's main thread and the load on
+               one CPU, the module's threads and the sink on another), CPU us per drained record by thread, main-thread time taken
                per drained record, the group's lag over each run
   2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers (`--workers`);
                `--baseline-module` interleaves a second build for a before/after, `--profile` records perf
@@ -279,7 +280,8 @@ class Tools:
 class Emulator:
     """The Snowflake SQL API emulator: `sink=True` counts statements without executing them."""
 
-    def __init__(self, tools: Tools, keys: str, sink: bool, nice: bool = False, token_file: str | None = None):
+    def __init__(self, tools: Tools, keys: str, sink: bool, nice: bool = False, token_file: str | None = None,
+                 cpus: set[int] | None = None):
         self.dir = tempfile.mkdtemp(prefix="emulator-", dir=_workdir)
         port_file = os.path.join(self.dir, "port")
         args = (["nice", "-n", "19"] if nice else []) + [tools.python, os.path.join(REPO, "scripts/emulator/server.py"),
@@ -296,7 +298,9 @@ class Emulator:
         self.log_path = os.path.join(self.dir, "emulator.log")
         logf = open(self.log_path, "w")
         env = dict(os.environ, TMPDIR=self.dir)
-        self.proc = spawn(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env)
+        # Kept to `cpus` (every thread of it), when given.
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = spawn(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env, preexec_fn=pin)
 
         def ready():
             if self.proc.poll() is not None:
@@ -429,13 +433,15 @@ def redis_benchmark_csv(tools: Tools, port: int, n: int, clients: int, pipeline:
     return {k: float(v) for k, v in zip(names, fields)}
 
 
-def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int) -> dict:
+def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int,
+              cpus: set[int] | None = None) -> dict:
     """XADDs of BENCH_PAYLOAD at a fixed `rate` for `seconds` (an open loop: commands are sent when
     due, whatever the server does); returns the rate answered and the latency percentiles (ms), each
-    command's latency counted from when it was due."""
+    command's latency counted from when it was due. Kept to `cpus`, when given."""
     args = [tools.xadd_load, "--port", str(port), "--rate", str(round(rate)), "--seconds", str(seconds),
             "--users", str(users), "--stream", STREAM, "--payload", BENCH_PAYLOAD]
-    _, out, err = run_to_end(args, seconds + 120)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    _, out, err = run_to_end(args, seconds + 120, preexec_fn=pin)
     if not out.strip():
         raise RuntimeError(f"xadd_load failed: {err.strip()}")
     res = json.loads(out.strip().splitlines()[-1])
@@ -636,12 +642,14 @@ def main_thread_name(threads: dict[str, float]) -> str:
     return "valkey-server" if "valkey-server" in threads else "redis-server"
 
 
-def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, load, module_path: str | None = None) -> dict:
+def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, load, module_path: str | None = None,
+                   conf_extra: list[str] | None = None, env_extra: dict | None = None) -> dict:
     """One XADD load (`load(port)`: redis-benchmark, or the open loop at a fixed rate) against a fresh
     server, with the module (`module_path`, or the build under test) draining meanwhile or without
     it; CPU by thread, records drained, lock time and lag over the run."""
-    env = {**cfg.module_env, **(cfg.baseline_env if module_path else {})}
-    r = Redis(tools, module, module_env(sink.url, keys, **env) if module else None, module_path=module_path)
+    env = {**cfg.module_env, **(cfg.baseline_env if module_path else {}), **(env_extra or {})}
+    r = Redis(tools, module, module_env(sink.url, keys, **env) if module else None, module_path=module_path,
+              conf_extra=conf_extra)
     try:
         con = r.conn()
         if module:
@@ -701,12 +709,27 @@ def bench_foreground(tools, keys, cfg) -> dict:
     idle_sink = Emulator(tools, keys, sink=True, nice=True)
     variants = ["with", "without"] + (["baseline"] if cfg.baseline_module else [])
     half_variants = variants + ["with_idle_sink"]
-    paths = {"with": None, "without": None, "baseline": cfg.baseline_module, "with_idle_sink": None}
+    paths = {"with": None, "without": None, "baseline": cfg.baseline_module, "with_idle_sink": None,
+             "with_apart": None, "without_apart": None}
+    # CPUs apart, as a production host has them: Redis's main thread on one CPU (`server-cpulist`),
+    # the module's threads on another (`BACKGROUND_CPUS`). The load generator shares the main
+    # thread's CPU and the sink the module's: in production neither is on the Redis host, and here
+    # neither then takes the CPU of what it is not measured against.
+    cpus = sorted(os.sched_getaffinity(0))
+    apart = (cpus[0], cpus[-1]) if len(cpus) >= 2 else None
+    apart_sink = Emulator(tools, keys, sink=True, nice=True, cpus={apart[1]}) if apart else None
+    if apart:
+        half_variants += ["with_apart", "without_apart"]
 
     def order(rep, vs=variants):
         return vs if rep % 2 == 0 else list(reversed(vs))
 
     def one(variant, load):
+        if variant.endswith("_apart"):
+            return foreground_run(tools, keys, cfg, apart_sink, variant.startswith("with_"),
+                                  lambda port: load(port, {apart[0]}), None,
+                                  conf_extra=[f"server-cpulist {apart[0]}"],
+                                  env_extra={"BACKGROUND_CPUS": str(apart[1])})
         return foreground_run(tools, keys, cfg, idle_sink if variant == "with_idle_sink" else sink,
                               variant != "without", load, paths[variant])
 
@@ -748,8 +771,8 @@ def bench_foreground(tools, keys, cfg) -> dict:
         log(f"foreground half load: {shape}, main thread busy {calibration[-1]['main_thread_busy']:.2f} without "
             f"the module (saturated {saturated:,.0f}/s)")
 
-        def half_load(port):
-            return xadd_load(tools, port, rate, cfg.half_load_s, 500)
+        def half_load(port, cpus=None):
+            return xadd_load(tools, port, rate, cfg.half_load_s, 500, cpus)
 
         half = {v: [] for v in half_variants}
         for rep in range(cfg.reps):
@@ -760,10 +783,12 @@ def bench_foreground(tools, keys, cfg) -> dict:
                     + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')} last "
                        f"{run['lag'].get('last')}, yielding {run['lag'].get('yielding_share')}, "
                        f"claim holds {run['lag'].get('claim_hold_us')} us, ack holds {run['lag'].get('ack_hold_us')} us"
-                       if variant != "without" else ""))
+                       if variant.startswith("with") and not variant.startswith("without") else ""))
     finally:
         sink.stop()
         idle_sink.stop()
+        if apart_sink:
+            apart_sink.stop()
 
     def med(runs, key):
         return median([x[key] for x in runs])
@@ -839,6 +864,16 @@ def bench_foreground(tools, keys, cfg) -> dict:
                 "lag_bounded": all(x["lag"].get("bounded", False) for x in half["with_idle_sink"]),
                 "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with_idle_sink"]]),
             },
+            **({"cpus_apart": {
+                "layout": f"main thread and load generator on CPU {apart[0]}, module threads and sink on CPU {apart[1]}",
+                "p99_ratio_with_without": round(med(half["with_apart"], "p99_ms") / max(med(half["without_apart"], "p99_ms"), 1e-3), 3),
+                "median_p99_ms": {"with": med(half["with_apart"], "p99_ms"), "without": med(half["without_apart"], "p99_ms")},
+                "median_main_thread_busy": {"with": med(half["with_apart"], "main_thread_busy"),
+                                            "without": med(half["without_apart"], "main_thread_busy")},
+                "median_drain_records_per_s": drain_rate(half["with_apart"]),
+                "lag_bounded": all(x["lag"].get("bounded", False) for x in half["with_apart"]),
+                "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with_apart"]]),
+            }} if apart else {}),
             "lag_bounded": bounded,
             "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with"]]),
             "per_record": med_per_record(half),
@@ -1785,6 +1820,13 @@ def table(results: dict) -> str:
                          f"{i['ratio_with_without']:.3f}, p99 {i['p99_ratio_with_without']:.2f}x ({i['median_p99_ms']:.3f} ms), "
                          f"drained {i['median_drain_records_per_s']:,.0f} rec/s, lag peak {i['median_lag_peak']:,.0f} "
                          f"(bounded: {i['lag_bounded']})", "(diagnostic)", "-"))
+        a = h.get("cpus_apart")
+        if a:
+            p = a["median_p99_ms"]
+            rows.append(("1+ p99 with/without, half load, CPUs apart (server-cpulist, BACKGROUND_CPUS)",
+                         f"{a['p99_ratio_with_without']:.2f}x ({p['with']:.3f} vs {p['without']:.3f} ms), "
+                         f"drained {a['median_drain_records_per_s']:,.0f} rec/s, lag peak {a['median_lag_peak']:,.0f} "
+                         f"(bounded: {a['lag_bounded']}); {a['layout']}", "(report)", "-"))
         b = f.get("baseline")
         if b:
             rows.append(("1+ baseline build: saturated ratio; half load ratio, p99",
