@@ -516,22 +516,30 @@ fn the_module_threads_run_on_background_cpus_and_the_main_thread_on_server_cpuli
 }
 
 #[test]
-fn background_cpus_that_redis_may_not_run_on_stop_the_module_with_the_reason() {
+fn background_cpus_not_online_stop_the_module_and_others_than_the_main_threads_load_at_runtime() {
     let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
+    let (first, last) = (mine[0], mine[mine.len() - 1]);
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let online = cpu_list(online.trim()).unwrap_or_default();
     let outside = (0..=redis_writebehind::settings::MAX_CPU)
         .rev()
-        .find(|c| !mine.contains(c))
-        .expect("a CPU this machine does not give us");
-    let server = RedisServer::start(Options::default().without_module());
-    let mut con = server.connection();
-    let err = redis::cmd("MODULE")
-        .arg("LOADEX")
-        .arg(module_path().to_str().unwrap())
-        .arg("CONFIG")
-        .arg("writebehind.background-cpus")
-        .arg(outside.to_string())
-        .query::<redis::Value>(&mut con)
-        .expect_err("refused");
+        .find(|c| !online.contains(c))
+        .expect("a CPU this machine does not have");
+    let server = RedisServer::start(
+        Options::default()
+            .without_module()
+            .conf(&format!("server-cpulist {first}")),
+    );
+    let loadex = |cpus: String| {
+        redis::cmd("MODULE")
+            .arg("LOADEX")
+            .arg(module_path().to_str().unwrap())
+            .arg("CONFIG")
+            .arg("writebehind.background-cpus")
+            .arg(cpus)
+            .query::<redis::Value>(&mut server.connection())
+    };
+    let err = loadex(outside.to_string()).expect_err("refused");
     assert!(
         err.to_string().to_lowercase().contains("error loading"),
         "{err}"
@@ -539,10 +547,27 @@ fn background_cpus_that_redis_may_not_run_on_stop_the_module_with_the_reason() {
     server.wait_for("the reason in the log", Duration::from_secs(5), || {
         server
             .log()
-            .contains(&format!("BACKGROUND_CPUS names CPUs [{outside}]"))
+            .contains(&format!(
+                "BACKGROUND_CPUS names CPUs [{outside}] that are not online"
+            ))
             .then_some(())
     });
-    // The server runs on.
-    let pong: String = q(&mut con, &["PING"]);
-    assert_eq!(pong, "PONG");
+    // Loaded at runtime, after server-cpulist kept the main thread to its CPU: another CPU is
+    // accepted, and the module's threads run there.
+    assert_eq!(loadex(last.to_string()).ok(), Some(redis::Value::Okay));
+    let pid = server.pid().expect("running");
+    let claimer = server.wait_for("the claimer", Duration::from_secs(10), || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|t| t.path())
+            .find(|t| {
+                std::fs::read_to_string(t.join("comm")).is_ok_and(|n| n.trim() == "wb-claimer")
+            })
+    });
+    assert_eq!(cpus_of(&claimer), vec![last]);
+    assert_eq!(
+        cpus_of(&std::path::Path::new("/proc").join(pid.to_string())),
+        vec![first]
+    );
 }

@@ -24,9 +24,9 @@
 //!   at full speed first. While the clients alone saturate the main thread, the module's threads
 //!   watch for the lock instead of sleeping on it ([`crate::host::gil`]): asleep, they would hardly
 //!   ever get it, and the floor would not be kept.
-//! - [`ChunkSizer`] bounds each hold by time ([`HOLD_TARGET`], [`BUSY_HOLD_TARGET`] while clients keep the
-//!   main thread busy) as well as by bytes and entries, from
-//!   the time per entry the last holds took (claims, and the workers' acknowledgements).
+//! - [`ChunkSizer`] bounds each hold by time ([`HOLD_TARGET`], or [`BUSY_HOLD_TARGET`] while clients
+//!   keep the main thread busy) as well as by bytes and entries, from the time per entry the last
+//!   holds took (claims, and the workers' acknowledgements).
 //!
 //! The figures are published for `WB.STATUS` (see [`published`]).
 
@@ -58,10 +58,10 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 pub const HOLD_TARGET: Duration = Duration::from_millis(1);
 /// The longest hold while clients keep the main thread busy (at least [`CLIENTS_BUSY`]): a command
 /// that arrives during a hold waits for the rest of it. Measured at half load (60,000 XADD/s, the
-/// main thread ~55 % busy, the module's threads on another CPU than the main thread and the
-/// clients): 150 µs holds gave a p99 of 0.45–0.48 ms against 0.64–0.80 ms with 1 ms holds
-/// (without the module 0.18–0.30 ms; docs/performance.md). Shorter holds cost more lock hand-offs
-/// per entry, which an idle main thread does not need.
+/// main thread ~60 % busy, the module's threads on another CPU than the main thread and the
+/// clients), three runs each: p99 0.60, 0.70, 0.77 ms against 0.84, 0.83, 0.81 ms with 1 ms holds
+/// (without the module 0.18, 0.29, 0.51 ms; docs/performance.md), the module's CPU unchanged.
+/// Shorter holds cost more lock hand-offs per entry, which an idle main thread does not need.
 pub const BUSY_HOLD_TARGET: Duration = Duration::from_micros(200);
 /// From this busy fraction (smoothed) on, clients are taken to be waiting on the main thread, and
 /// holds are kept to [`BUSY_HOLD_TARGET`]. A drain alone keeps it near 0.
