@@ -190,12 +190,14 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
     let mut least_share = i64::MAX;
     let mut max_lag = 0i64;
     let mut lock_waits_us: Vec<i64> = Vec::new();
+    let mut hold_targets_us: Vec<i64> = Vec::new();
     server.wait_for(
         "a window of sustained load",
         Duration::from_secs(60),
         || {
             let st = status(&mut con);
             polls += 1;
+            hold_targets_us.push(st["drain_hold_target_us"].parse().unwrap_or(-1));
             yielding_polls += u32::from(st["drain_mode"] == "yielding");
             least_share = least_share.min(st["drain_lock_share_pct"].parse().unwrap_or(i64::MAX));
             max_lag = max_lag.max(st["lag"].parse().unwrap_or(0));
@@ -242,6 +244,11 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
         "the drain's lock share never fell below 50 % ({least_share})"
     );
     assert!(max_lag > 0, "the backlog never waited in the stream");
+    // Clients keep the main thread busy: every hold is sized short.
+    assert!(
+        hold_targets_us.iter().all(|&t| t == 200),
+        "hold targets under load: {hold_targets_us:?}"
+    );
     assert!(st["oldest_unwritten_age_ms"].parse::<i64>().unwrap_or(0) > 0);
 
     // The load stopped: full speed again, and everything written.
@@ -260,6 +267,8 @@ fn a_saturated_main_thread_slows_the_drain_to_its_floor_and_an_idle_one_drains_t
     assert_eq!(st["oldest_unwritten_age_ms"], "0");
     assert_eq!(st["drain_mode"], "full");
     assert_eq!(st["drain_lock_share_pct"], "50");
+    // No client waits: holds are sized long again.
+    assert_eq!(st["drain_hold_target_us"], "1000");
     let written: i64 = q(&mut con, &["XLEN", "userdata-stream"]);
     assert!(written >= total);
 }

@@ -530,6 +530,8 @@ pub struct Published {
     pub chunk: u64,
     /// The share of the time the drain may hold the lock, in percent (rounded down).
     pub share_pct: u64,
+    /// How long a hold is sized to now ([`published_hold_target`]).
+    pub hold_target_us: u64,
     pub last_hold_us: u64,
     pub last_lock_wait_us: u64,
     pub ack_chunk: u64,
@@ -548,6 +550,7 @@ pub fn published(p: &Pipeline) -> Published {
         stolen_pct: (stolen != u64::MAX).then(|| (stolen + 5) / 10),
         chunk: d.chunk.load(Ordering::Relaxed),
         share_pct: d.share_permille.load(Ordering::Relaxed) / 10,
+        hold_target_us: published_hold_target(p).as_micros() as u64,
         last_hold_us: d.last_hold_us.load(Ordering::Relaxed),
         last_lock_wait_us: d.last_lock_wait_us.load(Ordering::Relaxed),
         ack_chunk: d.ack_chunk.load(Ordering::Relaxed),

@@ -343,6 +343,7 @@ pub fn report(live: bool) -> Vec<(String, Figure)> {
     );
     put("drain_lock_share_pct", drain.share_pct.into());
     put("drain_claim_chunk", drain.chunk.into());
+    put("drain_hold_target_us", drain.hold_target_us.into());
     put("drain_last_hold_us", drain.last_hold_us.into());
     put("drain_last_lock_wait_us", drain.last_lock_wait_us.into());
     put("drain_ack_chunk", drain.ack_chunk.into());
