@@ -382,11 +382,9 @@ impl Pipeline {
         let c = &self.control;
         c.alive.fetch_add(1, Ordering::SeqCst);
         let label = name.to_string();
-        let nice = crate::settings::current()
-            .int(Key::BackgroundNice)
-            .clamp(0, 19) as libc::c_int;
-        let cpus = crate::settings::cpu_list(crate::settings::current().str(Key::BackgroundCpus))
-            .unwrap_or_default();
+        let snap = crate::settings::current();
+        let nice = snap.int(Key::BackgroundNice).clamp(0, 19) as libc::c_int;
+        let cpus = crate::settings::cpu_list(snap.str(Key::BackgroundCpus)).unwrap_or_default();
         let builder = std::thread::Builder::new().name(name.to_string());
         let body = move || {
             if let Err(e) = super::affinity::pin_this_thread(&cpus) {

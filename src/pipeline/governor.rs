@@ -30,7 +30,7 @@
 //!
 //! The figures are published for `WB.STATUS` (see [`published`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::control::Pipeline;
@@ -464,13 +464,21 @@ fn parse_stat(text: &str, ticks_per_second: u64) -> Option<Duration> {
 
 // --- what WB.STATUS shows --------------------------------------------------------------------------
 
+/// A measured fraction as published: per mille, `u64::MAX` when not measured.
+fn store_permille(to: &AtomicU64, fraction: Option<f64>) {
+    let permille = fraction.map_or(u64::MAX, |f| (f * 1000.0).round().clamp(0.0, 1000.0) as u64);
+    to.store(permille, Ordering::Relaxed);
+}
+
+/// A fraction published by [`store_permille`], in per mille; `None` when not measured.
+fn load_permille(from: &AtomicU64) -> Option<u64> {
+    Some(from.load(Ordering::Relaxed)).filter(|&p| p != u64::MAX)
+}
+
 /// Publishes the claimer's view for `WB.STATUS`.
 pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
     let d = &p.drain;
-    let busy = g
-        .busy
-        .map_or(u64::MAX, |b| (b * 1000.0).round().clamp(0.0, 1000.0) as u64);
-    d.busy_permille.store(busy, Ordering::Relaxed);
+    store_permille(&d.busy_permille, g.busy);
     d.chunk.store(chunk as u64, Ordering::Relaxed);
     d.share_permille
         .store((g.share * 1000.0).floor() as u64, Ordering::Relaxed);
@@ -478,8 +486,7 @@ pub fn publish(p: &Pipeline, g: &Governor, chunk: usize) {
 
 /// Publishes the share of the host's CPU time stolen over the last sample.
 pub fn publish_stolen(p: &Pipeline, stolen: Option<f64>) {
-    let permille = stolen.map_or(u64::MAX, |s| (s * 1000.0).round().clamp(0.0, 1000.0) as u64);
-    p.drain.stolen_permille.store(permille, Ordering::Relaxed);
+    store_permille(&p.drain.stolen_permille, stolen);
 }
 
 /// Records the last claim's lock hold and the wait to take the lock.
@@ -509,13 +516,9 @@ fn hold_target_of(share: f64, busy: Option<f64>) -> Duration {
 /// other threads' holds (the workers' acknowledgements).
 pub fn published_hold_target(p: &Pipeline) -> Duration {
     let d = &p.drain;
-    let busy = match d.busy_permille.load(Ordering::Relaxed) {
-        u64::MAX => None,
-        permille => Some(permille as f64 / 1000.0),
-    };
     hold_target_of(
         d.share_permille.load(Ordering::Relaxed) as f64 / 1000.0,
-        busy,
+        load_permille(&d.busy_permille).map(|b| b as f64 / 1000.0),
     )
 }
 
@@ -542,12 +545,10 @@ pub struct Published {
 
 pub fn published(p: &Pipeline) -> Published {
     let d = &p.drain;
-    let busy = d.busy_permille.load(Ordering::Relaxed);
-    let stolen = d.stolen_permille.load(Ordering::Relaxed);
     Published {
         mode: mode_of(d.share_permille.load(Ordering::Relaxed) as f64 / 1000.0),
-        busy_pct: (busy != u64::MAX).then(|| (busy + 5) / 10),
-        stolen_pct: (stolen != u64::MAX).then(|| (stolen + 5) / 10),
+        busy_pct: load_permille(&d.busy_permille).map(|b| (b + 5) / 10),
+        stolen_pct: load_permille(&d.stolen_permille).map(|s| (s + 5) / 10),
         chunk: d.chunk.load(Ordering::Relaxed),
         share_pct: d.share_permille.load(Ordering::Relaxed) / 10,
         hold_target_us: published_hold_target(p).as_micros() as u64,
