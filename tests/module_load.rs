@@ -481,10 +481,31 @@ fn cpus_of(task: &std::path::Path) -> Vec<usize> {
     cpu_list(list.trim()).unwrap_or_default()
 }
 
+/// The first and the last CPU this test may run on: one for Redis's main thread, one for the
+/// module's (the same on a machine of one CPU).
+fn first_and_last_cpu() -> (usize, usize) {
+    let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
+    (mine[0], mine[mine.len() - 1])
+}
+
+/// The threads of process `pid`: each one's name and its `/proc/<pid>/task/<tid>` directory.
+fn tasks(pid: u32) -> Vec<(String, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|t| t.path())
+                .map(|t| {
+                    let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+                    (name.trim_end().to_string(), t)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn the_module_threads_run_on_background_cpus_and_the_main_thread_on_server_cpulist() {
-    let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
-    let (first, last) = (mine[0], mine[mine.len() - 1]);
+    let (first, last) = first_and_last_cpu();
     let server = RedisServer::start(
         Options::default()
             .conf(&format!("server-cpulist {first}"))
@@ -493,9 +514,7 @@ fn the_module_threads_run_on_background_cpus_and_the_main_thread_on_server_cpuli
     server.settled_threads();
     let pid = server.pid().expect("running");
     let mut module_threads = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+    for (name, task) in tasks(pid) {
         if name.starts_with("wb-") {
             module_threads += 1;
             assert_eq!(cpus_of(&task), vec![last], "{name}");
@@ -517,10 +536,8 @@ fn the_module_threads_run_on_background_cpus_and_the_main_thread_on_server_cpuli
 
 #[test]
 fn background_cpus_not_online_stop_the_module_and_others_than_the_main_threads_load_at_runtime() {
-    let mine = cpus_of(std::path::Path::new("/proc/thread-self"));
-    let (first, last) = (mine[0], mine[mine.len() - 1]);
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
-    let online = cpu_list(online.trim()).unwrap_or_default();
+    let (first, last) = first_and_last_cpu();
+    let online = redis_writebehind::pipeline::affinity::online();
     let outside = (0..=redis_writebehind::settings::MAX_CPU)
         .rev()
         .find(|c| !online.contains(c))
@@ -557,13 +574,9 @@ fn background_cpus_not_online_stop_the_module_and_others_than_the_main_threads_l
     assert_eq!(loadex(last.to_string()).ok(), Some(redis::Value::Okay));
     let pid = server.pid().expect("running");
     let claimer = server.wait_for("the claimer", Duration::from_secs(10), || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|t| t.path())
-            .find(|t| {
-                std::fs::read_to_string(t.join("comm")).is_ok_and(|n| n.trim() == "wb-claimer")
-            })
+        tasks(pid)
+            .into_iter()
+            .find_map(|(name, task)| (name == "wb-claimer").then_some(task))
     });
     assert_eq!(cpus_of(&claimer), vec![last]);
     assert_eq!(
