@@ -12,8 +12,8 @@ Items (see docs/performance.md for what each means and its target):
                load (an open loop at a fixed rate that keeps the main thread half busy without the
                module: examples/xadd_load.rs), p99 XADD latency at half load (also with the sink at
                the lowest CPU priority, and with the CPUs apart: Redis's main thread and the load on
-               one CPU, the module's threads and the sink on another), CPU us per drained record by thread, main-thread time taken
-               per drained record, the group's lag over each run
+               one CPU, the module's threads and the sink on another), CPU us per drained record by
+               thread, main-thread time taken per drained record, the group's lag over each run
   2 drain      records/s from a pre-filled stream to the emulator's fast sink, 1/2/4 workers (`--workers`);
                `--baseline-module` interleaves a second build for a before/after, `--profile` records perf
   3 e2e        10,000 records over 500 users into the emulator's real SQL engine: wall time, round trips
@@ -277,6 +277,11 @@ class Tools:
         self.xadd_load = xadd_load
 
 
+def pinned(cpus: set[int] | None):
+    """A `preexec_fn` that keeps a child (every thread it starts) to `cpus`; `None` when not given."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 class Emulator:
     """The Snowflake SQL API emulator: `sink=True` counts statements without executing them."""
 
@@ -298,9 +303,8 @@ class Emulator:
         self.log_path = os.path.join(self.dir, "emulator.log")
         logf = open(self.log_path, "w")
         env = dict(os.environ, TMPDIR=self.dir)
-        # Kept to `cpus` (every thread of it), when given.
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.proc = spawn(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env, preexec_fn=pin)
+        self.proc = spawn(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env,
+                          preexec_fn=pinned(cpus))
 
         def ready():
             if self.proc.poll() is not None:
@@ -353,9 +357,8 @@ class Redis:
         # A clean environment: nothing from the caller's shell changes the module's settings.
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         # Pinned to `cpus` (every thread of it, the module's included), when given.
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = spawn([tools.redis_server, conf_path], env={**base, **(env or {})},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(cpus))
 
         def ready():
             if self.proc.poll() is not None:
@@ -440,8 +443,7 @@ def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int,
     command's latency counted from when it was due. Kept to `cpus`, when given."""
     args = [tools.xadd_load, "--port", str(port), "--rate", str(round(rate)), "--seconds", str(seconds),
             "--users", str(users), "--stream", STREAM, "--payload", BENCH_PAYLOAD]
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    _, out, err = run_to_end(args, seconds + 120, preexec_fn=pin)
+    _, out, err = run_to_end(args, seconds + 120, preexec_fn=pinned(cpus))
     if not out.strip():
         raise RuntimeError(f"xadd_load failed: {err.strip()}")
     res = json.loads(out.strip().splitlines()[-1])
