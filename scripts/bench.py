@@ -55,6 +55,7 @@ import zlib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCOUNT, USER, DATABASE, SCHEMA = "BENCH", "WRITER", "WRITEBEHIND", "PUBLIC"
 STREAM, GROUP = "userdata-stream", "snowflake-writer"
+FLOOR_GROUP = "group-floor"
 LASTPLUS = "2025-11-03 12:00:00"
 
 # A realistic one-record batch as the application writes it. redis-benchmark replaces each
@@ -275,6 +276,8 @@ class Tools:
         self.migrate = migrate
         # The open-loop XADD load at a fixed rate (examples/xadd_load.rs).
         self.xadd_load = xadd_load
+        # The least consumer-group drain (examples/group_floor.rs), built beside it.
+        self.group_floor = os.path.join(os.path.dirname(xadd_load), "group_floor")
 
 
 def pinned(cpus: set[int] | None):
@@ -449,6 +452,62 @@ def xadd_load(tools: Tools, port: int, rate: float, seconds: float, users: int,
     res = json.loads(out.strip().splitlines()[-1])
     return {"rps": res["answered_per_s"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
             "p999_ms": res["p999_ms"], "answered_all": res["answered"] == res["sent"]}
+
+
+def floor_group(con: Conn) -> dict | None:
+    """The group examples/group_floor.rs reads with, as `XINFO GROUPS` shows it (None before it exists)."""
+    try:
+        groups = con.call("XINFO", "GROUPS", STREAM)
+    except RedisError:
+        return None
+    for g in groups:
+        info = dict(zip(g[0::2], g[1::2]))
+        if info.get("name") == FLOOR_GROUP:
+            return info
+    return None
+
+
+def beside_group_floor(tools: Tools, port: int, seconds: float, load, cpus: set[int] | None = None) -> dict:
+    """`load()` while the least consumer-group drain (examples/group_floor.rs: XREADGROUP and XACK,
+    nothing else) reads and acknowledges what it adds, kept to `cpus` when given. The load's figures,
+    with, under `beside`, the entries acknowledged and those left unread or unacknowledged at its end."""
+    p = spawn([tools.group_floor, "--port", str(port), "--seconds", str(seconds), "--stream", STREAM,
+               "--group", FLOOR_GROUP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+              preexec_fn=pinned(cpus))
+    con = Conn(port)
+    try:
+        wait_until("the group of examples/group_floor", 10, lambda: floor_group(con))
+        res = load()
+        out, err = p.communicate(timeout=seconds + 30)
+        if p.returncode != 0:
+            raise RuntimeError(f"group_floor failed: {err.strip()}")
+        _children.remove(p)
+        info = floor_group(con) or {}
+        left = int(info.get("pending", 0)) + int(info.get("lag") or 0)
+        return {**res, "beside": {"floor_acked": json.loads(out)["acked"], "floor_left": left}}
+    finally:
+        con.close()
+        stop(p)
+
+
+# A plain CPU load: `burst` seconds of spinning every `period` seconds.
+CPU_LOAD = """import sys, time
+burst, period = float(sys.argv[1]), float(sys.argv[2])
+while True:
+    end = time.perf_counter() + burst
+    while time.perf_counter() < end:
+        pass
+    time.sleep(max(period - burst, 0.0))
+"""
+
+
+def beside_cpu_load(tools: Tools, burst_s: float, period_s: float, load) -> dict:
+    """`load()` beside a plain CPU load of `burst_s` seconds every `period_s`."""
+    p = spawn([tools.python, "-c", CPU_LOAD, str(burst_s), str(period_s)])
+    try:
+        return load()
+    finally:
+        stop(p)
 
 
 def warm_up_machine(tools: Tools, cfg) -> None:
@@ -660,6 +719,7 @@ def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, load, module_
         base = con.status() if module else None
         threads0 = thread_cpu(r.pid)
         demand0 = main_thread_demand(r.pid)
+        sink_cpu0 = cpu_seconds(sink.pid)
         sampler = Sampler(r) if module else None
         t0 = time.monotonic()
         res = load(r.port)
@@ -669,9 +729,11 @@ def foreground_run(tools, keys, cfg, sink: Emulator, module: bool, load, module_
         cpu = cpu_delta(threads0, thread_cpu(r.pid))
         out = {"xadd_per_s": round(res["rps"]), "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"], "wall_s": round(wall, 2),
                "cpu_s_by_thread": cpu, "main_cpu_s": cpu.get(main_thread_name(cpu), 0.0),
-               "main_thread_busy": round(demand / wall, 3)}
+               "main_thread_busy": round(demand / wall, 3), **res.get("beside", {})}
         if module:
             st = con.status()
+            out["sink_cpu_s"] = round(cpu_seconds(sink.pid) - sink_cpu0, 3)
+            out["statements"] = int(st["statements"]) - int(base["statements"])
             out["records_drained"] = int(st["records_written"]) - int(base["records_written"])
             out["lock_held_s"] = (int(st["lock_held_ms"]) - int(base["lock_held_ms"])) / 1000
             out["lag"] = lag_summary(samples)
@@ -722,16 +784,40 @@ def bench_foreground(tools, keys, cfg) -> dict:
     apart_sink = Emulator(tools, keys, sink=True, nice=True, cpus={apart[1]}) if apart else None
     if apart:
         half_variants += ["with_apart", "without_apart"]
+    # What any drain costs here, without the module: the least consumer-group drain (read and
+    # acknowledge, nothing else) beside the load, with everything sharing the CPUs and with the CPUs
+    # apart; and a plain CPU load of the size and shape measured of the sink in this run's runs with
+    # the module (its CPU per statement, once per statement's interval).
+    half_variants += ["floor", "sink_load"] + (["floor_apart"] if apart else [])
 
     def order(rep, vs=variants):
         return vs if rep % 2 == 0 else list(reversed(vs))
 
+    floor_s = cfg.half_load_s + 2  # the consumer outlasts the load, and acknowledges all of it
+
+    def sink_shape():
+        """The sink's CPU per statement and the interval between statements, in the half-load runs
+        with the module so far (medians)."""
+        runs = [x for x in half["with"] if x.get("statements")]
+        return (median([x["sink_cpu_s"] / x["statements"] for x in runs]),
+                median([x["wall_s"] / x["statements"] for x in runs]))
+
     def one(variant, load):
         if variant.endswith("_apart"):
-            return foreground_run(tools, keys, cfg, apart_sink, variant.startswith("with_"),
-                                  lambda port: load(port, {apart[0]}), None,
+            def apart_load(port):
+                if variant == "floor_apart":
+                    return beside_group_floor(tools, port, floor_s, lambda: load(port, {apart[0]}), {apart[1]})
+                return load(port, {apart[0]})
+            return foreground_run(tools, keys, cfg, apart_sink, variant.startswith("with_"), apart_load, None,
                                   conf_extra=[f"server-cpulist {apart[0]}"],
                                   env_extra={"BACKGROUND_CPUS": str(apart[1])})
+        if variant == "floor":
+            return foreground_run(tools, keys, cfg, sink, False,
+                                  lambda port: beside_group_floor(tools, port, floor_s, lambda: load(port)))
+        if variant == "sink_load":
+            burst, period = sink_shape()
+            return foreground_run(tools, keys, cfg, sink, False,
+                                  lambda port: beside_cpu_load(tools, burst, period, lambda: load(port)))
         return foreground_run(tools, keys, cfg, idle_sink if variant == "with_idle_sink" else sink,
                               variant != "without", load, paths[variant])
 
@@ -785,7 +871,8 @@ def bench_foreground(tools, keys, cfg) -> dict:
                     + (f", {run['records_drained']:,} drained, lag peak {run['lag'].get('max')} last "
                        f"{run['lag'].get('last')}, yielding {run['lag'].get('yielding_share')}, "
                        f"claim holds {run['lag'].get('claim_hold_us')} us, ack holds {run['lag'].get('ack_hold_us')} us"
-                       if variant.startswith("with") and not variant.startswith("without") else ""))
+                       if variant.startswith("with") and not variant.startswith("without") else "")
+                    + (f", floor acknowledged {run['floor_acked']:,}, left {run['floor_left']}" if "floor_acked" in run else ""))
     finally:
         sink.stop()
         idle_sink.stop()
@@ -865,6 +952,28 @@ def bench_foreground(tools, keys, cfg) -> dict:
                 "median_drain_records_per_s": drain_rate(half["with_idle_sink"]),
                 "lag_bounded": all(x["lag"].get("bounded", False) for x in half["with_idle_sink"]),
                 "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with_idle_sink"]]),
+            },
+            "group_floor": {
+                "what": "no module: examples/group_floor.rs reads and acknowledges every entry as a client "
+                        "(XREADGROUP COUNT 2000 BLOCK 100, XACK), nothing else",
+                "p99_ratio_with_without": round(vs_without(half, "floor", "p99_ms"), 3),
+                "median_p99_ms": med(half["floor"], "p99_ms"),
+                "median_main_thread_busy": med(half["floor"], "main_thread_busy"),
+                "acknowledged_all": all(x["floor_left"] == 0 for x in half["floor"]),
+                **({"cpus_apart": {
+                    "p99_ratio_with_without": round(med(half["floor_apart"], "p99_ms")
+                                                    / max(med(half["without_apart"], "p99_ms"), 1e-3), 3),
+                    "median_p99_ms": med(half["floor_apart"], "p99_ms"),
+                    "median_main_thread_busy": med(half["floor_apart"], "main_thread_busy"),
+                    "acknowledged_all": all(x["floor_left"] == 0 for x in half["floor_apart"]),
+                }} if apart else {}),
+            },
+            "sink_shaped_load": {
+                "what": "no module: a plain CPU load of the sink's measured CPU per statement, once per statement interval",
+                "burst_ms": round(sink_shape()[0] * 1000, 2),
+                "period_ms": round(sink_shape()[1] * 1000, 2),
+                "p99_ratio_with_without": round(vs_without(half, "sink_load", "p99_ms"), 3),
+                "median_p99_ms": med(half["sink_load"], "p99_ms"),
             },
             **({"cpus_apart": {
                 "layout": f"main thread and load generator on CPU {apart[0]}, module threads and sink on CPU {apart[1]}",
@@ -1829,6 +1938,20 @@ def table(results: dict) -> str:
                          f"{a['p99_ratio_with_without']:.2f}x ({p['with']:.3f} vs {p['without']:.3f} ms), "
                          f"drained {a['median_drain_records_per_s']:,.0f} rec/s, lag peak {a['median_lag_peak']:,.0f} "
                          f"(bounded: {a['lag_bounded']}); {a['layout']}", "(report)", "-"))
+        g = h.get("group_floor")
+        if g:
+            ga = g.get("cpus_apart")
+            rows.append(("1+ p99, half load, no module: the least consumer-group drain (examples/group_floor.rs)",
+                         f"{g['p99_ratio_with_without']:.2f}x ({g['median_p99_ms']:.3f} ms), main thread busy "
+                         f"{g['median_main_thread_busy']:.2f}"
+                         + (f"; CPUs apart {ga['p99_ratio_with_without']:.2f}x ({ga['median_p99_ms']:.3f} ms)" if ga else "")
+                         + f"; acknowledged all: {g['acknowledged_all'] and (not ga or ga['acknowledged_all'])}",
+                         "(diagnostic)", "-"))
+        k = h.get("sink_shaped_load")
+        if k:
+            rows.append(("1+ p99, half load, no module: a plain CPU load shaped as the sink measured",
+                         f"{k['p99_ratio_with_without']:.2f}x ({k['median_p99_ms']:.3f} ms); {k['burst_ms']:.2f} ms "
+                         f"of CPU every {k['period_ms']:.1f} ms", "(diagnostic)", "-"))
         b = f.get("baseline")
         if b:
             rows.append(("1+ baseline build: saturated ratio; half load ratio, p99",
