@@ -12,6 +12,8 @@
 //! Creates the group at the stream's end (`$`, `MKSTREAM`), then reads (`BLOCK 100`) and acknowledges
 //! until `--seconds` have passed. Prints one JSON line: entries acknowledged and calls made.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -32,19 +34,17 @@ fn parse_args() -> Result<Args, String> {
         group: "group-floor".into(),
         count: 2000,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--port" => a.port = value.parse().map_err(|e| bad(&e))?,
-            "--seconds" => a.seconds = value.parse().map_err(|e| bad(&e))?,
-            "--stream" => a.stream = value,
-            "--group" => a.group = value,
-            "--count" => a.count = value.parse().map_err(|e| bad(&e))?,
+    common::flags(|flag, value| {
+        match flag {
+            "--port" => a.port = common::parsed(flag, value)?,
+            "--seconds" => a.seconds = common::parsed(flag, value)?,
+            "--stream" => a.stream = value.to_string(),
+            "--group" => a.group = value.to_string(),
+            "--count" => a.count = common::parsed(flag, value)?,
             _ => return Err(format!("unknown option {flag}")),
         }
-    }
+        Ok(())
+    })?;
     if a.port == 0 || a.seconds <= 0.0 || a.count == 0 {
         return Err("--port, a positive --seconds and --count are required".into());
     }
@@ -123,13 +123,7 @@ fn run(a: &Args) -> redis::RedisResult<(u64, u64)> {
 }
 
 fn main() {
-    let a = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("group_floor: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = common::or_usage("group_floor", parse_args());
     match run(&a) {
         Ok((acked, calls)) => println!("{}", serde_json::json!({"acked": acked, "calls": calls})),
         Err(e) => {

@@ -16,6 +16,8 @@
 //! twelve digits (as `redis-benchmark -r` does). Prints one JSON line: the commands sent and
 //! answered, the rate reached, errors, and the latency percentiles in ms.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -40,21 +42,19 @@ fn parse_args() -> Result<Args, String> {
         stream: "userdata-stream".into(),
         payload: r#"{"key":"userdata-events:user__rand_int__-1/visited","records":[]}"#.into(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--port" => a.port = value.parse().map_err(|e| bad(&e))?,
-            "--rate" => a.rate = value.parse().map_err(|e| bad(&e))?,
-            "--seconds" => a.seconds = value.parse().map_err(|e| bad(&e))?,
-            "--connections" => a.connections = value.parse().map_err(|e| bad(&e))?,
-            "--users" => a.users = value.parse().map_err(|e| bad(&e))?,
-            "--stream" => a.stream = value,
-            "--payload" => a.payload = value,
+    common::flags(|flag, value| {
+        match flag {
+            "--port" => a.port = common::parsed(flag, value)?,
+            "--rate" => a.rate = common::parsed(flag, value)?,
+            "--seconds" => a.seconds = common::parsed(flag, value)?,
+            "--connections" => a.connections = common::parsed(flag, value)?,
+            "--users" => a.users = common::parsed(flag, value)?,
+            "--stream" => a.stream = value.to_string(),
+            "--payload" => a.payload = value.to_string(),
             _ => return Err(format!("unknown option {flag}")),
         }
-    }
+        Ok(())
+    })?;
     if a.port == 0 || a.rate <= 0.0 || a.seconds <= 0.0 || a.connections == 0 || a.users == 0 {
         return Err("--port and a positive --rate are required".into());
     }
@@ -192,13 +192,7 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
 }
 
 fn main() {
-    let a = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("xadd_load: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = common::or_usage("xadd_load", parse_args());
     let cmds = commands(&a);
     let per_conn_rate = a.rate / a.connections as f64;
     let per_conn_total = (per_conn_rate * a.seconds).round() as u64;
