@@ -481,7 +481,6 @@ def beside_group_floor(tools: Tools, port: int, seconds: float, load, cpus: set[
         out, err = p.communicate(timeout=seconds + 30)
         if p.returncode != 0:
             raise RuntimeError(f"group_floor failed: {err.strip()}")
-        _children.remove(p)
         info = floor_group(con) or {}
         left = int(info.get("pending", 0)) + int(info.get("lag") or 0)
         return {**res, "beside": {"floor_acked": json.loads(out)["acked"], "floor_left": left}}
@@ -888,8 +887,21 @@ def bench_foreground(tools, keys, cfg) -> dict:
     def yielding(runs):
         return median([x["lag"].get("yielding_share", 0) for x in runs])
 
-    def vs_without(pairs, variant, key):
-        return med(pairs[variant], key) / max(med(pairs["without"], key), 1e-3)
+    def vs_without(pairs, variant, key, without="without"):
+        return med(pairs[variant], key) / max(med(pairs[without], key), 1e-3)
+
+    def drain_figures(runs):
+        """How the drain kept up in runs with the module."""
+        return {"median_drain_records_per_s": drain_rate(runs),
+                "lag_bounded": all(x["lag"].get("bounded", False) for x in runs),
+                "median_lag_peak": median([x["lag"].get("max", 0) for x in runs])}
+
+    def floor_figures(variant, without):
+        """The least consumer-group drain's runs against the runs without it in the same layout."""
+        return {"p99_ratio_with_without": round(vs_without(half, variant, "p99_ms", without), 3),
+                "median_p99_ms": med(half[variant], "p99_ms"),
+                "median_main_thread_busy": med(half[variant], "main_thread_busy"),
+                "acknowledged_all": all(x["floor_left"] == 0 for x in half[variant])}
 
     def med_per_record(pairs):
         main_without = med(pairs["without"], "main_cpu_s")
@@ -906,7 +918,9 @@ def bench_foreground(tools, keys, cfg) -> dict:
     ratio_sat = vs_without(sat, "with", "xadd_per_s")
     ratio_half = vs_without(half, "with", "xadd_per_s")
     p99_ratio = vs_without(half, "with", "p99_ms")
-    bounded = all(x["lag"].get("bounded", False) for x in half["with"])
+    half_drain = drain_figures(half["with"])
+    bounded = half_drain["lag_bounded"]
+    burst, period = sink_shape()
     baseline = {}
     if "baseline" in sat:
         baseline = {"baseline": {
@@ -943,50 +957,35 @@ def bench_foreground(tools, keys, cfg) -> dict:
             "median_main_thread_busy": {"with": med(half["with"], "main_thread_busy"), "without": med(half["without"], "main_thread_busy")},
             "pair_ratios": [round(a["xadd_per_s"] / b["xadd_per_s"], 3) for a, b in zip(half["with"], half["without"])],
             "median_yielding_share": yielding(half["with"]),
-            "median_drain_records_per_s": drain_rate(half["with"]),
             "p99_ratio_with_without": round(p99_ratio, 3),
             "idle_sink": {
                 "ratio_with_without": round(vs_without(half, "with_idle_sink", "xadd_per_s"), 4),
                 "p99_ratio_with_without": round(vs_without(half, "with_idle_sink", "p99_ms"), 3),
                 "median_p99_ms": med(half["with_idle_sink"], "p99_ms"),
-                "median_drain_records_per_s": drain_rate(half["with_idle_sink"]),
-                "lag_bounded": all(x["lag"].get("bounded", False) for x in half["with_idle_sink"]),
-                "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with_idle_sink"]]),
+                **drain_figures(half["with_idle_sink"]),
             },
             "group_floor": {
                 "what": "no module: examples/group_floor.rs reads and acknowledges every entry as a client "
                         "(XREADGROUP COUNT 2000 BLOCK 100, XACK), nothing else",
-                "p99_ratio_with_without": round(vs_without(half, "floor", "p99_ms"), 3),
-                "median_p99_ms": med(half["floor"], "p99_ms"),
-                "median_main_thread_busy": med(half["floor"], "main_thread_busy"),
-                "acknowledged_all": all(x["floor_left"] == 0 for x in half["floor"]),
-                **({"cpus_apart": {
-                    "p99_ratio_with_without": round(med(half["floor_apart"], "p99_ms")
-                                                    / max(med(half["without_apart"], "p99_ms"), 1e-3), 3),
-                    "median_p99_ms": med(half["floor_apart"], "p99_ms"),
-                    "median_main_thread_busy": med(half["floor_apart"], "main_thread_busy"),
-                    "acknowledged_all": all(x["floor_left"] == 0 for x in half["floor_apart"]),
-                }} if apart else {}),
+                **floor_figures("floor", "without"),
+                **({"cpus_apart": floor_figures("floor_apart", "without_apart")} if apart else {}),
             },
             "sink_shaped_load": {
                 "what": "no module: a plain CPU load of the sink's measured CPU per statement, once per statement interval",
-                "burst_ms": round(sink_shape()[0] * 1000, 2),
-                "period_ms": round(sink_shape()[1] * 1000, 2),
+                "burst_ms": round(burst * 1000, 2),
+                "period_ms": round(period * 1000, 2),
                 "p99_ratio_with_without": round(vs_without(half, "sink_load", "p99_ms"), 3),
                 "median_p99_ms": med(half["sink_load"], "p99_ms"),
             },
             **({"cpus_apart": {
                 "layout": f"main thread and load generator on CPU {apart[0]}, module threads and sink on CPU {apart[1]}",
-                "p99_ratio_with_without": round(med(half["with_apart"], "p99_ms") / max(med(half["without_apart"], "p99_ms"), 1e-3), 3),
+                "p99_ratio_with_without": round(vs_without(half, "with_apart", "p99_ms", "without_apart"), 3),
                 "median_p99_ms": {"with": med(half["with_apart"], "p99_ms"), "without": med(half["without_apart"], "p99_ms")},
                 "median_main_thread_busy": {"with": med(half["with_apart"], "main_thread_busy"),
                                             "without": med(half["without_apart"], "main_thread_busy")},
-                "median_drain_records_per_s": drain_rate(half["with_apart"]),
-                "lag_bounded": all(x["lag"].get("bounded", False) for x in half["with_apart"]),
-                "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with_apart"]]),
+                **drain_figures(half["with_apart"]),
             }} if apart else {}),
-            "lag_bounded": bounded,
-            "median_lag_peak": median([x["lag"].get("max", 0) for x in half["with"]]),
+            **half_drain,
             "per_record": med_per_record(half),
             "runs": half,
         },
@@ -1925,19 +1924,21 @@ def table(results: dict) -> str:
                      yes(h["p99_ratio_with_without"] <= 1.1)))
         rows.append(("1+ lag at half load", f"peak {h['median_lag_peak']:,.0f} entries, bounded: {h['lag_bounded']}",
                      "bounded", yes(h["lag_bounded"])))
+        def kept_up(x):
+            return (f"drained {x['median_drain_records_per_s']:,.0f} rec/s, lag peak {x['median_lag_peak']:,.0f} "
+                    f"(bounded: {x['lag_bounded']})")
+
         i = h.get("idle_sink")
         if i:
             rows.append(("1+ half load, sink at lowest CPU priority: XADD, p99, drain",
                          f"{i['ratio_with_without']:.3f}, p99 {i['p99_ratio_with_without']:.2f}x ({i['median_p99_ms']:.3f} ms), "
-                         f"drained {i['median_drain_records_per_s']:,.0f} rec/s, lag peak {i['median_lag_peak']:,.0f} "
-                         f"(bounded: {i['lag_bounded']})", "(diagnostic)", "-"))
+                         + kept_up(i), "(diagnostic)", "-"))
         a = h.get("cpus_apart")
         if a:
             p = a["median_p99_ms"]
             rows.append(("1+ p99 with/without, half load, CPUs apart (server-cpulist, BACKGROUND_CPUS)",
                          f"{a['p99_ratio_with_without']:.2f}x ({p['with']:.3f} vs {p['without']:.3f} ms), "
-                         f"drained {a['median_drain_records_per_s']:,.0f} rec/s, lag peak {a['median_lag_peak']:,.0f} "
-                         f"(bounded: {a['lag_bounded']}); {a['layout']}", "(report)", "-"))
+                         f"{kept_up(a)}; {a['layout']}", "(report)", "-"))
         g = h.get("group_floor")
         if g:
             ga = g.get("cpus_apart")
